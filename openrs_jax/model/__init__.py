@@ -1,0 +1,69 @@
+"""Qwen2 in Flax NNX: config, modules, loading and saving.
+
+`from_pretrained(path)` loads a Hugging Face directory or an openrs-jax parameter checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from openrs_jax.errors import UserError
+from openrs_jax.model.config import Qwen2Config, tiny_config
+from openrs_jax.model.io import (
+    is_flax_checkpoint,
+    is_hf_directory,
+    load_flax_checkpoint,
+    load_hf_params,
+    save_flax_checkpoint,
+    write_hf_directory,
+)
+from openrs_jax.model.qwen2 import KVCache, Qwen2ForCausalLM, abstract_model, init_model
+
+__all__ = [
+    "KVCache", "Qwen2Config", "Qwen2ForCausalLM", "abstract_model", "init_model", "tiny_config",
+    "from_pretrained", "load_params", "model_from_params", "params_of", "save_flax_checkpoint",
+    "write_hf_directory",
+]
+
+
+def load_params(path: str | Path) -> tuple[dict, Qwen2Config]:
+    """Parameter tree (numpy) and config from a HF directory or an openrs-jax checkpoint."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"model path {p} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
+    if is_flax_checkpoint(p):
+        return load_flax_checkpoint(p)
+    if p.is_dir() and (p / "config.json").is_file():
+        return load_hf_params(p)
+    raise UserError(
+        f"{p} is neither a Hugging Face model directory (config.json + safetensors) "
+        "nor an openrs-jax checkpoint (written by `python -m conversion.hf_to_flax`)"
+    )
+
+
+def model_from_params(params: Mapping[str, Any], config: Qwen2Config) -> Qwen2ForCausalLM:
+    """Builds the module around existing parameters, cast to `config.param_dtype`."""
+    graphdef, abstract_state = nnx.split(abstract_model(config))
+    dtype = jnp.dtype(config.param_dtype)
+    values = jax.tree.map(lambda x: jnp.asarray(x, dtype), dict(params))
+    nnx.replace_by_pure_dict(abstract_state, values)
+    return nnx.merge(graphdef, abstract_state)
+
+
+def params_of(model: Qwen2ForCausalLM) -> dict:
+    """The model's parameters as a plain nested dict of arrays."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def from_pretrained(
+    path: str | Path, *, dtype: str | None = None, param_dtype: str = "float32", remat: str = "none"
+) -> Qwen2ForCausalLM:
+    """Loads a model. `dtype` is the compute dtype (default: `param_dtype`)."""
+    params, config = load_params(path)
+    config = config.replace(dtype=dtype or param_dtype, param_dtype=param_dtype, remat=remat)
+    return model_from_params(params, config)

@@ -1,0 +1,155 @@
+"""Qwen2 model configuration, read from (and written back to) a Hugging Face `config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from openrs_jax.errors import UserError
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    """Shape and numerics of a Qwen2 causal LM.
+
+    `dtype` is the compute dtype (bf16 on GPU, fp32 in CPU tests); `param_dtype` is the
+    dtype the parameters are stored in (fp32 master weights for training).
+    """
+
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 2
+    head_dim: int = 128
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = True
+    max_position_embeddings: int = 131072
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    # Runtime settings (not part of the Hugging Face file).
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise UserError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.remat not in REMAT_POLICIES:
+            raise UserError(f"unknown remat policy {self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+
+    @property
+    def num_query_groups(self) -> int:
+        """Query heads served by each key/value head (GQA)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def replace(self, **changes: Any) -> "Qwen2Config":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], **runtime: Any) -> "Qwen2Config":
+        """Builds a config from a Hugging Face Qwen2 config dict (transformers 4 or 5 layout)."""
+        model_type = d.get("model_type")
+        if model_type != "qwen2":
+            raise UserError(
+                f"config has model_type={model_type!r}, but openrs-jax implements 'qwen2' "
+                "(Qwen2ForCausalLM, e.g. DeepSeek-R1-Distill-Qwen-1.5B); use a Qwen2 checkpoint"
+            )
+        if d.get("hidden_act", "silu") != "silu":
+            raise UserError(f"hidden_act={d['hidden_act']!r} is not supported (Qwen2 uses 'silu')")
+        rope_theta = d.get("rope_theta")
+        rope_params = d.get("rope_parameters") or {}
+        if rope_theta is None:
+            rope_theta = rope_params.get("rope_theta", 10000.0)
+        rope_type = rope_params.get("rope_type", (d.get("rope_scaling") or {}).get("rope_type", "default"))
+        if rope_type not in ("default", None):
+            raise UserError(f"rope_type={rope_type!r} is not supported; only default RoPE is implemented")
+        heads = d["num_attention_heads"]
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // heads,
+            rope_theta=float(rope_theta),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=bool(d.get("attention_bias", True)),
+            max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+            pad_token_id=d.get("pad_token_id"),
+            **runtime,
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path, **runtime: Any) -> "Qwen2Config":
+        """Reads `config.json` (a file or the directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise UserError(f"no config.json at {path}: give a Hugging Face model directory")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e})") from None
+        return cls.from_hf_dict(d, **runtime)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The Hugging Face `config.json` content for this model."""
+        d: dict[str, Any] = {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "use_sliding_window": False,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+        }
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings included)."""
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+        attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if self.qkv_bias else 0)
+        layer = attn + 3 * d * f + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * layer + emb + d
+
+
+def tiny_config(**overrides: Any) -> Qwen2Config:
+    """A very small Qwen2 for tests and the offline demo."""
+    base = dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+    )
+    base.update(overrides)
+    return Qwen2Config(**base)

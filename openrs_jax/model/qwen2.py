@@ -1,0 +1,295 @@
+"""Qwen2 causal language model in Flax NNX.
+
+Layers are stacked on a leading axis and applied with `lax.scan`, so compile time does not
+grow with depth and remat is set in one place. Parameters are stored in `param_dtype` and
+cast to the compute `dtype` at use; RMSNorm, RoPE, softmax and logits run in fp32.
+
+The same attention code serves full forward passes and cached decoding: pass a `KVCache`
+to write the new keys/values into it and attend over everything cached so far.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from openrs_jax.model.config import Qwen2Config
+
+# A large finite negative instead of -inf: a fully masked (padding) query row then gives a
+# finite, ignorable output instead of NaNs that could leak into gradients.
+_MASK_VALUE = -1e30
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer for `batch` rows and `max_len` slots.
+
+    k, v: [layers, batch, max_len, kv_heads, head_dim]; mask: [batch, max_len] marks slots
+    holding a real (non-padding) token; index: number of slots written so far (shared by all
+    rows, since prompts are left-padded to a common length).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def create(cls, config: Qwen2Config, batch: int, max_len: int, dtype: Any = None) -> "KVCache":
+        dtype = jnp.dtype(dtype or config.dtype)
+        shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            mask=jnp.zeros((batch, max_len), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @staticmethod
+    def num_bytes(config: Qwen2Config, batch: int, max_len: int, dtype: Any = None) -> int:
+        """Memory the cache will take, computed before allocating it."""
+        itemsize = jnp.dtype(dtype or config.dtype).itemsize
+        kv = 2 * config.num_hidden_layers * batch * max_len * config.num_key_value_heads * config.head_dim
+        return kv * itemsize + batch * max_len
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """Position ids as Hugging Face computes them: count of real tokens before each one.
+
+    Left padding therefore does not shift the positions of real tokens. `offset` [B] or scalar
+    is the number of real tokens already in the cache.
+    """
+    offset = jnp.asarray(offset)
+    if offset.ndim == 1:
+        offset = offset[:, None]
+    pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1 + offset
+    return jnp.maximum(pos, 0)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, T, head_dim] in fp32 (halves concatenated, as in HF `rotate_half`)."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [B, T, heads, head_dim] by the tables [B, T, head_dim]."""
+    half = x.shape[-1] // 2
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in fp32, result cast back to x's dtype."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (weight.astype(jnp.float32) * xf).astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention with an fp32 softmax.
+
+    q: [B, T, H, D]; k, v: [B, S, KV, D]; mask: [B, T, S] (True = may attend). Query head h
+    uses key/value head h // (H // KV), as Hugging Face's `repeat_kv` does.
+    """
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / np.sqrt(d))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h * d)
+
+
+class StackedLinear(nnx.Module):
+    """`layers` linear maps stacked on a leading axis: kernel [L, in, out], optional bias [L, out]."""
+
+    def __init__(self, layers: int, d_in: int, d_out: int, *, bias: bool, config: Qwen2Config, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.param_dtype)
+        self.kernel = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (layers, d_in, d_out), dtype))
+        self.bias = nnx.Param(jnp.zeros((layers, d_out), dtype)) if bias else None
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' parameters, stacked; applied by `Qwen2ForCausalLM` with scan."""
+
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        c, n = config, config.num_hidden_layers
+        q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        dtype = jnp.dtype(c.param_dtype)
+        lin = lambda i, o, bias=False: StackedLinear(n, i, o, bias=bias, config=c, rngs=rngs)  # noqa: E731
+        self.input_norm = nnx.Param(jnp.ones((n, c.hidden_size), dtype))
+        self.q_proj = lin(c.hidden_size, q_dim, c.qkv_bias)
+        self.k_proj = lin(c.hidden_size, kv_dim, c.qkv_bias)
+        self.v_proj = lin(c.hidden_size, kv_dim, c.qkv_bias)
+        self.o_proj = lin(q_dim, c.hidden_size)
+        self.post_attn_norm = nnx.Param(jnp.ones((n, c.hidden_size), dtype))
+        self.gate_proj = lin(c.hidden_size, c.intermediate_size)
+        self.up_proj = lin(c.hidden_size, c.intermediate_size)
+        self.down_proj = lin(c.intermediate_size, c.hidden_size)
+
+
+def _linear(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+    y = x @ p["kernel"]
+    if p.get("bias") is not None:
+        y = y + p["bias"]
+    return y
+
+
+def _decoder_layer(
+    config: Qwen2Config,
+    h: jax.Array,
+    p: dict[str, Any],
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array,
+    keys_values: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
+) -> jax.Array:
+    """One pre-norm decoder layer, h: [B, T, D] -> [B, T, D].
+
+    `keys_values(k, v)` maps this call's keys/values [B, T, KV, D] to the ones to attend over;
+    the cached path uses it to write them into the cache and return the whole cache layer.
+    """
+    c = config
+    b, t, _ = h.shape
+    x = rms_norm(h, p["input_norm"], c.rms_norm_eps)
+    q = _linear(x, p["q_proj"]).reshape(b, t, c.num_attention_heads, c.head_dim)
+    k = _linear(x, p["k_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
+    v = _linear(x, p["v_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if keys_values is not None:
+        k, v = keys_values(k, v)
+    h = h + _linear(attention(q, k, v, mask), p["o_proj"])
+    x = rms_norm(h, p["post_attn_norm"], c.rms_norm_eps)
+    gated = jax.nn.silu(_linear(x, p["gate_proj"])) * _linear(x, p["up_proj"])
+    return h + _linear(gated, p["down_proj"])
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    """Qwen2 decoder with an LM head.
+
+    `model(input_ids [B, T] int32, attention_mask [B, T] | None)` returns fp32 logits
+    [B, T, V]. With `cache=` it returns `(logits, new_cache)`.
+    """
+
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs):
+        self.config = config
+        c = config
+        dtype = jnp.dtype(c.param_dtype)
+        init = nnx.initializers.normal(0.02)
+        self.embed_tokens = nnx.Param(init(rngs.params(), (c.vocab_size, c.hidden_size), dtype))
+        self.layers = DecoderLayers(c, rngs)
+        self.norm = nnx.Param(jnp.ones((c.hidden_size,), dtype))
+        self.lm_head = None if c.tie_word_embeddings else nnx.Param(init(rngs.params(), (c.hidden_size, c.vocab_size), dtype))
+
+    def lm_head_kernel(self) -> jax.Array:
+        """The output projection [D, V] in compute dtype (the embedding, transposed, when tied)."""
+        w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+        return w.astype(self.config.dtype)
+
+    def hidden_states(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final-normed hidden states [B, T, D] in compute dtype, and the updated cache."""
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        attention_mask = attention_mask.astype(bool)
+
+        if cache is None:
+            if positions is None:
+                positions = positions_from_mask(attention_mask)
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            mask = causal[None] & attention_mask[:, None, :]  # [B, T, T]
+            kv_mask = write_index = None
+        else:
+            if positions is None:
+                positions = positions_from_mask(attention_mask, cache.mask.sum(-1, dtype=jnp.int32))
+            write_index = cache.index
+            kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, write_index))
+            slots = jnp.arange(cache.max_len)
+            causal = slots[None, :] <= (write_index + jnp.arange(t))[:, None]  # [T, S]
+            mask = causal[None] & kv_mask[:, None, :]  # [B, T, S]
+
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+        h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
+        layer_params = jax.tree.map(lambda x: x.astype(dtype), nnx.to_pure_dict(nnx.state(self.layers)))
+
+        def body(carry, xs):
+            h, ks, vs = carry
+            p, i = xs
+            keys_values = None
+            if ks is not None:
+                # Write only the new slots of layer i in place; attend over the whole layer.
+                def keys_values(k, v):
+                    nonlocal ks, vs
+                    ks = jax.lax.dynamic_update_slice(ks, k[None].astype(ks.dtype), (i, 0, write_index, 0, 0))
+                    vs = jax.lax.dynamic_update_slice(vs, v[None].astype(vs.dtype), (i, 0, write_index, 0, 0))
+                    return ks[i].astype(dtype), vs[i].astype(dtype)
+
+            h = _decoder_layer(c, h, p, cos, sin, mask, keys_values)
+            return (h, ks, vs), None
+
+        if c.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+        ks = vs = None
+        if cache is not None:
+            ks, vs = cache.k, cache.v
+        (h, ks, vs), _ = jax.lax.scan(body, (h, ks, vs), (layer_params, jnp.arange(c.num_hidden_layers)))
+        h = rms_norm(h, self.norm[...], c.rms_norm_eps)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=ks, v=vs, mask=kv_mask, index=cache.index + t)
+        return h, new_cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """fp32 logits of hidden states [..., D] -> [..., V]."""
+        return jnp.dot(hidden, self.lm_head_kernel(), preferred_element_type=jnp.float32)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ):
+        h, new_cache = self.hidden_states(input_ids, attention_mask, positions=positions, cache=cache)
+        logits = self.logits(h)
+        return logits if cache is None else (logits, new_cache)
+
+
+def init_model(config: Qwen2Config, seed: int = 0) -> Qwen2ForCausalLM:
+    """A model with random weights (normal(0, 0.02) matrices, unit norms, zero biases)."""
+    return Qwen2ForCausalLM(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(config: Qwen2Config) -> Qwen2ForCausalLM:
+    """The model with shapes only (no memory): for loading weights into, or ahead-of-time compiling."""
+    return nnx.eval_shape(lambda: Qwen2ForCausalLM(config, rngs=nnx.Rngs(0)))
