@@ -1,0 +1,72 @@
+"""Shared test fixtures: tiny random Hugging Face Qwen2 models and the shared data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Tests run in fp32 on the CPU; several tests emulate 4 devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+TINY_HF_CONFIG: dict[str, Any] = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def shared_data(*parts: str) -> Path:
+    """A path in ../shared/data, or a pytest skip saying why when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (tests look for ../shared/data beside the repo)")
+    return path
+
+
+def make_hf_model(directory: Path, seed: int = 0, **overrides: Any) -> Path:
+    """Saves a random `transformers` Qwen2ForCausalLM with TINY_HF_CONFIG (+ overrides) to `directory`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(**{**TINY_HF_CONFIG, **overrides})
+    model = Qwen2ForCausalLM(config).eval()
+    # transformers initialises norms to 1 and biases to 0; randomise them so the checks see them.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def hf_model_dir(tmp_path: Path) -> Path:
+    """A tiny random HF Qwen2 directory (untied, GQA 4/2, q/k/v bias)."""
+    return make_hf_model(tmp_path / "hf_tiny")
+
+
+def real_model_config(**overrides: Any) -> dict[str, Any]:
+    """The real DeepSeek-R1-Distill-Qwen-1.5B config.json as a dict (skips if shared data is absent)."""
+    d = json.loads((shared_data("models", "deepseek-r1-distill-qwen-1.5b") / "config.json").read_text())
+    d.update(overrides)
+    return d
