@@ -1,0 +1,14 @@
+"""Exp1 of the paper: open-s1 (18,615 problems), format + accuracy, 4,096-token completions."""
+
+from openrs_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    c.dataset_name = "knoveleng/open-s1"
+    c.reward_funcs = ("format", "accuracy")
+    c.reward_weights = (1.0, 2.0)
+    c.max_completion_length = 4096
+    c.output_dir = "runs/exp1"
+    return c

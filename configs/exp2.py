@@ -1,0 +1,14 @@
+"""Exp2 of the paper: open-rs (7,000 problems), format + accuracy, 3,584-token completions."""
+
+from openrs_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    c.dataset_name = "knoveleng/open-rs"
+    c.reward_funcs = ("format", "accuracy")
+    c.reward_weights = (1.0, 2.0)
+    c.max_completion_length = 3584
+    c.output_dir = "runs/exp2"
+    return c

@@ -1,0 +1,20 @@
+"""Exp3 of the paper: open-rs, format + cosine (length-aware accuracy), English-only system prompt."""
+
+from openrs_jax.config import ENGLISH_ONLY, SYSTEM_PROMPT, base_config
+
+
+def get_config():
+    c = base_config()
+    c.model_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    c.dataset_name = "knoveleng/open-rs"
+    c.system_prompt = SYSTEM_PROMPT + ENGLISH_ONLY
+    c.reward_funcs = ("format", "cosine")
+    c.reward_weights = (1.0, 2.0)
+    c.cosine_min_value_wrong = 0.0
+    c.cosine_max_value_wrong = -0.5
+    c.cosine_min_value_correct = 0.5
+    c.cosine_max_value_correct = 1.0
+    c.cosine_max_len = 3584
+    c.max_completion_length = 3584
+    c.output_dir = "runs/exp3"
+    return c
