@@ -1,0 +1,76 @@
+"""The built-in offline demo: a tiny Qwen2 (random weights), a small tokenizer and a toy sums dataset.
+
+`configs/tiny.py` names them as `builtin:tiny` (model and tokenizer) and `builtin:sums`
+(dataset); every other path is loaded as usual. The tokenizer has one token per answer
+(`\\boxed{0}` ... `\\boxed{9}`), so a random policy sometimes answers right and GRPO has a
+signal to learn from within minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUILTIN_PREFIX = "builtin:"
+BUILTINS = {"builtin:tiny": ASSETS / "tiny", "builtin:sums": ASSETS / "sums.jsonl"}
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+ADDED_TOKENS = ("<User>", "<Assistant>", "<think>\n", "\n</think>\n") + tuple(f"\\boxed{{{d}}}" for d in range(10))
+CHARACTERS = tuple("0123456789+=")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<User>{{ m['content'] }}{% elif m['role'] == 'assistant' %}"
+    "<Assistant>{{ m['content'] }}<eos>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<Assistant><think>\n{% endif %}"
+)
+
+
+def resolve(name: str) -> str:
+    """Maps a `builtin:` name to its shipped path; returns other names unchanged."""
+    if not name.startswith(BUILTIN_PREFIX):
+        return name
+    if name not in BUILTINS:
+        raise KeyError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
+    return str(BUILTINS[name])
+
+
+def is_builtin_model(path: str) -> bool:
+    return path == "builtin:tiny"
+
+
+def write_assets(root: Path = ASSETS) -> None:
+    """Regenerates the shipped files (run once; they are committed)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + ADDED_TOKENS + CHARACTERS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in ADDED_TOKENS])
+    tiny = root / "tiny"
+    tiny.mkdir(parents=True, exist_ok=True)
+    tok.save(str(tiny / "tokenizer.json"))
+    (tiny / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "chat_template": CHAT_TEMPLATE,
+        "model_max_length": 512, "tokenizer_class": "PreTrainedTokenizerFast",
+    }, indent=2))
+    config = {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": len(vocab),
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu", "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 512,
+        "bos_token_id": vocab["<bos>"], "eos_token_id": vocab["<eos>"], "pad_token_id": vocab["<pad>"],
+    }
+    (tiny / "config.json").write_text(json.dumps(config, indent=2))
+    (tiny / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": vocab["<bos>"], "eos_token_id": vocab["<eos>"], "pad_token_id": vocab["<pad>"]}, indent=2))
+    with open(root / "sums.jsonl", "w") as f:
+        for a in range(5):
+            for b in range(5):
+                f.write(json.dumps({"problem": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+
+
+if __name__ == "__main__":
+    write_assets()
