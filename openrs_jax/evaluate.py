@@ -1,0 +1,118 @@
+"""CLI: pass@1 on the paper's benchmarks with lighteval-equivalent scoring (RECIPE.md section 7).
+
+    python -m openrs_jax.evaluate --model PATH --tasks aime24,math500 --out OUTDIR
+    python -m openrs_jax.evaluate --completions FILE.jsonl --data_dir DIR --out OUTDIR
+
+Model mode samples with the project's sampler; `--completions` scores completions produced by
+any engine (lines {"task", "index", "completion"}) without loading a model. Outputs:
+OUTDIR/results.json, OUTDIR/details_<task>.jsonl and a table on the console. A rerun into the
+same OUTDIR reuses finished samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from openrs_jax.cli import exit_on_user_error
+from openrs_jax.errors import UserError
+from openrs_jax.evaluation.runner import EvalSettings, format_table, run_completions_eval, run_model_eval
+from openrs_jax.evaluation.scoring import SCORING_MODES
+from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS
+
+# Prompt lengths are rounded up to this many tokens: the benchmarks' prompts (~100 to ~1,000
+# tokens) then compile only a few sampler programs.
+PROMPT_BUCKET = 128
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m openrs_jax.evaluate",
+        description="pass@1 on AIME24, AMC23, MATH-500, Minerva and OlympiadBench (and AIME25), scored as the paper.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="Hugging Face model directory or openrs-jax checkpoint to sample from")
+    src.add_argument("--completions", metavar="FILE.jsonl",
+                     help='score completions made elsewhere: lines {"task", "index", "completion"}; no model')
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
+    p.add_argument("--tasks", default=None,
+                   help=f"comma-separated, from {', '.join(TASKS)} (default: {','.join(PAPER_TASKS)}; "
+                        "with --completions: the tasks in the file)")
+    p.add_argument("--data_dir", metavar="DIR", help="read DIR/<task>.jsonl instead of the Hub datasets")
+    p.add_argument("--out", required=True, metavar="OUTDIR", help="output directory (a rerun resumes)")
+    p.add_argument("--num_samples", type=int, default=1, help="K samples per problem (default 1)")
+    p.add_argument("--max_new_tokens", type=int, default=32768, help="default 32768 (the paper's)")
+    p.add_argument("--temperature", type=float, default=0.6, help="default 0.6 (the paper's)")
+    p.add_argument("--top_p", type=float, default=0.95, help="default 0.95 (the paper's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems of each task")
+    p.add_argument("--batch_size", type=int, default=64, help="completions per sampler call (default 64)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype")
+    p.add_argument("--scoring", default="paper", choices=SCORING_MODES,
+                   help="paper: lighteval's extraction as the paper ran it (default); fixed: answer-only "
+                        "LaTeX golds (OlympiadBench) are boxed first so they parse whole")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _model_generate(args: argparse.Namespace, tokenizer):  # -> GenerateFn
+    """Loads the model and the sampler; imported here so --completions never starts JAX."""
+    from openrs_jax import sharding
+    from openrs_jax.evaluation import sampler_generate_fn
+    from openrs_jax.model import load_params
+    from openrs_jax.sampling import Sampler
+
+    params, config = load_params(args.model)
+    config = config.replace(dtype=args.dtype)
+    # Evaluation only decodes: every device takes its own rows with a whole copy of the model.
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rollout = sharding.rollout_params(params, mesh, args.dtype)
+    eos = config.eos_token_id
+    eos_ids = {tokenizer.eos_id} | set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    sampler = Sampler(config, mesh=mesh, prompt_bucket=PROMPT_BUCKET)
+    return sampler_generate_fn(
+        sampler, rollout, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p, eos_ids=sorted(eos_ids), pad_id=tokenizer.pad_id,
+    )
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from openrs_jax.tokenizer import load_tokenizer
+
+    settings = EvalSettings(
+        num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p, seed=args.seed, scoring=args.scoring, batch_size=args.batch_size,
+    )
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.completions:
+        if args.limit is not None:
+            raise UserError("--limit applies to model mode; a completions file already says which rows it has")
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        results = run_completions_eval(
+            args.completions, settings, tasks=args.tasks, data_dir=args.data_dir, out_dir=args.out,
+            tokenizer=tokenizer, progress=not args.no_progress,
+        )
+    else:
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        if not tokenizer.has_chat_template:
+            raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")
+        generate = _model_generate(args, tokenizer)
+        results = run_model_eval(
+            generate, tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,
+            limit=args.limit, out_dir=args.out, model=str(Path(args.model).expanduser().resolve()),
+            progress=not args.no_progress,
+        )
+    print(format_table(results))
+    print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Evaluation runs: generate or read completions, score them, write and resume outputs.
+
+An output directory holds, per task, `details_<task>.jsonl` (one line per sample: index, sample,
+prompt, completion, prediction, gold, correct, length, truncated), plus `results.json` and
+`eval_config.json` (the settings that produced the samples). Details are appended after every
+batch, so a rerun into the same directory only generates the samples that are missing; it
+refuses to mix samples of different generation settings, and rescores stored samples when only
+the scoring mode changed.
+
+pass@1 over K samples: each problem scores the mean of its K samples, the task the mean over
+problems; stderr is the standard error of that mean over problems (sample std, ddof=1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openrs_jax.errors import UserError
+from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
+from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
+from openrs_jax.prompts import eval_user_prompt, render_prompt
+from openrs_jax.tokenizer import Tokenizer
+
+log = logging.getLogger("openrs_jax.evaluate")
+
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "eval_config.json"
+
+
+def details_path(out_dir: Path, task: str) -> Path:
+    return out_dir / f"details_{task}.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How samples are drawn and scored. Defaults are the paper's (RECIPE.md section 7) with K = 1."""
+
+    num_samples: int = 1
+    max_new_tokens: int = 32768
+    temperature: float = 0.6
+    top_p: float = 0.95
+    seed: int = 0
+    scoring: Scoring = "paper"
+    batch_size: int = 64  # completions per sampler call (prompts x samples)
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.scoring not in SCORING_MODES:
+            raise UserError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled completion: its tokens (up to and including EOS) and whether it hit the limit."""
+
+    token_ids: list[int]
+    truncated: bool
+
+
+# (prompt ids, samples per prompt, seed) -> len(prompts) * samples generations; the samples of
+# one prompt are consecutive (prompt-major), as the sampler's group rollouts lay them out.
+GenerateFn = Callable[[list[list[int]], int, int], list[Generation]]
+
+
+# ----------------------------------------------------------------------------- outputs on disk
+
+
+def _read_details(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """Finished samples by (index, sample). A torn last line (an interrupted run) is ignored."""
+    records: dict[tuple[int, int], dict[str, Any]] = {}
+    if not path.is_file():
+        return records
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                records[(int(rec["index"]), int(rec["sample"]))] = rec
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return records
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_details(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Rewrites the details file sorted by (index, sample), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for rec in sorted(records, key=lambda r: (r["index"], r["sample"])):
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -> bool:
+    """Records the run's settings; returns whether stored samples need rescoring.
+
+    Samples drawn under other generation settings must not be mixed into one estimate.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CONFIG_FILE
+    rescore = False
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e}): delete it or use another --out") from e
+        old = stored.get("generation", {})
+        diff = [f"{k}: {old.get(k)!r} -> {generation.get(k)!r}"
+                for k in sorted(set(old) | set(generation)) if old.get(k) != generation.get(k)]
+        if diff:
+            raise UserError(
+                f"{out_dir} holds samples generated with other settings ({'; '.join(diff)}); "
+                "use another --out directory, or delete its details_*.jsonl and eval_config.json"
+            )
+        rescore = stored.get("scoring") != scoring
+    _write_json_atomic(path, {"generation": dict(generation), "scoring": scoring})
+    return rescore
+
+
+def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
+    """Adds this run's tasks to results.json, keeping other tasks evaluated into the same directory."""
+    path = out_dir / RESULTS_FILE
+    merged: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            merged = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            merged = {}
+    merged.update(results)
+    _write_json_atomic(path, merged)
+
+
+# ----------------------------------------------------------------------------- one task
+
+
+def pass_at_1(per_problem: Sequence[float]) -> tuple[float, float]:
+    """Mean over problems and its standard error (0 for a single problem)."""
+    n = len(per_problem)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(per_problem) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((x - mean) ** 2 for x in per_problem) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+@dataclass
+class TaskRun:
+    """The problems of one task, their golds and the samples finished so far."""
+
+    spec: TaskSpec
+    problems: list[Problem]
+    scoring: Scoring
+    records: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None  # details file; None keeps everything in memory
+    _golds: dict[int, Gold] = field(default_factory=dict)
+
+    def gold(self, index: int) -> Gold:
+        if index not in self._golds:
+            self._golds[index] = prepare_gold(
+                self.problems[index].gold, self.spec.gold_kind, answer_only=self.spec.answer_only, scoring=self.scoring
+            )
+        return self._golds[index]
+
+    def load(self, rescore: bool) -> None:
+        """Reads finished samples from the details file (dropping rows beyond the task's data)."""
+        if self.path is None:
+            return
+        self.records = {key: rec for key, rec in _read_details(self.path).items() if 0 <= key[0] < len(self.problems)}
+        if rescore:
+            for rec in self.records.values():
+                rec["correct"], rec["prediction"] = score_completion(rec["completion"], self.gold(rec["index"]))
+
+    def record(self, index: int, sample: int, prompt: str, completion: str, length: int | None,
+               truncated: bool | None) -> dict[str, Any]:
+        correct, prediction = score_completion(completion, self.gold(index))
+        rec = {
+            "index": index, "sample": sample, "prompt": prompt, "completion": completion,
+            "prediction": prediction, "gold": self.problems[index].gold, "correct": correct,
+            "length": length, "truncated": truncated,
+        }
+        self.records[(index, sample)] = rec
+        return rec
+
+    def append(self, recs: Sequence[Mapping[str, Any]]) -> None:
+        """Saves finished samples at once, so an interrupted run loses at most one batch."""
+        if self.path is None or not recs:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            for rec in recs:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def finish(self) -> None:
+        if self.path is not None:
+            _write_details(self.path, self.records.values())
+
+    def missing(self, k: int) -> dict[int, list[int]]:
+        """Sample numbers still to generate, per problem index."""
+        todo = {}
+        for p in self.problems:
+            samples = [s for s in range(k) if (p.index, s) not in self.records]
+            if samples:
+                todo[p.index] = samples
+        return todo
+
+    def metrics(self, k: int) -> dict[str, Any]:
+        """pass@1 over the first k samples of every problem that has any."""
+        by_problem: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for (index, sample), rec in self.records.items():
+            if sample < k:
+                by_problem[index].append(rec)
+        per_problem = [sum(bool(r["correct"]) for r in recs) / len(recs) for recs in by_problem.values()]
+        accuracy, stderr = pass_at_1(per_problem)
+        samples = [r for recs in by_problem.values() for r in recs]
+        lengths = [r["length"] for r in samples if r.get("length") is not None]
+        truncated = [bool(r["truncated"]) for r in samples if r.get("truncated") is not None]
+        return {
+            "accuracy": accuracy,
+            "stderr": stderr,
+            "n": len(per_problem),
+            "k": max((len(recs) for recs in by_problem.values()), default=0),
+            "samples": len(samples),
+            "missing": len(self.problems) - len(per_problem),
+            "mean_length": sum(lengths) / len(lengths) if lengths else None,
+            "truncated_fraction": sum(truncated) / len(truncated) if truncated else None,
+        }
+
+
+def _batch_seed(seed: int, task: str, batch: int) -> int:
+    # A stable per-batch seed (Python's hash() is salted per process).
+    return zlib.crc32(f"{seed}/{task}/{batch}".encode()) & 0x7FFFFFFF
+
+
+def _length_sorted_batches(indices: Sequence[int], lengths: Mapping[int, int], size: int) -> list[list[int]]:
+    """Indices sorted by prompt length, cut into batches: little padding within a batch."""
+    ordered = sorted(indices, key=lambda i: (lengths[i], i))
+    return [ordered[i: i + size] for i in range(0, len(ordered), size)]
+
+
+def generate_task(
+    run: TaskRun, generate: GenerateFn, tokenizer: Tokenizer, settings: EvalSettings, progress: bool
+) -> None:
+    """Generates and scores every missing sample of one task."""
+    from tqdm import tqdm
+
+    todo = run.missing(settings.num_samples)
+    if not todo:
+        return
+    prompts = {i: render_prompt(tokenizer, eval_user_prompt(run.problems[i].problem)) for i in todo}
+    order = sorted(todo)
+    ids = dict(zip(order, tokenizer.encode_batch([prompts[i] for i in order], add_special_tokens=False)))
+    lengths = {i: len(ids[i]) for i in order}
+    # Problems missing the same number of samples go together (usually all: a fresh run, or K raised).
+    by_count: dict[int, list[int]] = defaultdict(list)
+    for i in order:
+        by_count[len(todo[i])].append(i)
+    total = sum(len(s) for s in todo.values())
+    batch_no = 0
+    with tqdm(total=total, desc=run.spec.name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+        for count, indices in sorted(by_count.items()):
+            per_batch = max(1, settings.batch_size // count)
+            for batch in _length_sorted_batches(indices, lengths, per_batch):
+                outs = generate([ids[i] for i in batch], count, _batch_seed(settings.seed, run.spec.name, batch_no))
+                batch_no += 1
+                if len(outs) != len(batch) * count:
+                    raise RuntimeError(f"generate returned {len(outs)} completions for {len(batch)} x {count}")
+                recs = []
+                for row, out in enumerate(outs):
+                    index = batch[row // count]
+                    text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+                    recs.append(run.record(index, todo[index][row % count], prompts[index], text,
+                                           len(out.token_ids), out.truncated))
+                run.append(recs)
+                bar.update(len(outs))
+
+
+def settings_record(settings: EvalSettings, spec: TaskSpec, data: str, source: Mapping[str, Any]) -> dict[str, Any]:
+    """What results.json stores beside each task's numbers."""
+    s = asdict(settings)
+    s.pop("batch_size")
+    s.pop("num_samples")  # "k" says how many samples were scored
+    return {**s, **source, "data": data, "gold_field": spec.gold_field, "gold_kind": spec.gold_kind}
+
+
+def _data_label(spec: TaskSpec, data_dir: str | Path | None) -> str:
+    return str(Path(data_dir).expanduser() / f"{spec.name}.jsonl") if data_dir else f"{spec.hub_id}:{spec.split}"
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run_model_eval(
+    generate: GenerateFn,
+    tokenizer: Tokenizer,
+    tasks: str | Sequence[str],
+    settings: EvalSettings,
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    model: str | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Generates with `generate`, scores, writes outputs; returns {task: metrics and settings}."""
+    names = parse_task_names(tasks)
+    out = Path(out_dir).expanduser() if out_dir is not None else None
+    generation = {
+        "model": model, "tokenizer": str(tokenizer.path), "max_new_tokens": settings.max_new_tokens,
+        "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
+    }
+    rescore = _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else False
+    results = {}
+    for name in names:
+        spec = get_task(name)
+        run = TaskRun(spec, load_task(name, data_dir, limit), settings.scoring,
+                      path=details_path(out, name) if out else None)
+        run.load(rescore)
+        generate_task(run, generate, tokenizer, settings, progress)
+        run.finish()
+        results[name] = {**run.metrics(settings.num_samples),
+                         **settings_record(settings, spec, _data_label(spec, data_dir), {"model": model})}
+    if out:
+        _merge_results(out, results)
+    return results
+
+
+def read_completions(path: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """Completion lines {"task", "index", "completion"[, "length", "truncated"]} by task and index.
+
+    Several lines with one index are that problem's samples, numbered in file order.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"completions file {p} does not exist")
+    found: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    with p.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                task, index, completion = row["task"], row["index"], row["completion"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise UserError(
+                    f"{p}:{line_no}: expected a JSON object with task, index and completion ({type(e).__name__}: {e})"
+                ) from e
+            get_task(task)
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise UserError(f"{p}:{line_no}: index must be a row number (int >= 0), got {index!r}")
+            if not isinstance(completion, str):
+                raise UserError(f"{p}:{line_no}: completion must be a string")
+            found[task][index].append(row)
+    if not found:
+        raise UserError(f"{p} holds no completions")
+    return found
+
+
+def run_completions_eval(
+    completions_file: str | Path,
+    settings: EvalSettings,
+    *,
+    tasks: str | Sequence[str] | None = None,
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    tokenizer: Tokenizer | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Scores completions produced elsewhere (no model). A rerun reuses rows whose text is unchanged."""
+    from tqdm import tqdm
+
+    found = read_completions(completions_file)
+    names = parse_task_names(tasks) if tasks else [t for t in TASKS if t in found]
+    out = Path(out_dir).expanduser() if out_dir is not None else None
+    rescore = _check_out_dir(out, {"source": "completions"}, settings.scoring) if out else False
+    results = {}
+    for name in names:
+        spec = get_task(name)
+        problems = load_task(name, data_dir)
+        by_index = found.get(name, {})
+        if not by_index:
+            raise UserError(f"{completions_file} has no completions for task {name}")
+        beyond = [i for i in by_index if i >= len(problems)]
+        if beyond:
+            raise UserError(f"{completions_file}: task {name} has {len(problems)} rows, but completions name index {max(beyond)}")
+        run = TaskRun(spec, problems, settings.scoring, path=details_path(out, name) if out else None)
+        run.load(rescore)
+        kept = {}
+        total = sum(len(v) for v in by_index.values())
+        with tqdm(total=total, desc=f"score {name}", unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+            for index, rows in sorted(by_index.items()):
+                user = eval_user_prompt(problems[index].problem)
+                prompt = render_prompt(tokenizer, user) if tokenizer is not None and tokenizer.has_chat_template else user
+                for sample, row in enumerate(rows):
+                    old = run.records.get((index, sample))
+                    if old is not None and old["completion"] == row["completion"]:
+                        kept[(index, sample)] = old
+                    else:
+                        length = row.get("length")
+                        if length is None and tokenizer is not None:
+                            length = len(tokenizer.encode(row["completion"]))
+                        kept[(index, sample)] = run.record(index, sample, prompt, row["completion"], length,
+                                                           row.get("truncated"))
+                    bar.update(1)
+        run.records = kept  # samples no longer in the file are dropped
+        run.finish()
+        k = max(len(v) for v in by_index.values())
+        metrics = run.metrics(k)
+        if metrics["missing"]:
+            log.warning("task %s: %d of %d problems have no completion; pass@1 is over the other %d",
+                        name, metrics["missing"], len(problems), metrics["n"])
+        record = settings_record(settings, spec, _data_label(spec, data_dir), {"completions": str(completions_file)})
+        for key in ("max_new_tokens", "temperature", "top_p", "seed"):
+            record.pop(key)  # unknown: the completions came from elsewhere
+        results[name] = {**metrics, **record}
+    if out:
+        _merge_results(out, results)
+    return results
+
+
+def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The console table: pass@1 and stderr in percent per task, and their plain average."""
+    lines = [f"{'task':<15}{'n':>6}{'k':>5}{'pass@1 %':>11}{'stderr':>9}{'missing':>9}"]
+    accs = []
+    for name, r in results.items():
+        accs.append(r["accuracy"])
+        lines.append(f"{name:<15}{r['n']:>6}{r['k']:>5}{100 * r['accuracy']:>11.1f}{100 * r['stderr']:>9.1f}"
+                     f"{r['missing']:>9}")
+    if len(accs) > 1:
+        lines.append(f"{'average':<15}{'':>6}{'':>5}{100 * sum(accs) / len(accs):>11.1f}")
+    return "\n".join(lines)
+
+
+def flat_metrics(results: Mapping[str, Mapping[str, Any]], prefix: str = "eval") -> dict[str, float]:
+    """`{prefix}/{task}/accuracy` and `/stderr` scalars for a training log."""
+    flat = {}
+    for name, r in results.items():
+        flat[f"{prefix}/{name}/accuracy"] = float(r["accuracy"])
+        flat[f"{prefix}/{name}/stderr"] = float(r["stderr"])
+    return flat

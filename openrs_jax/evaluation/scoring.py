@@ -1,0 +1,147 @@
+"""Answer checking equivalent to the paper's lighteval extractive match (RECIPE.md section 7).
+
+The paper scored with lighteval's `multilingual_extractive_match_metric` (fallback_mode
+"first_match", precision 5):
+- prediction: math-verify extraction with [ExprExtractionConfig(), LatexExtractionConfig(
+  boxed_match_priority=0)] (a \\boxed{} answer wins over any other match; the last match wins
+  within a priority);
+- gold: [LatexExtractionConfig()] for MATH-500, Minerva, OlympiadBench and
+  [ExprExtractionConfig()] for AIME and AMC; a gold that extracts to nothing is kept as its raw
+  string, which then only equals a prediction's extracted string;
+- correct: math-verify `verify(gold, prediction, float_rounding=5)`.
+
+`scoring="fixed"` is our better alternative, not the paper's protocol: an answer-only LaTeX gold
+(OlympiadBench) is wrapped as `$\\boxed{...}$` before extraction. Without that, math-verify
+extracts only part of answers such as `M=\\frac{9}{32} \\sqrt{2}` (it finds `\\frac{9}{32}`) and
+compares the bare ones as strings, so even the gold itself fails on about 6% of OlympiadBench.
+
+math-verify times out with signal.alarm, which works only in a process's main thread; elsewhere
+it runs without a timeout. Any error or timeout scores the sample wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+GoldKind = Literal["latex", "expr"]
+Scoring = Literal["paper", "fixed"]
+SCORING_MODES: tuple[str, ...] = ("paper", "fixed")
+
+PRECISION = 5  # decimal places for numeric comparison (the paper's lighteval setting)
+TIMEOUT_S = 5  # lighteval's per-call math-verify timeout
+
+_QUIET = False
+
+
+def _quiet() -> None:
+    """Silence math-verify's per-call warnings (timeouts, unparsable text): one per sample otherwise."""
+    global _QUIET
+    if not _QUIET:
+        for name in ("math_verify", "latex2sympy2_extended"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        _QUIET = True
+
+
+def _timeout() -> int | None:
+    # signal.alarm raises outside the main thread: there math-verify must run without it.
+    return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def _timeout_error() -> type[BaseException]:
+    from math_verify.errors import TimeoutException
+
+    return TimeoutException  # a BaseException: `except Exception` would let it through
+
+
+def prediction_extraction() -> list[Any]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return [ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0)]
+
+
+def gold_extraction(kind: GoldKind, scoring: Scoring = "paper") -> list[Any]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    if kind == "expr":
+        return [ExprExtractionConfig()]
+    # In the fixed mode answer golds arrive boxed: take the box before any other LaTeX match.
+    return [LatexExtractionConfig(boxed_match_priority=0) if scoring == "fixed" else LatexExtractionConfig()]
+
+
+def _parse(text: str, config: list[Any]) -> list[Any]:
+    """math-verify parse with lighteval's modes; [] on any error or timeout."""
+    from math_verify import parse
+
+    _quiet()
+    try:
+        return parse(text, config, fallback_mode="first_match", extraction_mode="any_match",
+                     parsing_timeout=_timeout())
+    except (Exception, _timeout_error()):
+        return []
+
+
+def boxed_gold(answer: str) -> str:
+    """An answer-only gold as a boxed LaTeX answer (the fixed mode).
+
+    Inner `$` are dropped: they are what is left of multi-part answers like `$69$,$84$` once
+    their outer `$` were stripped by the dataset (`69$,$84` -> `69,84`); so is a final period.
+    """
+    return "$\\boxed{" + answer.replace("$", "").strip().removesuffix(".").strip() + "}$"
+
+
+@dataclass(frozen=True)
+class Gold:
+    """A gold answer as the metric compares it: the raw text and what was extracted from it."""
+
+    text: str
+    parsed: tuple[Any, ...]
+    extracted: bool  # False: nothing parsed, the raw string stands in (lighteval's fallback)
+
+
+def prepare_gold(text: str, kind: GoldKind, *, answer_only: bool, scoring: Scoring = "paper") -> Gold:
+    """Extracts the gold once per problem (it is compared with every sample)."""
+    if scoring not in SCORING_MODES:
+        raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
+    source = boxed_gold(text) if (scoring == "fixed" and answer_only and kind == "latex") else text
+    parsed = _parse(source, gold_extraction(kind, scoring))
+    if not parsed:
+        return Gold(text, (text,), extracted=False)
+    return Gold(text, tuple(parsed), extracted=True)
+
+
+def extract_prediction(completion: str) -> list[Any]:
+    """What math-verify extracts from a completion: [sympy object, matched string], or []."""
+    return _parse(completion, prediction_extraction())
+
+
+def prediction_text(parsed: Sequence[Any]) -> str:
+    """The extracted answer as text for the details file ("" when nothing was extracted)."""
+    if not parsed:
+        return ""
+    # The last element is the matched string; converting sympy objects to text can be slow.
+    last = parsed[-1]
+    return last if isinstance(last, str) else str(last)
+
+
+def is_correct(gold: Gold, prediction: Sequence[Any]) -> bool:
+    """math-verify's comparison at the paper's precision; False on any error or timeout."""
+    from math_verify import verify
+
+    if not prediction:
+        return False
+    _quiet()
+    try:
+        return bool(verify(list(gold.parsed), list(prediction), float_rounding=PRECISION,
+                           timeout_seconds=_timeout()))
+    except (Exception, _timeout_error()):
+        return False
+
+
+def score_completion(completion: str, gold: Gold) -> tuple[bool, str]:
+    """(correct, extracted prediction text) for one completion."""
+    parsed = extract_prediction(completion)
+    return is_correct(gold, parsed), prediction_text(parsed)
