@@ -164,6 +164,11 @@ def test_rerun_resumes(byte_tok, tmp_path):
     res = run_model_eval(more, byte_tok, "aime24", EvalSettings(num_samples=1), **kw)
     assert res["aime24"]["accuracy"] == 0.75 and res["aime24"]["k"] == 1
 
+    # A smaller limit counts fewer problems but keeps the other rows on disk.
+    res = run_model_eval(more, byte_tok, "aime24", EvalSettings(num_samples=3), **{**kw, "limit": 2})
+    assert (res["aime24"]["n"], res["aime24"]["accuracy"]) == (2, pytest.approx(1 / 3))
+    assert len(read_details(tmp_path, "aime24")) == 12
+
     # Other generation settings must not mix into the same directory.
     with pytest.raises(UserError, match="temperature"):
         run_model_eval(more, byte_tok, "aime24", EvalSettings(temperature=1.0), **kw)

@@ -1,7 +1,8 @@
 """Evaluation runs: generate or read completions, score them, write and resume outputs.
 
 An output directory holds, per task, `details_<task>.jsonl` (one line per sample: index, sample,
-prompt, completion, prediction, gold, correct, length, truncated), plus `results.json` and
+prompt, completion, prediction, gold, correct, length = completion tokens with the EOS,
+truncated = no EOS within max_new_tokens), plus `results.json` and
 `eval_config.json` (the settings that produced the samples). Details are appended after every
 batch, so a rerun into the same directory only generates the samples that are missing; it
 refuses to mix samples of different generation settings, and rescores stored samples when only
@@ -186,13 +187,21 @@ class TaskRun:
         return self._golds[index]
 
     def load(self, rescore: bool) -> None:
-        """Reads finished samples from the details file (dropping rows beyond the task's data)."""
+        """Reads finished samples from the details file.
+
+        Rows beyond this run's problems (a `limit` smaller than before) stay in the file but
+        are not counted.
+        """
         if self.path is None:
             return
-        self.records = {key: rec for key, rec in _read_details(self.path).items() if 0 <= key[0] < len(self.problems)}
+        self.records = _read_details(self.path)
         if rescore:
             for rec in self.records.values():
-                rec["correct"], rec["prediction"] = score_completion(rec["completion"], self.gold(rec["index"]))
+                if self._counted(rec["index"]):
+                    rec["correct"], rec["prediction"] = score_completion(rec["completion"], self.gold(rec["index"]))
+
+    def _counted(self, index: int) -> bool:
+        return 0 <= index < len(self.problems)
 
     def record(self, index: int, sample: int, prompt: str, completion: str, length: int | None,
                truncated: bool | None) -> dict[str, Any]:
@@ -230,7 +239,7 @@ class TaskRun:
         """pass@1 over the first k samples of every problem that has any."""
         by_problem: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for (index, sample), rec in self.records.items():
-            if sample < k:
+            if sample < k and self._counted(index):
                 by_problem[index].append(rec)
         per_problem = [sum(bool(r["correct"]) for r in recs) / len(recs) for recs in by_problem.values()]
         accuracy, stderr = pass_at_1(per_problem)
@@ -330,6 +339,7 @@ def run_model_eval(
     generation = {
         "model": model, "tokenizer": str(tokenizer.path), "max_new_tokens": settings.max_new_tokens,
         "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
+        "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
     }
     rescore = _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else False
     results = {}
@@ -342,8 +352,8 @@ def run_model_eval(
         run.finish()
         results[name] = {**run.metrics(settings.num_samples),
                          **settings_record(settings, spec, _data_label(spec, data_dir), {"model": model})}
-    if out:
-        _merge_results(out, results)
+        if out:  # task by task: an interrupted run keeps the numbers of the tasks it finished
+            _merge_results(out, {name: results[name]})
     return results
 
 
@@ -394,7 +404,8 @@ def run_completions_eval(
     found = read_completions(completions_file)
     names = parse_task_names(tasks) if tasks else [t for t in TASKS if t in found]
     out = Path(out_dir).expanduser() if out_dir is not None else None
-    rescore = _check_out_dir(out, {"source": "completions"}, settings.scoring) if out else False
+    data = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    rescore = _check_out_dir(out, {"source": "completions", "data_dir": data}, settings.scoring) if out else False
     results = {}
     for name in names:
         spec = get_task(name)
@@ -435,8 +446,8 @@ def run_completions_eval(
         for key in ("max_new_tokens", "temperature", "top_p", "seed"):
             record.pop(key)  # unknown: the completions came from elsewhere
         results[name] = {**metrics, **record}
-    if out:
-        _merge_results(out, results)
+        if out:
+            _merge_results(out, {name: results[name]})
     return results
 
 
