@@ -1,0 +1,361 @@
+"""Difficulty filter: each problem's pass rate under a model, and a band of pass rates to keep.
+
+For every problem, `num_samples` completions are drawn with the project's sampler (the
+training prompt: chat template + system prompt) and scored with the accuracy reward; the pass
+rate is the fraction judged correct. GRPO learns nothing from a problem whose G completions
+all score the same, so the paper dropped the problems its model always solved (band `[0,1)`,
+the default); `(0,1)` also drops those it never solves.
+
+Pass rates are appended to OUTPUT_DIR/pass_rates.jsonl after every batch: a rerun into the
+same folder samples only the problems still missing, and `--pass_rates FILE` reuses the rates
+of an earlier run (no model needed when they cover every problem) to choose another band
+without sampling again. A problem is identified by a digest of its problem and gold texts.
+The sampling settings are kept in OUTPUT_DIR/pass_rates_settings.json; a rerun with other
+settings into the same folder is refused, as rates drawn differently should not be mixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openrs_jax.curation.io import read_rows, write_dataset, write_json, write_jsonl
+from openrs_jax.errors import UserError
+from openrs_jax.rewards.gold import gold_from_row, gold_parses
+
+log = logging.getLogger("openrs_jax.curate")
+
+PASS_RATES_FILE = "pass_rates.jsonl"
+SETTINGS_FILE = "pass_rates_settings.json"
+SYSTEM_PROMPTS = ("recipe", "exp3", "none")
+
+# (prompt ids, samples per prompt, seed) -> one completion text per sample, prompt-major.
+GenerateFn = Callable[[list[list[int]], int, int], list[str]]
+# (completions, golds, samples per prompt) -> accuracy per completion (1.0 = correct).
+ScoreFn = Callable[[list[str], list[str], int], list[float]]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The difficulty step's options (model, sampling, band, reuse)."""
+    p.add_argument("--model", help="Hugging Face model directory, openrs-jax checkpoint or builtin:tiny "
+                                   "(not needed when --pass_rates covers every problem)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    p.add_argument("--num_samples", type=int, default=8, help="completions per problem (default 8)")
+    p.add_argument("--batch_size", type=int, default=16, help="problems per sampler call (default 16)")
+    p.add_argument("--max_new_tokens", type=int, default=3584, help="default 3584 (the recipe's Exp2/3 limit)")
+    p.add_argument("--temperature", type=float, default=0.7, help="default 0.7 (the recipe's rollouts)")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0, help="0 = off")
+    p.add_argument("--system_prompt", default="recipe",
+                   help="recipe (the training default), exp3, none, or the text itself")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                   help="compute dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (and random weights of builtin:tiny)")
+    p.add_argument("--band", default="[0,1)",
+                   help="pass rates to keep, as an interval: '[0,1)' drops always-solved problems (default), "
+                        "'(0,1)' also never-solved ones, '[0,1]' keeps all")
+    p.add_argument("--pass_rates", metavar="FILE", help="reuse the pass rates in FILE (a pass_rates.jsonl)")
+    p.add_argument("--reward_workers", type=int, default=2,
+                   help="reward scoring processes (0 = in this process; default 2)")
+    p.add_argument("--reward_timeout_s", type=float, default=30.0, help="per-completion scoring limit")
+
+
+# ----------------------------------------------------------------------------- bands
+
+
+@dataclass(frozen=True)
+class Band:
+    """An interval of pass rates, closed or open at each end."""
+
+    low: float
+    high: float
+    low_closed: bool = True
+    high_closed: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> Band:
+        """'[0,1)', '(0,1)', '[0.2, 0.8]' ..."""
+        m = re.fullmatch(r"\s*([\[(])\s*([0-9.]+)\s*,\s*([0-9.]+)\s*([\])])\s*", text)
+        if not m:
+            raise UserError(f"--band {text!r} is not an interval like '[0,1)' or '(0,1)' (quote it in the shell)")
+        try:
+            low, high = float(m.group(2)), float(m.group(3))
+        except ValueError:
+            raise UserError(f"--band {text!r}: the bounds must be numbers") from None
+        band = cls(low, high, m.group(1) == "[", m.group(4) == "]")
+        if not (0 <= low <= high <= 1) or not any(band.contains(x) for x in (low, high, (low + high) / 2)):
+            raise UserError(f"--band {text!r} holds no pass rate: bounds must satisfy 0 <= low <= high <= 1")
+        return band
+
+    def contains(self, rate: float) -> bool:
+        above = rate >= self.low if self.low_closed else rate > self.low
+        below = rate <= self.high if self.high_closed else rate < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'[' if self.low_closed else '('}{self.low:g},{self.high:g}{']' if self.high_closed else ')'}"
+
+
+# ----------------------------------------------------------------------------- pass-rate files
+
+
+def problem_key(problem: str, gold: str) -> str:
+    """Identifies a problem across runs and files: a digest of its exact problem and gold texts."""
+    return hashlib.sha1(f"{problem}\x00{gold}".encode("utf-8")).hexdigest()[:20]
+
+
+def read_pass_rates(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Records by key; a torn last line (an interrupted run) and foreign lines are ignored."""
+    records: dict[str, dict[str, Any]] = {}
+    path = Path(path)
+    if not path.is_file():
+        return records
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                records[str(rec["key"])] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return records
+
+
+def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Refuses to add rates drawn with other settings to the pass rates already in output_dir."""
+    path = output_dir / SETTINGS_FILE
+    if path.is_file() and (output_dir / PASS_RATES_FILE).is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = {}
+        diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                if old.get(k) != settings.get(k)]
+        if diff:
+            raise UserError(
+                f"{output_dir} holds pass rates sampled with other settings ({'; '.join(diff)}); use another "
+                f"--output_dir (reusing the old rates with --pass_rates {output_dir / PASS_RATES_FILE} if wanted)"
+            )
+    write_json(path, dict(settings))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int
+    key: str
+    problem: str
+    gold: str
+
+
+def pass_rate_records(
+    problems: Sequence[Problem],
+    prompt_ids: Sequence[list[int]],
+    generate: GenerateFn,
+    score: ScoreFn,
+    num_samples: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Samples and scores one batch of problems; one record per problem."""
+    texts = generate([list(p) for p in prompt_ids], num_samples, seed)
+    golds = [p.gold for p in problems for _ in range(num_samples)]
+    rewards = score(texts, golds, num_samples)
+    records = []
+    for i, p in enumerate(problems):
+        mine = rewards[i * num_samples : (i + 1) * num_samples]
+        correct = sum(1 for r in mine if r >= 1.0)
+        records.append({"key": p.key, "index": p.index, "pass_rate": correct / num_samples,
+                        "num_correct": correct, "num_samples": num_samples})
+    return records
+
+
+def sample_pass_rates(
+    todo: Sequence[Problem],
+    render: Callable[[list[str]], list[list[int]]],
+    generate: GenerateFn,
+    score: ScoreFn,
+    *,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    append_to: Path,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Pass rates of `todo`, batch by batch, each batch appended to `append_to` as it finishes."""
+    from tqdm import tqdm
+
+    out: list[dict[str, Any]] = []
+    bar = tqdm(total=len(todo), desc="difficulty", unit="problem", dynamic_ncols=True, disable=not show_progress)
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = list(todo[start : start + batch_size])
+            # The seed follows the batch's first problem, so a fresh run is reproducible.
+            records = pass_rate_records(batch, render([p.problem for p in batch]), generate, score,
+                                        num_samples, seed * 1_000_003 + batch[0].index)
+            with append_to.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            out.extend(records)
+            bar.update(len(batch))
+            bar.set_postfix(mean_pass_rate=f"{sum(r['pass_rate'] for r in out) / len(out):.3f}")
+    finally:
+        bar.close()
+    return out
+
+
+def _as_list(x: Any) -> list[int]:
+    if x is None:
+        return []
+    return [int(v) for v in x] if isinstance(x, (list, tuple)) else [int(x)]
+
+
+def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
+    """Loads the model and the sampler and returns a `GenerateFn` (JAX starts here, not before)."""
+    import jax
+    import ml_collections
+
+    from openrs_jax import sharding
+    from openrs_jax.sampling import Sampler, SamplingParams
+    from openrs_jax.trainer import load_model_params
+
+    params, config = load_model_params(ml_collections.ConfigDict({"model_path": args.model, "seed": args.seed}))
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: "
+                        "--tokenizer does not belong to --model")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if jax.default_backend() == "gpu" else "float32")
+    config = config.replace(dtype=dtype)
+    # Only decoding: every device takes its own rows with a whole copy of the model.
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rollout = sharding.rollout_params(params, mesh, dtype)
+    sampler = Sampler(config, mesh=mesh)
+    sampling = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+        eos_ids=tuple(sorted({tokenizer.eos_id, *_as_list(config.eos_token_id)})), pad_id=tokenizer.pad_id,
+    )
+
+    def generate(prompts: list[list[int]], num_samples: int, seed: int) -> list[str]:
+        out = sampler.generate(rollout, prompts, num_samples, sampling, jax.random.key(seed))
+        return tokenizer.decode_batch(out.completions())
+
+    return generate
+
+
+def system_prompt_text(choice: str) -> str | None:
+    """The system prompt for a --system_prompt value: recipe, exp3, none, or literal text."""
+    from openrs_jax.prompts import SYSTEM_PROMPT, SYSTEM_PROMPT_EXP3
+
+    return {"recipe": SYSTEM_PROMPT, "exp3": SYSTEM_PROMPT_EXP3, "none": None}.get(choice, choice)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _histogram(rates: Sequence[float]) -> dict[str, int]:
+    counts = Counter(round(r, 4) for r in rates)
+    return {f"{rate:g}": counts[rate] for rate in sorted(counts)}
+
+
+def problems_of(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Problem], list[int]]:
+    """The rows as problems to sample, and the row numbers whose gold does not parse.
+
+    Every completion of an unparsable gold would score the "unparsable gold" reward (1.0), so
+    such rows get no pass rate and are dropped (run the format step first).
+    """
+    problems: list[Problem] = []
+    unparsable: list[int] = []
+    for i, row in enumerate(rows):
+        try:
+            gold = gold_from_row(row)
+        except ValueError:  # neither solution nor answer
+            gold = ""
+        if not gold or not gold_parses(gold):
+            unparsable.append(i)
+            continue
+        text = str(row.get("problem") or "")
+        problems.append(Problem(i, problem_key(text, gold), text, gold))
+    return problems, unparsable
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The `difficulty` step: pass rates (reused or sampled), the band, outputs; returns stats."""
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise UserError("--num_samples and --batch_size must be >= 1")
+    band = Band.parse(args.band)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_rows(args.input, args.split)
+
+    problems, unparsable = problems_of(rows)
+    known: dict[str, dict[str, Any]] = {}
+    if args.pass_rates:
+        if not Path(args.pass_rates).is_file():
+            raise UserError(f"--pass_rates {args.pass_rates} does not exist")
+        known.update(read_pass_rates(args.pass_rates))
+    reused = sum(p.key in known for p in problems)
+    own = output_dir / PASS_RATES_FILE
+    resumed_records = read_pass_rates(own)
+    resumed = sum(p.key in resumed_records and p.key not in known for p in problems)
+    known.update(resumed_records)
+    todo: list[Problem] = []
+    queued: set[str] = set()
+    for p in problems:
+        if p.key not in known and p.key not in queued:  # a repeated problem is sampled once
+            queued.add(p.key)
+            todo.append(p)
+
+    settings = {k: getattr(args, k) for k in ("model", "num_samples", "max_new_tokens", "temperature", "top_p",
+                                              "top_k", "system_prompt", "seed")}
+    sampled: list[dict[str, Any]] = []
+    if todo:
+        if not args.model:
+            raise UserError(f"{len(todo)} of {len(problems)} problems have no pass rate"
+                            f"{' in ' + args.pass_rates if args.pass_rates else ''}; give --model to sample them")
+        check_settings(output_dir, settings)
+        from openrs_jax import toy
+        from openrs_jax.prompts import render_prompts_ids
+        from openrs_jax.rewards import RewardScorer
+        from openrs_jax.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(toy.resolve(args.tokenizer or args.model))
+        system_prompt = system_prompt_text(args.system_prompt)
+        generate = model_generate_fn(args, tokenizer)
+        log.info("sampling %d problems x %d completions (%d reused, %d resumed)",
+                 len(todo), args.num_samples, reused, resumed)
+        with RewardScorer(["accuracy"], num_workers=args.reward_workers, timeout_s=args.reward_timeout_s) as scorer:
+            sampled = sample_pass_rates(
+                todo,
+                lambda texts: render_prompts_ids(tokenizer, texts, system_prompt),
+                generate,
+                lambda texts, golds, k: scorer.score(texts, golds, k).rewards["accuracy"],
+                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, append_to=own,
+                show_progress=not args.no_progress,
+            )
+        known.update({r["key"]: r for r in sampled})
+
+    # The complete table, in row order, so that this folder's pass_rates.jsonl serves later reuse.
+    table = [{**known[p.key], "index": p.index} for p in problems]
+    write_jsonl(own, table)
+    rate = {r["index"]: float(r["pass_rate"]) for r in table}
+    kept = [{**rows[i], "pass_rate": rate[i]} for i in sorted(rate) if band.contains(rate[i])]
+    write_dataset(output_dir, kept)
+    rates = list(rate.values())
+    return {
+        "rows_in": len(rows),
+        "rows_out": len(kept),
+        "band": str(band),
+        "dropped": {"below_band": sum(r < band.low or (r == band.low and not band.low_closed) for r in rates),
+                    "above_band": sum(r > band.high or (r == band.high and not band.high_closed) for r in rates),
+                    "unparsable_gold": len(unparsable)},
+        "pass_rates": {"sampled": len(sampled), "reused": reused, "resumed": resumed,
+                       "mean": sum(rates) / len(rates) if rates else None,
+                       "histogram": _histogram(rates)},
+        "unparsable_gold_rows": unparsable[:100],
+    }

@@ -1,0 +1,89 @@
+"""Reading curation inputs and writing step outputs: `train.jsonl`, a report, `stats.json`.
+
+Every step writes into its own output folder:
+- `train.jsonl`: the rows kept, one JSON object a line; the folder is a dataset that
+  `openrs_jax.data.load_rows(folder, "train")` (and so `python -m openrs_jax.train`) reads;
+- a report of what was dropped and why (`dropped.jsonl`, `matches.jsonl`, ...);
+- `stats.json`: counts, settings and timing of the step.
+Files are written to a temporary name and renamed, so an interrupted step never leaves a
+half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from openrs_jax import toy
+from openrs_jax.curation.text import last_boxed
+from openrs_jax.data import check_columns, load_rows
+
+TRAIN_FILE = "train.jsonl"
+STATS_FILE = "stats.json"
+
+
+def read_rows(dataset: str, split: str = "train") -> list[dict[str, Any]]:
+    """Rows of a dataset (local file or folder, Hub name, or `builtin:sums`) with the columns training needs."""
+    rows = load_rows(toy.resolve(dataset), split)
+    check_columns(rows, dataset)
+    return rows
+
+
+def row_answer(row: Mapping[str, Any]) -> str | None:
+    """The short answer of a row: its `answer`, else the last `\\boxed{}` of its `solution`."""
+    answer = row.get("answer")
+    if answer is not None and str(answer).strip():
+        return str(answer).strip()
+    solution = row.get("solution")
+    return last_boxed(solution) if isinstance(solution, str) else None
+
+
+def _json_line(obj: Any) -> str:
+    # default=str: values from parquet or `datasets` (dates, numpy scalars) still serialise.
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
+    """Writes records atomically (temp file + rename); returns how many."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(_json_line(record) + "\n")
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Writes one JSON document atomically, indented for reading."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_dataset(output_dir: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """`output_dir/train.jsonl`: the folder then loads as a dataset with a train split."""
+    path = Path(output_dir) / TRAIN_FILE
+    write_jsonl(path, rows)
+    return path
+
+
+def write_stats(output_dir: Path, stats: Mapping[str, Any]) -> Path:
+    """`output_dir/stats.json`."""
+    return write_json(Path(output_dir) / STATS_FILE, stats)
+
+
+def progress(iterable: Iterable[Any], enabled: bool, desc: str, total: int | None = None) -> Iterable[Any]:
+    """A tqdm bar over `iterable` when enabled (it writes to stderr, leaving stdout for results)."""
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="row", dynamic_ncols=True)
