@@ -1,0 +1,99 @@
+"""math-verify plumbing shared by the answer-checking rewards (RECIPE.md section 4).
+
+The parse and verify configurations below are the recipe's, verbatim; only the
+plumbing around them (timeouts, caching, silencing) is ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Literal
+
+from latex2sympy2_extended import NormalizationConfig
+from math_verify import LatexExtractionConfig, parse, verify
+from math_verify.errors import TimeoutException
+
+# math-verify 0.5.2 (the version the recipe pinned) used 3 s signal.alarm timeouts.
+MATH_VERIFY_TIMEOUT_S = 3
+
+BoxedMode = Literal["all", True]
+
+# Exceptions a math-verify call can leak: TimeoutException derives from BaseException.
+MATH_VERIFY_ERRORS: tuple[type[BaseException], ...] = (Exception, TimeoutException)
+
+_QUIET_LOGGERS = ("math_verify", "latex2sympy2_extended")
+
+
+def quiet_math_verify() -> None:
+    """Silence math-verify's per-call log lines (deprecation notes, parse timeouts).
+
+    They fire once per completion and would flood the training log; failures that matter
+    are counted by the scorer instead.
+    """
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def timeout_s() -> int | None:
+    # signal.alarm only works in the main thread; elsewhere math-verify would raise on every
+    # call, so run without its timeout (the process pool enforces its own per-row limit).
+    if threading.current_thread() is threading.main_thread():
+        return MATH_VERIFY_TIMEOUT_S
+    return None
+
+
+def gold_extraction() -> list[LatexExtractionConfig]:
+    """The recipe's extraction config for gold solutions (math-verify's LaTeX defaults)."""
+    return [LatexExtractionConfig()]
+
+
+def parse_gold_text(solution: str) -> list[Any]:
+    """Parse a gold solution with the recipe's config; [] when it does not parse."""
+    return parse(
+        solution,
+        extraction_mode="first_match",
+        extraction_config=gold_extraction(),
+        parsing_timeout=timeout_s(),
+    )
+
+
+def answer_extraction(boxed: BoxedMode) -> list[LatexExtractionConfig]:
+    """The recipe's extraction config for completions (accuracy: boxed="all"; cosine, length: True)."""
+    return [
+        LatexExtractionConfig(
+            normalization_config=NormalizationConfig(
+                nits=False,
+                malformed_operators=False,
+                basic_latex=True,
+                equations=True,
+                boxed=boxed,
+                units=True,
+            ),
+            boxed_match_priority=0,
+            try_extract_without_anchor=False,
+        )
+    ]
+
+
+def parse_answer(completion: str, boxed: BoxedMode) -> list[Any]:
+    """Parse a completion with the recipe's answer config; [] when nothing is extracted."""
+    return parse(
+        completion,
+        extraction_mode="first_match",
+        extraction_config=answer_extraction(boxed),
+        parsing_timeout=timeout_s(),
+    )
+
+
+def verify_answer(answer: list[Any], gold: list[Any]) -> bool:
+    """The recipe's correctness test on parsed lists; any exception counts as wrong."""
+    try:
+        # The recipe calls verify(answer, gold): the answer sits in math-verify's "gold" slot.
+        # verify is not symmetric (equations, intervals), so keep the original order.
+        return bool(verify(answer, gold, timeout_seconds=timeout_s()))
+    except MATH_VERIFY_ERRORS:
+        return False
+
+
+quiet_math_verify()
