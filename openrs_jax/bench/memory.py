@@ -1,0 +1,303 @@
+"""Memory plan: per-device bytes of the update, reference and rollout programs, compiled ahead of time.
+
+    python -m openrs_jax.bench memory --config configs/exp2.py \
+        --model_config DIR --devices 4 --out memory.json
+
+Nothing is allocated: the programs are lowered from abstract shapes (`abstract_model`,
+`jax.ShapeDtypeStruct`) at the run's real sizes and compiled for `--devices` devices, and
+XLA's memory analysis is read back. Without that many accelerators the command re-runs
+itself on emulated CPU devices (`--xla_force_host_platform_device_count`), so the plan can be
+checked on a laptop; XLA:CPU's buffer assignment is then the estimate.
+
+A program's peak is arguments + outputs + temporaries - aliased (donated) bytes. The step
+estimate adds what stays resident meanwhile: the train state during rollouts and reference
+passes, the frozen reference copy throughout.
+
+The rollout figure is the larger peak of the sampler's two programs (`openrs_jax.sampling`:
+prefill of the distinct prompts, then the decode loop over a KV cache of prompt +
+completion slots for every row), lowered at the config's shapes with the bf16 rollout copy of
+the parameters in its rollout placement. Where the sampler is not installed, a stand-in
+prefill + greedy decode loop of the same shapes is measured instead (`rollout_program` says
+which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from openrs_jax import sharding
+from openrs_jax.config import load_config
+from openrs_jax.errors import UserError
+from openrs_jax.grpo import UpdateConfig, abstract_train_state, make_train_step, token_logprobs
+from openrs_jax.model import KVCache, Qwen2Config, abstract_model
+
+GB = 1e9
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config file, e.g. configs/exp2.py")
+    parser.add_argument("--model_config", required=True, help="model directory (or config.json) giving the shapes")
+    parser.add_argument("--devices", type=int, default=4, help="devices to compile for (emulated on CPU if absent)")
+    parser.add_argument(
+        "--micro_batch_size", type=int, default=None,
+        help="rows per accumulation step, all devices together (default: the config's, rounded up to a "
+        "multiple of the data-parallel devices)",
+    )
+    parser.add_argument("--budget_gb", type=float, default=40.0, help="per-device goal to check against")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.devices < 1:
+        raise UserError(f"--devices must be >= 1, got {args.devices}")
+    if jax.device_count() < args.devices:
+        return _run_emulated(args)
+    return memory_plan(args)
+
+
+def _run_emulated(args: argparse.Namespace) -> dict[str, Any]:
+    """Re-runs this module in a child process that sees `args.devices` CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "openrs_jax.bench.memory", "--config", str(args.config),
+           "--model_config", str(args.model_config), "--devices", str(args.devices),
+           "--budget_gb", str(args.budget_gb)]
+    if args.micro_batch_size is not None:
+        cmd += ["--micro_batch_size", str(args.micro_batch_size)]
+    print(f"{jax.device_count()} {jax.devices()[0].platform} device(s) here: compiling for "
+          f"{args.devices} emulated CPU devices in a child process", file=sys.stderr)
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise UserError(f"the emulated-device memory plan failed (exit {proc.returncode}); see the messages above")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["emulated_devices"] = True
+    return result
+
+
+def _valid_micro_batch(requested: int, rows: int, dp: int) -> int:
+    """The smallest multiple of `requested` and `dp` that divides `rows` (else all rows)."""
+    mb = math.lcm(requested, dp)
+    return mb if rows % mb == 0 else rows
+
+
+def _stats(compiled: Any) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    stats = {
+        "argument_bytes": int(m.argument_size_in_bytes),
+        "output_bytes": int(m.output_size_in_bytes),
+        "temp_bytes": int(m.temp_size_in_bytes),
+        "alias_bytes": int(m.alias_size_in_bytes),
+    }
+    stats["peak_bytes"] = stats["argument_bytes"] + stats["output_bytes"] + stats["temp_bytes"] - stats["alias_bytes"]
+    return stats
+
+
+def _bytes_per_device(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded `ShapeDtypeStruct`s."""
+    leaves = jax.tree.leaves(tree)
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize for x in leaves)
+
+
+def _abstract(shape: tuple[int, ...], dtype: Any, mesh: jax.sharding.Mesh) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding.batch_sharding(mesh, len(shape)))
+
+
+def _rollout_params(param_shapes: Any, mesh: jax.sharding.Mesh, dtype: str) -> Any:
+    shardings = sharding.tree_shardings(param_shapes, mesh, fsdp=False)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype), sharding=sh),
+                        param_shapes, shardings)
+
+
+def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
+                      rows: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
+    """Lowered prefill + greedy decode loop over a KV cache of prompt_len + new_tokens slots.
+
+    Stands in for the sampler's programs where `openrs_jax.sampling` is not available.
+    """
+
+    def rollout(params: Any, prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:
+        model = nnx.merge(graphdef, params)
+        cache = KVCache.create(config, rows, prompt_len + new_tokens)
+        cache = dataclasses.replace(
+            cache,
+            k=sharding.constrain_batch(cache.k, mesh, row_axis=1),
+            v=sharding.constrain_batch(cache.v, mesh, row_axis=1),
+            mask=sharding.constrain_batch(cache.mask, mesh),
+        )
+        h, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
+        token = jnp.argmax(model.logits(h[:, -1]), axis=-1).astype(jnp.int32)
+        out = sharding.constrain_batch(jnp.zeros((rows, new_tokens), jnp.int32), mesh)
+
+        def body(i: jax.Array, carry: tuple) -> tuple:
+            token, cache, out = carry
+            out = out.at[:, i].set(token)
+            logits, cache = model(token[:, None], jnp.ones((rows, 1), bool), cache=cache)
+            return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache, out
+
+        _, _, out = jax.lax.fori_loop(0, new_tokens, body, (token, cache, out))
+        return out
+
+    ids = _abstract((rows, prompt_len), jnp.int32, mesh)
+    mask = _abstract((rows, prompt_len), bool, mesh)
+    return {"rollout": jax.jit(rollout).lower(params, ids, mask).compile()}
+
+
+def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any, cfg: Any) -> dict[str, Any]:
+    """The sampler's own prefill and decode programs, lowered at the run's shapes.
+
+    Uses `Sampler`'s jitted programs with abstract arguments, as `Sampler.generate` calls them
+    for `prompts_per_step` prompts x `num_generations` samples of the longest prompt bucket.
+    """
+    from openrs_jax.sampling import Sampler, _Plan
+
+    sampler = Sampler(config, mesh=mesh, check_memory=False)
+    d = sampler.row_devices
+    prompts, samples, new_tokens = cfg.prompts_per_step, cfg.num_generations, cfg.max_completion_length
+    prompt_len = cfg.max_prompt_length  # a multiple of the prompt bucket at the recipe's 512
+    prompt_rows, rows = -(-prompts // d) * d, -(-prompts * samples // d) * d
+    cache_len = prompt_len + new_tokens - 1
+    state = jax.tree.map(lambda x: x, sampler._param_template)
+    nnx.replace_by_pure_dict(state, params)
+    ids = _abstract((prompt_rows, prompt_len), jnp.int32, mesh)
+    mask = _abstract((prompt_rows, prompt_len), bool, mesh)
+    prefill = sampler._prefill.lower(state, ids, mask, (prompts, samples, rows, cache_len)).compile()
+    # The decode's cache and logits arrive as the prefill left them: same shapes and placements.
+    cache, logits = jax.tree.map(
+        lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
+        jax.eval_shape(lambda s, i, m: sampler._prefill_impl(s, i, m, (prompts, samples, rows, cache_len)),
+                       state, ids, mask),
+        prefill.output_shardings,
+    )
+    eos = config.eos_token_id if config.eos_token_id is not None else 0
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+    plan = _Plan(
+        num_prompts=prompts, num_samples=samples, rows=rows, cache_len=cache_len, max_new_tokens=new_tokens,
+        greedy=cfg.temperature == 0, top_k=int(cfg.top_k or 0), use_top_p=cfg.top_p < 1.0, eos_ids=eos_ids,
+        pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]), keep_logits=False,
+    )
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    decode = sampler._decode.lower(state, cache, logits, key, scalar, scalar, plan).compile()
+    return {"prefill": prefill, "decode": decode}
+
+
+def memory_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Compiles the three programs for `args.devices` devices and reads their memory."""
+    if jax.device_count() < args.devices:
+        raise UserError(f"{args.devices} devices requested but only {jax.device_count()} are visible")
+    cfg = load_config(args.config)
+    model_config = Qwen2Config.from_json(
+        args.model_config, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat
+    )
+    mesh = sharding.make_mesh(cfg.mesh.to_dict(), jax.devices()[: args.devices])
+    dp = sharding.data_parallel_size(mesh)
+    rows = cfg.prompts_per_step * cfg.num_generations
+    prompt_len, new_tokens = cfg.max_prompt_length, cfg.max_completion_length
+    seq = prompt_len + new_tokens
+    if rows % dp:
+        raise UserError(f"{rows} rows per step do not split over {dp} data-parallel devices")
+    mb = args.micro_batch_size or _valid_micro_batch(cfg.micro_batch_size, rows, dp)
+    update_config = dataclasses.replace(UpdateConfig.from_config(cfg), micro_batch_size=mb)
+
+    graphdef, abstract_params = nnx.split(abstract_model(model_config))
+    param_shapes = nnx.to_pure_dict(abstract_params)
+    state = abstract_train_state(param_shapes, update_config, mesh)
+    batch = {
+        "input_ids": _abstract((rows, seq), jnp.int32, mesh),
+        "attention_mask": _abstract((rows, seq), jnp.int32, mesh),
+        "completion_mask": _abstract((rows, new_tokens), jnp.int32, mesh),
+        "advantages": _abstract((rows,), jnp.float32, mesh),
+        "ref_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.beta > 0 else None,
+        "old_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.num_iterations > 1 else None,
+    }
+    low_precision = _rollout_params(param_shapes, mesh, cfg.compute_dtype)
+    result: dict[str, Any] = {
+        "devices": args.devices,
+        "compiled_for": jax.devices()[0].platform,
+        "mesh": dict(mesh.shape),
+        "num_params": model_config.num_params(),
+        "rows": rows,
+        "prompt_length": prompt_len,
+        "completion_length": new_tokens,
+        "micro_batch_size": mb,
+        "rows_per_device_per_micro_batch": mb / dp,
+        "compute_dtype": cfg.compute_dtype,
+        "remat": cfg.remat,
+        "logprob_chunk": update_config.logprob_chunk,
+        "loss_aggregation": update_config.loss_aggregation,
+        "train_state_bytes_per_device": _bytes_per_device(state),
+        "reference_params_bytes_per_device": _bytes_per_device(low_precision) if cfg.beta > 0 else 0,
+    }
+
+    def compile_and_measure(name: str, program: Any) -> None:
+        """Records the memory of a lowered (compiled here, timed) or already compiled program."""
+        start = time.perf_counter()
+        if hasattr(program, "compile"):
+            program = program.compile()
+            result[f"{name}_compile_s"] = round(time.perf_counter() - start, 1)
+        stats = _stats(program)
+        result[f"{name}_memory"] = stats
+        result[f"{name}_peak_bytes_per_device"] = stats["peak_bytes"]
+        print(f"{name}: peak {stats['peak_bytes'] / GB:.2f} GB per device", file=sys.stderr)
+
+    step = make_train_step(graphdef, update_config, mesh)
+    compile_and_measure("update", step.lower(state, batch))
+    if cfg.beta > 0:
+        compile_and_measure("reference", token_logprobs.lower(
+            graphdef, low_precision, batch["input_ids"], batch["attention_mask"], prompt_len,
+            update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
+        ))
+    try:
+        programs = _sampler_rollout(model_config, mesh, low_precision, cfg)
+        result["rollout_program"] = "sampler prefill + decode (openrs_jax.sampling)"
+    except ImportError:
+        print("openrs_jax.sampling not found: measuring a stand-in prefill + decode loop", file=sys.stderr)
+        programs = _fallback_rollout(graphdef, model_config, mesh, low_precision, rows, prompt_len, new_tokens)
+        result["rollout_program"] = "stand-in prefill + greedy decode loop (no sampler available)"
+    for name, program in programs.items():
+        compile_and_measure(name, program)
+    # The prefill's outputs (cache, logits) are the decode's donated inputs: the larger peak counts.
+    result["rollout_peak_bytes_per_device"] = max(result[f"{n}_peak_bytes_per_device"] for n in programs)
+    result["kv_cache_bytes_per_device"] = KVCache.num_bytes(model_config, rows // dp, seq)
+
+    # What else is resident while each program runs.
+    resident_ref = result["reference_params_bytes_per_device"]
+    train_state = result["train_state_bytes_per_device"]
+    phases = {
+        "update": result["update_peak_bytes_per_device"] + resident_ref,
+        "rollout": result["rollout_peak_bytes_per_device"] + train_state + resident_ref,
+    }
+    if cfg.beta > 0:
+        phases["reference"] = result["reference_peak_bytes_per_device"] + train_state
+    result["step_peak_estimate_bytes_per_device"] = max(phases.values())
+    result["step_peak_phase"] = max(phases, key=phases.get)
+    result["budget_bytes_per_device"] = int(args.budget_gb * GB)
+    result["fits_budget"] = all(
+        result[k] < args.budget_gb * GB
+        for k in ("update_peak_bytes_per_device", "rollout_peak_bytes_per_device", "step_peak_estimate_bytes_per_device")
+    )
+    return result
+
+
+def main() -> None:
+    """Child-process entry (`python -m openrs_jax.bench.memory`): prints the plan as one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m openrs_jax.bench.memory")
+    add_arguments(parser)
+    args = parser.parse_args()
+    print(json.dumps(memory_plan(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Update throughput: the jitted GRPO update on a random batch, in tokens/s and MFU.
+
+    python -m openrs_jax.bench update --model DIR --rows 24 --prompt_len 64 \
+        --completion_len 192 --micro_batch_size 6 --out update.json
+
+The model comes from DIR (weights, or only a config.json: random weights of that shape).
+Times `--steps` updates after one warm-up (compilation) and reports the median. Tokens are
+whole sequences (prompt + completion) per second. MFU = model FLOPs / step time / peak, with
+the PaLM count 6 N + 12 L H d_head S per token (N = parameters used in matmuls; remat
+recomputation not counted), where the device's bf16 peak is known (or `--peak_tflops`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from openrs_jax import sharding
+from openrs_jax.bench.common import describe_model, load_bench_model
+from openrs_jax.errors import UserError
+from openrs_jax.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
+from openrs_jax.model import abstract_model, params_of
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-kind substring, from the vendors' data sheets.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,  # SXM; the PCIe card is lower (756e12): pass --peak_tflops there
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A40": 149.7e12,
+    "L4": 121e12,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory or config.json (random weights then)")
+    parser.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+    parser.add_argument("--rows", type=int, default=24, help="completions per update (prompts x generations)")
+    parser.add_argument("--num_generations", type=int, default=6)
+    parser.add_argument("--prompt_len", type=int, default=64)
+    parser.add_argument("--completion_len", type=int, default=192)
+    parser.add_argument("--micro_batch_size", type=int, default=None, help="rows per accumulation step (default: all)")
+    parser.add_argument("--beta", type=float, default=0.04, help="KL weight (> 0 feeds reference log-probs)")
+    parser.add_argument("--loss_aggregation", default="group_token_mean")
+    parser.add_argument("--mesh", default="fsdp=-1", help="mesh axes, e.g. 'fsdp=-1' or 'data=2,fsdp=-1'")
+    parser.add_argument("--steps", type=int, default=5, help="timed updates after the warm-up")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="per-device peak for MFU (default: known GPUs)")
+
+
+def train_flops_per_token(config: Any, seq_len: int) -> float:
+    """Model FLOPs of one training token (forward + backward): 6 N_matmul + 12 L H d_head S."""
+    emb = config.vocab_size * config.hidden_size
+    matmul = config.num_params() - emb * (1 if config.tie_word_embeddings else 2) - config.hidden_size + emb
+    attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * seq_len
+    return 6.0 * matmul + attention
+
+
+def _peak_flops(args: argparse.Namespace, dtype: str) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    kind = jax.devices()[0].device_kind
+    if dtype != "bfloat16":
+        return None
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in kind), None)
+
+
+def random_batch(rows: int, prompt_len: int, completion_len: int, vocab: int, g: int, seed: int = 0) -> dict:
+    """Ids, masks with ragged completion lengths, group advantages and reference log-probs."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(completion_len // 2, completion_len + 1, rows)
+    completion = (np.arange(completion_len)[None, :] < lengths[:, None]).astype(np.int32)
+    attention = np.concatenate([np.ones((rows, prompt_len), np.int32), completion], axis=1)
+    rewards = rng.integers(0, 2, rows).astype(np.float32)
+    return {
+        "input_ids": rng.integers(0, vocab, (rows, prompt_len + completion_len)).astype(np.int32),
+        "attention_mask": attention,
+        "completion_mask": completion,
+        "advantages": np.asarray(group_advantages(jnp.asarray(rewards), g, scale=True)),
+        # Near a random model's log-probs, so the KL term has a realistic size.
+        "ref_logps": (-np.log(vocab) + rng.normal(0.0, 0.1, (rows, completion_len))).astype(np.float32),
+        "old_logps": None,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    platform = jax.devices()[0].platform
+    dtype = args.dtype or ("bfloat16" if platform == "gpu" else "float32")
+    if args.rows % args.num_generations:
+        raise UserError(f"--rows {args.rows} must be a multiple of --num_generations {args.num_generations}")
+    model, random_weights = load_bench_model(args.model, dtype="float32")
+    config = model.config.replace(dtype=dtype, param_dtype="float32", remat=args.remat)
+    params = params_of(model)
+    del model
+    graphdef, _ = nnx.split(abstract_model(config))
+    mesh = sharding.make_mesh(args.mesh)
+    update_config = UpdateConfig(
+        num_generations=args.num_generations, micro_batch_size=args.micro_batch_size, beta=args.beta,
+        loss_aggregation=args.loss_aggregation, max_completion_length=args.completion_len,
+        warmup_ratio=0.0, max_steps=10**6,
+    )
+    state = create_train_state(params, update_config, mesh)
+    del params
+    batch = random_batch(args.rows, args.prompt_len, args.completion_len, config.vocab_size, args.num_generations)
+    if args.beta == 0:
+        batch["ref_logps"] = None
+    batch = sharding.shard_batch(batch, mesh)
+    step = make_train_step(graphdef, update_config, mesh)
+
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+
+    seq = args.prompt_len + args.completion_len
+    tokens = args.rows * seq
+    flops = train_flops_per_token(config, seq) * tokens
+    peak = _peak_flops(args, dtype)
+    return {
+        "model": str(args.model),
+        "random_weights": random_weights,
+        **describe_model(config),
+        "remat": args.remat,
+        "mesh": dict(mesh.shape),
+        "rows": args.rows,
+        "prompt_len": args.prompt_len,
+        "completion_len": args.completion_len,
+        "micro_batch_size": args.micro_batch_size or args.rows,
+        "beta": args.beta,
+        "loss_aggregation": args.loss_aggregation,
+        "first_step_s": first_s,
+        "step_times_s": times,
+        "step_time_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "completion_tokens_per_s": float(np.asarray(batch["completion_mask"]).sum()) / step_s,
+        "model_tflops_per_step": flops / 1e12,
+        "achieved_tflops_per_device": flops / step_s / 1e12 / jax.device_count(),
+        "peak_tflops_per_device": None if peak is None else peak / 1e12,
+        "mfu": None if peak is None else flops / step_s / (peak * jax.device_count()),
+        "loss": float(metrics["loss"]),
+        "grad_norm": float(metrics["grad_norm"]),
+    }

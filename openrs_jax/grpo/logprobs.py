@@ -1,0 +1,155 @@
+"""Log-probabilities of completion tokens, computed over the sequence in chunks.
+
+A full fp32 logits tensor [rows, T, vocab] would take 2.5 GB per row at T = 4,096 and the
+Qwen2 vocabulary, so the output projection runs on `chunk` positions at a time: each chunk's
+logits [rows, chunk, V] live only inside one step of a loop, and the loop body is
+rematerialised, so the backward pass keeps only the hidden states, not the logits.
+
+Sequences are laid out as the trainer builds them: `input_ids [rows, S]` is the left-padded
+prompt followed by the completion, which starts at column `completion_start` (static). The
+log-prob of completion token t comes from the logits at column completion_start + t - 1.
+
+The recipe takes log_softmax of the raw logits, not divided by the sampling temperature; that
+is the default (`temperature=1.0`). Pass the sampling temperature to score tokens under the
+distribution they were sampled from (what later TRL versions do).
+
+`completion_logprobs(model, ...)` works on a merged module (used inside the update);
+`token_logprobs(graphdef, params, ...)` is the jitted, forward-only entry point for reference
+and old-policy log-probs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from openrs_jax.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
+from openrs_jax.model import Qwen2ForCausalLM
+from openrs_jax.sharding import constrain_batch
+
+DEFAULT_CHUNK = 256
+
+
+def _output_kernel(model: Qwen2ForCausalLM) -> jax.Array:
+    """The [D, V] output projection in its stored dtype (fp32 master weights in training).
+
+    Not `model.lm_head_kernel()`, which casts to the compute dtype up front: casting inside
+    each chunk instead makes the chunk loop accumulate this kernel's gradient in fp32.
+    """
+    return model.embed_tokens[...].T if model.lm_head is None else model.lm_head[...]
+
+
+def chunked_token_logprobs(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    targets: jax.Array,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """log p(targets) and optionally the entropy, both [B, T] fp32, from hidden [B, T, D].
+
+    `kernel` [D, V] is cast to the hidden states' dtype inside each chunk; logits are
+    accumulated in fp32. The entropy carries no gradient (it is a metric).
+    """
+    b, t, d = hidden.shape
+    chunk = max(1, min(chunk, t))
+    n = math.ceil(t / chunk)
+    pad = n * chunk - t
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, chunk, D]
+    ts = targets.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, chunk]
+
+    # Rematerialised: the backward pass recomputes one chunk's logits at a time.
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+    def one_chunk(w: jax.Array, h: jax.Array, tgt: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits = jnp.dot(h, w.astype(h.dtype), preferred_element_type=jnp.float32)  # [B, chunk, V]
+        if temperature != 1.0:
+            logits = logits / temperature
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        logp = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0] - lse
+        if not with_entropy:
+            return logp, jnp.zeros_like(logp)
+        sg = jax.lax.stop_gradient(logits)
+        lse_sg = jax.lax.stop_gradient(lse)
+        entropy = lse_sg - jnp.sum(jax.nn.softmax(sg, axis=-1) * sg, axis=-1)
+        return logp, entropy
+
+    def body(carry: None, xs: tuple[jax.Array, jax.Array]) -> tuple[None, tuple[jax.Array, jax.Array]]:
+        return None, one_chunk(kernel, *xs)
+
+    _, (logp, entropy) = jax.lax.scan(body, None, (hs, ts))
+    logp = logp.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+    entropy = entropy.swapaxes(0, 1).reshape(b, n * chunk)[:, :t] if with_entropy else None
+    return logp, entropy
+
+
+def completion_logprobs(
+    model: Qwen2ForCausalLM,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    completion_start: int,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Log-probs (and entropies) [rows, S - completion_start] of the completion tokens."""
+    if not 1 <= completion_start < input_ids.shape[1]:
+        raise ValueError(f"completion_start {completion_start} must be in [1, {input_ids.shape[1]})")
+    hidden, _ = model.hidden_states(input_ids, attention_mask)  # [rows, S, D]
+    if mesh is not None:
+        hidden = constrain_batch(hidden, mesh)
+    # Position p predicts token p + 1.
+    hidden = hidden[:, completion_start - 1 : -1]
+    targets = input_ids[:, completion_start:]
+    return chunked_token_logprobs(
+        hidden, _output_kernel(model), targets, chunk=chunk, temperature=temperature, with_entropy=with_entropy
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "completion_start", "chunk", "micro_batch_size", "temperature", "mesh")
+)
+def token_logprobs(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    completion_start: int,
+    chunk: int = DEFAULT_CHUNK,
+    *,
+    micro_batch_size: int | None = None,
+    temperature: float = 1.0,
+    mesh: Mesh | None = None,
+) -> jax.Array:
+    """Forward-only log-probs [rows, S - completion_start] of completion tokens (jitted).
+
+    `params` is the model's parameter tree (a pure dict or `nnx.State`, any dtype: the
+    graphdef's config decides the compute dtype). Rows are processed `micro_batch_size` at a
+    time (default: all at once) so activation memory matches the update's.
+    """
+    model = nnx.merge(graphdef, params)
+    n = num_micro_batches(input_ids.shape[0], micro_batch_size)
+
+    def run(ids: jax.Array, mask: jax.Array) -> jax.Array:
+        if mesh is not None:
+            ids, mask = constrain_batch(ids, mesh), constrain_batch(mask, mesh)
+        logp, _ = completion_logprobs(
+            model, ids, mask, completion_start, chunk=chunk, temperature=temperature, mesh=mesh
+        )
+        return logp
+
+    if n == 1:
+        return run(input_ids, attention_mask)
+    ids, mask = split_micro_batches((input_ids, attention_mask), n)
+    return merge_micro_batches(jax.lax.map(lambda xs: run(*xs), (ids, mask)))

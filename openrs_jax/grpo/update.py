@@ -1,0 +1,234 @@
+"""The jitted GRPO update: gradient accumulation over micro-batches, AdamW, sharded state.
+
+    config = UpdateConfig.from_config(cfg)              # or UpdateConfig(...)
+    mesh = sharding.make_mesh(cfg.mesh)
+    graphdef, _ = nnx.split(model)                       # model config: dtype, remat
+    state = create_train_state(params, config, mesh)     # fp32, FSDP-sharded
+    train_step = make_train_step(graphdef, config, mesh)
+    state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+
+`batch` is a dict (rows = prompts_per_step x num_generations, group-major):
+
+| key              | shape            | meaning                                                  |
+|------------------|------------------|----------------------------------------------------------|
+| input_ids        | [rows, P + T]    | left-padded prompt, then the completion (int32)          |
+| attention_mask   | [rows, P + T]    | 1 on real tokens (prompt and completion)                 |
+| completion_mask  | [rows, T]        | 1 on completion tokens up to and including the first EOS |
+| advantages       | [rows]           | `group_advantages(rewards, G)`                           |
+| old_logps        | [rows, T] / None | policy log-probs at rollout time; None when num_iterations = 1 |
+| ref_logps        | [rows, T] / None | reference log-probs; None when beta = 0                  |
+
+P (the completion start) is read from the shapes. The step applies one optimizer update;
+for num_iterations > 1 the trainer computes `old_logps` once with `token_logprobs` and calls
+the step num_iterations times on the same batch. The input state is donated.
+
+Every loss normaliser is computed from the whole batch before it is split (see
+`grpo.loss`), so `micro_batch_size` changes memory and speed, never the update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from openrs_jax import optim
+from openrs_jax.errors import UserError
+from openrs_jax.grpo.logprobs import DEFAULT_CHUNK, completion_logprobs
+from openrs_jax.grpo.loss import AGGREGATIONS, aggregation_weights, grpo_loss, token_mean_weights
+from openrs_jax.grpo.microbatch import num_micro_batches, split_micro_batches
+from openrs_jax.sharding import constrain_batch, tree_shardings
+
+BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+    """Hyper-parameters of the update; the defaults are the recipe's (Exp2)."""
+
+    num_generations: int = 6
+    micro_batch_size: int | None = None  # rows per accumulation step, all devices together
+    beta: float = 0.04
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    loss_aggregation: str = "group_token_mean"
+    max_completion_length: int = 3584  # the configured limit (constant_norm uses it)
+    logprob_chunk: int = DEFAULT_CHUNK  # sequence positions per output-projection chunk
+    logprob_temperature: float = 1.0  # logits divisor; the recipe uses none
+    log_entropy: bool = True
+    learning_rate: float = 1e-6
+    warmup_ratio: float = 0.1
+    min_lr_rate: float = 0.1
+    max_steps: int = 500
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise UserError(f"unknown loss_aggregation {self.loss_aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+        if self.num_generations < 1:
+            raise UserError(f"num_generations must be >= 1, got {self.num_generations}")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise UserError(f"micro_batch_size must be positive, got {self.micro_batch_size}")
+        if self.beta < 0 or self.epsilon_low < 0 or self.epsilon_high < 0:
+            raise UserError("beta, epsilon_low and epsilon_high must be >= 0")
+        if self.logprob_chunk <= 0 or self.logprob_temperature <= 0:
+            raise UserError("logprob_chunk and logprob_temperature must be positive")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Any) -> "UpdateConfig":
+        """Picks this class's fields out of a run config (ConfigDict or mapping); others are ignored."""
+        if isinstance(config, cls):
+            return config
+        values = {f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config}
+        return cls(**values)
+
+    def schedule(self) -> optax.Schedule:
+        return optim.cosine_with_min_lr(self.learning_rate, self.max_steps, self.warmup_ratio, self.min_lr_rate)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return optim.make_optimizer(
+            self.schedule(), max_grad_norm=self.max_grad_norm, weight_decay=self.weight_decay,
+            b1=self.adam_beta1, b2=self.adam_beta2, eps=self.adam_epsilon,
+        )
+
+
+@struct.dataclass
+class TrainState:
+    """What an update changes: fp32 parameters (a pure dict), AdamW state, update count."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array  # int32 scalar: updates applied so far
+
+
+def _init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+
+
+def abstract_train_state(params: Any, config: UpdateConfig, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and shardings of the train state (no memory), e.g. for AOT compiling.
+
+    `params` may be arrays or `jax.ShapeDtypeStruct`s (`nnx.to_pure_dict` of an abstract model).
+    """
+    tx = config.optimizer()
+    shapes = jax.eval_shape(lambda p: _init_state(p, tx), params)
+    shardings = tree_shardings(shapes, mesh)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def create_train_state(params: Any, config: UpdateConfig, mesh: Mesh) -> TrainState:
+    """The initial train state from a parameter tree (numpy or jax, any float dtype), sharded.
+
+    Parameters are placed shard by shard before the fp32 cast, so no device holds them whole.
+    """
+    tx = config.optimizer()
+    params = jax.device_put(params, tree_shardings(params, mesh))
+    shardings = jax.tree.map(lambda s: s.sharding, abstract_train_state(params, config, mesh))
+    return jax.jit(lambda p: _init_state(p, tx), out_shardings=shardings)(params)
+
+
+def _check_batch(batch: Mapping[str, Any], config: UpdateConfig) -> None:
+    unknown = set(batch) - set(BATCH_KEYS)
+    missing = {"input_ids", "attention_mask", "completion_mask", "advantages"} - set(batch)
+    if unknown or missing:
+        raise ValueError(f"batch keys: missing {sorted(missing)}, unknown {sorted(unknown)}; expected {BATCH_KEYS}")
+    rows, seq = batch["input_ids"].shape
+    t = batch["completion_mask"].shape[1]
+    if batch["completion_mask"].shape[0] != rows or not 0 < t < seq:
+        raise ValueError(f"completion_mask {batch['completion_mask'].shape} does not fit input_ids {(rows, seq)}")
+    if rows % config.num_generations:
+        raise ValueError(f"{rows} rows do not split into groups of num_generations={config.num_generations}")
+    if config.beta != 0.0 and batch.get("ref_logps") is None:
+        raise ValueError("beta != 0 needs batch['ref_logps'] (compute them with token_logprobs)")
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, config: UpdateConfig | Mapping[str, Any], mesh: Mesh | None
+) -> Callable[[TrainState, dict[str, Any]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted update `(state, batch) -> (state, metrics)`; the state argument is donated.
+
+    Metrics (scalars): loss, grad_norm (before clipping), learning_rate (the one this update
+    used), kl (when ref_logps are given), clip_ratio, clip_ratio/low, clip_ratio/high,
+    entropy (when config.log_entropy), num_tokens. `mesh=None` adds no sharding constraints
+    (one device).
+    """
+    config = UpdateConfig.from_config(config)
+    tx = config.optimizer()
+    schedule = config.schedule()
+
+    def constrain(x: jax.Array) -> jax.Array:
+        return x if mesh is None else constrain_batch(x, mesh)
+
+    def constrain_like_params(tree: Any) -> Any:
+        return tree if mesh is None else jax.lax.with_sharding_constraint(tree, tree_shardings(tree, mesh))
+
+    def micro_batch_loss(params: Any, mb: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        model = nnx.merge(graphdef, params)
+        ids, mask = constrain(mb["input_ids"]), constrain(mb["attention_mask"])
+        completion_start = ids.shape[1] - mb["loss_weights"].shape[1]
+        logps, entropy = completion_logprobs(
+            model, ids, mask, completion_start, chunk=config.logprob_chunk,
+            temperature=config.logprob_temperature, with_entropy=config.log_entropy, mesh=mesh,
+        )
+        return grpo_loss(
+            logps, mb.get("old_logps"), mb.get("ref_logps"), mb["advantages"], mb["completion_mask"],
+            num_generations=config.num_generations, beta=config.beta, epsilon_low=config.epsilon_low,
+            epsilon_high=config.epsilon_high, loss_weights=mb["loss_weights"],
+            metric_weights=mb["metric_weights"], entropy=entropy,
+        )
+
+    grad_fn = jax.value_and_grad(micro_batch_loss, has_aux=True)
+
+    def step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+        _check_batch(batch, config)
+        mask = batch["completion_mask"].astype(jnp.float32)
+        # Normalisers from the whole batch: each micro-batch's loss is its exact share.
+        data = {k: v for k, v in batch.items() if v is not None}
+        data["completion_mask"] = mask
+        data["loss_weights"] = aggregation_weights(
+            mask, num_generations=config.num_generations, aggregation=config.loss_aggregation,
+            max_completion_length=config.max_completion_length,
+        )
+        data["metric_weights"] = token_mean_weights(mask)
+        n = num_micro_batches(mask.shape[0], config.micro_batch_size)
+
+        if n == 1:
+            (loss, metrics), grads = grad_fn(state.params, data)
+        else:
+            def accumulate(grads_sum: Any, mb: dict[str, Any]) -> tuple[Any, tuple]:
+                (loss, metrics), grads = grad_fn(state.params, mb)
+                return constrain_like_params(jax.tree.map(jnp.add, grads_sum, grads)), (loss, metrics)
+
+            zeros = constrain_like_params(jax.tree.map(jnp.zeros_like, state.params))
+            micro = split_micro_batches(data, n)  # [n, micro_batch_size, ...]
+            if mesh is not None:
+                micro = jax.tree.map(lambda x: constrain_batch(x, mesh, row_axis=1), micro)
+            grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, micro)
+            # Micro-batch losses and metrics are shares of the batch's: they add up.
+            loss, metrics = losses.sum(), jax.tree.map(lambda x: x.sum(0), metrics)
+
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+        new_state = constrain_like_params(new_state)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step),
+            "num_tokens": mask.sum(),
+        }
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=(0,))
