@@ -23,7 +23,6 @@ import numpy as np
 from flax import nnx
 
 from openrs_jax import sharding
-from openrs_jax.bench.common import describe_model, load_bench_model
 from openrs_jax.errors import UserError
 from openrs_jax.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
 from openrs_jax.model import abstract_model, params_of
@@ -91,6 +90,9 @@ def random_batch(rows: int, prompt_len: int, completion_len: int, vocab: int, g:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # Imported here so that the other bench subcommands load even where common.py is absent.
+    from openrs_jax.bench.common import describe_model, load_bench_model
+
     platform = jax.devices()[0].platform
     dtype = args.dtype or ("bfloat16" if platform == "gpu" else "float32")
     if args.rows % args.num_generations:
