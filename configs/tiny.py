@@ -1,4 +1,6 @@
-"""The offline default: a tiny random Qwen2 learns one-digit sums on a CPU in a few minutes.
+"""The offline default: a tiny random Qwen2 learns one-digit sums on a CPU in about a minute.
+
+Accuracy starts near 0.05 (a random answer token) and climbs past 0.5 by step 200.
 
 `builtin:tiny` is a 2-layer Qwen2 built at start with random weights and a 29-token tokenizer
 that ships with the package; `builtin:sums` is a toy dataset of 25 sums (a + b, a, b < 5).
@@ -13,28 +15,28 @@ def get_config():
     c.model_path = "builtin:tiny"
     c.dataset_name = "builtin:sums"
     c.system_prompt = ""
-    c.reward_funcs = ("accuracy", "format")
-    c.reward_weights = (1.0, 0.25)
+    c.reward_funcs = ("accuracy",)
+    c.reward_weights = (1.0,)
     c.reward_num_workers = 2
     c.num_generations = 8
-    c.prompts_per_step = 8
-    c.micro_batch_size = 32
+    c.prompts_per_step = 16
+    c.micro_batch_size = 64
     c.max_prompt_length = 16
-    c.max_completion_length = 8
+    c.max_completion_length = 2  # an answer token, then EOS
     c.temperature = 1.0
     c.learning_rate = 3e-3
     c.warmup_ratio = 0.0
-    c.min_lr_rate = 0.1
-    c.max_steps = 60
+    c.min_lr_rate = 1.0  # constant learning rate
+    c.max_steps = 200
     c.beta = 0.04
     c.compute_dtype = "float32"
     c.remat = "none"
     c.mesh.fsdp = 1
     c.mesh.data = -1
     c.seed = 0
-    c.save_steps = 20
+    c.save_steps = 50
     c.export_dtype = "float32"
     c.logprob_chunk = 64
-    c.eval_max_new_tokens = 8
+    c.eval_max_new_tokens = 2
     c.output_dir = "runs/tiny"
     return c

@@ -1,0 +1,371 @@
+"""One GRPO run end to end: setup, the step loop, logging, checkpoints, exports.
+
+One step (DESIGN.md's data flow): draw `prompts_per_step` prompts -> sample `num_generations`
+completions each with the bf16 rollout copy -> decode and score in the reward pool -> group
+advantages -> reference log-probs (skipped when beta = 0) -> old log-probs (only when
+num_iterations > 1) -> jitted update(s) with gradient accumulation -> metrics, checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from openrs_jax import sharding, toy
+from openrs_jax.checkpoint import Checkpointer
+from openrs_jax.config import validate
+from openrs_jax.data import PromptDataset, PromptOrder, build_dataset, load_rows
+from openrs_jax.errors import UserError
+from openrs_jax.grpo import (
+    UpdateConfig,
+    abstract_train_state,
+    create_train_state,
+    group_advantages,
+    make_train_step,
+    reward_std,
+    token_logprobs,
+)
+from openrs_jax.model import Qwen2Config, abstract_model, init_model, load_params, params_of, write_hf_directory
+from openrs_jax.rewards import RewardScorer
+from openrs_jax.run_log import METRICS_FILE, RunLog
+from openrs_jax.sampling import Sampler, SamplingParams
+from openrs_jax.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger("openrs_jax.trainer")
+
+# Completions are trained on their longest length in the batch rounded up to this many tokens,
+# not on max_completion_length: most rows end early, and few buckets mean few compilations.
+COMPLETION_BUCKET = 256
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def load_model_params(config: ml_collections.ConfigDict) -> tuple[dict, Qwen2Config]:
+    """The initial parameters: the built-in tiny model (random, seeded) or a checkpoint/HF dir."""
+    path = config.model_path
+    if toy.is_builtin_model(path):
+        model_config = Qwen2Config.from_json(toy.resolve(path))
+        return params_of(init_model(model_config, seed=config.seed)), model_config
+    return load_params(path)
+
+
+def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """Parameters of the configurable reward functions, from the run config."""
+    return {
+        "cosine": {
+            "min_value_wrong": config.cosine_min_value_wrong,
+            "max_value_wrong": config.cosine_max_value_wrong,
+            "min_value_correct": config.cosine_min_value_correct,
+            "max_value_correct": config.cosine_max_value_correct,
+            "max_len": config.cosine_max_len,
+        },
+        "repetition_penalty": {
+            "ngram_size": config.repetition_ngram_size,
+            "max_penalty": config.repetition_max_penalty,
+        },
+    }
+
+
+def make_run_mesh(spec: dict[str, int]) -> jax.sharding.Mesh:
+    """The run's mesh; a spec with only fixed sizes may use fewer devices than there are."""
+    devices = jax.devices()
+    if all(size > 0 for size in spec.values()):
+        wanted = math.prod(spec.values())
+        if wanted < len(devices):
+            log.info("mesh %s uses %d of the %d devices", spec, wanted, len(devices))
+            devices = devices[:wanted]
+    return sharding.make_mesh(spec, devices)
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    """Refuses to write a new run over an existing one."""
+    holds_run = (output_dir / METRICS_FILE).is_file() or any((output_dir / "checkpoints").glob("*"))
+    if holds_run and not resume:
+        raise UserError(
+            f"output_dir {output_dir} already holds a run; pass --config.resume=True to continue it "
+            "or choose another --config.output_dir"
+        )
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (then saves and exits)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequested":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop right away
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("received %s: finishing this step, saving a checkpoint, then exiting",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+class GRPOTrainer:
+    """Builds everything a run needs from a validated config; `train()` runs the steps."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = c = config
+        self.output_dir = Path(c.output_dir).expanduser()
+        check_output_dir(self.output_dir, c.resume)
+        self.mesh = make_run_mesh(c.mesh.to_dict())
+        validate(c, self.mesh.size)
+
+        self.tokenizer: Tokenizer = load_tokenizer(toy.resolve(c.tokenizer_path or c.model_path))
+        if not self.tokenizer.has_chat_template:
+            raise UserError(f"tokenizer {c.tokenizer_path} has no chat template; use a chat model's tokenizer")
+        params, model_config = load_model_params(c)
+        if self.tokenizer.vocab_size > model_config.vocab_size:
+            raise UserError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model_config.vocab_size}: "
+                "tokenizer_path does not belong to model_path"
+            )
+        self.model_config = model_config.replace(dtype=c.compute_dtype, param_dtype=c.param_dtype, remat=c.remat)
+        self.graphdef = nnx.split(abstract_model(self.model_config))[0]
+        self.eos_ids = tuple(sorted({self.tokenizer.eos_id} | set(_as_list(model_config.eos_token_id))))
+
+        self.dataset: PromptDataset = build_dataset(
+            load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
+            c.max_prompt_length, dataset_name=c.dataset_name,
+        )
+        self.order = PromptOrder(len(self.dataset), seed=c.seed)
+
+        self.update_config = UpdateConfig.from_config(c)
+        self.state = create_train_state(params, self.update_config, self.mesh)
+        # The reference policy: a frozen copy of the initial weights in the compute dtype.
+        self.ref_params = (
+            sharding.rollout_params(self.state.params, self.mesh, c.compute_dtype) if c.beta > 0 else None
+        )
+        self.train_step = make_train_step(self.graphdef, self.update_config, self.mesh)
+        # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
+        self.sampler = Sampler(self.model_config, mesh=self.mesh, prompt_bucket=min(64, round_up(c.max_prompt_length, 8)))
+        self.sampling = SamplingParams(
+            temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_completion_length,
+            eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id,
+        )
+        self.checkpointer = Checkpointer(self.output_dir, keep=c.keep_checkpoints)
+        self.step = 0
+        self.bad_steps = 0
+        if c.resume and self.checkpointer.latest_step() is not None:
+            self._restore()
+        self.scorer = RewardScorer(
+            list(c.reward_funcs), list(c.reward_weights), reward_params(c),
+            num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
+        )
+        self.run_log = RunLog(self.output_dir, tensorboard=c.tensorboard)
+        self.run_log.truncate_after(self.step)
+        (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
+        self.rng = jax.random.key(c.seed)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
+                "model_config": self.model_config.to_hf_dict()}
+
+    def save_checkpoint(self) -> None:
+        self.checkpointer.save(self.step, self.state, self._metadata())
+
+    def _restore(self) -> None:
+        meta = self.checkpointer.restore_metadata()
+        saved = Qwen2Config.from_hf_dict(meta["model_config"])
+        if saved.to_hf_dict() != self.model_config.to_hf_dict():
+            raise UserError(
+                f"the checkpoint in {self.checkpointer.directory} was written for another model shape; "
+                "resume with the same model_path, or choose another output_dir"
+            )
+        abstract = abstract_train_state(self.state.params, self.update_config, self.mesh)
+        self.state, meta = self.checkpointer.restore(abstract)
+        self.step = int(meta["step"])
+        self.bad_steps = int(meta.get("bad_steps", 0))
+        self.order.restore(meta["data_order"])
+        if self.ref_params is not None:
+            log.info("reference policy = the initial weights of model_path (unchanged by resuming)")
+        log.info("resumed from step %d", self.step)
+
+    def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
+        """Writes the current policy as a Hugging Face directory (with the tokenizer files)."""
+        params = jax.tree.map(np.asarray, jax.device_get(self.state.params))
+        tokenizer_dir = Path(toy.resolve(self.config.tokenizer_path or self.config.model_path))
+        return write_hf_directory(
+            directory, params, self.model_config, dtype=dtype or self.config.export_dtype,
+            tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
+        )
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def rollout(self, examples: list) -> tuple[Any, float]:
+        start = time.perf_counter()
+        params = sharding.rollout_params(self.state.params, self.mesh, self.config.compute_dtype)
+        key = jax.random.fold_in(self.rng, self.step)
+        out = self.sampler.generate(
+            params, [list(e.prompt_ids) for e in examples], self.config.num_generations, self.sampling, key
+        )
+        return out, time.perf_counter() - start
+
+    def build_batch(self, out: Any, advantages: np.ndarray) -> dict[str, Any]:
+        """Prompt + completion rows, trimmed to the longest completion (bucketed)."""
+        longest = int(out.lengths.max()) if len(out.lengths) else 1
+        t = min(round_up(max(longest, 1), COMPLETION_BUCKET), out.completion_ids.shape[1])
+        completion_ids = out.completion_ids[:, :t]
+        completion_mask = out.completion_mask[:, :t]
+        return {
+            "input_ids": np.concatenate([out.prompt_ids, completion_ids], axis=1).astype(np.int32),
+            "attention_mask": np.concatenate([out.prompt_mask, completion_mask], axis=1).astype(np.int32),
+            "completion_mask": completion_mask.astype(np.int32),
+            "advantages": advantages.astype(np.float32),
+        }
+
+    def train_one_step(self) -> dict[str, Any]:
+        c = self.config
+        g = c.num_generations
+        t0 = time.perf_counter()
+        indices = self.order.next_indices(c.prompts_per_step)
+        examples = [self.dataset.examples[i] for i in indices]
+        out, rollout_s = self.rollout(examples)
+
+        t1 = time.perf_counter()
+        texts = self.tokenizer.decode_batch(
+            [ids[: n] for ids, n in zip(out.completion_ids.tolist(), out.lengths.tolist())]
+        )
+        golds = [e.gold for e in examples for _ in range(g)]
+        scores = self.scorer.score(texts, golds, g)
+        rewards = np.asarray(scores.total, np.float32)
+        advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
+        reward_s = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        batch = sharding.shard_batch(self.build_batch(out, advantages), self.mesh)
+        prompt_len = out.prompt_ids.shape[1]
+        if c.beta > 0:
+            batch["ref_logps"] = token_logprobs(
+                self.graphdef, self.ref_params, batch["input_ids"], batch["attention_mask"], prompt_len,
+                c.logprob_chunk, micro_batch_size=c.micro_batch_size, mesh=self.mesh,
+            )
+        if c.num_iterations > 1:
+            batch["old_logps"] = token_logprobs(
+                self.graphdef, self.state.params, batch["input_ids"], batch["attention_mask"], prompt_len,
+                c.logprob_chunk, micro_batch_size=c.micro_batch_size, mesh=self.mesh,
+            )
+        jax.block_until_ready(batch)
+        reference_s = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        for _ in range(c.num_iterations):
+            self.state, update_metrics = self.train_step(self.state, batch)
+        update_metrics = {k: float(v) for k, v in jax.device_get(update_metrics).items()}
+        update_s = time.perf_counter() - t3
+        self.step += 1
+
+        lengths = out.lengths
+        step_s = time.perf_counter() - t0
+        metrics = {
+            **scores.metrics(),
+            "reward_std": float(reward_std(jnp.asarray(rewards), g)),
+            "completion_length": float(lengths.mean()),
+            "completion_length_min": int(lengths.min()),
+            "completion_length_max": int(lengths.max()),
+            "truncated_fraction": float(np.mean(out.truncated)),
+            **update_metrics,
+            "time/rollout_s": rollout_s,
+            "time/reward_s": reward_s,
+            "time/reference_s": reference_s,
+            "time/update_s": update_s,
+            "time/step_s": step_s,
+            "tokens_per_s": float(lengths.sum() + len(lengths) * prompt_len) / step_s,
+            "epoch": self.order.epoch,
+        }
+        if c.log_completions:
+            samples = [
+                {"prompt": examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
+                 "gold": golds[r]}
+                for r in range(min(c.log_completions, len(texts)))
+            ]
+            self.run_log.log_completions(self.step, samples)
+        return metrics
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Runs until max_steps (or a stop signal); returns the last step's metrics."""
+        from tqdm import tqdm
+
+        c = self.config
+        metrics: dict[str, Any] = {}
+        log.info(
+            "dataset: %d prompts (%d dropped as longer than %d tokens); %d devices; mesh %s",
+            len(self.dataset), self.dataset.dropped_too_long, c.max_prompt_length, jax.device_count(),
+            dict(self.mesh.shape),
+        )
+        bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True)
+        try:
+            with StopRequested() as stop:
+                while self.step < c.max_steps and not stop:
+                    metrics = self.train_one_step()
+                    self.run_log.log_metrics(self.step, metrics)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
+                    bar.write(format_summary(self.step, metrics, c.reward_funcs))
+                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stop:
+                        self.save_checkpoint()
+                    if self.step in tuple(c.export_steps):
+                        self.export_hf(self.output_dir / f"hf-step-{self.step}")
+                if stop:
+                    bar.write(f"stopped by signal at step {self.step}; checkpoint saved, resume with "
+                              "--config.resume=True")
+                else:
+                    self.export_hf(self.output_dir / "hf")
+        finally:
+            bar.close()
+            self.close()
+        return metrics
+
+    def close(self) -> None:
+        self.scorer.close()
+        self.run_log.close()
+        self.checkpointer.close()
+
+
+def format_summary(step: int, metrics: dict[str, Any], reward_funcs: Any) -> str:
+    """One console line per step."""
+    parts = [f"step {step}", f"reward {metrics['reward']:.3f}"]
+    parts += [f"{name} {metrics.get(f'rewards/{name}', math.nan):.3f}" for name in reward_funcs]
+    parts += [
+        f"len {metrics['completion_length']:.0f}",
+        f"kl {metrics.get('kl', 0.0):.4f}",
+        f"loss {metrics['loss']:.4f}",
+        f"lr {metrics['learning_rate']:.2e}",
+        f"{metrics['time/step_s']:.1f}s",
+    ]
+    return " | ".join(parts)
+
+
+def _as_list(x: Any) -> list[int]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [int(x)]
