@@ -191,6 +191,7 @@ def check_known_keys(config: ml_collections.ConfigDict, where: str) -> None:
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Checks values before any long work starts; raises `UserError` naming the key and the fix."""
     from openrs_jax.rewards import REWARD_FUNCTIONS
+    from openrs_jax.rewards.registry import get_spec
 
     c = config
     if c.num_generations < 2:
@@ -214,9 +215,17 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
                 f"micro_batch_size={c.micro_batch_size} must be a multiple of the data-parallel device count "
                 f"({_batch_devices(c, device_count)})"
             )
-    unknown = [f for f in c.reward_funcs if f not in REWARD_FUNCTIONS]
+    unknown = [f for f in c.reward_funcs if f not in REWARD_FUNCTIONS and ":" not in f]
     if unknown:
-        raise UserError(f"unknown reward function(s) {unknown}; valid: {', '.join(sorted(REWARD_FUNCTIONS))}")
+        raise UserError(
+            f"unknown reward function(s) {unknown}; valid: {', '.join(sorted(REWARD_FUNCTIONS))} "
+            "(or a custom one as 'package.module:function')"
+        )
+    for name in c.reward_funcs:
+        try:
+            get_spec(name)  # imports custom rewards now rather than in the first step
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if len(c.reward_weights) != len(c.reward_funcs):
         raise UserError(
             f"reward_weights has {len(c.reward_weights)} values but reward_funcs has {len(c.reward_funcs)}"

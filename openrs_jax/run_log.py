@@ -19,6 +19,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class RunLog:
     """Appends one JSON object per optimizer step; mirrors scalars to TensorBoard."""
 
@@ -32,11 +39,13 @@ class RunLog:
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """Drops lines logged after `step` (a resumed run redoes those steps)."""
+        """Drops lines logged after `step` (a resumed run redoes those steps), and a line cut
+        short by a crash."""
         for name in (METRICS_FILE, COMPLETIONS_FILE):
             path = self.dir / name
             if path.is_file():
-                keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+                keep = [line for line in path.read_text().splitlines() if _step_of(line) is not None
+                        and _step_of(line) <= step]
                 path.write_text("".join(line + "\n" for line in keep))
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:

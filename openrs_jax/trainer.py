@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import signal
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from openrs_jax.grpo import (
     reward_std,
     token_logprobs,
 )
-from openrs_jax.model import Qwen2Config, abstract_model, init_model, load_params, params_of, write_hf_directory
+from openrs_jax.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
 from openrs_jax.rewards import RewardScorer
 from openrs_jax.run_log import METRICS_FILE, RunLog
 from openrs_jax.sampling import Sampler, SamplingParams
@@ -52,13 +53,21 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def load_model_params(config: ml_collections.ConfigDict) -> tuple[dict, Qwen2Config]:
-    """The initial parameters: the built-in tiny model (random, seeded) or a checkpoint/HF dir."""
-    path = config.model_path
-    if toy.is_builtin_model(path):
-        model_config = Qwen2Config.from_json(toy.resolve(path))
-        return params_of(init_model(model_config, seed=config.seed)), model_config
-    return load_params(path)
+def resolve_model_path(name: str) -> str:
+    """A local model directory for `name`: itself, a built-in, or a Hub snapshot (org/name)."""
+    if toy.is_builtin_model(name) or Path(name).expanduser().exists():
+        return name
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
+        except Exception as e:  # noqa: BLE001 - offline, gated, misspelt: all mean the same to the user
+            raise UserError(
+                f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
+                f"({type(e).__name__}); download it first and set --config.model_path to its directory"
+            ) from None
+    raise UserError(f"model path {name} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
 
 
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
@@ -136,10 +145,18 @@ class GRPOTrainer:
         self.mesh = make_run_mesh(c.mesh.to_dict())
         validate(c, self.mesh.size)
 
-        self.tokenizer: Tokenizer = load_tokenizer(toy.resolve(c.tokenizer_path or c.model_path))
+        # Cheap checks first (model config, tokenizer, data), weights last: a mistake in the
+        # setup stops the run in seconds, not after loading 7 GB.
+        model_path = resolve_model_path(c.model_path)
+        model_config = read_config(model_path)
+        tokenizer_path = model_path if not c.tokenizer_path or c.tokenizer_path == c.model_path else c.tokenizer_path
+        self.tokenizer: Tokenizer = load_tokenizer(toy.resolve(tokenizer_path))
+        self.tokenizer_dir = Path(toy.resolve(tokenizer_path))
         if not self.tokenizer.has_chat_template:
-            raise UserError(f"tokenizer {c.tokenizer_path} has no chat template; use a chat model's tokenizer")
-        params, model_config = load_model_params(c)
+            raise UserError(
+                f"tokenizer {self.tokenizer_dir} has no chat template; use a chat model's tokenizer "
+                "(tokenizer_config.json with chat_template, or chat_template.jinja)"
+            )
         if self.tokenizer.vocab_size > model_config.vocab_size:
             raise UserError(
                 f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model_config.vocab_size}: "
@@ -153,6 +170,7 @@ class GRPOTrainer:
             load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
             c.max_prompt_length, dataset_name=c.dataset_name,
         )
+        params, _ = load_params(model_path, seed=c.seed)
         self.order = PromptOrder(len(self.dataset), seed=c.seed)
 
         self.update_config = UpdateConfig.from_config(c)
@@ -211,10 +229,9 @@ class GRPOTrainer:
     def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
         """Writes the current policy as a Hugging Face directory (with the tokenizer files)."""
         params = jax.tree.map(np.asarray, jax.device_get(self.state.params))
-        tokenizer_dir = Path(toy.resolve(self.config.tokenizer_path or self.config.model_path))
         return write_hf_directory(
             directory, params, self.model_config, dtype=dtype or self.config.export_dtype,
-            tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
+            tokenizer_dir=self.tokenizer_dir,
         )
 
     # --- one step ----------------------------------------------------------------------------
@@ -281,6 +298,10 @@ class GRPOTrainer:
         update_metrics = {k: float(v) for k, v in jax.device_get(update_metrics).items()}
         update_s = time.perf_counter() - t3
         self.step += 1
+        self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
+        if self.bad_steps:
+            log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
+                        self.step, self.bad_steps)
 
         lengths = out.lengths
         step_s = time.perf_counter() - t0
@@ -299,6 +320,7 @@ class GRPOTrainer:
             "time/step_s": step_s,
             "tokens_per_s": float(lengths.sum() + len(lengths) * prompt_len) / step_s,
             "epoch": self.order.epoch,
+            "bad_steps": self.bad_steps,
         }
         if c.log_completions:
             samples = [
@@ -331,8 +353,15 @@ class GRPOTrainer:
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
                     bar.write(format_summary(self.step, metrics, c.reward_funcs))
-                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stop:
+                    too_many_bad = self.bad_steps >= c.max_bad_steps
+                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stop or too_many_bad:
                         self.save_checkpoint()
+                    if too_many_bad:
+                        raise UserError(
+                            f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
+                            "or gradient and were not applied; the checkpoint just saved holds the last good "
+                            "weights. Lower learning_rate, check the rewards for NaN, or raise max_bad_steps"
+                        )
                     if self.step in tuple(c.export_steps):
                         self.export_hf(self.output_dir / f"hf-step-{self.step}")
                 if stop:

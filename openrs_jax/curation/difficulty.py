@@ -220,13 +220,12 @@ def _as_list(x: Any) -> list[int]:
 def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
     """Loads the model and the sampler and returns a `GenerateFn` (JAX starts here, not before)."""
     import jax
-    import ml_collections
 
     from openrs_jax import sharding
+    from openrs_jax.model import load_params
     from openrs_jax.sampling import Sampler, SamplingParams
-    from openrs_jax.trainer import load_model_params
 
-    params, config = load_model_params(ml_collections.ConfigDict({"model_path": args.model, "seed": args.seed}))
+    params, config = load_params(args.model, seed=args.seed)
     if tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: "
                         "--tokenizer does not belong to --model")

@@ -157,7 +157,8 @@ def make_train_step(
 ) -> Callable[[TrainState, dict[str, Any]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted update `(state, batch) -> (state, metrics)`; the state argument is donated.
 
-    Metrics (scalars): loss, grad_norm (before clipping), learning_rate (the one this update
+    A step whose loss or gradient norm is not finite leaves the state unchanged and reports
+    `skipped` = 1. Metrics (scalars): loss, grad_norm (before clipping), learning_rate (the one this update
     used), kl (when ref_logps are given), clip_ratio, clip_ratio/low, clip_ratio/high,
     entropy (when config.log_entropy), num_tokens. `mesh=None` adds no sharding constraints
     (one device).
@@ -221,6 +222,10 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+        # A non-finite loss or gradient must not reach the weights or Adam's moments: keep
+        # the old state (the trainer counts such steps and stops after too many in a row).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         new_state = constrain_like_params(new_state)
         metrics = {
             **metrics,
@@ -228,6 +233,7 @@ def make_train_step(
             "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
             "num_tokens": mask.sum(),
+            "skipped": 1.0 - finite.astype(jnp.float32),
         }
         return new_state, metrics
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from openrs_jax import toy
 from openrs_jax.errors import UserError
 from openrs_jax.model.config import Qwen2Config, tiny_config
 from openrs_jax.model.io import (
@@ -26,13 +27,37 @@ from openrs_jax.model.qwen2 import KVCache, Qwen2ForCausalLM, abstract_model, in
 
 __all__ = [
     "KVCache", "Qwen2Config", "Qwen2ForCausalLM", "abstract_model", "init_model", "tiny_config",
-    "from_pretrained", "load_params", "model_from_params", "params_of", "save_flax_checkpoint",
+    "from_pretrained", "load_params", "read_config", "model_from_params", "params_of", "save_flax_checkpoint",
     "write_hf_directory",
 ]
 
 
-def load_params(path: str | Path) -> tuple[dict, Qwen2Config]:
-    """Parameter tree (numpy) and config from a HF directory or an openrs-jax checkpoint."""
+def read_config(path: str | Path) -> Qwen2Config:
+    """The config of a model path (checks the architecture and that weights exist), reading no weights.
+
+    `builtin:tiny` is the offline demo model (random weights, see `openrs_jax.toy`).
+    """
+    if toy.is_builtin_model(str(path)):
+        return Qwen2Config.from_json(toy.resolve(str(path)))
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"model path {p} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
+    config = Qwen2Config.from_json(p)
+    if not (is_hf_directory(p) or is_flax_checkpoint(p)):
+        raise UserError(
+            f"{p} has a config.json but no weights (model.safetensors, an index of shards, or an openrs-jax checkpoint)"
+        )
+    return config
+
+
+def load_params(path: str | Path, seed: int = 0) -> tuple[dict, Qwen2Config]:
+    """Parameter tree (numpy) and config from a HF directory or an openrs-jax checkpoint.
+
+    `builtin:tiny` builds the offline demo model with random weights drawn with `seed`.
+    """
+    if toy.is_builtin_model(str(path)):
+        config = read_config(path)
+        return params_of(init_model(config, seed=seed)), config
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"model path {p} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
