@@ -331,6 +331,22 @@ class GRPOTrainer:
             self.run_log.log_completions(self.step, samples)
         return metrics
 
+    def evaluate(self) -> dict[str, float]:
+        """Pass@1 of the current policy on `eval_tasks` (paper prompt and scoring), as log scalars.
+
+        Details go to output_dir/eval/step-<n>/ (details_<task>.jsonl, results.json).
+        """
+        from openrs_jax.evaluation import evaluate_tasks, flat_metrics
+
+        c = self.config
+        params = sharding.rollout_params(self.state.params, self.mesh, c.compute_dtype)
+        results = evaluate_tasks(
+            self.sampler, params, self.tokenizer, list(c.eval_tasks), data_dir=c.eval_data_dir or None,
+            num_samples=c.eval_num_samples, max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
+            limit=c.eval_limit or None, eos_ids=self.eos_ids, out_dir=self.output_dir / "eval" / f"step-{self.step}",
+        )
+        return flat_metrics(results)
+
     # --- the loop ----------------------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
@@ -349,6 +365,8 @@ class GRPOTrainer:
             with StopRequested() as stop:
                 while self.step < c.max_steps and not stop:
                     metrics = self.train_one_step()
+                    if c.eval_every and self.step % c.eval_every == 0:
+                        metrics.update(self.evaluate())
                     self.run_log.log_metrics(self.step, metrics)
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")

@@ -124,3 +124,15 @@ def test_tiny_config_learns(tmp_path, seed):
     first, last = np.mean(accuracy[:20]), np.mean(accuracy[-20:])
     print(f"seed {seed}: accuracy {first:.3f} (first 20 steps) -> {last:.3f} (last 20)")
     assert last - first >= 0.2
+
+
+def test_periodic_evaluation_is_logged(tmp_path):
+    data = tmp_path / "bench"
+    data.mkdir()
+    (data / "aime24.jsonl").write_text("".join(
+        json.dumps({"id": i, "problem": f"{i}+1=", "solution": "", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    run(tmp_path, "run", "max_steps=2", "eval_every=2", "eval_tasks=aime24", f"eval_data_dir={data}", "eval_limit=2")
+    metrics = read_metrics(tmp_path / "run")
+    assert "eval/aime24/accuracy" not in metrics[0]
+    assert 0.0 <= metrics[1]["eval/aime24/accuracy"] <= 1.0
+    assert (tmp_path / "run" / "eval" / "step-2" / "details_aime24.jsonl").is_file()
