@@ -33,7 +33,9 @@ _REMAT_POLICIES = {
 class KVCache:
     """Keys and values of every layer for `batch` rows and `max_len` slots.
 
-    k, v: [layers, batch, max_len, kv_heads, head_dim]; mask: [batch, max_len] marks slots
+    k, v: [layers, batch, kv_heads, max_len, head_dim] (heads before slots, so that a decode
+    step reads each head's keys contiguously instead of transposing the cache every step);
+    mask: [batch, max_len] marks slots
     holding a real (non-padding) token; index: number of slots written so far (shared by all
     rows, since prompts are left-padded to a common length).
     """
@@ -46,7 +48,7 @@ class KVCache:
     @classmethod
     def create(cls, config: Qwen2Config, batch: int, max_len: int, dtype: Any = None) -> "KVCache":
         dtype = jnp.dtype(dtype or config.dtype)
-        shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
         return cls(
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
@@ -63,7 +65,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
 
 def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
@@ -103,20 +105,22 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (weight.astype(jnp.float32) * xf).astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv_heads_major: bool = False) -> jax.Array:
     """Grouped-query attention with an fp32 softmax.
 
-    q: [B, T, H, D]; k, v: [B, S, KV, D]; mask: [B, T, S] (True = may attend). Query head h
+    q: [B, T, H, D]; k, v: [B, S, KV, D], or [B, KV, S, D] with kv_heads_major (the cache
+    layout); mask: [B, T, S] (True = may attend). Query head h
     uses key/value head h // (H // KV), as Hugging Face's `repeat_kv` does.
     """
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1] if kv_heads_major else k.shape[2]
+    kv_spec = "bksd" if kv_heads_major else "bskd"
     q = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / np.sqrt(d))
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs, v)
     return out.reshape(b, t, h * d)
 
 
@@ -167,7 +171,8 @@ def _decoder_layer(
     """One pre-norm decoder layer, h: [B, T, D] -> [B, T, D].
 
     `keys_values(k, v)` maps this call's keys/values [B, T, KV, D] to the ones to attend over;
-    the cached path uses it to write them into the cache and return the whole cache layer.
+    the cached path uses it to write them into the cache and return the whole cache layer
+    (heads-major, [B, KV, S, D]).
     """
     c = config
     b, t, _ = h.shape
@@ -178,7 +183,7 @@ def _decoder_layer(
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if keys_values is not None:
         k, v = keys_values(k, v)
-    h = h + _linear(attention(q, k, v, mask), p["o_proj"])
+    h = h + _linear(attention(q, k, v, mask, kv_heads_major=keys_values is not None), p["o_proj"])
     x = rms_norm(h, p["post_attn_norm"], c.rms_norm_eps)
     gated = jax.nn.silu(_linear(x, p["gate_proj"])) * _linear(x, p["up_proj"])
     return h + _linear(gated, p["down_proj"])
@@ -249,8 +254,9 @@ class Qwen2ForCausalLM(nnx.Module):
                 # Write only the new slots of layer i in place; attend over the whole layer.
                 def keys_values(k, v):
                     nonlocal ks, vs
-                    ks = jax.lax.dynamic_update_slice(ks, k[None].astype(ks.dtype), (i, 0, write_index, 0, 0))
-                    vs = jax.lax.dynamic_update_slice(vs, v[None].astype(vs.dtype), (i, 0, write_index, 0, 0))
+                    k, v = (x.swapaxes(1, 2)[None].astype(ks.dtype) for x in (k, v))  # [1, B, KV, T, D]
+                    ks = jax.lax.dynamic_update_slice(ks, k, (i, 0, 0, write_index, 0))
+                    vs = jax.lax.dynamic_update_slice(vs, v, (i, 0, 0, write_index, 0))
                     return ks[i].astype(dtype), vs[i].astype(dtype)
 
             h = _decoder_layer(c, h, p, cos, sin, mask, keys_values)

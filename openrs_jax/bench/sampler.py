@@ -1,0 +1,200 @@
+"""Sampler throughput: prefill and decode tokens/s, optionally side by side with `transformers` generate.
+
+Every row decodes exactly --new_tokens tokens (EOS ignored), so both sides do the same work.
+Definitions: prefill tokens/s = distinct prompt tokens (prompts x prompt_len) / prefill time;
+decode tokens/s = rows x (new_tokens - 1) / time after the prefill (each decode step is one
+forward of every row plus sampling; the first token comes from the prefill); end-to-end
+tokens/s = rows x new_tokens / total time. For `transformers`, the prefill time is that of
+generate(max_new_tokens=1) and the decode time is the rest. Times are the best of --repeats
+calls after one warm-up call (which compiles); with --compare_hf the two sides alternate call
+by call, so that both see the same background load.
+
+Decode bandwidth use (issue 10): bytes one decode step must read = the weights in the compute
+dtype (all but the input embedding, of which only the rows' lookups) + the KV cache entries
+actually attended (prompt + tokens so far, averaged over the steps) / the measured decode step
+time / the copy bandwidth measured in the same run (`common.copy_bandwidth`: read + write bytes
+per second of a large elementwise op). `decode_bandwidth_use_full_cache` counts the whole KV
+cache instead, which this sampler's attention reads every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from openrs_jax.bench.common import (
+    DTYPES, copy_bandwidth, describe_model, device_memory, load_bench_model, time_calls, torch_twin,
+)
+from openrs_jax.sampling import Sampler, SamplingParams
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `python -m openrs_jax.bench sampler`."""
+    parser.add_argument("--model", required=True, help="model directory (weights optional: random ones are used without) or config.json")
+    parser.add_argument("--prompts", type=int, default=8, help="distinct prompts per call")
+    parser.add_argument("--num_samples", type=int, default=6, help="completions per prompt (G)")
+    parser.add_argument("--prompt_len", type=int, default=64, help="tokens per prompt")
+    parser.add_argument("--new_tokens", type=int, default=128, help="tokens decoded per row (EOS ignored)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: the recipe's 0.7)")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0, help="0 = off")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter and compute dtype, both sides")
+    parser.add_argument("--cache_dtype", choices=DTYPES, help="KV cache dtype (default: --dtype; with bfloat16 on a "
+                        "CPU, float32 is faster: XLA:CPU updates a bf16 cache out of place)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare_hf", action="store_true", help="also time transformers generate on the same weights")
+    parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
+
+
+def decode_bytes_per_step(config, rows: int, prompt_len: int, new_tokens: int, cache_dtype=None) -> dict:
+    """Bytes one decode step reads, averaged over the `new_tokens - 1` loop steps.
+
+    Weights: every parameter in the compute dtype except the input embedding table, of which
+    each row reads one line. KV cache attended: a row at loop step j attends prompt_len + j
+    slots (the prompt and the tokens so far), in every layer, keys and values. The full-cache
+    figure counts all prompt_len + new_tokens - 1 slots, which is what attention over the
+    whole cache (this sampler's) reads.
+    """
+    import jax.numpy as jnp
+
+    itemsize = jnp.dtype(config.dtype).itemsize
+    cache_itemsize = jnp.dtype(cache_dtype or config.dtype).itemsize
+    embedding = config.vocab_size * config.hidden_size
+    read_params = config.num_params() - (0 if config.tie_word_embeddings else embedding)
+    weights = read_params * itemsize + rows * config.hidden_size * itemsize
+    per_slot = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * cache_itemsize
+    mean_attended = prompt_len + new_tokens / 2  # loop steps j = 1 .. new_tokens - 1
+    kv = rows * per_slot * mean_attended
+    kv_full = rows * per_slot * (prompt_len + new_tokens - 1)
+    return {
+        "weight_bytes_per_step": int(weights),
+        "kv_bytes_per_step_attended": int(kv),
+        "kv_bytes_per_step_full_cache": int(kv_full),
+        "decode_bytes_per_step": int(weights + kv),
+        "decode_bytes_per_step_full_cache": int(weights + kv_full),
+    }
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    return round(tokens / seconds, 1) if seconds > 0 else float("inf")
+
+
+def _hf_generate(twin: Any, prompts: np.ndarray, args: argparse.Namespace, new_tokens: int) -> None:
+    import torch
+    from transformers import GenerationConfig
+
+    greedy = args.temperature == 0
+    config = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else args.temperature,
+        top_p=None if greedy else args.top_p,
+        top_k=None if greedy else args.top_k,
+        max_new_tokens=new_tokens,
+        num_return_sequences=args.num_samples,
+        eos_token_id=None,  # ignore EOS: exactly new_tokens per row, as on our side
+        pad_token_id=0,
+        use_cache=True,
+    )
+    ids = torch.from_numpy(prompts.astype(np.int64))
+    with torch.inference_mode():
+        out = twin.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    assert out.shape == (prompts.shape[0] * args.num_samples, prompts.shape[1] + new_tokens), out.shape
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Runs the benchmark; returns the JSON fields (the dispatcher adds date, device, command)."""
+    copy = None if getattr(args, "no_copy_bandwidth", False) else copy_bandwidth()
+    model, random_weights = load_bench_model(args.model, args.dtype, args.seed)
+    config = model.config
+    rng = np.random.default_rng(args.seed)
+    prompts = rng.integers(0, config.vocab_size, size=(args.prompts, args.prompt_len), dtype=np.int64)
+    rows, n = args.prompts * args.num_samples, args.new_tokens
+    sampling = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=n, eos_ids=(), pad_id=0
+    )
+    sampler = Sampler(config, prompt_bucket=args.prompt_len, cache_dtype=getattr(args, "cache_dtype", None))
+    outputs = []
+
+    def call() -> None:
+        out = sampler.generate(model, prompts, args.num_samples, sampling, args.seed + len(outputs))
+        assert out.lengths.min() == n
+        outputs.append(out.timings)
+
+    call()  # compiles
+    twin = None
+    hf_prefill, hf_total = [], []
+    if args.compare_hf:
+        import torch
+
+        twin = torch_twin(model)
+        torch.manual_seed(args.seed)
+        _hf_generate(twin, prompts, args, n)  # warm-up
+    # Interleaved, so that both sides see the same background load on a shared machine.
+    for _ in range(args.repeats):
+        call()
+        if twin is not None:
+            hf_prefill += time_calls(lambda: _hf_generate(twin, prompts, args, 1), 1)
+            hf_total += time_calls(lambda: _hf_generate(twin, prompts, args, n), 1)
+    compile_s = outputs[0]["total_s"]
+    runs = outputs[1:]
+    prefill_s = min(r["prefill_s"] for r in runs)
+    decode_s = min(r["decode_s"] for r in runs)
+    total_s = min(r["total_s"] for r in runs)
+    result: dict[str, Any] = {
+        "model": str(args.model),
+        "random_weights": random_weights,
+        **describe_model(config),
+        "prompts": args.prompts,
+        "num_samples": args.num_samples,
+        "rows": rows,
+        "prompt_len": args.prompt_len,
+        "new_tokens": n,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "cache_dtype": str(sampler.cache_dtype),
+        "repeats": args.repeats,
+        "compilations": sampler.num_compilations,
+        "first_call_s": round(compile_s, 3),
+        "prefill_s": round(prefill_s, 4),
+        "decode_s": round(decode_s, 4),
+        "total_s": round(total_s, 4),
+        "prefill_tokens_per_s": _rate(args.prompts * args.prompt_len, prefill_s),
+        "decode_tokens_per_s": _rate(rows * (n - 1), decode_s),
+        "tokens_per_s": _rate(rows * n, total_s),
+        "decode_s_runs": [round(r["decode_s"], 4) for r in runs],
+    }
+    if twin is not None:
+        import torch
+
+        hf_prefill_s, hf_total_s = min(hf_prefill), min(hf_total)
+        hf_decode_s = max(hf_total_s - hf_prefill_s, 1e-9)
+        result.update({
+            "hf_torch_threads": torch.get_num_threads(),
+            "hf_prefill_s": round(hf_prefill_s, 4),
+            "hf_total_s": round(hf_total_s, 4),
+            "hf_decode_tokens_per_s": _rate(rows * (n - 1), hf_decode_s),
+            "hf_tokens_per_s": _rate(rows * n, hf_total_s),
+            "hf_total_s_runs": [round(t, 4) for t in hf_total],
+        })
+        result["ratio_vs_hf"] = round(result["decode_tokens_per_s"] / result["hf_decode_tokens_per_s"], 2)
+        result["ratio_end_to_end_vs_hf"] = round(result["tokens_per_s"] / result["hf_tokens_per_s"], 2)
+    if n > 1:
+        traffic = decode_bytes_per_step(config, rows, sampler_prompt_len(sampler, args.prompt_len), n, sampler.cache_dtype)
+        step_s = decode_s / (n - 1)
+        result.update({"decode_step_s": step_s, **traffic, "decode_bytes_per_s": traffic["decode_bytes_per_step"] / step_s})
+        if copy:
+            result.update(copy)
+            bandwidth = copy["copy_bandwidth_bytes_per_s"]
+            result["decode_bandwidth_use"] = traffic["decode_bytes_per_step"] / step_s / bandwidth
+            result["decode_bandwidth_use_full_cache"] = traffic["decode_bytes_per_step_full_cache"] / step_s / bandwidth
+    result.update(device_memory())
+    return result
+
+
+def sampler_prompt_len(sampler: Sampler, prompt_len: int) -> int:
+    """The prompt length the sampler's programs see (rounded up to its bucket)."""
+    return max(sampler.prompt_bucket, -(-prompt_len // sampler.prompt_bucket) * sampler.prompt_bucket)

@@ -1,0 +1,212 @@
+"""Sample completions from a checkpoint: `python -m openrs_jax.generate --model PATH --prompts FILE.jsonl --out FILE.jsonl`.
+
+Each input line is `{"prompt_ids": [...]}` (token ids, used as given) or `{"prompt": "text"}`
+(rendered with the tokenizer's chat template as one user turn, after an optional --system turn,
+then tokenized without adding special tokens: the template already holds BOS). Each output line
+is `{"index": i, "sample": g, "completion_ids": [...], "finished": bool}` plus `"text"` (decoded
+with skip_special_tokens) when a tokenizer is available; completion_ids end with the EOS id
+when one was generated. EOS and pad ids, temperature, top_p and top_k default to the model
+directory's generation_config.json, then config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from openrs_jax.cli import exit_on_user_error
+from openrs_jax.errors import UserError
+
+log = logging.getLogger("openrs_jax.generate")
+
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _ids(value: Any) -> list[int]:
+    """An id or list of ids from a config field, as a list."""
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def model_defaults(model_dir: str | Path) -> dict[str, Any]:
+    """eos_ids, pad_id and sampling defaults of a model directory.
+
+    generation_config.json takes precedence over config.json; pad falls back to the first EOS.
+    """
+    d = Path(model_dir)
+    files = [d / "generation_config.json", d / "config.json"]
+    read = []
+    for f in files:
+        if f.is_file():
+            try:
+                read.append(json.loads(f.read_text()))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{f} is not valid JSON ({e})") from None
+    eos: list[int] = []
+    pad = None
+    for cfg in read:
+        eos = eos or _ids(cfg.get("eos_token_id"))
+        pad = cfg.get("pad_token_id") if pad is None else pad
+    gen = read[0] if read and (d / "generation_config.json").is_file() else {}
+    sample = bool(gen.get("do_sample", True))
+    return {
+        "eos_ids": eos,
+        "pad_id": int(pad) if pad is not None else (eos[0] if eos else 0),
+        "temperature": float(gen.get("temperature", 1.0)) if sample else 0.0,
+        "top_p": float(gen.get("top_p", 1.0)),
+        "top_k": int(gen.get("top_k") or 0),
+    }
+
+
+def read_prompts(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSONL prompts file, each holding "prompt_ids" or "prompt"."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"prompts file {p} does not exist")
+    records = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}:{n} is not valid JSON ({e})") from None
+        if not isinstance(record, dict) or not ("prompt_ids" in record or "prompt" in record):
+            raise UserError(f'{p}:{n}: each line must be an object with "prompt_ids" (list of ints) or "prompt" (text)')
+        records.append(record)
+    if not records:
+        raise UserError(f"{p} holds no prompts")
+    return records
+
+
+def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, where: str) -> list[int]:
+    """Token ids of one prompt record (chat template for text prompts)."""
+    if "prompt_ids" in record:
+        ids = record["prompt_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+            raise UserError(f"{where}: prompt_ids must be a non-empty list of ints")
+        return ids
+    if tokenizer is None:
+        raise UserError(f'{where}: a text "prompt" needs a tokenizer: pass --tokenizer DIR (or use "prompt_ids")')
+    if not isinstance(record["prompt"], str):
+        raise UserError(f'{where}: "prompt" must be a string')
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": record["prompt"]}]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    raise UserError(f"{where}: the tokenizer has no chat template, so text prompts cannot be rendered; give prompt_ids")
+
+
+def load_tokenizer(path: str | Path | None, model_dir: Path) -> Any:
+    """The tokenizer at `path`, else the model directory's when it has one, else None."""
+    candidate = Path(path).expanduser() if path else model_dir
+    if path is None and not any((candidate / m).is_file() for m in TOKENIZER_MARKERS):
+        return None
+    if not candidate.is_dir():
+        raise UserError(f"tokenizer directory {candidate} does not exist")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(candidate))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a tokenizer from {candidate}: {e}") from None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m openrs_jax.generate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="Hugging Face model directory or openrs-jax checkpoint")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory, if it has one)")
+    p.add_argument("--prompts", required=True, help='JSONL file: {"prompt_ids": [...]} or {"prompt": "text"} per line')
+    p.add_argument("--out", required=True, help="JSONL file to write, one line per (prompt, sample)")
+    p.add_argument("--num_samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, help="0 = greedy (default: generation_config.json, else 1.0)")
+    p.add_argument("--top_p", type=float, help="default: generation_config.json, else 1.0")
+    p.add_argument("--top_k", type=int, help="0 = off (default: generation_config.json, else off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eos_id", type=int, action="append", help="EOS id (repeat for several; default: the model's)")
+    p.add_argument("--pad_id", type=int, help="pad id (default: the model's, else the first EOS)")
+    p.add_argument("--system", help="system prompt placed before each text prompt")
+    p.add_argument("--batch_size", type=int, default=32, help="prompts per sampler call")
+    p.add_argument("--prompt_bucket", type=int, default=64, help="prompt lengths are padded to a multiple of this")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="parameter and compute dtype (default: bfloat16 on GPU, float32 elsewhere)")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Runs the CLI; returns the records it wrote."""
+    args = parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError("--batch_size must be >= 1")
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from openrs_jax.model import from_pretrained
+    from openrs_jax.sampling import Sampler, SamplingParams
+
+    model_dir = Path(args.model).expanduser()
+    if not model_dir.exists():
+        raise UserError(f"model path {model_dir} does not exist")
+    defaults = model_defaults(model_dir)
+    tokenizer = load_tokenizer(args.tokenizer, model_dir)
+    records = read_prompts(args.prompts)
+    prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
+
+    dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
+    model = from_pretrained(model_dir, dtype=dtype, param_dtype=dtype)
+    sampling = SamplingParams(
+        temperature=defaults["temperature"] if args.temperature is None else args.temperature,
+        top_p=defaults["top_p"] if args.top_p is None else args.top_p,
+        top_k=defaults["top_k"] if args.top_k is None else args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        eos_ids=tuple(args.eos_id) if args.eos_id else tuple(defaults["eos_ids"]),
+        pad_id=defaults["pad_id"] if args.pad_id is None else args.pad_id,
+    )
+    if not sampling.eos_ids:
+        log.warning("no EOS id known for %s: every completion runs to --max_new_tokens", model_dir)
+
+    from flax import nnx
+
+    state = nnx.state(model)
+    mesh = None
+    if jax.device_count() > 1:
+        # Rows split over all devices, parameters replicated (the decoding placement for a 1.5B model).
+        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    sampler = Sampler(model.config, mesh=mesh, prompt_bucket=args.prompt_bucket)
+
+    out_path = Path(args.out).expanduser()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, Any]] = []
+    key = jax.random.key(args.seed)
+    with out_path.open("w") as f:
+        for start in range(0, len(prompts), args.batch_size):
+            batch = prompts[start : start + args.batch_size]
+            result = sampler.generate(state, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
+            for row, ids in enumerate(result.completions()):
+                record: dict[str, Any] = {
+                    "index": start + row // args.num_samples,
+                    "sample": row % args.num_samples,
+                    "completion_ids": ids,
+                    "finished": not bool(result.truncated[row]),
+                }
+                if tokenizer is not None:
+                    record["text"] = tokenizer.decode(ids, skip_special_tokens=True)
+                f.write(json.dumps(record) + "\n")
+                written.append(record)
+            done = min(start + args.batch_size, len(prompts))
+            rate = int(np.sum(result.lengths)) / max(result.timings["total_s"], 1e-9)
+            print(f"{done}/{len(prompts)} prompts, {rate:.0f} tokens/s", file=sys.stderr)
+    print(f"wrote {len(written)} completions to {out_path}", file=sys.stderr)
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,672 @@
+"""Sampling from a Qwen2 model: one prefill and one jitted decode loop per batch.
+
+One `Sampler` serves GRPO rollouts (G samples per prompt) and evaluation (one or more samples
+per benchmark problem). A call to `Sampler.generate` runs two compiled programs:
+
+1. prefill: the distinct prompts, left-padded to a bucketed length, go through the model once;
+   their KV cache is copied to the G rows of each prompt in a cache sized for the whole
+   completion (prompt bucket + max_new_tokens - 1 slots).
+2. decode: the cache is donated to one `lax.while_loop` that samples a token for every row per
+   step and stops when every row has produced an EOS id or max_new_tokens tokens. Rows that
+   finished keep receiving the pad id and log-prob 0.
+
+Programs are cached by their static shapes (prompt rows, prompt bucket, rows, max_new_tokens,
+sampling mode), so a training run compiles a handful of programs; `Sampler.num_compilations`
+counts them and the logger "openrs_jax.sampling" records each one at DEBUG level. Parameters
+are arguments of the programs, never constants: a refreshed rollout copy is used without
+recompiling, as long as its dtypes and placement stay the same.
+
+Rows are group-major: the samples of prompt i are rows i*G .. i*G+G-1. One call is one batch:
+the KV cache of every row lives on the devices for the whole call, so callers with many prompts
+(evaluation) split them into calls (see `python -m openrs_jax.generate --batch_size`).
+
+Placement. With `mesh`, rows are split across the mesh's batch axes (every axis but "tensor"),
+and the KV cache heads across "tensor" when it divides them. The caller places the parameters:
+replicated on every device for a model the size of the 1.5B recipe (3.6 GB in bf16), or
+tensor-parallel (projections split over "tensor") for larger ones; XLA then inserts the
+collectives. Row counts that do not divide the batch devices are padded with dummy rows that
+start finished and are dropped from the output.
+
+Token selection is exact but avoids the costs that dominate a small model on a CPU: greedy uses
+a first-index argmax built from two reductions; temperature sampling draws two uniforms per
+row and inverts the CDF block by block (vocab -> blocks -> token) instead of drawing one Gumbel
+variate per vocab entry; top-p takes its threshold from the top `top_p_candidates` logits and
+falls back to a bisection over the vocab for rows whose nucleus is larger. The log-prob
+returned for a sampled token is under the distribution it was drawn from (after temperature,
+top-k and top-p); for greedy decoding it is under the model's unscaled distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec
+
+from openrs_jax.errors import UserError
+from openrs_jax.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
+
+log = logging.getLogger("openrs_jax.sampling")
+
+TENSOR_AXIS = "tensor"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are chosen.
+
+    temperature 0 means greedy. top_k 0/None and top_p 1.0 switch those filters off; they
+    apply in the order temperature -> top-k -> top-p, as in `transformers` and vLLM. An empty
+    `eos_ids` decodes exactly `max_new_tokens` tokens per row.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    max_new_tokens: int = 256
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        eos = self.eos_ids
+        eos = (eos,) if isinstance(eos, (int, np.integer)) else tuple(int(e) for e in (eos or ()))
+        object.__setattr__(self, "eos_ids", eos)
+        if not self.temperature >= 0:
+            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"top_k must be >= 0 (0 or None = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    """The result of `Sampler.generate`, as numpy arrays; N = prompts x samples, group-major.
+
+    completion_mask covers every token up to and including the first EOS (all max_new_tokens
+    tokens when none came: such rows are `truncated`). completion_ids hold the pad id after
+    the EOS, logprobs hold 0 there. prompt_ids/prompt_mask are the prompts as the model saw
+    them (left-padded to the bucket, one row per sample), so `concatenate([prompt_ids,
+    completion_ids], 1)` is the full sequence of each row.
+    """
+
+    prompt_ids: np.ndarray  # [N, prompt_len] int32
+    prompt_mask: np.ndarray  # [N, prompt_len] bool
+    completion_ids: np.ndarray  # [N, max_new_tokens] int32
+    completion_mask: np.ndarray  # [N, max_new_tokens] bool
+    lengths: np.ndarray  # [N] int32, completion_mask.sum(1)
+    truncated: np.ndarray  # [N] bool, no EOS within max_new_tokens
+    logprobs: np.ndarray  # [N, max_new_tokens] float32
+    num_prompts: int
+    num_samples: int
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    logits: np.ndarray | None = None  # [N, max_new_tokens, V] fp32, only with keep_logits=True
+
+    def completions(self) -> list[list[int]]:
+        """Each row's completion as a list of ids, ending with the EOS when one was generated."""
+        return [row[:n].tolist() for row, n in zip(self.completion_ids, self.lengths)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Static shape and mode of one decode program (its compile-cache key)."""
+
+    num_prompts: int  # distinct prompts in the call
+    num_samples: int  # G
+    rows: int  # prompts x samples, padded to a multiple of the batch devices
+    cache_len: int  # prompt bucket + max_new_tokens - 1
+    max_new_tokens: int
+    greedy: bool
+    top_k: int  # 0 = off
+    use_top_p: bool
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    keep_logits: bool
+
+
+@struct.dataclass
+class _DecodeState:
+    """Loop carry of the decode `while_loop`; the cache and buffers are updated in place."""
+
+    step: jax.Array  # scalar int32: next column of `tokens` to fill
+    last: jax.Array  # [N] int32: token fed to the model in this step
+    done: jax.Array  # [N] bool: row produced an EOS (or is a padding row)
+    tokens: jax.Array  # [N, M] int32
+    logprobs: jax.Array  # [N, M] float32
+    cache: KVCache
+    logits: jax.Array | None  # [N, M, V] fp32 when keep_logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Token selection (pure functions of logits; usable on their own)
+# ---------------------------------------------------------------------------------------------
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+    """Index of the first maximum along the last axis (as `torch.argmax`), int32.
+
+    Built from two plain reductions: XLA:CPU runs these several times faster than its
+    variadic-reduce argmax over a large vocabulary.
+    """
+    v = x.shape[-1]
+    best = jnp.max(x, axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    idx = jnp.min(jnp.where(x == best, iota, v), axis=-1)
+    return jnp.minimum(idx, v - 1)  # NaN rows match nothing: return a valid index anyway
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x[..., idx] per row: x [N, V], idx [N] -> [N]."""
+    return jnp.take_along_axis(x, idx[:, None], axis=-1)[:, 0]
+
+
+def mask_top_k(x: jax.Array, k: int) -> jax.Array:
+    """Keeps the k largest entries per row (ties with the k-th included, as `transformers`)."""
+    if k <= 0 or k >= x.shape[-1]:
+        return x
+    kth = jax.lax.top_k(x, k)[0][:, -1:]
+    return jnp.where(x >= kth, x, -jnp.inf)
+
+
+def _bisect_top_p_threshold(p: jax.Array, target: jax.Array) -> jax.Array:
+    """Largest float t per row with sum(p[p >= t]) >= target, by bisection on t's bit pattern.
+
+    p [N, V] are probabilities (non-negative fp32, whose bit patterns order like the values);
+    the answer is always one of the p values, so `p >= t` selects the nucleus exactly.
+    """
+    n = p.shape[0]
+    bits_of = lambda f: jax.lax.bitcast_convert_type(f, jnp.int32)  # noqa: E731
+    lo = jnp.zeros((n,), jnp.int32)  # t = 0 keeps everything: f(lo) >= target
+    hi = bits_of(jnp.max(p, axis=-1)) + 1  # above the largest p: keeps nothing
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        t = jax.lax.bitcast_convert_type(mid, jnp.float32)
+        ok = jnp.sum(jnp.where(p >= t[:, None], p, 0.0), axis=-1) >= target
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
+
+
+def mask_top_p(x: jax.Array, top_p: jax.Array, candidates: int = 64) -> jax.Array:
+    """Keeps the smallest set of highest-probability entries whose mass reaches top_p.
+
+    An entry is kept when the probability mass strictly above it (in descending order) is
+    below top_p, which is `transformers`' TopPLogitsWarper rule; ties at the threshold are kept.
+    The threshold comes from the `candidates` largest logits when their mass covers top_p
+    (the usual case: a sort over the whole vocab costs more than the model step on a CPU);
+    otherwise a bisection over the vocab finds it.
+    """
+    n, v = x.shape
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    k = min(candidates, v)
+    top = jax.lax.top_k(x, k)[0]  # [N, k] descending
+    probs = jnp.exp(top - lse)
+    cum = jnp.cumsum(probs, axis=-1)
+    n_keep = jnp.maximum(jnp.sum(cum - probs < top_p, axis=-1), 1)
+    threshold = _take(top, n_keep - 1)
+    covered = (cum[:, -1] >= top_p) | (k == v)
+    keep_fast = x >= threshold[:, None]
+
+    def slow(_):
+        p = jnp.exp(x - lse)
+        t = _bisect_top_p_threshold(p, top_p * jnp.sum(p, axis=-1))
+        return jnp.where(covered[:, None], keep_fast, p >= t[:, None])
+
+    keep = jax.lax.cond(jnp.all(covered), lambda _: keep_fast, slow, None)
+    return jnp.where(keep, x, -jnp.inf)
+
+
+def _block_size(vocab: int) -> int:
+    """Block length of the two-level CDF inversion: about sqrt(vocab), a multiple of 128."""
+    return 128 * max(1, math.ceil(math.sqrt(vocab) / 128))
+
+
+def _last_positive(a: jax.Array) -> jax.Array:
+    """Index of the last entry > 0 along the last axis (0 when there is none)."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, a.shape, a.ndim - 1)
+    return jnp.max(jnp.where(a > 0, iota, 0), axis=-1)
+
+
+def sample_categorical(x: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Draws one index per row from softmax(x), exactly, by inverting the CDF in two levels.
+
+    x [N, V] fp32 logits (-inf = excluded); u [N, 2] uniforms in [0, 1). The first uniform picks
+    a block of vocab entries in proportion to its mass, the second an entry within it. Needs two
+    random numbers per row instead of V, and passes over the vocab only for exp and block sums.
+    Returns (index [N] int32, log-prob [N] of that index under softmax(x)).
+    """
+    n, v = x.shape
+    block = _block_size(v)
+    blocks = -(-v // block)
+    top = jnp.max(x, axis=-1, keepdims=True)
+    p = jnp.exp(x - top)  # unnormalised; excluded entries are exactly 0
+    p = jnp.pad(p, ((0, 0), (0, blocks * block - v))).reshape(n, blocks, block)
+    mass = jnp.sum(p, axis=-1)  # [N, blocks]
+    cum = jnp.cumsum(mass, axis=-1)
+    total = cum[:, -1]
+    # The chosen block is the first whose cumulative mass exceeds the draw; a zero-mass block
+    # never is (its cumulative equals its predecessor's). The clamp only guards rounding at the top.
+    b = jnp.sum(cum <= u[:, :1] * total[:, None], axis=-1)
+    b = jnp.minimum(b, _last_positive(mass))
+    inner = jnp.take_along_axis(p, b[:, None, None], axis=1)[:, 0]  # [N, block]
+    cum_inner = jnp.cumsum(inner, axis=-1)
+    j = jnp.sum(cum_inner <= u[:, 1:] * cum_inner[:, -1:], axis=-1)
+    j = jnp.minimum(j, _last_positive(inner))
+    idx = (b * block + j).astype(jnp.int32)
+    logprob = _take(x, idx) - top[:, 0] - jnp.log(total)
+    return idx, logprob
+
+
+def select_tokens(
+    logits: jax.Array,
+    keys: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    greedy: bool,
+    top_k: int = 0,
+    use_top_p: bool = False,
+    top_p_candidates: int = 64,
+) -> tuple[jax.Array, jax.Array]:
+    """Next token and its log-prob for each row of fp32 logits [N, V]; keys [N] (one per row).
+
+    Greedy: argmax, log-prob under log_softmax(logits). Otherwise: logits / temperature, then
+    top-k, then top-p (when `use_top_p`), then a draw; log-prob under that filtered distribution.
+    """
+    logits = logits.astype(jnp.float32)
+    if greedy:
+        tok = first_argmax(logits)
+        return tok, _take(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
+    x = logits / temperature
+    x = mask_top_k(x, top_k)
+    if use_top_p:
+        x = mask_top_p(x, top_p, top_p_candidates)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(keys)
+    return sample_categorical(x, u)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def bucket_length(n: int, bucket: int) -> int:
+    """n rounded up to a multiple of `bucket` (at least one bucket)."""
+    return max(bucket, -(-n // bucket) * bucket)
+
+
+def as_key(key_or_seed: int | jax.Array) -> jax.Array:
+    """A typed PRNG key from an int seed, a typed key, or a raw uint32 key."""
+    if isinstance(key_or_seed, (int, np.integer)):
+        return jax.random.key(int(key_or_seed))
+    key = jnp.asarray(key_or_seed)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
+def free_device_bytes(device: jax.Device) -> int | None:
+    """Bytes the allocator can still hand out on `device`, or None where it does not say (CPU)."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # backends without allocator statistics
+        return None
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+class Sampler:
+    """Generates completions for batches of token-id prompts with one model configuration.
+
+    Build it once (per config and mesh) and call `generate` for every batch: compiled programs
+    are reused for every call with the same bucketed shapes and sampling mode.
+    """
+
+    def __init__(
+        self,
+        config: Qwen2Config,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        prompt_bucket: int = 64,
+        cache_dtype: Any = None,
+        top_p_candidates: int = 64,
+        check_memory: bool = True,
+    ):
+        """config: model shape and compute dtype (the cache is in `cache_dtype`, default the
+        compute dtype). mesh: rows are split over all its axes but "tensor". prompt_bucket:
+        prompt lengths are rounded up to a multiple of it."""
+        if prompt_bucket < 1:
+            raise UserError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
+        self.config = config
+        self.mesh = mesh
+        self.prompt_bucket = prompt_bucket
+        self.cache_dtype = jnp.dtype(cache_dtype or config.dtype)
+        self.top_p_candidates = top_p_candidates
+        self.check_memory = check_memory
+        self.batch_axes: tuple[str, ...] = ()
+        self.row_devices = 1
+        self._kv_axis: str | None = None
+        if mesh is not None:
+            self.batch_axes = tuple(a for a in mesh.axis_names if a != TENSOR_AXIS)
+            self.row_devices = math.prod(mesh.shape[a] for a in self.batch_axes)
+            tp = mesh.shape.get(TENSOR_AXIS, 1)
+            if tp > 1 and config.num_key_value_heads % tp == 0:
+                self._kv_axis = TENSOR_AXIS
+        self._graphdef, abstract_state = nnx.split(abstract_model(config))
+        self._param_template = abstract_state
+        self.num_compilations = 0
+        self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,))
+        self._decode = jax.jit(self._decode_impl, static_argnums=(6,), donate_argnums=(1,))
+
+    # -- placement ---------------------------------------------------------------------------
+
+    def _constrain(self, x: jax.Array, row_axis: int, kv_axis: int | None = None) -> jax.Array:
+        """Splits `row_axis` of x over the batch axes (and `kv_axis` over "tensor")."""
+        if self.mesh is None:
+            return x
+        spec: list[Any] = [None] * x.ndim
+        spec[row_axis] = self.batch_axes or None
+        if kv_axis is not None and self._kv_axis:
+            spec[kv_axis] = self._kv_axis
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
+
+    def _constrain_cache(self, cache: KVCache) -> KVCache:
+        return KVCache(
+            k=self._constrain(cache.k, 1, 2),
+            v=self._constrain(cache.v, 1, 2),
+            mask=self._constrain(cache.mask, 0),
+            index=cache.index,
+        )
+
+    def _note_compile(self, what: str, detail: str) -> None:
+        # Runs only while jax traces a new program, i.e. once per compilation.
+        self.num_compilations += 1
+        log.debug("compiling %s program #%d: %s", what, self.num_compilations, detail)
+
+    def _state(self, params: Any) -> nnx.State:
+        """Model state from a module, an nnx.State or a pure dict of parameters."""
+        if isinstance(params, Qwen2ForCausalLM):
+            return nnx.state(params)
+        if isinstance(params, nnx.State):
+            return params
+        if isinstance(params, Mapping):
+            state = jax.tree.map(lambda x: x, self._param_template)
+            nnx.replace_by_pure_dict(state, dict(params))
+            return state
+        raise TypeError(f"params must be a Qwen2ForCausalLM, an nnx.State or a dict, got {type(params).__name__}")
+
+    # -- programs ----------------------------------------------------------------------------
+
+    def _prefill_impl(
+        self, state: nnx.State, ids: jax.Array, mask: jax.Array, rows: tuple[int, int, int, int]
+    ) -> tuple[KVCache, jax.Array]:
+        """Runs the distinct prompts once; returns the cache expanded to all rows and each
+        row's next-token logits."""
+        num_prompts, num_samples, num_rows, cache_len = rows
+        prompt_rows, prompt_len = ids.shape
+        self._note_compile("prefill", f"prompts={prompt_rows}x{prompt_len} rows={num_rows} cache_len={cache_len}")
+        model = nnx.merge(self._graphdef, state)
+        ids, mask = self._constrain(ids, 0), self._constrain(mask, 0)
+        small = KVCache.create(self.config, prompt_rows, prompt_len, self.cache_dtype)
+        h, small = model.hidden_states(ids, mask, cache=small)
+        logits = model.logits(h[:, -1])  # [P, V]: only the last position (left padding)
+        # Row r samples prompt r // G; padding rows reuse prompt 0 and start finished.
+        source = np.zeros(num_rows, np.int32)
+        source[: num_prompts * num_samples] = np.arange(num_prompts * num_samples) // num_samples
+        pad = ((0, 0), (0, 0), (0, 0), (0, cache_len - prompt_len), (0, 0))
+        cache = KVCache(
+            k=jnp.pad(jnp.take(small.k, source, axis=1), pad),
+            v=jnp.pad(jnp.take(small.v, source, axis=1), pad),
+            mask=jnp.pad(jnp.take(small.mask, source, axis=0), ((0, 0), (0, cache_len - prompt_len))),
+            index=small.index,
+        )
+        return self._constrain_cache(cache), self._constrain(jnp.take(logits, source, axis=0), 0)
+
+    def _decode_impl(
+        self,
+        state: nnx.State,
+        cache: KVCache,
+        logits: jax.Array,
+        key: jax.Array,
+        temperature: jax.Array,
+        top_p: jax.Array,
+        plan: _Plan,
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None, KVCache]:
+        """Samples up to max_new_tokens per row in one while_loop over the donated cache.
+
+        The final cache is returned (and dropped by the caller) so that XLA can alias it to the
+        donated input and run the loop in place instead of copying the cache first.
+        """
+        self._note_compile("decode", str(plan))
+        model = nnx.merge(self._graphdef, state)
+        n, m = plan.rows, plan.max_new_tokens
+        row_ids = jnp.arange(n)
+        # One key per row, derived from its global index: a row's samples do not depend on how
+        # many rows share the batch or how they are split over devices.
+        row_keys = self._constrain(jax.vmap(lambda i: jax.random.fold_in(key, i))(row_ids), 0)
+        select = functools.partial(
+            select_tokens, temperature=temperature, top_p=top_p, greedy=plan.greedy, top_k=plan.top_k,
+            use_top_p=plan.use_top_p, top_p_candidates=self.top_p_candidates,
+        )
+
+        def is_eos(tok: jax.Array) -> jax.Array:
+            hit = jnp.zeros(tok.shape, bool)
+            for e in plan.eos_ids:
+                hit = hit | (tok == e)
+            return hit
+
+        def advance(s: _DecodeState, logits: jax.Array, cache: KVCache) -> _DecodeState:
+            keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, s.step)
+            tok, lp = select(logits, keys)
+            tok = jnp.where(s.done, plan.pad_id, tok)
+            lp = jnp.where(s.done, 0.0, lp)
+            kept = s.logits
+            if kept is not None:
+                kept = jax.lax.dynamic_update_slice(kept, logits[:, None], (0, s.step, 0))
+            return _DecodeState(
+                step=s.step + 1,
+                last=tok,
+                done=s.done | is_eos(tok),
+                tokens=jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (0, s.step)),
+                logprobs=jax.lax.dynamic_update_slice(s.logprobs, lp[:, None], (0, s.step)),
+                cache=cache,
+                logits=kept,
+            )
+
+        def body(s: _DecodeState) -> _DecodeState:
+            out, cache = model(s.last[:, None], jnp.ones((n, 1), bool), cache=s.cache)
+            return advance(s, out[:, 0], self._constrain_cache(cache))
+
+        def cond(s: _DecodeState) -> jax.Array:
+            return (s.step < m) & ~jnp.all(s.done)
+
+        start = _DecodeState(
+            step=jnp.zeros((), jnp.int32),
+            last=jnp.full((n,), plan.pad_id, jnp.int32),
+            done=row_ids >= plan.num_prompts * plan.num_samples,
+            tokens=self._constrain(jnp.full((n, m), plan.pad_id, jnp.int32), 0),
+            logprobs=self._constrain(jnp.zeros((n, m), jnp.float32), 0),
+            cache=cache,
+            logits=jnp.zeros((n, m, logits.shape[-1]), jnp.float32) if plan.keep_logits else None,
+        )
+        # The first token comes from the prefill logits; each loop step feeds one token.
+        final = jax.lax.while_loop(cond, body, advance(start, logits, cache))
+        return final.tokens, final.logprobs, final.logits, final.cache
+
+    # -- public ------------------------------------------------------------------------------
+
+    def memory_needed(self, num_prompts: int, num_samples: int, prompt_len: int, max_new_tokens: int) -> int:
+        """Bytes per device that one call allocates (KV caches and loop buffers), before it runs.
+
+        prompt_len is the bucketed length. Both caches (distinct prompts, then all rows) are
+        alive while the prefill program copies one into the other.
+        """
+        c = self.config
+        prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
+        rows = -(-num_prompts * num_samples // self.row_devices) * self.row_devices
+        cache_len = prompt_len + max_new_tokens - 1
+        total = (
+            KVCache.num_bytes(c, prompt_rows, prompt_len, self.cache_dtype)
+            + KVCache.num_bytes(c, rows, cache_len, self.cache_dtype)
+            + (prompt_rows + rows) * c.vocab_size * 4  # last-position logits
+            + rows * max_new_tokens * 8  # token and log-prob buffers
+        )
+        return -(-total // self.row_devices)
+
+    def _plan(self, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams,
+              keep_logits: bool = False) -> _Plan:
+        """The decode program's static plan for a call; prompt_len is the bucketed length."""
+        d = self.row_devices
+        return _Plan(
+            num_prompts=num_prompts, num_samples=num_samples, rows=-(-num_prompts * num_samples // d) * d,
+            cache_len=prompt_len + sampling.max_new_tokens - 1, max_new_tokens=sampling.max_new_tokens,
+            greedy=sampling.greedy, top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0,
+            eos_ids=sampling.eos_ids, pad_id=sampling.pad_id, keep_logits=keep_logits,
+        )
+
+    def compile(
+        self, params: Any, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams
+    ) -> dict[str, Any]:
+        """Compiles, without running, the two programs a `generate` call with these shapes uses.
+
+        For planning memory ahead of time (`compiled.memory_analysis()`): params may be abstract
+        (jax.ShapeDtypeStruct leaves, with shardings), and prompt_len is rounded up to the
+        bucket as `generate` does. Returns {"prefill": Compiled, "decode": Compiled}.
+        """
+        prompt_len = bucket_length(prompt_len, self.prompt_bucket)
+        plan = self._plan(num_prompts, num_samples, prompt_len, sampling)
+        prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
+        state = self._state(params)
+        ids = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.int32)
+        mask = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.bool_)
+        rows = (num_prompts, num_samples, plan.rows, plan.cache_len)
+        prefill = self._prefill.lower(state, ids, mask, rows).compile()
+        # The decode program receives the cache and logits as the prefill leaves them.
+        cache, logits = jax.tree.map(
+            lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
+            jax.eval_shape(lambda s, i, m: self._prefill_impl(s, i, m, rows), state, ids, mask),
+            prefill.output_shardings,
+        )
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        decode = self._decode.lower(state, cache, logits, key, scalar, scalar, plan).compile()
+        return {"prefill": prefill, "decode": decode}
+
+    def _check_memory(self, needed: int, rows: int, cache_len: int) -> None:
+        devices = list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
+        for device in devices:
+            free = free_device_bytes(device)
+            if free is not None and needed > free:
+                raise UserError(
+                    f"sampling {rows} rows with a KV cache of {cache_len} slots needs {_gib(needed)} "
+                    f"({needed} bytes) per device, but {device} has {_gib(free)} free; use fewer "
+                    "prompts or samples per call, fewer max_new_tokens, a bf16 cache, or more devices"
+                )
+
+    def generate(
+        self,
+        params: Any,
+        prompts: Sequence[Sequence[int]],
+        num_samples: int,
+        sampling: SamplingParams,
+        key_or_seed: int | jax.Array = 0,
+        *,
+        keep_logits: bool = False,
+    ) -> SampleOutput:
+        """Samples `num_samples` completions for each prompt (lists of token ids, any lengths).
+
+        params: the model (Qwen2ForCausalLM), its nnx.State, or its pure parameter dict, in the
+        compute dtype and placed by the caller. keep_logits (tests, debugging) also returns the
+        raw fp32 logits of every step, [N, max_new_tokens, V].
+        """
+        t0 = time.perf_counter()
+        c = self.config
+        if num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {num_samples}")
+        prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+        if not prompts:
+            raise UserError("no prompts to sample from")
+        for i, p in enumerate(prompts):
+            if p.size == 0:
+                raise UserError(f"prompt {i} is empty")
+            if p.min() < 0 or p.max() >= c.vocab_size:
+                raise UserError(f"prompt {i} has token ids outside [0, {c.vocab_size})")
+        if not 0 <= sampling.pad_id < c.vocab_size:
+            raise UserError(f"pad id {sampling.pad_id} is outside the vocabulary [0, {c.vocab_size})")
+
+        num_prompts, m = len(prompts), sampling.max_new_tokens
+        prompt_len = bucket_length(max(p.size for p in prompts), self.prompt_bucket)
+        plan = self._plan(num_prompts, num_samples, prompt_len, sampling, keep_logits)
+        prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
+        if self.check_memory:
+            needed = self.memory_needed(num_prompts, num_samples, prompt_len, m)
+            self._check_memory(needed, plan.rows, plan.cache_len)
+
+        ids = np.full((prompt_rows, prompt_len), sampling.pad_id, np.int32)
+        mask = np.zeros((prompt_rows, prompt_len), bool)
+        for i, p in enumerate(prompts):
+            ids[i, prompt_len - p.size :] = p
+            mask[i, prompt_len - p.size :] = True
+        ids[num_prompts:], mask[num_prompts:] = ids[0], mask[0]  # dummy prompts: copies of the first
+
+        state = self._state(params)
+        compiled_before = self.num_compilations
+        t1 = time.perf_counter()
+        cache, logits = self._prefill(state, ids, mask, (num_prompts, num_samples, plan.rows, plan.cache_len))
+        jax.block_until_ready(logits)
+        t2 = time.perf_counter()
+        temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
+        tokens, logprobs, kept, cache = self._decode(
+            state, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), plan
+        )
+        del cache
+        tokens, logprobs, kept = jax.device_get((tokens, logprobs, kept))
+        t3 = time.perf_counter()
+
+        n = num_prompts * num_samples
+        tokens, logprobs = np.asarray(tokens[:n]), np.asarray(logprobs[:n])
+        is_eos = np.isin(tokens, np.asarray(sampling.eos_ids, np.int64)) if sampling.eos_ids else np.zeros_like(tokens, bool)
+        has_eos = is_eos.any(axis=1)
+        lengths = np.where(has_eos, is_eos.argmax(axis=1) + 1, m).astype(np.int32)
+        completion_mask = np.arange(m)[None, :] < lengths[:, None]
+        source = np.arange(n) // num_samples
+        return SampleOutput(
+            prompt_ids=ids[source],
+            prompt_mask=mask[source],
+            completion_ids=tokens,
+            completion_mask=completion_mask,
+            lengths=lengths,
+            truncated=~has_eos,
+            logprobs=np.where(completion_mask, logprobs, 0.0).astype(np.float32),
+            num_prompts=num_prompts,
+            num_samples=num_samples,
+            timings={
+                "prefill_s": t2 - t1,
+                "decode_s": t3 - t2,
+                "total_s": t3 - t0,
+                "compiled": float(self.num_compilations > compiled_before),
+            },
+            logits=None if kept is None else np.asarray(kept[:n]),
+        )
