@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from openrs_jax.evaluation.scoring import (
     Gold, boxed_gold, extract_prediction, is_correct, prepare_gold,
 )

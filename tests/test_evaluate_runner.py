@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from openrs_jax.errors import UserError
 from openrs_jax.evaluate import main as evaluate_main
 from openrs_jax.evaluation import EvalSettings, Generation, flat_metrics, format_table, pass_at_1

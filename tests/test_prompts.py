@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from openrs_jax import prompts
 from openrs_jax.tokenizer import load_tokenizer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from openrs_jax.errors import UserError
 from openrs_jax.tokenizer import load_tokenizer
 
