@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from openrs_jax import curate
 from openrs_jax.curation.decontaminate import Decontaminator, load_benchmarks
 from openrs_jax.curation.dedup import dedup
