@@ -187,16 +187,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
-    steps = ["max_steps=8", "save_steps=2"]
-    straight = start_cli(tmp_path / "straight", *steps)
-    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+    steps = ["max_steps=6", "save_steps=2"]
+    # The uninterrupted run in this process: the same XLA programs as the CLI's.
+    GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'straight'}", *FAST, *steps])).train()
 
     out = tmp_path / "killed"
     rng = random.Random(0)
-    for attempt in range(3):
+    for attempt in range(2):
         proc = start_cli(out, *steps, *(["resume=True"] if attempt else []))
         done_before = len(metrics_of(out)) if (out / "metrics.jsonl").is_file() else 0
-        wait_for_steps(out, min(done_before + 1, 7), proc)
+        wait_for_steps(out, min(done_before + 1, 5), proc)
         time.sleep(rng.uniform(0.0, 1.5))  # lands in steps, saves, or log writes
         proc.kill()
         proc.wait()
