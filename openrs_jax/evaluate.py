@@ -64,18 +64,17 @@ def _model_generate(args: argparse.Namespace, tokenizer):  # -> GenerateFn
     from openrs_jax.evaluation import sampler_generate_fn
     from openrs_jax.model import load_params
     from openrs_jax.sampling import Sampler
+    from openrs_jax.tokenizer import stop_token_ids
 
     params, config = load_params(args.model)
     config = config.replace(dtype=args.dtype)
     # Evaluation only decodes: every device takes its own rows with a whole copy of the model.
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     rollout = sharding.rollout_params(params, mesh, args.dtype)
-    eos = config.eos_token_id
-    eos_ids = {tokenizer.eos_id} | set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     sampler = Sampler(config, mesh=mesh, prompt_bucket=PROMPT_BUCKET)
     return sampler_generate_fn(
         sampler, rollout, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, eos_ids=sorted(eos_ids), pad_id=tokenizer.pad_id,
+        top_p=args.top_p, eos_ids=stop_token_ids(tokenizer, config.eos_token_id), pad_id=tokenizer.pad_id,
     )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.curation.io import read_rows, write_dataset, write_json, write_jsonl
 from openrs_jax.errors import UserError
 from openrs_jax.rewards.gold import gold_from_row, gold_parses
@@ -114,18 +115,7 @@ def problem_key(problem: str, gold: str) -> str:
 
 def read_pass_rates(path: str | Path) -> dict[str, dict[str, Any]]:
     """Records by key; a torn last line (an interrupted run) and foreign lines are ignored."""
-    records: dict[str, dict[str, Any]] = {}
-    path = Path(path)
-    if not path.is_file():
-        return records
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                records[str(rec["key"])] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return records
+    return read_keyed_jsonl(path, lambda rec: str(rec["key"]))
 
 
 def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
@@ -211,12 +201,6 @@ def sample_pass_rates(
     return out
 
 
-def _as_list(x: Any) -> list[int]:
-    if x is None:
-        return []
-    return [int(v) for v in x] if isinstance(x, (list, tuple)) else [int(x)]
-
-
 def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
     """Loads the model and the sampler and returns a `GenerateFn` (JAX starts here, not before)."""
     import jax
@@ -224,6 +208,7 @@ def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
     from openrs_jax import sharding
     from openrs_jax.model import load_params
     from openrs_jax.sampling import Sampler, SamplingParams
+    from openrs_jax.tokenizer import stop_token_ids
 
     params, config = load_params(args.model, seed=args.seed)
     if tokenizer.vocab_size > config.vocab_size:
@@ -237,7 +222,7 @@ def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
     sampler = Sampler(config, mesh=mesh)
     sampling = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-        eos_ids=tuple(sorted({tokenizer.eos_id, *_as_list(config.eos_token_id)})), pad_id=tokenizer.pad_id,
+        eos_ids=stop_token_ids(tokenizer, config.eos_token_id), pad_id=tokenizer.pad_id,
     )
 
     def generate(prompts: list[list[int]], num_samples: int, seed: int) -> list[str]:

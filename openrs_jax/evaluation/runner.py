@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
@@ -86,17 +87,7 @@ GenerateFn = Callable[[list[list[int]], int, int], list[Generation]]
 
 def _read_details(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
     """Finished samples by (index, sample). A torn last line (an interrupted run) is ignored."""
-    records: dict[tuple[int, int], dict[str, Any]] = {}
-    if not path.is_file():
-        return records
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                records[(int(rec["index"]), int(rec["sample"]))] = rec
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-    return records
+    return read_keyed_jsonl(path, lambda rec: (int(rec["index"]), int(rec["sample"])))
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
