@@ -1,12 +1,15 @@
-"""Sample completions from a checkpoint: `python -m openrs_jax.generate --model PATH --prompts FILE.jsonl --out FILE.jsonl`.
+"""Sample completions from a checkpoint.
+
+`python -m openrs_jax.generate --model PATH --prompts FILE.jsonl --out FILE.jsonl [options]`.
 
 Each input line is `{"prompt_ids": [...]}` (token ids, used as given) or `{"prompt": "text"}`
-(rendered with the tokenizer's chat template as one user turn, after an optional --system turn,
-then tokenized without adding special tokens: the template already holds BOS). Each output line
-is `{"index": i, "sample": g, "completion_ids": [...], "finished": bool}` plus `"text"` (decoded
-with skip_special_tokens) when a tokenizer is available; completion_ids end with the EOS id
-when one was generated. EOS and pad ids, temperature, top_p and top_k default to the model
-directory's generation_config.json, then config.json.
+(rendered by the project's prompt builder, `openrs_jax.prompts`: the tokenizer's chat template
+with one user turn after an optional --system turn, tokenized without adding special tokens,
+since the template already holds BOS). Each output line is `{"index": i, "sample": g,
+"completion_ids": [...], "finished": bool}` plus `"text"` (decoded with skip_special_tokens)
+when a tokenizer is available; completion_ids end with the EOS id when one was generated.
+EOS and pad ids, temperature, top_p and top_k default to the model directory's
+generation_config.json, then config.json.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.generate")
 
-TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
 
 
 def _ids(value: Any) -> list[int]:
@@ -85,7 +87,8 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
 
 
 def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, where: str) -> list[int]:
-    """Token ids of one prompt record (chat template for text prompts)."""
+    """Token ids of one prompt record (chat template for text prompts); tokenizer is an
+    `openrs_jax.tokenizer.Tokenizer` or None."""
     if "prompt_ids" in record:
         ids = record["prompt_ids"]
         if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
@@ -95,26 +98,20 @@ def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, wh
         raise UserError(f'{where}: a text "prompt" needs a tokenizer: pass --tokenizer DIR (or use "prompt_ids")')
     if not isinstance(record["prompt"], str):
         raise UserError(f'{where}: "prompt" must be a string')
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": record["prompt"]}]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    raise UserError(f"{where}: the tokenizer has no chat template, so text prompts cannot be rendered; give prompt_ids")
+    if not tokenizer.has_chat_template:
+        raise UserError(f"{where}: the tokenizer has no chat template to render text prompts; give prompt_ids")
+    from openrs_jax.prompts import render_prompt_ids
+
+    return render_prompt_ids(tokenizer, record["prompt"], system or None)
 
 
-def load_tokenizer(path: str | Path | None, model_dir: Path) -> Any:
-    """The tokenizer at `path`, else the model directory's when it has one, else None."""
-    candidate = Path(path).expanduser() if path else model_dir
-    if path is None and not any((candidate / m).is_file() for m in TOKENIZER_MARKERS):
+def find_tokenizer(path: str | Path | None, model_dir: Path) -> Any:
+    """The tokenizer at `path`, else the model directory's when it has a tokenizer.json, else None."""
+    from openrs_jax.tokenizer import load_tokenizer
+
+    if path is None and not (model_dir / "tokenizer.json").is_file():
         return None
-    if not candidate.is_dir():
-        raise UserError(f"tokenizer directory {candidate} does not exist")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(candidate))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a tokenizer from {candidate}: {e}") from None
+    return load_tokenizer(path or model_dir)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -134,7 +131,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--system", help="system prompt placed before each text prompt")
     p.add_argument("--batch_size", type=int, default=32, help="prompts per sampler call")
     p.add_argument("--prompt_bucket", type=int, default=64, help="prompt lengths are padded to a multiple of this")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="parameter and compute dtype (default: bfloat16 on GPU, float32 elsewhere)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                   help="parameter and compute dtype (default: bfloat16 on GPU, float32 elsewhere)")
     return p.parse_args(argv)
 
 
@@ -155,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if not model_dir.exists():
         raise UserError(f"model path {model_dir} does not exist")
     defaults = model_defaults(model_dir)
-    tokenizer = load_tokenizer(args.tokenizer, model_dir)
+    tokenizer = find_tokenizer(args.tokenizer, model_dir)
     records = read_prompts(args.prompts)
     prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
 
@@ -203,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 written.append(record)
             done = min(start + args.batch_size, len(prompts))
             rate = int(np.sum(result.lengths)) / max(result.timings["total_s"], 1e-9)
-            print(f"{done}/{len(prompts)} prompts, {rate:.0f} tokens/s", file=sys.stderr)
+            note = " (this batch compiled new programs)" if result.timings["compiled"] else ""
+            print(f"{done}/{len(prompts)} prompts, {rate:.0f} tokens/s{note}", file=sys.stderr)
     print(f"wrote {len(written)} completions to {out_path}", file=sys.stderr)
     return written
 

@@ -10,11 +10,12 @@ per benchmark problem). A call to `Sampler.generate` runs two compiled programs:
    step and stops when every row has produced an EOS id or max_new_tokens tokens. Rows that
    finished keep receiving the pad id and log-prob 0.
 
-Programs are cached by their static shapes (prompt rows, prompt bucket, rows, max_new_tokens,
-sampling mode), so a training run compiles a handful of programs; `Sampler.num_compilations`
-counts them and the logger "openrs_jax.sampling" records each one at DEBUG level. Parameters
-are arguments of the programs, never constants: a refreshed rollout copy is used without
-recompiling, as long as its dtypes and placement stay the same.
+Programs are cached by their static shapes (prompt rows, prompt bucket, rows, max_new_tokens)
+and sampling mode (greedy or not, top-k, top-p on or off, EOS and pad ids; temperature and
+top_p values are arguments), so a training run compiles a handful of programs;
+`Sampler.num_compilations` counts them and the logger "openrs_jax.sampling" records each one
+at DEBUG level. Parameters are arguments of the programs, never constants: a refreshed
+rollout copy is used without recompiling, as long as its dtypes and placement stay the same.
 
 Rows are group-major: the samples of prompt i are rows i*G .. i*G+G-1. One call is one batch:
 the KV cache of every row lives on the devices for the whole call, so callers with many prompts
@@ -26,6 +27,13 @@ replicated on every device for a model the size of the 1.5B recipe (3.6 GB in bf
 tensor-parallel (projections split over "tensor") for larger ones; XLA then inserts the
 collectives. Row counts that do not divide the batch devices are padded with dummy rows that
 start finished and are dropped from the output.
+
+Memory. The KV cache ([layers, rows, kv_heads, slots, head_dim], in `cache_dtype`, by default
+the compute dtype) is sized before anything is allocated (`memory_needed`); a call that does
+not fit the devices' free memory raises a UserError saying how many bytes it needs. On a CPU
+with bf16 compute, pass cache_dtype="float32": XLA:CPU updates a bf16 cache out of place.
+Each step attends over the whole cache, filled or not: cheap at these sizes, and what a later
+version could trim (attend only the filled prefix) for very long completions.
 
 Token selection is exact but avoids the costs that dominate a small model on a CPU: greedy uses
 a first-index argmax built from two reductions; temperature sampling draws two uniforms per
@@ -647,7 +655,7 @@ class Sampler:
 
         n = num_prompts * num_samples
         tokens, logprobs = np.asarray(tokens[:n]), np.asarray(logprobs[:n])
-        is_eos = np.isin(tokens, np.asarray(sampling.eos_ids, np.int64)) if sampling.eos_ids else np.zeros_like(tokens, bool)
+        is_eos = np.isin(tokens, np.asarray(sampling.eos_ids or (-1,), np.int64))
         has_eos = is_eos.any(axis=1)
         lengths = np.where(has_eos, is_eos.argmax(axis=1) + 1, m).astype(np.int32)
         completion_mask = np.arange(m)[None, :] < lengths[:, None]

@@ -76,18 +76,15 @@ def test_prompt_ids_greedy_matches_transformers(hf_model_dir, tmp_path, capsys):
 
 def test_text_prompts_are_rendered_with_the_chat_template(tmp_path):
     model_dir = make_hf_model(tmp_path / "m")
-    # Beside the model, not in it: transformers 5 would load a Qwen2 tokenizer class there.
-    tok_dir = tmp_path / "tok"
-    save_word_tokenizer(tok_dir)
-    from transformers import AutoTokenizer
+    save_word_tokenizer(model_dir)  # found there without --tokenizer
+    from openrs_jax.tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(tok_dir)
     vocab = {t: i for i, t in enumerate(SPECIAL + WORDS)}
-    ids = encode_prompt({"prompt": "w5 w7"}, tok, "w1", "line 1")
+    ids = encode_prompt({"prompt": "w5 w7"}, load_tokenizer(model_dir), "w1", "line 1")
     assert ids == [vocab[t] for t in ["<s>", "<system>", "w1", "<user>", "w5", "w7", "<assistant>"]]
 
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "w3 w4 w5"}, {"prompt_ids": [9, 10]}])
-    records = main(["--model", str(model_dir), "--tokenizer", str(tok_dir), "--prompts", str(src), "--out", str(tmp_path / "c.jsonl"),
+    records = main(["--model", str(model_dir), "--prompts", str(src), "--out", str(tmp_path / "c.jsonl"),
                     "--num_samples", "3", "--max_new_tokens", "5", "--temperature", "1.0", "--seed", "3",
                     "--system", "w1"])
     assert len(records) == 6

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare_hf", action="store_true", help="also time transformers generate on the same weights")
+    parser.add_argument("--hf_threads", type=int, help="torch threads for transformers (default: torch's own, one "
+                        "per core; on a busy shared host 1 can be several times faster)")
     parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
 
 
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> dict:
         import torch
 
         twin = torch_twin(model)
+        if getattr(args, "hf_threads", None):
+            torch.set_num_threads(args.hf_threads)
         torch.manual_seed(args.seed)
         _hf_generate(twin, prompts, args, n)  # warm-up
     # Interleaved, so that both sides see the same background load on a shared machine.
