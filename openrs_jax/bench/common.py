@@ -148,9 +148,37 @@ def copy_bandwidth(nbytes: int | None = None, repeats: int = 5) -> dict[str, Any
     op = jax.jit(lambda a: a * 1.5 + 1.0)  # one read, one write
     jax.block_until_ready(op(x))
     best = min(time_calls(lambda: jax.block_until_ready(op(x)), repeats))
-    del x
     return {
         "copy_array_bytes": 4 * n,
         "copy_s": best,
         "copy_bandwidth_bytes_per_s": 2 * 4 * n / best,
+    }
+
+
+def decode_bytes_per_step(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: int, cache_dtype: Any = None) -> dict[str, int]:
+    """Bytes one decode step reads, averaged over the `new_tokens - 1` loop steps.
+
+    Weights: every parameter in the compute dtype except the input embedding table, of which
+    each row reads one line. KV cache attended: a row at loop step j attends prompt_len + j
+    slots (the prompt and the tokens so far), in every layer, keys and values. The full-cache
+    figure counts all prompt_len + new_tokens - 1 slots, which is what attention over the
+    whole cache (this sampler's) reads.
+    """
+    import jax.numpy as jnp
+
+    itemsize = jnp.dtype(config.dtype).itemsize
+    cache_itemsize = jnp.dtype(cache_dtype or config.dtype).itemsize
+    embedding = config.vocab_size * config.hidden_size
+    read_params = config.num_params() - (0 if config.tie_word_embeddings else embedding)
+    weights = read_params * itemsize + rows * config.hidden_size * itemsize
+    per_slot = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * cache_itemsize
+    mean_attended = prompt_len + new_tokens / 2  # loop steps j = 1 .. new_tokens - 1
+    kv = rows * per_slot * mean_attended
+    kv_full = rows * per_slot * (prompt_len + new_tokens - 1)
+    return {
+        "weight_bytes_per_step": int(weights),
+        "kv_bytes_per_step_attended": int(kv),
+        "kv_bytes_per_step_full_cache": int(kv_full),
+        "decode_bytes_per_step": int(weights + kv),
+        "decode_bytes_per_step_full_cache": int(weights + kv_full),
     }

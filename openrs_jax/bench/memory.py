@@ -38,7 +38,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from openrs_jax import sharding
-from openrs_jax.config import load_config
 from openrs_jax.errors import UserError
 from openrs_jax.grpo import UpdateConfig, abstract_train_state, make_train_step, token_logprobs
 from openrs_jax.model import KVCache, Qwen2Config, abstract_model
@@ -48,7 +47,8 @@ GB = 1e9
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run config file, e.g. configs/exp2.py")
-    parser.add_argument("--model_config", required=True, help="model directory (or config.json) giving the shapes")
+    parser.add_argument("--model_config", "--model", dest="model_config", required=True,
+                        help="model directory, config.json, or preset:NAME (see bench.shapes) giving the shapes")
     parser.add_argument("--devices", type=int, default=4, help="devices to compile for (emulated on CPU if absent)")
     parser.add_argument(
         "--micro_batch_size", type=int, default=None,
@@ -197,8 +197,10 @@ def memory_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Compiles the three programs for `args.devices` devices and reads their memory."""
     if jax.device_count() < args.devices:
         raise UserError(f"{args.devices} devices requested but only {jax.device_count()} are visible")
-    cfg = load_config(args.config)
-    model_config = Qwen2Config.from_json(
+    from openrs_jax.bench import shapes
+
+    cfg = shapes.load_run_config(args.config)  # works without ml_collections too (the GPU image)
+    model_config = shapes.model_config(
         args.model_config, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat
     )
     mesh = sharding.make_mesh(cfg.mesh.to_dict(), jax.devices()[: args.devices])

@@ -14,7 +14,8 @@ dtype (all but the input embedding, of which only the rows' lookups) + the KV ca
 actually attended (prompt + tokens so far, averaged over the steps) / the measured decode step
 time / the copy bandwidth measured in the same run (`common.copy_bandwidth`: read + write bytes
 per second of a large elementwise op). `decode_bandwidth_use_full_cache` counts the whole KV
-cache instead, which this sampler's attention reads every step.
+cache instead, which this sampler's attention reads every step. `--config` takes the shapes
+from a run config (see `bench.shapes`); `--model` also takes presets (`preset:1.5b`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from openrs_jax.bench import shapes
 from openrs_jax.bench.common import (
-    DTYPES, copy_bandwidth, describe_model, device_memory, load_bench_model, time_calls, torch_twin,
+    DTYPES, copy_bandwidth, decode_bytes_per_step, describe_model, device_memory, time_calls, torch_twin,
 )
 from openrs_jax.sampling import Sampler, SamplingParams
 
@@ -49,35 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf_threads", type=int, help="torch threads for transformers (default: torch's own, one "
                         "per core; on a busy shared host 1 can be several times faster)")
     parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
+    shapes.add_config_argument(parser, CONFIG_FIELDS)
 
 
-def decode_bytes_per_step(config, rows: int, prompt_len: int, new_tokens: int, cache_dtype=None) -> dict:
-    """Bytes one decode step reads, averaged over the `new_tokens - 1` loop steps.
-
-    Weights: every parameter in the compute dtype except the input embedding table, of which
-    each row reads one line. KV cache attended: a row at loop step j attends prompt_len + j
-    slots (the prompt and the tokens so far), in every layer, keys and values. The full-cache
-    figure counts all prompt_len + new_tokens - 1 slots, which is what attention over the
-    whole cache (this sampler's) reads.
-    """
-    import jax.numpy as jnp
-
-    itemsize = jnp.dtype(config.dtype).itemsize
-    cache_itemsize = jnp.dtype(cache_dtype or config.dtype).itemsize
-    embedding = config.vocab_size * config.hidden_size
-    read_params = config.num_params() - (0 if config.tie_word_embeddings else embedding)
-    weights = read_params * itemsize + rows * config.hidden_size * itemsize
-    per_slot = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * cache_itemsize
-    mean_attended = prompt_len + new_tokens / 2  # loop steps j = 1 .. new_tokens - 1
-    kv = rows * per_slot * mean_attended
-    kv_full = rows * per_slot * (prompt_len + new_tokens - 1)
-    return {
-        "weight_bytes_per_step": int(weights),
-        "kv_bytes_per_step_attended": int(kv),
-        "kv_bytes_per_step_full_cache": int(kv_full),
-        "decode_bytes_per_step": int(weights + kv),
-        "decode_bytes_per_step_full_cache": int(weights + kv_full),
-    }
+# Flags that `--config RUN_CONFIG` fills (see bench.shapes).
+CONFIG_FIELDS = {
+    "prompts": "prompts_per_step",
+    "num_samples": "num_generations",
+    "prompt_len": "max_prompt_length",
+    "new_tokens": "max_completion_length",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "dtype": "compute_dtype",
+}
 
 
 def _rate(tokens: int, seconds: float) -> float:
@@ -108,8 +95,9 @@ def _hf_generate(twin: Any, prompts: np.ndarray, args: argparse.Namespace, new_t
 
 def run(args: argparse.Namespace) -> dict:
     """Runs the benchmark; returns the JSON fields (the dispatcher adds date, device, command)."""
+    shapes.apply_run_config(args)
     copy = None if getattr(args, "no_copy_bandwidth", False) else copy_bandwidth()
-    model, random_weights = load_bench_model(args.model, args.dtype, args.seed)
+    model, random_weights = shapes.load_model(args.model, args.dtype, args.seed)
     config = model.config
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(0, config.vocab_size, size=(args.prompts, args.prompt_len), dtype=np.int64)

@@ -8,6 +8,11 @@ Times `--steps` updates after one warm-up (compilation) and reports the median. 
 whole sequences (prompt + completion) per second. MFU = model FLOPs / step time / peak, with
 the PaLM count 6 N + 12 L H d_head S per token (N = parameters used in matmuls; remat
 recomputation not counted), where the device's bf16 peak is known (or `--peak_tflops`).
+
+`--config configs/exp2.py` takes the shapes from a run config (see `bench.shapes`; flags win),
+`--model` also takes presets (`preset:1.5b`). `--reference` also times the forward-only
+reference log-prob pass over the same rows (bf16/compute-dtype copy, 2 N + attention FLOPs
+per token, counted apart from the update). The runtime's peak device memory is reported.
 """
 
 from __future__ import annotations
@@ -52,6 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh", default="fsdp=-1", help="mesh axes, e.g. 'fsdp=-1' or 'data=2,fsdp=-1'")
     parser.add_argument("--steps", type=int, default=5, help="timed updates after the warm-up")
     parser.add_argument("--peak_tflops", type=float, default=None, help="per-device peak for MFU (default: known GPUs)")
+    parser.add_argument("--reference", action="store_true", help="also time the forward-only reference log-prob pass")
+    from openrs_jax.bench import shapes
+
+    shapes.add_config_argument(parser, CONFIG_FIELDS)
+
+
+# Flags that `--config RUN_CONFIG` fills (see bench.shapes).
+CONFIG_FIELDS = {
+    "dtype": "compute_dtype",
+    "remat": "remat",
+    "rows": lambda s: s.rows,
+    "num_generations": "num_generations",
+    "prompt_len": "max_prompt_length",
+    "completion_len": "max_completion_length",
+    "micro_batch_size": "micro_batch_size",
+    "beta": "beta",
+    "loss_aggregation": "loss_aggregation",
+    "mesh": "mesh",
+}
 
 
 def train_flops_per_token(config: Any, seq_len: int) -> float:
@@ -60,6 +84,11 @@ def train_flops_per_token(config: Any, seq_len: int) -> float:
     matmul = config.num_params() - emb * (1 if config.tie_word_embeddings else 2) - config.hidden_size + emb
     attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * seq_len
     return 6.0 * matmul + attention
+
+
+def forward_flops_per_token(config: Any, seq_len: int) -> float:
+    """Model FLOPs of one forward-only token (reference and old log-probs): 2 N_matmul + 4 L H d_head S."""
+    return train_flops_per_token(config, seq_len) / 3.0
 
 
 def _peak_flops(args: argparse.Namespace, dtype: str) -> float | None:
@@ -91,13 +120,16 @@ def random_batch(rows: int, prompt_len: int, completion_len: int, vocab: int, g:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     # Imported here so that the other bench subcommands load even where common.py is absent.
-    from openrs_jax.bench.common import describe_model, load_bench_model
+    from openrs_jax.bench import shapes
+    from openrs_jax.bench.common import describe_model, device_memory
+
+    shapes.apply_run_config(args)
 
     platform = jax.devices()[0].platform
     dtype = args.dtype or ("bfloat16" if platform == "gpu" else "float32")
     if args.rows % args.num_generations:
         raise UserError(f"--rows {args.rows} must be a multiple of --num_generations {args.num_generations}")
-    model, random_weights = load_bench_model(args.model, dtype="float32")
+    model, random_weights = shapes.load_model(args.model, dtype="float32")
     config = model.config.replace(dtype=dtype, param_dtype="float32", remat=args.remat)
     params = params_of(model)
     del model
@@ -132,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokens = args.rows * seq
     flops = train_flops_per_token(config, seq) * tokens
     peak = _peak_flops(args, dtype)
-    return {
+    result = {
         "model": str(args.model),
         "random_weights": random_weights,
         **describe_model(config),
@@ -155,4 +187,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mfu": None if peak is None else flops / step_s / (peak * jax.device_count()),
         "loss": float(metrics["loss"]),
         "grad_norm": float(metrics["grad_norm"]),
+    }
+    if getattr(args, "reference", False):
+        result.update(_time_reference(args, graphdef, state, batch, mesh, dtype, config, seq, peak))
+    result.update(device_memory())
+    return result
+
+
+def _time_reference(args: argparse.Namespace, graphdef: Any, state: Any, batch: dict, mesh: Any, dtype: str,
+                    config: Any, seq: int, peak: float | None) -> dict[str, Any]:
+    """Median time, FLOPs and MFU of the forward-only log-prob pass (the reference pass)."""
+    from openrs_jax.grpo import token_logprobs
+
+    ref = sharding.rollout_params(state.params, mesh, dtype)
+
+    def call() -> None:
+        jax.block_until_ready(token_logprobs(
+            graphdef, ref, batch["input_ids"], batch["attention_mask"], args.prompt_len,
+            micro_batch_size=args.micro_batch_size, mesh=mesh,
+        ))
+
+    call()  # compiles
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    ref_s = statistics.median(times)
+    flops = forward_flops_per_token(config, seq) * args.rows * seq
+    return {
+        "reference_times_s": times,
+        "reference_s": ref_s,
+        "reference_model_tflops": flops / 1e12,
+        "reference_tflops_per_s_per_device": flops / ref_s / 1e12 / jax.device_count(),
+        "reference_mfu": None if peak is None else flops / ref_s / (peak * jax.device_count()),
     }

@@ -1,0 +1,231 @@
+"""`python -m openrs_jax.bench step`, the shared shape handling of the bench subcommands, and
+bench/gpu_exp2.sh at small shapes (CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openrs_jax.bench import shapes, step
+from openrs_jax.errors import UserError
+from openrs_jax.model import Qwen2Config
+from tests.conftest import REPO_ROOT
+
+EXP2 = str(REPO_ROOT / "configs" / "exp2.py")
+TINY_SHAPES = ["--prompts_per_step", "2", "--num_generations", "2", "--max_new_tokens", "4", "--prompt_len", "8"]
+
+
+def parse(module, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+# --- shapes -----------------------------------------------------------------------------------
+
+
+def test_presets_give_the_recipe_model_and_small_shapes():
+    big = shapes.model_config("preset:deepseek-r1-distill-qwen-1.5b")
+    assert big == Qwen2Config(bos_token_id=151643, eos_token_id=151643)  # the real config.json's shape
+    assert big.num_params() == 1_777_088_000
+    assert shapes.model_config("preset:1.5b", dtype="bfloat16").dtype == "bfloat16"
+    small = shapes.model_config("preset:20m,vocab_size=151936,num_hidden_layers=2")
+    assert (small.hidden_size, small.intermediate_size, small.num_attention_heads, small.num_key_value_heads) == (
+        256, 688, 8, 2)
+    assert (small.vocab_size, small.num_hidden_layers) == (151936, 2)
+    with pytest.raises(UserError, match="unknown model preset"):
+        shapes.model_config("preset:7b")
+    with pytest.raises(UserError, match="not a Qwen2Config field"):
+        shapes.model_config("preset:20m,hidden=3")
+    model, random_weights = shapes.load_model("preset:tiny")
+    assert random_weights and model.config.vocab_size == 512
+
+
+def test_model_config_reads_directories_and_files(tmp_path):
+    config = shapes.model_config("preset:tiny")
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    assert shapes.model_config(tmp_path).hidden_size == config.hidden_size
+    assert shapes.model_config(tmp_path / "config.json").vocab_size == config.vocab_size
+    with pytest.raises(UserError, match="does not exist"):
+        shapes.model_config(tmp_path / "missing")
+
+
+def test_run_config_fills_unset_flags_and_given_flags_win():
+    args = parse(step, ["--model", "preset:tiny", "--config", EXP2, "--max_new_tokens", "8", "--beta", "0.04"])
+    run_shapes = shapes.apply_run_config(args)
+    assert run_shapes.rows == 72
+    assert (args.prompts_per_step, args.num_generations, args.prompt_len) == (12, 6, 512)
+    assert args.max_new_tokens == 8  # given: wins over the config's 3584
+    assert (args.micro_batch_size, args.remat, args.dtype, args.temperature) == (6, "full", "bfloat16", 0.7)
+    assert args.mesh == "data=1,fsdp=-1,tensor=1" and args.loss_aggregation == "group_token_mean"
+    # Without --config every flag keeps its default.
+    args = parse(step, ["--model", "preset:tiny"])
+    assert shapes.apply_run_config(args) is None
+    assert (args.prompts_per_step, args.max_new_tokens, args.dtype, args.micro_batch_size) == (4, 64, None, None)
+
+
+def test_sampler_and_update_take_the_same_config():
+    from openrs_jax.bench import sampler, update
+
+    args = parse(sampler, ["--model", "preset:tiny", "--config", EXP2, "--prompts", "3"])
+    shapes.apply_run_config(args)
+    assert (args.prompts, args.num_samples, args.prompt_len, args.new_tokens, args.dtype) == (3, 6, 512, 3584, "bfloat16")
+    args = parse(update, ["--model", "preset:tiny", "--config", EXP2])
+    shapes.apply_run_config(args)
+    assert (args.rows, args.num_generations, args.completion_len, args.micro_batch_size, args.remat) == (
+        72, 6, 3584, 6, "full")
+
+
+def test_run_configs_load_without_ml_collections():
+    """The GPU image has no ml_collections: configs/*.py load through the stand-in ConfigDict."""
+    code = (
+        "import sys; sys.modules['ml_collections'] = None\n"  # makes `import ml_collections` fail
+        "from openrs_jax.bench.shapes import RunShapes, load_run_config\n"
+        "from openrs_jax.errors import UserError\n"
+        f"c = load_run_config({EXP2!r}, ['beta=0.1', 'mesh.fsdp=2'])\n"
+        "assert type(c).__module__ == 'openrs_jax.bench.shapes', type(c)\n"
+        "s = RunShapes.from_config(c)\n"
+        "assert (s.rows, s.max_completion_length, s.beta, s.mesh) == (72, 3584, 0.1, 'data=1,fsdp=2,tensor=1'), s\n"
+        "assert c.model_path == c.tokenizer_path and c.reward_weights == (1.0, 2.0)\n"
+        "try:\n"
+        f"    load_run_config({EXP2!r}, ['betta=1'])\n"
+        "except UserError as e:\n"
+        "    assert 'beta' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('a misspelt key was accepted')\n"
+        "try:\n"
+        "    c.new_key = 1\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('a locked config took a new key')\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def test_decode_bytes_per_step_counts_weights_and_the_attended_cache():
+    from openrs_jax.bench.common import decode_bytes_per_step
+
+    c = Qwen2Config(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=4, dtype="bfloat16")
+    out = decode_bytes_per_step(c, rows=3, prompt_len=10, new_tokens=5)
+    weights = (c.num_params() - 100 * 8) * 2 + 3 * 8 * 2  # all but the input table, bf16; 3 looked-up rows
+    per_slot = 2 * 2 * 1 * 4 * 2  # K and V, 2 layers, 1 KV head of 4, bf16
+    assert out["weight_bytes_per_step"] == weights
+    assert out["kv_bytes_per_step_attended"] == int(3 * per_slot * (10 + 5 / 2))
+    assert out["kv_bytes_per_step_full_cache"] == 3 * per_slot * (10 + 4)
+    assert out["decode_bytes_per_step"] == weights + out["kv_bytes_per_step_attended"]
+    # The 1.5B recipe model at Exp2's 72 rows: 3.09 GB of weights read, 4.76 GB of attended KV cache.
+    big = shapes.model_config("preset:1.5b", dtype="bfloat16")
+    exp2 = decode_bytes_per_step(big, rows=72, prompt_len=512, new_tokens=3584)
+    assert exp2["weight_bytes_per_step"] == pytest.approx(3.09e9, rel=0.01)
+    assert exp2["kv_bytes_per_step_attended"] == pytest.approx(72 * 28672 * 2304, rel=1e-6)
+
+
+def test_forward_flops_are_a_third_of_training_flops():
+    from openrs_jax.bench.update import forward_flops_per_token, train_flops_per_token
+
+    c = shapes.model_config("preset:1.5b")
+    assert forward_flops_per_token(c, 4096) * 3 == pytest.approx(train_flops_per_token(c, 4096))
+    # 6 N per token dominates at this size (N = the 1.54 B matmul parameters + the 0.23 B head).
+    assert train_flops_per_token(c, 0) == pytest.approx(6 * (1_777_088_000 - 151936 * 1536 - 1536))
+
+
+def test_synthetic_rewards_vary_within_groups_and_cost_nothing():
+    import numpy as np
+
+    ids = np.array([[2, 4, 6, 1], [1, 3, 5, 2], [3, 2, 2, 2], [5, 1, 1, 1]])
+    rewards = step.synthetic_rewards(ids, np.array([4, 4, 4, 2]))
+    assert rewards.tolist() == [2.0, 0.0, 3.0, 0.0]
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def test_step_synthetic_engine_times_every_phase():
+    args = parse(step, ["--model", "preset:tiny", *TINY_SHAPES, "--steps", "1", "--mesh", "fsdp=1"])
+    result = step.run(args)
+    assert result["engine"] == "synthetic" and result["random_weights"] and result["eos_ignored"]
+    assert result["rows"] == 4 and result["completion_tokens_per_step"] == 4 * 4
+    assert len(result["step_times_s"]) == 1 and result["first_step_s"] > 0
+    parts = sum(result[k] for k in ("rollout_s", "reward_s", "reference_s", "update_s"))
+    assert parts <= result["step_time_s"] + 1e-6 and result["other_s"] >= -1e-6
+    assert result["decode_s"] <= result["rollout_s"]
+    assert result["update_model_tflops"] > 0 and result["reference_model_tflops"] == pytest.approx(
+        result["update_model_tflops"] / 3)
+    assert result["update_mfu"] is None  # no known peak on a CPU in fp32
+    assert result["decode_bytes_per_step"] > result["weight_bytes_per_step"] > 0
+    assert result["copy_bandwidth_bytes_per_s"] > 0 and result["decode_bandwidth_use"] > 0
+    assert result["memory_source"] and (result.get("peak_bytes_in_use") or result.get("host_peak_rss_bytes"))
+    json.dumps(result)  # everything is JSON
+
+
+def test_step_refuses_bad_requests():
+    with pytest.raises(UserError, match="micro_batch_size"):
+        step.run(parse(step, ["--model", "preset:tiny", *TINY_SHAPES, "--micro_batch_size", "3"]))
+    with pytest.raises(UserError, match="compare_trl"):
+        step.run(parse(step, ["--model", "preset:tiny", *TINY_SHAPES, "--compare_trl"]))
+    with pytest.raises(UserError, match="num_generations"):
+        step.run(parse(step, ["--model", "preset:tiny", "--num_generations", "1"]))
+
+
+@pytest.mark.slow
+def test_step_trainer_engine_against_trl(tmp_path):
+    """The product's trainer and TRL's GRPOTrainer on the same tiny weights, prompts and lengths."""
+    pytest.importorskip("trl")
+    from openrs_jax import toy
+
+    args = parse(step, [
+        "--model", "preset:tiny,vocab_size=64", "--tokenizer", toy.resolve("builtin:tiny"),
+        "--dataset", toy.resolve("builtin:sums"), "--system_prompt", "", "--reward_funcs", "accuracy",
+        "--reward_weights", "1.0", "--reward_num_workers", "0", *TINY_SHAPES, "--prompt_len", "16", "--steps", "1",
+        "--no_copy_bandwidth", "--compare_trl",
+    ])
+    result = step.run(args)
+    assert result["engine"] == "trainer" and result["reward_funcs"] == ["accuracy"]
+    assert result["completion_tokens_per_step"] == 4 * 4  # EOS ignored: every row has max_new_tokens
+    assert result["trl_prompts_match_ours"]
+    assert result["trl_completion_mean_length"] and set(result["trl_completion_mean_length"]) == {4.0}
+    assert result["trl_settings"]["use_vllm"] is False and result["trl_settings"]["num_generations"] == 2
+    assert result["ratio_vs_trl"] == pytest.approx(result["trl_step_time_s"] / result["step_time_s"])
+    assert len(result["trl_step_times_s"]) == len(result["step_times_s"]) == 1
+    for key in ("trl_rollout_s", "trl_reward_s", "trl_update_s"):
+        assert result[key] > 0
+
+
+@pytest.mark.slow
+def test_gpu_script_small_shapes_without_gpu_only_packages(tmp_path):
+    """bench/gpu_exp2.sh end to end at tiny shapes, on a Python that cannot import math-verify,
+    ml_collections or datasets (as on the GPU image)."""
+    hide = tmp_path / "hide"
+    for name in ("math_verify", "ml_collections", "datasets"):
+        (hide / name).mkdir(parents=True)
+        (hide / name / "__init__.py").write_text(
+            f'raise ModuleNotFoundError("No module named {name} (hidden by the test)", name={name!r})\n')
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(SMALL="1", STEPS="1", PYTHONPATH=f"{hide}{os.pathsep}{REPO_ROOT}", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "results"
+    proc = subprocess.run(["bash", str(REPO_ROOT / "bench" / "gpu_exp2.sh"), str(out)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(
+        p.read_text()[-3000:] for p in Path(out).glob("*.log"))
+    step_result = json.loads((out / "step.json").read_text())
+    memory_result = json.loads((out / "memory.json").read_text())
+    assert step_result["benchmark"] == "step" and step_result["engine"] == "synthetic"
+    assert step_result["rows"] == 4 and step_result["max_new_tokens"] == 8 and step_result["run_config"]
+    assert memory_result["update_peak_bytes_per_device"] > 0 and memory_result["devices"] == 1
+    assert "bench rewards is unavailable" in (out / "step.log").read_text()
+    assert "step time (median of 1)" in proc.stdout and "update MFU" in proc.stdout
