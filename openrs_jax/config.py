@@ -78,6 +78,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     c.remat = "full"
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # -1: all remaining devices
+    # Multi-process jobs (README "Several machines"): empty/0/-1 read JAX_COORDINATOR_ADDRESS,
+    # JAX_NUM_PROCESSES, JAX_PROCESS_ID, else SLURM / Open MPI; none of them: one process.
+    c.coordinator_address = ""  # host:port of process 0, the same for every process
+    c.num_processes = 0
+    c.process_id = -1
+    c.heartbeat_timeout_s = 100  # a silent peer is declared dead (and this process ends) after this
+    c.init_timeout_s = 300  # how long processes wait for each other at start
     # Run control and outputs.
     c.seed = 42
     c.output_dir = "runs/openrs"

@@ -27,12 +27,19 @@ def _step_of(line: str) -> int | None:
 
 
 class RunLog:
-    """Appends one JSON object per optimizer step; mirrors scalars to TensorBoard."""
+    """Appends one JSON object per optimizer step; mirrors scalars to TensorBoard.
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool = True):
+    `enabled=False` (every process of a multi-process job but the writer) makes every method
+    a no-op, so the run's outputs are written once.
+    """
+
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
         self.dir = Path(output_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
         self._tb = None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -49,6 +56,8 @@ class RunLog:
                 path.write_text("".join(line + "\n" for line in keep))
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -59,6 +68,8 @@ class RunLog:
             self._tb.flush()
 
     def log_completions(self, step: int, samples: Sequence[Mapping[str, Any]]) -> None:
+        if not self.enabled:
+            return
         with open(self.dir / COMPLETIONS_FILE, "a") as f:
             for sample in samples:
                 f.write(json.dumps({"step": step, **{k: _jsonable(v) for k, v in sample.items()}}) + "\n")

@@ -178,7 +178,9 @@ def constrain_batch(x: jax.Array, mesh: Mesh, row_axis: int = 0) -> jax.Array:
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
     """Puts every array of a batch (a dict; None values kept) on the mesh, rows split.
 
-    Single-process: each host array is the whole global batch.
+    Each host array is the whole global batch. With several processes every process passes
+    the same values (numpy is placed as a global value: each process keeps only its own
+    devices' rows); a host array must not go through a local device first.
     """
     dp = data_parallel_size(mesh)
     out: dict[str, Any] = {}
@@ -186,7 +188,7 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
         if value is None:
             out[key] = None
             continue
-        value = jnp.asarray(value) if not isinstance(value, jax.Array) else value
+        value = np.asarray(value) if not isinstance(value, jax.Array) else value
         if value.shape[0] % dp:
             raise UserError(
                 f"batch field {key!r} has {value.shape[0]} rows, not a multiple of the "
@@ -209,3 +211,23 @@ def rollout_params(params: Any, mesh: Mesh, dtype: Any = jnp.bfloat16) -> Any:
 def _cast_for_rollout(params: Any, mesh: Mesh, dtype: Any) -> Any:
     cast = jax.tree.map(lambda x: x.astype(dtype), params)
     return jax.lax.with_sharding_constraint(cast, tree_shardings(cast, mesh, fsdp=False))
+
+
+def to_host(tree: Any) -> Any:
+    """The whole value of every array in `tree` as numpy, on every process.
+
+    One process: `jax.device_get`. Several: arrays spread over other processes' devices are
+    all-gathered (a collective: every process must call this with the same tree).
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def one(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)

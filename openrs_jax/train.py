@@ -36,10 +36,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = load_config(path, overrides)
+    from openrs_jax import distributed
+
+    # Before anything touches a device: JAX cannot join a job once its backend is up.
+    distributed.maybe_initialize(
+        config.coordinator_address, config.num_processes, config.process_id,
+        heartbeat_timeout_s=config.heartbeat_timeout_s, init_timeout_s=config.init_timeout_s,
+    )
     from openrs_jax.trainer import GRPOTrainer
 
-    trainer = GRPOTrainer(config)
-    return trainer.train()
+    trainer = None
+    try:
+        trainer = GRPOTrainer(config)
+        return trainer.train()
+    except Exception as e:
+        # A collective that failed in a multi-process job means a peer is gone: say so and exit
+        # now (a UserError is raised by every process alike and exits the usual way).
+        if distributed.is_multiprocess() and not isinstance(e, UserError):
+            distributed.abort(e, output_dir=config.output_dir, step=trainer.step if trainer else None)
+        raise
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from openrs_jax import sharding, toy
+from openrs_jax import distributed, sharding, toy
 from openrs_jax.checkpoint import Checkpointer
 from openrs_jax.config import validate
 from openrs_jax.data import PromptDataset, PromptOrder, build_dataset, load_rows
@@ -141,6 +141,9 @@ class GRPOTrainer:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = c = config
         self.output_dir = Path(c.output_dir).expanduser()
+        # In a multi-process job every process runs all of this (the same seeded data order,
+        # the same host arrays each step); only process 0 writes logs, config.json and exports.
+        self.writer = distributed.is_writer()
         check_output_dir(self.output_dir, c.resume)
         self.mesh = make_run_mesh(c.mesh.to_dict())
         validate(c, self.mesh.size)
@@ -195,9 +198,10 @@ class GRPOTrainer:
             list(c.reward_funcs), list(c.reward_weights), reward_params(c),
             num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
         )
-        self.run_log = RunLog(self.output_dir, tensorboard=c.tensorboard)
+        self.run_log = RunLog(self.output_dir, tensorboard=c.tensorboard, enabled=self.writer)
         self.run_log.truncate_after(self.step)
-        (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
+        if self.writer:
+            (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
         self.rng = jax.random.key(c.seed)
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -227,8 +231,13 @@ class GRPOTrainer:
         log.info("resumed from step %d", self.step)
 
     def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
-        """Writes the current policy as a Hugging Face directory (with the tokenizer files)."""
-        params = jax.tree.map(np.asarray, jax.device_get(self.state.params))
+        """Writes the current policy as a Hugging Face directory (with the tokenizer files).
+
+        Every process must call it (the parameters are gathered from all); process 0 writes.
+        """
+        params = jax.tree.map(np.asarray, sharding.to_host(self.state.params))
+        if not self.writer:
+            return directory
         return write_hf_directory(
             directory, params, self.model_config, dtype=dtype or self.config.export_dtype,
             tokenizer_dir=self.tokenizer_dir,
@@ -267,11 +276,12 @@ class GRPOTrainer:
         out, rollout_s = self.rollout(examples)
 
         t1 = time.perf_counter()
-        texts = self.tokenizer.decode_batch(
-            [ids[: n] for ids, n in zip(out.completion_ids.tolist(), out.lengths.tolist())]
-        )
         golds = [e.gold for e in examples for _ in range(g)]
-        scores = self.scorer.score(texts, golds, g)
+        # Each process decodes and scores its share of the groups; only the numbers travel.
+        share = distributed.process_rows(len(examples), g)
+        texts = self._decode(out, share)
+        local = self.scorer.score(texts, golds[share.start:share.stop], g)
+        scores = distributed.gather_scores(local, len(examples), g)
         rewards = np.asarray(scores.total, np.float32)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
         reward_s = time.perf_counter() - t1
@@ -295,7 +305,7 @@ class GRPOTrainer:
         t3 = time.perf_counter()
         for _ in range(c.num_iterations):
             self.state, update_metrics = self.train_step(self.state, batch)
-        update_metrics = {k: float(v) for k, v in jax.device_get(update_metrics).items()}
+        update_metrics = {k: float(v) for k, v in sharding.to_host(update_metrics).items()}
         update_s = time.perf_counter() - t3
         self.step += 1
         self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
@@ -322,14 +332,21 @@ class GRPOTrainer:
             "epoch": self.order.epoch,
             "bad_steps": self.bad_steps,
         }
-        if c.log_completions:
+        if c.log_completions and self.writer:
+            rows = range(min(c.log_completions, len(golds)))
+            texts = texts if share.start == 0 and len(texts) >= len(rows) else self._decode(out, rows)
             samples = [
                 {"prompt": examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
                  "gold": golds[r]}
-                for r in range(min(c.log_completions, len(texts)))
+                for r in rows
             ]
             self.run_log.log_completions(self.step, samples)
         return metrics
+
+    def _decode(self, out: Any, rows: range) -> list[str]:
+        """Completion texts of sampler output rows `rows`."""
+        ids, lengths = out.completion_ids[rows.start:rows.stop], out.lengths[rows.start:rows.stop]
+        return self.tokenizer.decode_batch([row[:n] for row, n in zip(ids.tolist(), lengths.tolist())])
 
     def evaluate(self) -> dict[str, float]:
         """Pass@1 of the current policy on `eval_tasks` (paper prompt and scoring), as log scalars.
@@ -343,7 +360,8 @@ class GRPOTrainer:
         results = evaluate_tasks(
             self.sampler, params, self.tokenizer, list(c.eval_tasks), data_dir=c.eval_data_dir or None,
             num_samples=c.eval_num_samples, max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
-            limit=c.eval_limit or None, eos_ids=self.eos_ids, out_dir=self.output_dir / "eval" / f"step-{self.step}",
+            limit=c.eval_limit or None, eos_ids=self.eos_ids,
+            out_dir=self.output_dir / "eval" / f"step-{self.step}" if self.writer else None,
         )
         return flat_metrics(results)
 
@@ -360,19 +378,23 @@ class GRPOTrainer:
             len(self.dataset), self.dataset.dropped_too_long, c.max_prompt_length, jax.device_count(),
             dict(self.mesh.shape),
         )
-        bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
+                   disable=not self.writer)
         try:
             with StopRequested() as stop:
-                while self.step < c.max_steps and not stop:
+                stopping = False  # a signal on any process stops every process after the same step
+                while self.step < c.max_steps and not stopping:
                     metrics = self.train_one_step()
                     if c.eval_every and self.step % c.eval_every == 0:
                         metrics.update(self.evaluate())
                     self.run_log.log_metrics(self.step, metrics)
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
-                    bar.write(format_summary(self.step, metrics, c.reward_funcs))
+                    if self.writer:
+                        bar.write(format_summary(self.step, metrics, c.reward_funcs))
+                    stopping = distributed.any_process(bool(stop))
                     too_many_bad = self.bad_steps >= c.max_bad_steps
-                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stop or too_many_bad:
+                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stopping or too_many_bad:
                         self.save_checkpoint()
                     if too_many_bad:
                         raise UserError(
@@ -382,7 +404,7 @@ class GRPOTrainer:
                         )
                     if self.step in tuple(c.export_steps):
                         self.export_hf(self.output_dir / f"hf-step-{self.step}")
-                if stop:
+                if stopping:
                     bar.write(f"stopped by signal at step {self.step}; checkpoint saved, resume with "
                               "--config.resume=True")
                 else:
