@@ -61,6 +61,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from openrs_jax.errors import UserError
 from openrs_jax.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
+from openrs_jax.sharding import to_host
 
 log = logging.getLogger("openrs_jax.sampling")
 
@@ -650,7 +651,7 @@ class Sampler:
             state, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), plan
         )
         del cache
-        tokens, logprobs, kept = jax.device_get((tokens, logprobs, kept))
+        tokens, logprobs, kept = to_host((tokens, logprobs, kept))
         t3 = time.perf_counter()
 
         n = num_prompts * num_samples
