@@ -191,12 +191,12 @@ def test_step_trainer_engine_against_trl(tmp_path):
         "--model", "preset:tiny,vocab_size=64", "--tokenizer", toy.resolve("builtin:tiny"),
         "--dataset", toy.resolve("builtin:sums"), "--system_prompt", "", "--reward_funcs", "accuracy",
         "--reward_weights", "1.0", "--reward_num_workers", "0", *TINY_SHAPES, "--prompt_len", "16", "--steps", "1",
-        "--no_copy_bandwidth", "--compare_trl",
+        "--no_copy_bandwidth", "--compare_trl", "--trl_threads", "1",
     ])
     result = step.run(args)
     assert result["engine"] == "trainer" and result["reward_funcs"] == ["accuracy"]
     assert result["completion_tokens_per_step"] == 4 * 4  # EOS ignored: every row has max_new_tokens
-    assert result["trl_prompts_match_ours"]
+    assert result["trl_prompts_match_ours"] and result["torch_threads"] == 1
     assert result["trl_completion_mean_length"] and set(result["trl_completion_mean_length"]) == {4.0}
     assert result["trl_settings"]["use_vllm"] is False and result["trl_settings"]["num_generations"] == 2
     assert result["ratio_vs_trl"] == pytest.approx(result["trl_step_time_s"] / result["step_time_s"])

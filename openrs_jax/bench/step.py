@@ -112,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare_trl", action="store_true", help="also time TRL's GRPOTrainer (trainer engine)")
+    parser.add_argument("--trl_threads", type=int, default=None,
+                        help="torch threads for TRL (default: torch's own, one per core; on a busy shared host "
+                        "1 can be several times faster)")
     shapes.add_config_argument(parser, CONFIG_FIELDS)
 
 
@@ -238,7 +241,9 @@ def _phases(per_step: list[dict[str, float]]) -> dict[str, Any]:
             name = "step_time_s" if key == "step_s" else key
             out[name] = _median([s[key] for s in timed])
     out["step_time_min_s"] = min(s["step_s"] for s in timed)
-    out["other_s"] = out["step_time_s"] - sum(out.get(k, 0.0) for k in ("rollout_s", "reward_s", "reference_s", "update_s"))
+    # What no phase covers (host work between phases), per step, then the median.
+    parts = ("rollout_s", "reward_s", "reference_s", "update_s")
+    out["other_s"] = _median([s["step_s"] - sum(s.get(k, 0.0) for k in parts) for s in timed])
     out["per_step"] = timed
     return out
 
@@ -511,7 +516,22 @@ def run_trl(
     """TRL's GRPOTrainer on the same weights, tokenizer, prompts and settings; per-step times.
 
     `between_steps` runs after each TRL step (outside its timing): our steps, interleaved.
+    `--trl_threads` sets torch's threads for the run (restored afterwards).
     """
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if args.trl_threads:
+        torch.set_num_threads(args.trl_threads)
+    try:
+        return _run_trl(args, ours, workdir, between_steps)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_trl(
+    args: argparse.Namespace, ours: dict[str, Any], workdir: Path, between_steps: Callable[[], None],
+) -> dict[str, Any]:
     import datasets
     import torch
     import transformers
