@@ -13,6 +13,10 @@ from openrs_jax.errors import UserError
 from openrs_jax.run_log import METRICS_FILE, read_metrics
 
 
+# Scorer counters logged under rewards/ that are not reward functions.
+_COUNTERS = {"timeouts", "errors", "worker_restarts", "unparsable_golds", "seconds"}
+
+
 def plot_run(output_dir: str | Path, out: str | Path | None = None) -> Path:
     """Writes the PNG (default OUTPUT_DIR/curves.png) and returns its path."""
     import matplotlib
@@ -31,7 +35,7 @@ def plot_run(output_dir: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     ax = axes[0, 0]
     ax.plot(steps, series("reward"), label="reward (weighted sum)", linewidth=2)
-    for key in sorted(k for k in records[-1] if k.startswith("rewards/")):
+    for key in sorted(k for k in records[-1] if k.startswith("rewards/") and k.split("/", 1)[1] not in _COUNTERS):
         ax.plot(steps, series(key), label=key, alpha=0.8)
     ax.set_title("reward")
     ax.legend(fontsize=8)
