@@ -40,7 +40,7 @@ from openrs_jax.model import Qwen2Config, abstract_model, load_params, read_conf
 from openrs_jax.rewards import RewardScorer
 from openrs_jax.run_log import METRICS_FILE, RunLog
 from openrs_jax.sampling import Sampler, SamplingParams
-from openrs_jax.tokenizer import Tokenizer, load_tokenizer
+from openrs_jax.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
 
 log = logging.getLogger("openrs_jax.trainer")
 
@@ -167,7 +167,7 @@ class GRPOTrainer:
             )
         self.model_config = model_config.replace(dtype=c.compute_dtype, param_dtype=c.param_dtype, remat=c.remat)
         self.graphdef = nnx.split(abstract_model(self.model_config))[0]
-        self.eos_ids = tuple(sorted({self.tokenizer.eos_id} | set(_as_list(model_config.eos_token_id))))
+        self.eos_ids = stop_token_ids(self.tokenizer, model_config.eos_token_id)
 
         self.dataset: PromptDataset = build_dataset(
             load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
@@ -432,9 +432,3 @@ def format_summary(step: int, metrics: dict[str, Any], reward_funcs: Any) -> str
         f"{metrics['time/step_s']:.1f}s",
     ]
     return " | ".join(parts)
-
-
-def _as_list(x: Any) -> list[int]:
-    if x is None:
-        return []
-    return list(x) if isinstance(x, (list, tuple)) else [int(x)]
