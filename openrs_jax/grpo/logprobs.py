@@ -36,15 +36,6 @@ from openrs_jax.sharding import constrain_batch
 DEFAULT_CHUNK = 256
 
 
-def _output_kernel(model: Qwen2ForCausalLM) -> jax.Array:
-    """The [D, V] output projection in its stored dtype (fp32 master weights in training).
-
-    Not `model.lm_head_kernel()`, which casts to the compute dtype up front: casting inside
-    each chunk instead makes the chunk loop accumulate this kernel's gradient in fp32.
-    """
-    return model.embed_tokens[...].T if model.lm_head is None else model.lm_head[...]
-
-
 def chunked_token_logprobs(
     hidden: jax.Array,
     kernel: jax.Array,
@@ -113,7 +104,9 @@ def completion_logprobs(
     hidden = hidden[:, completion_start - 1 : -1]
     targets = input_ids[:, completion_start:]
     return chunked_token_logprobs(
-        hidden, _output_kernel(model), targets, chunk=chunk, temperature=temperature, with_entropy=with_entropy
+        # The kernel in its stored (fp32 master) dtype: casting inside each chunk makes the
+        # chunk loop accumulate its gradient in fp32.
+        hidden, model.lm_head_kernel(cast=False), targets, chunk=chunk, temperature=temperature, with_entropy=with_entropy
     )
 
 

@@ -206,10 +206,11 @@ class Qwen2ForCausalLM(nnx.Module):
         self.norm = nnx.Param(jnp.ones((c.hidden_size,), dtype))
         self.lm_head = None if c.tie_word_embeddings else nnx.Param(init(rngs.params(), (c.hidden_size, c.vocab_size), dtype))
 
-    def lm_head_kernel(self) -> jax.Array:
-        """The output projection [D, V] in compute dtype (the embedding, transposed, when tied)."""
+    def lm_head_kernel(self, cast: bool = True) -> jax.Array:
+        """The output projection [D, V] (the embedding, transposed, when tied), in compute dtype,
+        or in its stored dtype with `cast=False`."""
         w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-        return w.astype(self.config.dtype)
+        return w.astype(self.config.dtype) if cast else w
 
     def hidden_states(
         self,
@@ -249,17 +250,16 @@ class Qwen2ForCausalLM(nnx.Module):
         def body(carry, xs):
             h, ks, vs = carry
             p, i = xs
-            keys_values = None
-            if ks is not None:
-                # Write only the new slots of layer i in place; attend over the whole layer.
-                def keys_values(k, v):
-                    nonlocal ks, vs
-                    k, v = (x.swapaxes(1, 2)[None].astype(ks.dtype) for x in (k, v))  # [1, B, KV, T, D]
-                    ks = jax.lax.dynamic_update_slice(ks, k, (i, 0, 0, write_index, 0))
-                    vs = jax.lax.dynamic_update_slice(vs, v, (i, 0, 0, write_index, 0))
-                    return ks[i].astype(dtype), vs[i].astype(dtype)
 
-            h = _decoder_layer(c, h, p, cos, sin, mask, keys_values)
+            # Write only the new slots of layer i in place; attend over the whole layer.
+            def write_and_read_cache(k, v):
+                nonlocal ks, vs
+                k, v = (x.swapaxes(1, 2)[None].astype(ks.dtype) for x in (k, v))  # [1, B, KV, T, D]
+                ks = jax.lax.dynamic_update_slice(ks, k, (i, 0, 0, write_index, 0))
+                vs = jax.lax.dynamic_update_slice(vs, v, (i, 0, 0, write_index, 0))
+                return ks[i].astype(dtype), vs[i].astype(dtype)
+
+            h = _decoder_layer(c, h, p, cos, sin, mask, None if ks is None else write_and_read_cache)
             return (h, ks, vs), None
 
         if c.remat != "none":
