@@ -22,6 +22,7 @@ from openrs_jax.errors import UserError
 from openrs_jax.evaluation.runner import EvalSettings, format_table, run_completions_eval, run_model_eval
 from openrs_jax.evaluation.scoring import SCORING_MODES
 from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS
+from openrs_jax.model_paths import MODEL_HELP
 
 # Prompt lengths are rounded up to this many tokens: the benchmarks' prompts (~100 to ~1,000
 # tokens) then compile only a few sampler programs.
@@ -34,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="pass@1 on AIME24, AMC23, MATH-500, Minerva and OlympiadBench (and AIME25), scored as the paper.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="Hugging Face model directory or openrs-jax checkpoint to sample from")
+    src.add_argument("--model", help=f"model to sample from: {MODEL_HELP}")
     src.add_argument("--completions", metavar="FILE.jsonl",
                      help='score completions made elsewhere: lines {"task", "index", "completion"}; no model')
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's, or the training run's)")
     p.add_argument("--tasks", default=None,
                    help=f"comma-separated, from {', '.join(TASKS)} (default: {','.join(PAPER_TASKS)}; "
                         "with --completions: the tasks in the file)")
@@ -99,13 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer=tokenizer, progress=not args.no_progress,
         )
     else:
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        from openrs_jax.model.sources import describe, tokenizer_dir
+
+        tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model) or args.model)
         if not tokenizer.has_chat_template:
             raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")
         generate = _model_generate(args, tokenizer)
         results = run_model_eval(
             generate, tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,
-            limit=args.limit, out_dir=args.out, model=str(Path(args.model).expanduser().resolve()),
+            limit=args.limit, out_dir=args.out, model=describe(args.model),
             progress=not args.no_progress,
         )
     print(format_table(results))

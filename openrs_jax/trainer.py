@@ -37,6 +37,8 @@ from openrs_jax.grpo import (
     token_logprobs,
 )
 from openrs_jax.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
+from openrs_jax.model.sources import save_run_tokenizer, tokenizer_dir
+from openrs_jax.model_paths import ACCEPTED
 from openrs_jax.rewards import RewardScorer
 from openrs_jax.run_log import METRICS_FILE, RunLog
 from openrs_jax.sampling import Sampler, SamplingParams
@@ -67,7 +69,7 @@ def resolve_model_path(name: str) -> str:
                 f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
                 f"({type(e).__name__}); download it first and set --config.model_path to its directory"
             ) from None
-    raise UserError(f"model path {name} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
+    raise UserError(f"model path {name} does not exist: give {ACCEPTED}")
 
 
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
@@ -153,8 +155,9 @@ class GRPOTrainer:
         model_path = resolve_model_path(c.model_path)
         model_config = read_config(model_path)
         tokenizer_path = model_path if not c.tokenizer_path or c.tokenizer_path == c.model_path else c.tokenizer_path
-        self.tokenizer: Tokenizer = load_tokenizer(toy.resolve(tokenizer_path))
-        self.tokenizer_dir = Path(toy.resolve(tokenizer_path))
+        # A model directory's own tokenizer, a built-in's, or a training run's (model_path = RUN).
+        self.tokenizer_dir = tokenizer_dir(tokenizer_path) or Path(toy.resolve(tokenizer_path))
+        self.tokenizer: Tokenizer = load_tokenizer(self.tokenizer_dir)
         if not self.tokenizer.has_chat_template:
             raise UserError(
                 f"tokenizer {self.tokenizer_dir} has no chat template; use a chat model's tokenizer "
@@ -192,8 +195,8 @@ class GRPOTrainer:
         self.checkpointer = Checkpointer(self.output_dir, keep=c.keep_checkpoints)
         self.step = 0
         self.bad_steps = 0
-        if c.resume and self.checkpointer.latest_step() is not None:
-            self._restore()
+        if c.resume:
+            self._resume()
         self.scorer = RewardScorer(
             list(c.reward_funcs), list(c.reward_weights), reward_params(c),
             num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
@@ -202,6 +205,7 @@ class GRPOTrainer:
         self.run_log.truncate_after(self.step)
         if self.writer:
             (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
+            save_run_tokenizer(self.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
         self.rng = jax.random.key(c.seed)
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -212,6 +216,19 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> None:
         self.checkpointer.save(self.step, self.state, self._metadata())
+
+    def _resume(self) -> None:
+        """Continues from the latest complete checkpoint, saying in one line what it found."""
+        step = self.checkpointer.latest_step()
+        if step is None:
+            log.warning("resume: no complete checkpoint in %s: starting from step 0", self.checkpointer.directory)
+            return
+        self._restore()
+        if self.step >= self.config.max_steps:
+            log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
+                        "raise --config.max_steps to continue it", self.output_dir, self.step, self.config.max_steps)
+        else:
+            log.info("resume: resuming from step %d (%s)", self.step, self.checkpointer.directory / str(self.step))
 
     def _restore(self) -> None:
         meta = self.checkpointer.restore_metadata()
@@ -228,7 +245,6 @@ class GRPOTrainer:
         self.order.restore(meta["data_order"])
         if self.ref_params is not None:
             log.info("reference policy = the initial weights of model_path (unchanged by resuming)")
-        log.info("resumed from step %d", self.step)
 
     def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
         """Writes the current policy as a Hugging Face directory (with the tokenizer files).
@@ -373,6 +389,9 @@ class GRPOTrainer:
 
         c = self.config
         metrics: dict[str, Any] = {}
+        if self.step >= c.max_steps:  # a finished run, resumed: its outputs stay as they are
+            self.close()
+            return metrics
         log.info(
             "dataset: %d prompts (%d dropped as longer than %d tokens); %d devices; mesh %s",
             len(self.dataset), self.dataset.dropped_too_long, c.max_prompt_length, jax.device_count(),
