@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from openrs_jax.errors import UserError
+from openrs_jax.hub import require_hub
 
 log = logging.getLogger("openrs_jax.data")
 
@@ -90,6 +91,8 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
     elif path.suffix in LOCAL_SUFFIXES or dataset_name.startswith((".", "/", "~")):
         raise UserError(f"dataset file {path} does not exist: check dataset_name")
     else:
+        require_hub(f"dataset {dataset_name!r}", "give a local copy: a JSON/JSONL/parquet file or a folder with "
+                    f"{split}.jsonl (dataset_name in training, --input in curate)")
         try:
             import datasets
 

@@ -3,7 +3,8 @@
 An output directory holds, per task, `details_<task>.jsonl` (one line per sample: index, sample,
 prompt, completion, prediction, gold, correct, length = completion tokens with the EOS,
 truncated = no EOS within max_new_tokens), plus `results.json` and
-`eval_config.json` (the settings that produced the samples). Details are appended after every
+`eval_config.json` (the settings that produced the samples, written with the first of them, so a
+run that stops before any sample leaves nothing to refuse a retry). Details are appended after every
 batch, so a rerun into the same directory only generates the samples that are missing; it
 refuses to mix samples of different generation settings, and rescores stored samples when only
 the scoring mode changed.
@@ -29,12 +30,14 @@ from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
+from openrs_jax.hub import require_hub
 from openrs_jax.prompts import eval_user_prompt, render_prompt
 from openrs_jax.tokenizer import Tokenizer
 
 log = logging.getLogger("openrs_jax.evaluate")
 
 RESULTS_FILE = "results.json"
+OFFLINE_FIX = "give a folder of <task>.jsonl files with --data_dir (in training: eval_data_dir)"
 CONFIG_FILE = "eval_config.json"
 
 
@@ -105,15 +108,34 @@ def _write_details(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -> bool:
-    """Records the run's settings; returns whether stored samples need rescoring.
+@dataclass
+class SettingsFile:
+    """eval_config.json of an output directory, written once, just before the first sample."""
+
+    path: Path
+    record: dict[str, Any]
+    written: bool = False
+
+    def write(self) -> None:
+        if not self.written:
+            _write_json_atomic(self.path, self.record)
+            self.written = True
+
+
+def _holds_samples(out_dir: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in out_dir.glob("details_*.jsonl"))
+
+
+def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -> tuple[bool, SettingsFile]:
+    """Checks the run's settings against the samples already there; returns whether stored
+    samples need rescoring, and the settings file to write with the first sample.
 
     Samples drawn under other generation settings must not be mixed into one estimate.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CONFIG_FILE
     rescore = False
-    if path.is_file():
+    if path.is_file() and _holds_samples(out_dir):
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -127,8 +149,7 @@ def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -
                 "use another --out directory, or delete its details_*.jsonl and eval_config.json"
             )
         rescore = stored.get("scoring") != scoring
-    _write_json_atomic(path, {"generation": dict(generation), "scoring": scoring})
-    return rescore
+    return rescore, SettingsFile(path, {"generation": dict(generation), "scoring": scoring})
 
 
 def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
@@ -168,6 +189,7 @@ class TaskRun:
     scoring: Scoring
     records: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None  # details file; None keeps everything in memory
+    settings: SettingsFile | None = None  # written before the first sample
     _golds: dict[int, Gold] = field(default_factory=dict)
 
     def gold(self, index: int) -> Gold:
@@ -209,12 +231,16 @@ class TaskRun:
         """Saves finished samples at once, so an interrupted run loses at most one batch."""
         if self.path is None or not recs:
             return
+        if self.settings is not None:
+            self.settings.write()
         with self.path.open("a", encoding="utf-8") as f:
             for rec in recs:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
     def finish(self) -> None:
         if self.path is not None:
+            if self.settings is not None:
+                self.settings.write()
             _write_details(self.path, self.records.values())
 
     def missing(self, k: int) -> dict[int, list[int]]:
@@ -332,12 +358,16 @@ def run_model_eval(
         "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
         "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
     }
-    rescore = _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else False
+    if data_dir is None:
+        require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
+    rescore, settings_file = (
+        _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else (False, None)
+    )
     results = {}
     for name in names:
         spec = get_task(name)
         run = TaskRun(spec, load_task(name, data_dir, limit), settings.scoring,
-                      path=details_path(out, name) if out else None)
+                      path=details_path(out, name) if out else None, settings=settings_file)
         run.load(rescore)
         generate_task(run, generate, tokenizer, settings, progress)
         run.finish()
@@ -396,7 +426,11 @@ def run_completions_eval(
     names = parse_task_names(tasks) if tasks else [t for t in TASKS if t in found]
     out = Path(out_dir).expanduser() if out_dir is not None else None
     data = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
-    rescore = _check_out_dir(out, {"source": "completions", "data_dir": data}, settings.scoring) if out else False
+    if data_dir is None:
+        require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
+    rescore, settings_file = (
+        _check_out_dir(out, {"source": "completions", "data_dir": data}, settings.scoring) if out else (False, None)
+    )
     results = {}
     for name in names:
         spec = get_task(name)
@@ -407,7 +441,8 @@ def run_completions_eval(
         beyond = [i for i in by_index if i >= len(problems)]
         if beyond:
             raise UserError(f"{completions_file}: task {name} has {len(problems)} rows, but completions name index {max(beyond)}")
-        run = TaskRun(spec, problems, settings.scoring, path=details_path(out, name) if out else None)
+        run = TaskRun(spec, problems, settings.scoring, path=details_path(out, name) if out else None,
+                      settings=settings_file)
         run.load(rescore)
         kept = {}
         total = sum(len(v) for v in by_index.values())

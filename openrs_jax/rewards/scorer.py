@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from openrs_jax.rewards.batch import RewardSet, ScoreResult, check_batch, normalize_config
-from openrs_jax.rewards.pool import BatchRun, Worker
+from openrs_jax.rewards.pool import MAIN_GUARD_EXIT, BatchRun, Worker, is_unguarded_import
 
 
 class RewardScorer:
@@ -45,6 +45,10 @@ class RewardScorer:
         mp_context: str = "spawn",
         startup_timeout_s: float = 120.0,
     ):
+        if is_unguarded_import():
+            # This is a worker re-running the caller's unguarded script: leave quietly (no
+            # traceback per worker); the caller sees the exit status and names the fix.
+            raise SystemExit(MAIN_GUARD_EXIT)
         if mp_context not in ("spawn", "forkserver"):
             raise ValueError(f"mp_context must be 'spawn' or 'forkserver', got {mp_context!r}")
         if num_workers < 0 or timeout_s <= 0 or startup_timeout_s <= 0:
