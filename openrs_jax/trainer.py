@@ -228,7 +228,7 @@ class GRPOTrainer:
             log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
                         "raise --config.max_steps to continue it", self.output_dir, self.step, self.config.max_steps)
         else:
-            log.info("resume: resuming from step %d (%s)", self.step, self.checkpointer.directory / str(self.step))
+            log.info("resuming from step %d (checkpoint %s)", self.step, self.checkpointer.directory / str(self.step))
 
     def _restore(self) -> None:
         meta = self.checkpointer.restore_metadata()

@@ -178,7 +178,7 @@ def test_resume_says_where_it_starts_and_leaves_a_finished_run_alone(tmp_path, c
     caplog.clear()
     trainer = tiny(out, "resume=True", "max_steps=3", "save_steps=2")
     trainer.close()
-    assert "resume: resuming from step 2" in "\n".join(messages(caplog))
+    assert "resuming from step 2 (checkpoint " in "\n".join(messages(caplog))
 
 
 # ----------------------------------------------------------------------------- curate
