@@ -27,6 +27,7 @@ from openrs_jax.checkpoint import Checkpointer
 from openrs_jax.config import validate
 from openrs_jax.data import PromptDataset, PromptOrder, build_dataset, load_rows
 from openrs_jax.errors import UserError
+from openrs_jax.hub import require_hub
 from openrs_jax.grpo import (
     UpdateConfig,
     abstract_train_state,
@@ -60,6 +61,7 @@ def resolve_model_path(name: str) -> str:
     if toy.is_builtin_model(name) or Path(name).expanduser().exists():
         return name
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        require_hub(f"model {name!r}", "download it where the Hub can be reached and set --config.model_path to its directory")
         try:
             from huggingface_hub import snapshot_download
 

@@ -70,8 +70,9 @@ def test_scorer_in_a_guarded_script_scores(tmp_path):
 
 @pytest.fixture
 def hub_unreachable(monkeypatch):
-    """No offline switch, a Hub address that refuses connections, and datasets must not be asked."""
+    """No offline switch, a Hub address that refuses connections, and no download may be tried."""
     import datasets
+    import huggingface_hub
 
     from openrs_jax import hub
 
@@ -83,6 +84,7 @@ def hub_unreachable(monkeypatch):
         raise AssertionError("datasets.load_dataset was called: the command waited on the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
 
 
 def test_evaluate_offline_fails_fast_and_leaves_no_settings(hub_unreachable, tmp_path, capsys):
@@ -128,9 +130,11 @@ def test_evaluate_still_refuses_to_mix_samples_of_other_settings(tmp_path):
         main(["--completions", str(completions), "--out", str(out), "--data_dir", str(other), "--no_progress"])
 
 
-def test_train_with_a_hub_dataset_offline_fails_fast(hub_unreachable, tmp_path):
-    with pytest.raises(UserError, match="dataset 'nobody/problems' would be downloaded .* cannot be reached"):
-        tiny(tmp_path / "run", "dataset_name=nobody/problems")
+@pytest.mark.parametrize("override, what", [("dataset_name=nobody/problems", "dataset 'nobody/problems'"),
+                                             ("model_path=nobody/model", "model 'nobody/model'")])
+def test_train_with_hub_names_offline_fails_fast(hub_unreachable, tmp_path, override, what):
+    with pytest.raises(UserError, match=f"{what} would be downloaded .* cannot be reached .*HF_HUB_OFFLINE=1"):
+        tiny(tmp_path / "run", override)
 
 
 def test_offline_switch_skips_the_probe(monkeypatch):
