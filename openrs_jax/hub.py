@@ -36,7 +36,7 @@ def unreachable(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None
         return None  # it answered: the network is there
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        return f"{endpoint} did not answer within {timeout_s:g} s ({reason})"
+        return f"no answer from {endpoint} within {timeout_s:g} s: {reason}"
     return None
 
 
@@ -52,5 +52,5 @@ def require_hub(what: str, offline_fix: str) -> None:
     if reason:
         raise UserError(
             f"{what} would be downloaded from the Hugging Face Hub, which cannot be reached ({reason}); "
-            f"offline, {offline_fix} (or set HF_HUB_OFFLINE=1 to use the datasets already in the local cache)"
+            f"offline, {offline_fix}, or set HF_HUB_OFFLINE=1 to use what the local Hub cache holds"
         )

@@ -37,7 +37,7 @@ from openrs_jax.tokenizer import Tokenizer
 log = logging.getLogger("openrs_jax.evaluate")
 
 RESULTS_FILE = "results.json"
-OFFLINE_FIX = "give a folder of <task>.jsonl files with --data_dir (in training: eval_data_dir)"
+OFFLINE_FIX = "give a folder of <task>.jsonl files with --data_dir (eval_data_dir in training)"
 CONFIG_FILE = "eval_config.json"
 
 
