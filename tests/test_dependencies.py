@@ -230,3 +230,80 @@ def test_declared_reads_requirement_names(tmp_path):
 ])
 def test_distribution_of(module, dist):
     assert distribution_of(module) == dist
+
+
+# --- the repository stands on its own ------------------------------------------------------------
+
+# Text that points outside the repository: the team's design notes and data folder, absolute paths.
+OUTSIDE_REFERENCE = re.compile(r"RECIPE\.md|DESIGN\.md|GPU-NOTES\.md|\.\./shared|shared/(data|docs)|/work/")
+SELF_CONTAINED = ("openrs_jax", "conversion", "configs", "docs", "bench", "tests", "README.md", "pyproject.toml", ".ci")
+# tests/conftest.py locates the optional test-data folder; bench/results/ holds recorded runs
+# (their command lines are history, not instructions); this file holds the pattern itself.
+OUTSIDE_REFERENCE_ALLOWED = ("tests/conftest.py", "tests/test_dependencies.py", "bench/results/")
+
+
+def outside_references(root: Path = REPO_ROOT) -> list[str]:
+    """`file:line: text` for every line of the repository's code and docs that points outside it."""
+    hits = []
+    for entry in SELF_CONTAINED:
+        path = root / entry
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            if rel.startswith(OUTSIDE_REFERENCE_ALLOWED) or "__pycache__" in rel:
+                continue
+            try:
+                text = f.read_text()
+            except UnicodeDecodeError:
+                continue
+            for n, line in enumerate(text.splitlines(), 1):
+                if OUTSIDE_REFERENCE.search(line):
+                    hits.append(f"{rel}:{n}: {line.strip()}")
+    return hits
+
+
+def test_repository_refers_to_nothing_outside_it():
+    hits = outside_references()
+    assert not hits, "references outside the repository (write what they need into docs/):\n" + "\n".join(hits)
+
+
+def test_outside_reference_check_finds_them(tmp_path):
+    _write(tmp_path, "openrs_jax/m.py", '"""Rewards (RECIPE.md section 4)."""\nx = 1\n')
+    _write(tmp_path, "README.md", "ok\nsee `../shared/data/train`\n")
+    _write(tmp_path, "docs/recipe.md", "the recipe, in our words\n")
+    assert outside_references(tmp_path) == [
+        "openrs_jax/m.py:1: \"\"\"Rewards (RECIPE.md section 4).\"\"\"", "README.md:2: see `../shared/data/train`",
+    ]
+
+
+def _named_section(rest: str, headings: set[str]) -> str | None:
+    """The heading `rest` starts with (longest first), or None."""
+    return next((h for h in sorted(headings, key=len, reverse=True) if rest.startswith(h)), None)
+
+
+def test_docs_sections_named_by_the_code_exist():
+    """Code, tests and README point to `docs/recipe.md section X` (or `sections X and Y`): each is a heading."""
+    named = re.compile(r"docs/(recipe|design)\.md (section|sections) ")
+    headings = {
+        doc: {line[3:].strip() for line in (REPO_ROOT / "docs" / f"{doc}.md").read_text().splitlines()
+              if line.startswith("## ")}
+        for doc in ("recipe", "design")
+    }
+    files = [p for package in (*SCANNED, "tests") for p in sorted((REPO_ROOT / package).rglob("*.py"))]
+    files += [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    missing, found = [], 0
+    for path in files:
+        if path.name == "test_dependencies.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for m in named.finditer(line):
+                doc, rest = m.group(1), line[m.end():]
+                first = _named_section(rest, headings[doc])
+                second = None
+                if first and m.group(2) == "sections":
+                    rest = rest[len(first):]
+                    second = _named_section(rest[5:], headings[doc]) if rest.startswith(" and ") else None
+                found += 1
+                if first is None or (m.group(2) == "sections" and second is None):
+                    missing.append(f"{path.relative_to(REPO_ROOT)}:{n}: no such section in docs/{doc}.md: {line.strip()}")
+    assert found >= 10 and not missing, "\n".join(missing)

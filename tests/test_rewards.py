@@ -1,4 +1,4 @@
-"""Reward functions (RECIPE.md section 4) and the process-pool scorer.
+"""Reward functions (docs/recipe.md section Rewards) and the process-pool scorer.
 
 Expected values are worked out by hand from the recipe's formulas; for accuracy, from the
 recipe's math-verify configs (notably malformed_operators=False and
