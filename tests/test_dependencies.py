@@ -45,8 +45,9 @@ IMPORT_TO_DIST = {
 }
 
 # Lazy imports of packages that only an optional extra installs:
-# (file, enclosing function, distribution) -> extra. Each function is reached only on a code
-# path that needs the extra (comparisons against torch/TRL in the benchmarks).
+# (file, enclosing function, distribution) -> extra. Each import runs only on a code path that
+# needs the extra: the benchmarks' comparisons against transformers/TRL on torch
+# (`bench sampler --compare_hf`, `bench step --compare_trl`).
 OPTIONAL_IMPORTS = {
     ("openrs_jax/bench/common.py", "torch_twin", "torch"): "test",
     ("openrs_jax/bench/sampler.py", "_hf_generate", "torch"): "test",
