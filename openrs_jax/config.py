@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset_split = "train"
     c.system_prompt = SYSTEM_PROMPT
     c.max_prompt_length = 512
-    # Rewards (RECIPE §4). Weights pair with reward_funcs in order.
+    # Rewards (docs/recipe.md section Rewards). Weights pair with reward_funcs in order.
     c.reward_funcs = ("format", "accuracy")
     c.reward_weights = (1.0, 2.0)
     c.cosine_min_value_wrong = 0.0
@@ -51,14 +51,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.repetition_max_penalty = -1.0
     c.reward_num_workers = 2
     c.reward_timeout_s = 10.0
-    # Rollouts (RECIPE §3).
+    # Rollouts (docs/recipe.md section Rollouts).
     c.num_generations = 6
     c.prompts_per_step = 12
     c.max_completion_length = 3584
     c.temperature = 0.7
     c.top_p = 1.0
     c.top_k = 0
-    # Update (RECIPE §5).
+    # Update (docs/recipe.md section GRPO update).
     c.micro_batch_size = 6
     c.learning_rate = 1e-6
     c.warmup_ratio = 0.1

@@ -1,4 +1,4 @@
-"""Dataset curation: `python -m openrs_jax.curate <step> ...` (RECIPE.md section 6).
+"""Dataset curation: `python -m openrs_jax.curate <step> ...` (docs/recipe.md section Experiments).
 
 Steps, each reading a dataset (local JSON/JSONL/parquet file, a folder with train.jsonl, a
 `save_to_disk` folder or a Hub name) and writing OUTPUT_DIR/train.jsonl, a report and

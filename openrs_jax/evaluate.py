@@ -1,4 +1,4 @@
-"""CLI: pass@1 on the paper's benchmarks with lighteval-equivalent scoring (RECIPE.md section 7).
+"""CLI: pass@1 on the paper's benchmarks with lighteval-equivalent scoring (docs/recipe.md section Evaluation).
 
     python -m openrs_jax.evaluate --model PATH --tasks aime24,math500 --out OUTDIR
     python -m openrs_jax.evaluate --completions FILE.jsonl --data_dir DIR --out OUTDIR

@@ -1,6 +1,6 @@
 """One GRPO run end to end: setup, the step loop, logging, checkpoints, exports.
 
-One step (DESIGN.md's data flow): draw `prompts_per_step` prompts -> sample `num_generations`
+One step (docs/design.md, data flow): draw `prompts_per_step` prompts -> sample `num_generations`
 completions each with the bf16 rollout copy -> decode and score in the reward pool -> group
 advantages -> reference log-probs (skipped when beta = 0) -> old log-probs (only when
 num_iterations > 1) -> jitted update(s) with gradient accumulation -> metrics, checkpoints.

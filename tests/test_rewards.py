@@ -1,4 +1,4 @@
-"""Reward functions (RECIPE.md section 4) and the process-pool scorer.
+"""Reward functions (docs/recipe.md section Rewards) and the process-pool scorer.
 
 Expected values are worked out by hand from the recipe's formulas; for accuracy, from the
 recipe's math-verify configs (notably malformed_operators=False and
@@ -27,14 +27,12 @@ from openrs_jax.rewards import (
     wrap_answer,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def shared_file(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path} (expected ../shared/data from the repo root)")
-    return path
+    from tests.conftest import shared_data
+
+    return shared_data(*relative.split("/"))
 
 
 def read_jsonl(path: Path) -> list[dict]:

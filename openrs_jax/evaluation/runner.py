@@ -47,7 +47,7 @@ def details_path(out_dir: Path, task: str) -> Path:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How samples are drawn and scored. Defaults are the paper's (RECIPE.md section 7) with K = 1."""
+    """How samples are drawn and scored. Defaults are the paper's (docs/recipe.md section Evaluation) with K = 1."""
 
     num_samples: int = 1
     max_new_tokens: int = 32768

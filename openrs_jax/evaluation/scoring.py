@@ -1,4 +1,4 @@
-"""Answer checking equivalent to the paper's lighteval extractive match (RECIPE.md section 7).
+"""Answer checking equivalent to the paper's lighteval extractive match (docs/recipe.md section Evaluation).
 
 The paper scored with lighteval's `multilingual_extractive_match_metric` (fallback_mode
 "first_match", precision 5):

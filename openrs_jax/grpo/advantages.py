@@ -1,4 +1,4 @@
-"""Group-relative advantages (RECIPE.md §5).
+"""Group-relative advantages (docs/recipe.md section GRPO update).
 
 Rows are group-major: the `num_generations` completions of one prompt are consecutive.
 """

@@ -1,4 +1,4 @@
-"""math-verify plumbing shared by the answer-checking rewards (RECIPE.md section 4).
+"""math-verify plumbing shared by the answer-checking rewards (docs/recipe.md section Rewards).
 
 The parse and verify configurations below are the recipe's, verbatim; only the
 plumbing around them (timeouts, caching, silencing) is ours.
