@@ -49,7 +49,7 @@ def _quiet() -> None:
 
 def _timeout() -> int | None:
     # signal.alarm raises outside the main thread: there math-verify must run without it
-    # (math-verify 0.5.2 cannot, and fails such checks as it did in lighteval's threads).
+    # (math-verify 0.5.2 takes an int and skips the alarm there, see rewards/verify.py).
     from openrs_jax.rewards.verify import TIMEOUT_OPTIONAL
 
     on_main = threading.current_thread() is threading.main_thread()
