@@ -15,5 +15,6 @@ def get_config():
     c.prompt_order = "trl"
     c.long_prompts = "truncate_left"
     c.rollout_bos = "double"
+    c.rollout_max_model_length = 4608  # the recipe's vllm_max_model_len: long prompts get shorter completions
     c.output_dir = "runs/exp1"
     return c

@@ -8,6 +8,7 @@ num_iterations > 1) -> jitted update(s) with gradient accumulation -> metrics, c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -258,6 +259,9 @@ class GRPOTrainer:
         out = self.sampler.generate(
             params, [list(e.rollout_ids) for e in examples], self.config.num_generations, self.sampling, key
         )
+        if self.config.rollout_max_model_length:
+            caps = [self.config.rollout_max_model_length + 1 - len(e.rollout_ids) for e in examples]
+            out = cap_completions(out, np.repeat(caps, self.config.num_generations), self.tokenizer.pad_id)
         return out, time.perf_counter() - start
 
     def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
@@ -438,6 +442,23 @@ class GRPOTrainer:
         self.scorer.close()
         self.run_log.close()
         self.checkpointer.close()
+
+
+def cap_completions(out: Any, caps: np.ndarray, pad_id: int) -> Any:
+    """Sampler output with row i cut to at most caps[i] (>= 1) completion tokens.
+
+    vLLM 0.7.2 ends a sequence once prompt + output exceed its max_model_len, so a long prompt
+    left fewer tokens to its completion (rollout_max_model_length; docs/paper-exact.md). Tokens
+    are causal, so cutting a longer sample is sampling with the shorter limit.
+    """
+    caps = np.maximum(np.asarray(caps, np.int32), 1)
+    keep = np.arange(out.completion_ids.shape[1])[None, :] < caps[:, None]
+    mask = out.completion_mask & keep
+    return dataclasses.replace(
+        out, completion_ids=np.where(keep, out.completion_ids, pad_id).astype(out.completion_ids.dtype),
+        completion_mask=mask, lengths=mask.sum(1).astype(np.int32), truncated=out.truncated | (out.lengths > caps),
+        logprobs=np.where(mask, out.logprobs, 0.0).astype(np.float32),
+    )
 
 
 def trl_named(update_metrics: dict[str, float], lr_after_step: float) -> dict[str, float]:

@@ -101,6 +101,7 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
         f"output_dir={tmp_path / 'run'}", f"tokenizer_path={bos_tokenizer_dir}", "reward_num_workers=0",
         "tensorboard=False", "log_completions=0", "max_steps=2", "max_prompt_length=6",
         "prompt_order=trl", "long_prompts=truncate_left", "rollout_bos=double",
+        "rollout_max_model_length=9",  # the 9-token rollout prompts leave room for 1 completion token
     ])
     trainer = GRPOTrainer(config)
     g = config.num_generations
@@ -118,8 +119,10 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
     for r in range(ids.shape[0]):
         assert ids[r][mask[r]].tolist() == full[r // g][-6:]  # the last 6 tokens, single BOS gone
 
+    assert out.lengths.max() == 1 and config.max_completion_length == 2
     metrics = trainer.train()
     assert metrics["prompts_truncated"] == len(examples) * g
+    assert metrics["completion_length_max"] == 1
     schedule = trainer.update_config.schedule()
     assert metrics["learning_rate"] == pytest.approx(float(schedule(2)))  # after the scheduler step
     assert metrics["learning_rate/used"] == pytest.approx(float(schedule(1)))
@@ -252,3 +255,20 @@ def test_generate_task_applies_bos_and_cap(bos_tokenizer_dir):
     # vLLM: new tokens <= max_model_len + 1 - prompt tokens (the prompt with both BOS)
     assert lengths == {i: longest + 10 + 1 - (len(ids) + 1) for i, ids in single.items()}
     assert all(rec["truncated"] for rec in run.records.values())
+
+
+def test_rollout_cap_cuts_completions_of_long_prompts():
+    from openrs_jax.sampling import SampleOutput
+    from openrs_jax.trainer import cap_completions
+
+    ids = np.array([[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [5, 2, 0, 0, 0]], np.int32)
+    lengths = np.array([3, 5, 2], np.int32)
+    mask = np.arange(5)[None] < lengths[:, None]
+    out = SampleOutput(prompt_ids=np.ones((3, 4), np.int32), prompt_mask=np.ones((3, 4), bool), completion_ids=ids,
+                       completion_mask=mask, lengths=lengths, truncated=np.array([False, True, False]),
+                       logprobs=np.where(mask, -1.0, 0.0).astype(np.float32), num_prompts=3, num_samples=1)
+    capped = cap_completions(out, np.array([3, 3, 1]), pad_id=0)
+    assert capped.lengths.tolist() == [3, 3, 1]
+    assert capped.truncated.tolist() == [False, True, True]  # EOS exactly at the cap still counts as an end
+    assert capped.completion_ids.tolist() == [[5, 6, 2, 0, 0], [5, 6, 7, 0, 0], [5, 0, 0, 0, 0]]
+    assert capped.logprobs.tolist() == [[-1, -1, -1, 0, 0], [-1, -1, -1, 0, 0], [-1, 0, 0, 0, 0]]
