@@ -105,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.completions:
         if args.limit is not None:
             raise UserError("--limit applies to model mode; a completions file already says which rows it has")
+        if args.bos or args.max_model_length is not None or args.paper_exact:
+            raise UserError("--bos, --max_model_length and --paper_exact apply to model mode; the completions "
+                            "file was generated elsewhere")
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         results = run_completions_eval(
             args.completions, settings, tasks=args.tasks, data_dir=args.data_dir, out_dir=args.out,

@@ -272,3 +272,14 @@ def test_rollout_cap_cuts_completions_of_long_prompts():
     assert capped.truncated.tolist() == [False, True, True]  # EOS exactly at the cap still counts as an end
     assert capped.completion_ids.tolist() == [[5, 6, 2, 0, 0], [5, 6, 7, 0, 0], [5, 0, 0, 0, 0]]
     assert capped.logprobs.tolist() == [[-1, -1, -1, 0, 0], [-1, -1, -1, 0, 0], [-1, 0, 0, 0, 0]]
+
+
+def test_evaluate_cli_paper_flags_belong_to_model_mode(tmp_path, capsys):
+    from openrs_jax.evaluate import main
+
+    completions = tmp_path / "c.jsonl"
+    completions.write_text(json.dumps({"task": "aime24", "index": 0, "completion": "1"}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--completions", str(completions), "--paper_exact", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--paper_exact apply to model mode" in capsys.readouterr().err
