@@ -283,3 +283,26 @@ def test_evaluate_cli_paper_flags_belong_to_model_mode(tmp_path, capsys):
         main(["--completions", str(completions), "--paper_exact", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "--paper_exact apply to model mode" in capsys.readouterr().err
+
+
+def test_real_long_prompts_match_trl_tokenization():
+    """TRL's two tokenizations, rebuilt with transformers on real rows: vLLM's (the text with special
+    tokens) and the loss side's (without, left-padded, then [:, -512:])."""
+    transformers = pytest.importorskip("transformers")
+    tok_dir = shared_data("tokenizer", "deepseek-r1-distill-qwen")
+    rows = load_rows(str(shared_data("train", "deepscaler_sample.jsonl")))
+    tok = load_tokenizer(tok_dir)
+    system = "Solve it."
+    lengths = [len(ids) for ids in tok.encode_batch([render_prompt(tok, r["problem"], system) for r in rows])]
+    picked = [r for r, n in zip(rows, lengths) if n > 300][:3] + rows[:3]  # long ones and ordinary ones
+    ds = build_dataset(picked, tok, system, 300, long_prompts="truncate_left", rollout_bos="double")
+    assert sum(e.truncated for e in ds.examples) == 3
+    hf = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
+    texts = [hf.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": r["problem"]}],
+                                    tokenize=False, add_generation_prompt=True) for r in picked]
+    vllm_ids = [hf(t)["input_ids"] for t in texts]  # add_special_tokens defaults to True
+    loss = hf(texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="np")
+    loss_ids, loss_mask = loss["input_ids"][:, -300:], loss["attention_mask"][:, -300:].astype(bool)
+    for i, e in enumerate(ds.examples):
+        assert list(e.rollout_ids) == vllm_ids[i]
+        assert list(e.prompt_ids) == loss_ids[i][loss_mask[i]].tolist()
