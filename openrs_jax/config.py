@@ -39,6 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset_split = "train"
     c.system_prompt = SYSTEM_PROMPT
     c.max_prompt_length = 512
+    # How the original run fed the model (docs/paper-exact.md); configs/exp1-3.py set the paper's.
+    c.prompt_order = "numpy"  # numpy: seeded shuffle of the kept prompts; trl: TRL's torch.randperm blocks
+    c.long_prompts = "drop"  # drop | truncate_left (sample from the full prompt, loss on its last tokens)
+    c.rollout_bos = "single"  # single | double (rollouts start with two BOS tokens, as vLLM's did)
+    c.rollout_max_model_length = 0  # > 0: prompt + completion capped as vLLM's max_model_len (0: off)
     # Rewards (docs/recipe.md section Rewards). Weights pair with reward_funcs in order.
     c.reward_funcs = ("format", "accuracy")
     c.reward_weights = (1.0, 2.0)
@@ -256,6 +261,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
             raise UserError(f"{key}={c[key]!r}: use float32 or bfloat16")
     if c.remat not in ("none", "full", "dots"):
         raise UserError(f"remat={c.remat!r}: use none, full or dots")
+    from openrs_jax.data import LONG_PROMPTS, PROMPT_ORDERS, ROLLOUT_BOS
+
+    if c.rollout_max_model_length < 0:
+        raise UserError(f"rollout_max_model_length={c.rollout_max_model_length} must be >= 0 (0: no cap)")
+    for key, valid in (("prompt_order", PROMPT_ORDERS), ("long_prompts", LONG_PROMPTS), ("rollout_bos", ROLLOUT_BOS)):
+        if c[key] not in valid:
+            raise UserError(f"{key}={c[key]!r}: use {' or '.join(valid)}")
 
 
 def _batch_devices(config: ml_collections.ConfigDict, device_count: int) -> int:

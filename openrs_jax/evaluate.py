@@ -27,6 +27,7 @@ from openrs_jax.model_paths import MODEL_HELP
 # Prompt lengths are rounded up to this many tokens: the benchmarks' prompts (~100 to ~1,000
 # tokens) then compile only a few sampler programs.
 PROMPT_BUCKET = 128
+PAPER_MAX_MODEL_LENGTH = 32768  # lighteval's vLLM max_model_length in the paper's command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring", default="paper", choices=SCORING_MODES,
                    help="paper: lighteval's extraction as the paper ran it (default); fixed: answer-only "
                         "LaTeX golds (OlympiadBench) are boxed first so they parse whole")
+    p.add_argument("--bos", choices=("single", "double"), default=None,
+                   help="single: the chat template's BOS only (default); double: tokenize the templated prompt "
+                        "with special tokens, two BOS tokens, as the paper's lighteval + vLLM run did")
+    p.add_argument("--max_model_length", type=int, default=None, metavar="N",
+                   help="cap prompt + completion at N tokens as vLLM's max_model_len did (default 0: no cap)")
+    p.add_argument("--paper_exact", action="store_true",
+                   help="the paper's engine quirks: --bos double --max_model_length 32768 unless given "
+                        "(docs/paper-exact.md)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
 
@@ -88,12 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = EvalSettings(
         num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, scoring=args.scoring, batch_size=args.batch_size,
+        bos=args.bos or ("double" if args.paper_exact else "single"),
+        max_model_length=args.max_model_length if args.max_model_length is not None else (
+            PAPER_MAX_MODEL_LENGTH if args.paper_exact else 0),
     )
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.completions:
         if args.limit is not None:
             raise UserError("--limit applies to model mode; a completions file already says which rows it has")
+        if args.bos or args.max_model_length is not None or args.paper_exact:
+            raise UserError("--bos, --max_model_length and --paper_exact apply to model mode; the completions "
+                            "file was generated elsewhere")
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         results = run_completions_eval(
             args.completions, settings, tasks=args.tasks, data_dir=args.data_dir, out_dir=args.out,

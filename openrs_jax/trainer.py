@@ -8,6 +8,7 @@ num_iterations > 1) -> jitted update(s) with gradient accumulation -> metrics, c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -25,7 +26,7 @@ from flax import nnx
 from openrs_jax import distributed, sharding, toy
 from openrs_jax.checkpoint import Checkpointer
 from openrs_jax.config import validate
-from openrs_jax.data import PromptDataset, PromptOrder, build_dataset, load_rows
+from openrs_jax.data import PromptDataset, build_dataset, left_pad_prompts, load_rows, make_prompt_order
 from openrs_jax.errors import UserError
 from openrs_jax.hub import require_hub
 from openrs_jax.grpo import (
@@ -176,10 +177,16 @@ class GRPOTrainer:
 
         self.dataset: PromptDataset = build_dataset(
             load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
-            c.max_prompt_length, dataset_name=c.dataset_name,
+            c.max_prompt_length, dataset_name=c.dataset_name, long_prompts=c.long_prompts, rollout_bos=c.rollout_bos,
         )
+        if c.prompt_order == "trl" and self.dataset.dropped_too_long:
+            raise UserError(
+                f"prompt_order='trl' permutes the unfiltered dataset, but {self.dataset.dropped_too_long} prompts "
+                f"longer than max_prompt_length={c.max_prompt_length} were dropped; set "
+                "--config.long_prompts=truncate_left (as the original run) or --config.prompt_order=numpy"
+            )
         params, _ = load_params(model_path, seed=c.seed)
-        self.order = PromptOrder(len(self.dataset), seed=c.seed)
+        self.order = make_prompt_order(c.prompt_order, len(self.dataset), c.seed, c.prompts_per_step)
 
         self.update_config = UpdateConfig.from_config(c)
         self.state = create_train_state(params, self.update_config, self.mesh)
@@ -268,19 +275,29 @@ class GRPOTrainer:
         params = sharding.rollout_params(self.state.params, self.mesh, self.config.compute_dtype)
         key = jax.random.fold_in(self.rng, self.step)
         out = self.sampler.generate(
-            params, [list(e.prompt_ids) for e in examples], self.config.num_generations, self.sampling, key
+            params, [list(e.rollout_ids) for e in examples], self.config.num_generations, self.sampling, key
         )
+        if self.config.rollout_max_model_length:
+            caps = [self.config.rollout_max_model_length + 1 - len(e.rollout_ids) for e in examples]
+            out = cap_completions(out, np.repeat(caps, self.config.num_generations), self.tokenizer.pad_id)
         return out, time.perf_counter() - start
 
-    def build_batch(self, out: Any, advantages: np.ndarray) -> dict[str, Any]:
+    def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts as the loss sees them (single BOS, at most max_prompt_length tokens), one row
+        per sample, left-padded as the sampler pads; equal to the rollout's prompts in the clean mode."""
+        return left_pad_prompts([e.prompt_ids for e in examples], self.config.num_generations,
+                                self.tokenizer.pad_id, self.sampler.prompt_bucket)
+
+    def build_batch(self, out: Any, advantages: np.ndarray, prompts: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
         """Prompt + completion rows, trimmed to the longest completion (bucketed)."""
         longest = int(out.lengths.max()) if len(out.lengths) else 1
         t = min(round_up(max(longest, 1), COMPLETION_BUCKET), out.completion_ids.shape[1])
         completion_ids = out.completion_ids[:, :t]
         completion_mask = out.completion_mask[:, :t]
+        prompt_ids, prompt_mask = prompts
         return {
-            "input_ids": np.concatenate([out.prompt_ids, completion_ids], axis=1).astype(np.int32),
-            "attention_mask": np.concatenate([out.prompt_mask, completion_mask], axis=1).astype(np.int32),
+            "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
+            "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1).astype(np.int32),
             "completion_mask": completion_mask.astype(np.int32),
             "advantages": advantages.astype(np.float32),
         }
@@ -305,8 +322,9 @@ class GRPOTrainer:
         reward_s = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        batch = sharding.shard_batch(self.build_batch(out, advantages), self.mesh)
-        prompt_len = out.prompt_ids.shape[1]
+        prompts = self.loss_prompts(examples)
+        batch = sharding.shard_batch(self.build_batch(out, advantages, prompts), self.mesh)
+        prompt_len = prompts[0].shape[1]
         if c.beta > 0:
             batch["ref_logps"] = token_logprobs(
                 self.graphdef, self.ref_params, batch["input_ids"], batch["attention_mask"], prompt_len,
@@ -323,7 +341,10 @@ class GRPOTrainer:
         t3 = time.perf_counter()
         for _ in range(c.num_iterations):
             self.state, update_metrics = self.train_step(self.state, batch)
-        update_metrics = {k: float(v) for k, v in sharding.to_host(update_metrics).items()}
+        update_metrics = trl_named(
+            {k: float(v) for k, v in sharding.to_host(update_metrics).items()},
+            float(self.update_config.schedule()(int(sharding.to_host(self.state.step)))),
+        )
         update_s = time.perf_counter() - t3
         self.step += 1
         self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
@@ -340,6 +361,7 @@ class GRPOTrainer:
             "completion_length_min": int(lengths.min()),
             "completion_length_max": int(lengths.max()),
             "truncated_fraction": float(np.mean(out.truncated)),
+            "prompts_truncated": sum(e.truncated for e in examples) * g,  # rows whose loss prompt was cut
             **update_metrics,
             "time/rollout_s": rollout_s,
             "time/reward_s": reward_s,
@@ -395,8 +417,10 @@ class GRPOTrainer:
             self.close()
             return metrics
         log.info(
-            "dataset: %d prompts (%d dropped as longer than %d tokens); %d devices; mesh %s",
-            len(self.dataset), self.dataset.dropped_too_long, c.max_prompt_length, jax.device_count(),
+            "dataset: %d prompts (%d dropped, %d cut on the left for the loss, as longer than %d tokens); "
+            "%d devices; mesh %s",
+            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.max_prompt_length,
+            jax.device_count(),
             dict(self.mesh.shape),
         )
         bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
@@ -439,6 +463,41 @@ class GRPOTrainer:
         self.scorer.close()
         self.run_log.close()
         self.checkpointer.close()
+
+
+def cap_completions(out: Any, caps: np.ndarray, pad_id: int) -> Any:
+    """Sampler output with row i cut to at most caps[i] (>= 1) completion tokens.
+
+    vLLM 0.7.2 ends a sequence once prompt + output exceed its max_model_len, so a long prompt
+    left fewer tokens to its completion (rollout_max_model_length; docs/paper-exact.md). Tokens
+    are causal, so cutting a longer sample is sampling with the shorter limit.
+    """
+    caps = np.maximum(np.asarray(caps, np.int32), 1)
+    keep = np.arange(out.completion_ids.shape[1])[None, :] < caps[:, None]
+    mask = out.completion_mask & keep
+    return dataclasses.replace(
+        out, completion_ids=np.where(keep, out.completion_ids, pad_id).astype(out.completion_ids.dtype),
+        completion_mask=mask, lengths=mask.sum(1).astype(np.int32), truncated=out.truncated | (out.lengths > caps),
+        logprobs=np.where(mask, out.logprobs, 0.0).astype(np.float32),
+    )
+
+
+def trl_named(update_metrics: dict[str, float], lr_after_step: float) -> dict[str, float]:
+    """The update's figures under TRL's names, so curves overlay the original run's.
+
+    `kl`: TRL's, the mean over rows of each row's token-mean KL (`kl/row_mean` of the update);
+    the token mean over the batch stays as `kl/token_mean`. `learning_rate`: the HF Trainer's,
+    read after the scheduler step (the rate of the next update); the rate this update used is
+    `learning_rate/used`.
+    """
+    out = dict(update_metrics)
+    if "kl" in out:
+        out["kl/token_mean"] = out.pop("kl")
+    if "kl/row_mean" in out:
+        out["kl"] = out.pop("kl/row_mean")
+    out["learning_rate/used"] = out.pop("learning_rate")
+    out["learning_rate"] = lr_after_step
+    return out
 
 
 def format_summary(step: int, metrics: dict[str, Any], reward_funcs: Any) -> str:

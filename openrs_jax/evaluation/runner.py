@@ -56,6 +56,11 @@ class EvalSettings:
     seed: int = 0
     scoring: Scoring = "paper"
     batch_size: int = 64  # completions per sampler call (prompts x samples)
+    # The paper's engine (docs/paper-exact.md): "double" tokenizes the templated prompt with special
+    # tokens (a second BOS, as lighteval's vLLM backend did); max_model_length > 0 caps prompt +
+    # completion as vLLM's max_model_len did (new tokens <= max_model_length + 1 - prompt tokens).
+    bos: str = "single"
+    max_model_length: int = 0
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -70,6 +75,21 @@ class EvalSettings:
             raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.scoring not in SCORING_MODES:
             raise UserError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
+        if self.bos not in ("single", "double"):
+            raise UserError(f"bos must be single or double, got {self.bos!r}")
+        if self.max_model_length < 0:
+            raise UserError(f"max_model_length must be >= 0 (0: no cap), got {self.max_model_length}")
+
+    def new_token_cap(self, prompt_tokens: int) -> int:
+        """The most new tokens a prompt of this length gets.
+
+        vLLM 0.7.2 stops a sequence once its length (prompt + output) exceeds max_model_len
+        (`seq.get_len() > max_model_len` after each sampled token), so with the paper's
+        max_model_len = max_new_tokens = 32,768 the output holds at most 32,769 - prompt tokens.
+        """
+        if not self.max_model_length:
+            return self.max_new_tokens
+        return max(1, min(self.max_new_tokens, self.max_model_length + 1 - prompt_tokens))
 
 
 @dataclass(frozen=True)
@@ -297,7 +317,9 @@ def generate_task(
         return
     prompts = {i: render_prompt(tokenizer, eval_user_prompt(run.problems[i].problem)) for i in todo}
     order = sorted(todo)
-    ids = dict(zip(order, tokenizer.encode_batch([prompts[i] for i in order], add_special_tokens=False)))
+    # The templated text already starts with BOS; "double" adds the tokenizer's own in front too.
+    ids = dict(zip(order, tokenizer.encode_batch([prompts[i] for i in order],
+                                                 add_special_tokens=settings.bos == "double")))
     lengths = {i: len(ids[i]) for i in order}
     # Problems missing the same number of samples go together (usually all: a fresh run, or K raised).
     by_count: dict[int, list[int]] = defaultdict(list)
@@ -316,11 +338,19 @@ def generate_task(
                 recs = []
                 for row, out in enumerate(outs):
                     index = batch[row // count]
+                    out = cap_generation(out, settings.new_token_cap(lengths[index]))
                     text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
                     recs.append(run.record(index, todo[index][row % count], prompts[index], text,
                                            len(out.token_ids), out.truncated))
                 run.append(recs)
                 bar.update(len(outs))
+
+
+def cap_generation(out: Generation, cap: int) -> Generation:
+    """A generation cut to `cap` tokens: what sampling with that limit gives (tokens are causal)."""
+    if len(out.token_ids) <= cap:
+        return out
+    return Generation(list(out.token_ids[:cap]), truncated=True)  # any EOS came after the cap
 
 
 def settings_record(settings: EvalSettings, spec: TaskSpec, data: str, source: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,6 +388,9 @@ def run_model_eval(
         "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
         "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
     }
+    # Recorded only when set, so output directories written before these options still resume.
+    generation.update({k: v for k, v in (("bos", settings.bos), ("max_model_length", settings.max_model_length))
+                       if v not in ("single", 0)})
     if data_dir is None:
         require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
     rescore, settings_file = (

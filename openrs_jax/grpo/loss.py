@@ -135,6 +135,7 @@ def grpo_loss(
     loss_weights: jax.Array | None = None,
     metric_weights: jax.Array | None = None,
     entropy: jax.Array | None = None,
+    row_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The aggregated GRPO loss and token-mean metrics.
 
@@ -144,7 +145,8 @@ def grpo_loss(
     the returned values are then this micro-batch's shares, which add up to the batch's.
 
     Metrics: `kl` (when ref_logps is given), `clip_ratio/low`, `clip_ratio/high`,
-    `clip_ratio` (either), `entropy` (when given).
+    `clip_ratio` (either), `entropy` (when given); with `row_weights` (`seq_mean` weights of the
+    whole batch) also `kl/row_mean`, the mean over rows of each row's token-mean KL (TRL's `kl`).
     """
     if loss_weights is None:
         loss_weights = aggregation_weights(
@@ -168,6 +170,8 @@ def grpo_loss(
     }
     if "kl" in terms:
         metrics["kl"] = mean(terms["kl"])
+        if row_weights is not None:
+            metrics["kl/row_mean"] = jnp.sum(row_weights * jax.lax.stop_gradient(terms["kl"]))
     if entropy is not None:
         metrics["entropy"] = mean(entropy)
     return loss, metrics

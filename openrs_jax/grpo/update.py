@@ -185,7 +185,7 @@ def make_train_step(
             logps, mb.get("old_logps"), mb.get("ref_logps"), mb["advantages"], mb["completion_mask"],
             num_generations=config.num_generations, beta=config.beta, epsilon_low=config.epsilon_low,
             epsilon_high=config.epsilon_high, loss_weights=mb["loss_weights"],
-            metric_weights=mb["metric_weights"], entropy=entropy,
+            metric_weights=mb["metric_weights"], entropy=entropy, row_weights=mb.get("row_weights"),
         )
 
     grad_fn = jax.value_and_grad(micro_batch_loss, has_aux=True)
@@ -201,6 +201,8 @@ def make_train_step(
             max_completion_length=config.max_completion_length,
         )
         data["metric_weights"] = token_mean_weights(mask)
+        # Row-mean weights for TRL's `kl` metric (mean over rows of each row's token mean).
+        data["row_weights"] = aggregation_weights(mask, num_generations=config.num_generations, aggregation="seq_mean")
         n = num_micro_batches(mask.shape[0], config.micro_batch_size)
 
         if n == 1:

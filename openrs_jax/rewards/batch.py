@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrs_jax.rewards.gold import gold_parses, log_unparsable_gold
-from openrs_jax.rewards.registry import BoundReward, bind
+from openrs_jax.rewards.registry import REWARD_FUNCTIONS, BoundReward, bind
 from openrs_jax.rewards.verify import MATH_VERIFY_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,10 @@ class RewardSet:
         """Group phases, zeros for failed rows, weighted sum and counters.
 
         ``rows[i]`` is None for a row that timed out (listed in ``timed_out``) or whose worker
-        died (listed in ``lost``): it scores 0 in every function.
+        died (listed in ``lost``): it scores 0 in the rewards that check the answer, while the
+        built-in ones that never look at the gold (format, tag_count, reasoning_steps,
+        repetition_penalty: string counts, no math-verify) are scored here. So a timeout costs
+        only what the original's math-verify timeout cost, not the format reward too.
         """
         n = len(completions)
         errors = len(lost)
@@ -160,6 +163,8 @@ class RewardSet:
         per_func: dict[str, list[float]] = {}
         for k, reward in enumerate(self.rewards):
             raw = [None if r is None else r.values[k] for r in rows]
+            if gold_free(reward):
+                raw = [reward.row(completions[i], "") if r is None else v for i, (r, v) in enumerate(zip(rows, raw))]
             bad = {i for i, v in enumerate(raw) if v is None}  # includes rows lost whole
             errors += sum(rows[i] is not None for i in bad)
             failed |= bad
@@ -194,6 +199,11 @@ class RewardSet:
             seconds=seconds,
             failed_rows=sorted(failed),
         )
+
+
+def gold_free(reward: BoundReward) -> bool:
+    """A built-in reward that reads only the completion (cheap string work, safe in the caller)."""
+    return not reward.spec.uses_gold and REWARD_FUNCTIONS.get(reward.name) is reward.spec
 
 
 def check_batch(completions: Sequence[str], solutions: Sequence[str], num_generations: int) -> None:
