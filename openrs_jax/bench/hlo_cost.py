@@ -94,6 +94,7 @@ class Cost:
     bytes_written: float = 0.0
     bytes_read: float = 0.0
     flops: float = 0.0
+    kernels: float = 0.0  # kernels launched (fusions, library calls, unfused ops)
 
     @property
     def bytes_moved(self) -> float:
@@ -103,6 +104,7 @@ class Cost:
         self.bytes_written += times * other.bytes_written
         self.bytes_read += times * other.bytes_read
         self.flops += times * other.flops
+        self.kernels += times * other.kernels
 
 
 @dataclasses.dataclass
@@ -391,7 +393,7 @@ class _Walker:
                     written = max(0.0, written - read)
                 flops = self._dot_flops(comp, instr) if op == "dot" else (
                     self._conv_flops(comp, instr) if op == "convolution" else 0.0)
-            total.add(Cost(written, read, flops))
+            total.add(Cost(written, read, flops, 1.0))
             self._record(comp, instr, written, times)
         return total
 

@@ -192,6 +192,7 @@ def program_entry(program: memory.StepProgram, target: Target, completion_length
         bytes_written_per_call=int(per_call.bytes_written),
         bytes_read_per_call=int(per_call.bytes_read),
         flops_per_call=int(per_call.flops),
+        kernels_per_call=int(per_call.kernels),
         estimated_s_per_step=seconds * program.calls_per_step,
         bound="compute" if cost.total.flops / target.peak_bf16_flops_per_s
         >= cost.total.bytes_moved / target.bandwidth_bytes_per_s else "memory",
@@ -257,11 +258,50 @@ def gpu_plan(args: argparse.Namespace, target: Target, devices: Sequence[Any], c
     }
 
 
-def main() -> None:
-    """Child-process entry (`python -m openrs_jax.bench.plan`): prints the plan as one JSON line."""
+def _size(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def markdown_table(plans: Sequence[dict[str, Any]]) -> str:
+    """The plans as one markdown table: a row per program, then a step row per plan."""
+    lines = [
+        "| target | program | calls per step | peak per device (temporaries) | bytes written per call | "
+        "bytes read per call | FLOPs per call | roofline s per step | largest writer per call |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in plans:
+        where = f"{result['target']} x{result['devices']}, micro-batch {result['micro_batch_size']}"
+        for name, p in result["programs"].items():
+            per = " per token" if p.get("per") == "generated token" else ""
+            top = p["largest_writes"][0] if p.get("largest_writes") else None
+            writer = f"`{top['shape']}` x{top['runs_per_call']:g}" if top else ""
+            lines.append(
+                f"| {where} | {name} | {p['calls_per_step']} | {_size(p['peak_bytes_per_device'])} "
+                f"({_size(p['temp_bytes'])}) | {_size(p['bytes_written_per_call'])}{per} | "
+                f"{_size(p['bytes_read_per_call'])}{per} | {p['flops_per_call'] / 1e12:.3g} T{per} | "
+                f"{p['estimated_s_per_step']:.3g} | {writer} |"
+            )
+        fits = "fits" if result["fits_budget"] else "does not fit"
+        lines.append(
+            f"| {where} | **step** | | **{_size(result['step_peak_bytes_per_device'])}** ({result['step_peak_phase']}; "
+            f"{fits} {_size(result['budget_bytes_per_device'])}) | | | | **{result['estimated_step_s']:.3g}** | |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m openrs_jax.bench.plan table PLAN.json ...` prints the plans as a markdown table;
+    with the plan's flags (the child process this command may start) it prints the plan as one JSON line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["table"]:
+        print(markdown_table([json.loads(Path(f).read_text()) for f in argv[1:]]))
+        return
     parser = argparse.ArgumentParser(prog="python -m openrs_jax.bench.plan")
     add_arguments(parser)
-    print(json.dumps(run(parser.parse_args())))
+    print(json.dumps(run(parser.parse_args(argv))))
 
 
 if __name__ == "__main__":
