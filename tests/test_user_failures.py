@@ -137,6 +137,13 @@ def test_train_with_hub_names_offline_fails_fast(hub_unreachable, tmp_path, over
         tiny(tmp_path / "run", override)
 
 
+def test_decontaminate_without_a_benchmarks_folder_offline_fails_fast(hub_unreachable):
+    from openrs_jax.curation.decontaminate import load_benchmarks
+
+    with pytest.raises(UserError, match=r"the benchmarks \(aime24\) would be downloaded .*--benchmarks_dir"):
+        load_benchmarks(None, ["aime24"])
+
+
 def test_offline_switch_skips_the_probe(monkeypatch):
     from openrs_jax import hub
 
