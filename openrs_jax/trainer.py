@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from openrs_jax import distributed, sharding, toy
+from openrs_jax import distributed, dynamic_sampling, reference, sharding, toy
 from openrs_jax.checkpoint import Checkpointer
 from openrs_jax.config import validate
 from openrs_jax.data import PromptDataset, PromptOrder, build_dataset, load_rows
@@ -36,6 +36,7 @@ from openrs_jax.grpo import (
     reward_std,
     token_logprobs,
 )
+from openrs_jax.grpo.loss import truncation_mask
 from openrs_jax.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
 from openrs_jax.rewards import RewardScorer
 from openrs_jax.run_log import METRICS_FILE, RunLog
@@ -72,7 +73,13 @@ def resolve_model_path(name: str) -> str:
 
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Parameters of the configurable reward functions, from the run config."""
-    return {
+    params: dict[str, dict[str, Any]] = {}
+    if "soft_overlong" in config.reward_funcs:
+        params["soft_overlong"] = {
+            "max_len": config.soft_overlong_max_len or config.max_completion_length,
+            "cache_len": config.soft_overlong_cache_len,
+        }
+    return params | {
         "cosine": {
             "min_value_wrong": config.cosine_min_value_wrong,
             "max_value_wrong": config.cosine_max_value_wrong,
@@ -198,7 +205,10 @@ class GRPOTrainer:
             list(c.reward_funcs), list(c.reward_weights), reward_params(c),
             num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
         )
-        self.run_log = RunLog(self.output_dir, tensorboard=c.tensorboard, enabled=self.writer)
+        self.run_log = RunLog(
+            self.output_dir, tensorboard=c.tensorboard and "tensorboard" in c.report_to, enabled=self.writer,
+            wandb_project=c.wandb_project if "wandb" in c.report_to else None, wandb_config=c.to_dict(),
+        )
         self.run_log.truncate_after(self.step)
         if self.writer:
             (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
@@ -208,10 +218,16 @@ class GRPOTrainer:
 
     def _metadata(self) -> dict[str, Any]:
         return {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
-                "model_config": self.model_config.to_hf_dict()}
+                "model_config": self.model_config.to_hf_dict(), "has_reference": self._saves_reference}
+
+    @property
+    def _saves_reference(self) -> bool:
+        """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
+        return self.ref_params is not None and self.config.ref_sync_steps > 0
 
     def save_checkpoint(self) -> None:
-        self.checkpointer.save(self.step, self.state, self._metadata())
+        extra = {"reference": self.ref_params} if self._saves_reference else None
+        self.checkpointer.save(self.step, self.state, self._metadata(), extra=extra)
 
     def _restore(self) -> None:
         meta = self.checkpointer.restore_metadata()
@@ -226,7 +242,12 @@ class GRPOTrainer:
         self.step = int(meta["step"])
         self.bad_steps = int(meta.get("bad_steps", 0))
         self.order.restore(meta["data_order"])
-        if self.ref_params is not None:
+        if self._saves_reference and meta.get("has_reference"):
+            abstract_ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                        self.ref_params)
+            self.ref_params = self.checkpointer.restore_extra("reference", abstract_ref)
+            log.info("reference policy = the refreshed one saved at step %d", self.step)
+        elif self.ref_params is not None:
             log.info("reference policy = the initial weights of model_path (unchanged by resuming)")
         log.info("resumed from step %d", self.step)
 
@@ -245,10 +266,13 @@ class GRPOTrainer:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def rollout(self, examples: list) -> tuple[Any, float]:
+    def rollout(self, examples: list, round: int = 0) -> tuple[Any, float]:
+        """Samples the groups of `examples`; `round` > 0: a dynamic-sampling refill (own key)."""
         start = time.perf_counter()
         params = sharding.rollout_params(self.state.params, self.mesh, self.config.compute_dtype)
         key = jax.random.fold_in(self.rng, self.step)
+        if round:
+            key = jax.random.fold_in(key, round)
         out = self.sampler.generate(
             params, [list(e.prompt_ids) for e in examples], self.config.num_generations, self.sampling, key
         )
@@ -260,6 +284,8 @@ class GRPOTrainer:
         t = min(round_up(max(longest, 1), COMPLETION_BUCKET), out.completion_ids.shape[1])
         completion_ids = out.completion_ids[:, :t]
         completion_mask = out.completion_mask[:, :t]
+        if self.config.mask_truncated_completions:
+            completion_mask = truncation_mask(completion_mask, out.truncated)
         return {
             "input_ids": np.concatenate([out.prompt_ids, completion_ids], axis=1).astype(np.int32),
             "attention_mask": np.concatenate([out.prompt_mask, completion_mask], axis=1).astype(np.int32),
@@ -276,12 +302,18 @@ class GRPOTrainer:
         out, rollout_s = self.rollout(examples)
 
         t1 = time.perf_counter()
+        scores, texts, share = self._score(examples, out)
+        sampling_metrics: dict[str, float] = {}
+        if c.dynamic_sampling:
+            ds_start = time.perf_counter()
+            picked, sampling_metrics = dynamic_sampling.fill_step(
+                dynamic_sampling.Rollout(examples, out, scores), self._extra_rollout,
+                prompts_per_step=c.prompts_per_step, num_generations=g,
+                max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+            )
+            examples, out, scores, texts = picked.examples, picked.out, picked.scores, []
+            sampling_metrics["time/dynamic_sampling_s"] = time.perf_counter() - ds_start
         golds = [e.gold for e in examples for _ in range(g)]
-        # Each process decodes and scores its share of the groups; only the numbers travel.
-        share = distributed.process_rows(len(examples), g)
-        texts = self._decode(out, share)
-        local = self.scorer.score(texts, golds[share.start:share.stop], g)
-        scores = distributed.gather_scores(local, len(examples), g)
         rewards = np.asarray(scores.total, np.float32)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
         reward_s = time.perf_counter() - t1
@@ -308,6 +340,8 @@ class GRPOTrainer:
         update_metrics = {k: float(v) for k, v in sharding.to_host(update_metrics).items()}
         update_s = time.perf_counter() - t3
         self.step += 1
+        if self.ref_params is not None and reference.sync_due(self.step, c.ref_sync_steps):
+            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.ref_mixup_alpha)
         self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
         if self.bad_steps:
             log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
@@ -323,6 +357,7 @@ class GRPOTrainer:
             "completion_length_max": int(lengths.max()),
             "truncated_fraction": float(np.mean(out.truncated)),
             **update_metrics,
+            **sampling_metrics,
             "time/rollout_s": rollout_s,
             "time/reward_s": reward_s,
             "time/reference_s": reference_s,
@@ -342,6 +377,22 @@ class GRPOTrainer:
             ]
             self.run_log.log_completions(self.step, samples)
         return metrics
+
+    def _score(self, examples: list, out: Any) -> tuple[Any, list[str], range]:
+        """The whole batch's rewards, this process's decoded texts and its share of the rows."""
+        g = self.config.num_generations
+        golds = [e.gold for e in examples for _ in range(g)]
+        # Each process decodes and scores its share of the groups; only the numbers travel.
+        share = distributed.process_rows(len(examples), g)
+        texts = self._decode(out, share)
+        local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
+        return distributed.gather_scores(local, len(examples), g), texts, share
+
+    def _extra_rollout(self, round: int) -> dynamic_sampling.Rollout:
+        """Dynamic sampling's refill: the next prompts_per_step prompts, sampled and scored."""
+        examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
+        out, _ = self.rollout(examples, round)
+        return dynamic_sampling.Rollout(examples, out, self._score(examples, out)[0])
 
     def _decode(self, out: Any, rows: range) -> list[str]:
         """Completion texts of sampler output rows `rows`."""
