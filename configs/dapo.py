@@ -10,7 +10,9 @@ with DAPO's changes switched on (docs/grpo-variants.md has each formula and its 
 `apply_dapo(config)` sets the same options on any config (the tests apply it to tiny.py).
 """
 
-from openrs_jax.config import base_config
+from pathlib import Path
+
+from openrs_jax.config import load_config_file
 
 
 def apply_dapo(c, overlong_cache_len: int = 512):
@@ -31,11 +33,6 @@ def apply_dapo(c, overlong_cache_len: int = 512):
 
 
 def get_config():
-    c = base_config()
-    c.model_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
-    c.dataset_name = "knoveleng/open-rs"
-    c.reward_funcs = ("format", "accuracy")
-    c.reward_weights = (1.0, 2.0)
-    c.max_completion_length = 3584
+    c = load_config_file(Path(__file__).with_name("exp2.py"))
     c.output_dir = "runs/dapo"
     return apply_dapo(c)

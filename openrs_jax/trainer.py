@@ -266,13 +266,13 @@ class GRPOTrainer:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def rollout(self, examples: list, round: int = 0) -> tuple[Any, float]:
-        """Samples the groups of `examples`; `round` > 0: a dynamic-sampling refill (own key)."""
+    def rollout(self, examples: list, refill: int = 0) -> tuple[Any, float]:
+        """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
         start = time.perf_counter()
         params = sharding.rollout_params(self.state.params, self.mesh, self.config.compute_dtype)
         key = jax.random.fold_in(self.rng, self.step)
-        if round:
-            key = jax.random.fold_in(key, round)
+        if refill:
+            key = jax.random.fold_in(key, refill)
         out = self.sampler.generate(
             params, [list(e.prompt_ids) for e in examples], self.config.num_generations, self.sampling, key
         )
@@ -388,10 +388,10 @@ class GRPOTrainer:
         local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
         return distributed.gather_scores(local, len(examples), g), texts, share
 
-    def _extra_rollout(self, round: int) -> dynamic_sampling.Rollout:
-        """Dynamic sampling's refill: the next prompts_per_step prompts, sampled and scored."""
+    def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
+        """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
         examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
-        out, _ = self.rollout(examples, round)
+        out, _ = self.rollout(examples, refill)
         return dynamic_sampling.Rollout(examples, out, self._score(examples, out)[0])
 
     def _decode(self, out: Any, rows: range) -> list[str]:

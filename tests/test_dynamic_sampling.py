@@ -151,6 +151,13 @@ def test_config_validation_of_the_variants():
 
     check(scale_rewards="batch", dynamic_sampling=True, policy_loss="cispo", epsilon_low=1.0)
     check(scale_rewards=False)
+    from openrs_jax.config import apply_overrides
+    from openrs_jax.grpo.advantages import reward_scaling
+
+    for text, want in [("False", "none"), ("true", "group"), ("batch", "batch")]:
+        c = apply_overrides(base_config(), [f"scale_rewards={text}"])
+        validate(c)
+        assert reward_scaling(c.scale_rewards) == want
     for values, message in [
         (dict(scale_rewards="std"), "scale_rewards='std'"),
         (dict(delta=1.1), "delta=1.1 must be > 1 \\+ epsilon_high"),
