@@ -365,3 +365,15 @@ def test_recipe_configs_compute_todays_loss_and_gradient(config_file, with_old):
     loss, grad = jax.value_and_grad(fn)(jnp.asarray(logp))
     np.testing.assert_allclose(float(loss), want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_sharded_top_entropy_update_equals_single_device(tiny):  # noqa: F811
+    """The entropy pre-pass and threshold under FSDP over 4 devices, two micro-batches of 4."""
+    options = {"loss_aggregation": "token_mean", "policy_loss": "cispo", "top_entropy_quantile": 0.3}
+    single = run_update(tiny, micro_batch_size=None, **options)
+    sharded = run_update(tiny, mesh_spec="fsdp=4", micro_batch_size=4, **options)
+    for key in single[1]:
+        np.testing.assert_allclose(single[1][key], sharded[1][key], rtol=1e-5, atol=1e-7, err_msg=key)
+    for x, y in zip(jax.tree.leaves(single[0]), jax.tree.leaves(sharded[0])):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
