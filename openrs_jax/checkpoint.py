@@ -114,12 +114,16 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, metadata: dict[str, Any]) -> None:
-        """Writes checkpoint `step` (atomically: complete or absent)."""
+    def save(self, step: int, state: Any, metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        """Writes checkpoint `step` (atomically: complete or absent); `extra` holds further
+        named array trees (e.g. a refreshed reference policy)."""
+        items = {name: ocp.args.StandardSave(tree) for name, tree in (extra or {}).items()}
         try:
             self.manager.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata), **items
+                ),
                 force=True,
             )
             self.manager.wait_until_finished()
@@ -150,6 +154,11 @@ class Checkpointer:
                 f"({str(e).splitlines()[0][:300]}); resume with the config it was written with"
             ) from None
         return restored["state"], restored["meta"]
+
+    def restore_extra(self, name: str, abstract: Any, step: int | None = None) -> Any:
+        """Restores the `extra` tree `name` saved with checkpoint `step` into `abstract`'s layout."""
+        step = self._resolve(step)
+        return self.manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)}))[name]
 
     def _resolve(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from openrs_jax import distributed, sharding, toy
+from openrs_jax import distributed, dynamic_sampling, reference, sharding, toy
 from openrs_jax.checkpoint import Checkpointer
 from openrs_jax.config import validate
 from openrs_jax.data import PromptDataset, build_dataset, left_pad_prompts, load_rows, make_prompt_order
@@ -38,6 +38,7 @@ from openrs_jax.grpo import (
     reward_std,
     token_logprobs,
 )
+from openrs_jax.grpo.loss import truncation_mask
 from openrs_jax.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
 from openrs_jax.model.sources import save_run_tokenizer, tokenizer_dir
 from openrs_jax.model_paths import ACCEPTED
@@ -77,7 +78,13 @@ def resolve_model_path(name: str) -> str:
 
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Parameters of the configurable reward functions, from the run config."""
-    return {
+    params: dict[str, dict[str, Any]] = {}
+    if "soft_overlong" in config.reward_funcs:
+        params["soft_overlong"] = {
+            "max_len": config.soft_overlong_max_len or config.max_completion_length,
+            "cache_len": config.soft_overlong_cache_len,
+        }
+    return params | {
         "cosine": {
             "min_value_wrong": config.cosine_min_value_wrong,
             "max_value_wrong": config.cosine_max_value_wrong,
@@ -210,7 +217,10 @@ class GRPOTrainer:
             list(c.reward_funcs), list(c.reward_weights), reward_params(c),
             num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
         )
-        self.run_log = RunLog(self.output_dir, tensorboard=c.tensorboard, enabled=self.writer)
+        self.run_log = RunLog(
+            self.output_dir, tensorboard=c.tensorboard and "tensorboard" in c.report_to, enabled=self.writer,
+            wandb_project=c.wandb_project if "wandb" in c.report_to else None, wandb_config=c.to_dict(),
+        )
         self.run_log.truncate_after(self.step)
         if self.writer:
             (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
@@ -221,10 +231,16 @@ class GRPOTrainer:
 
     def _metadata(self) -> dict[str, Any]:
         return {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
-                "model_config": self.model_config.to_hf_dict()}
+                "model_config": self.model_config.to_hf_dict(), "has_reference": self._saves_reference}
+
+    @property
+    def _saves_reference(self) -> bool:
+        """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
+        return self.ref_params is not None and self.config.ref_sync_steps > 0
 
     def save_checkpoint(self) -> None:
-        self.checkpointer.save(self.step, self.state, self._metadata())
+        extra = {"reference": self.ref_params} if self._saves_reference else None
+        self.checkpointer.save(self.step, self.state, self._metadata(), extra=extra)
 
     def _resume(self) -> None:
         """Continues from the latest complete checkpoint, saying in one line what it found."""
@@ -252,7 +268,12 @@ class GRPOTrainer:
         self.step = int(meta["step"])
         self.bad_steps = int(meta.get("bad_steps", 0))
         self.order.restore(meta["data_order"])
-        if self.ref_params is not None:
+        if self._saves_reference and meta.get("has_reference"):
+            abstract_ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                        self.ref_params)
+            self.ref_params = self.checkpointer.restore_extra("reference", abstract_ref)
+            log.info("reference policy = the refreshed one saved at step %d", self.step)
+        elif self.ref_params is not None:
             log.info("reference policy = the initial weights of model_path (unchanged by resuming)")
 
     def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
@@ -270,10 +291,13 @@ class GRPOTrainer:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def rollout(self, examples: list) -> tuple[Any, float]:
+    def rollout(self, examples: list, refill: int = 0) -> tuple[Any, float]:
+        """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
         start = time.perf_counter()
         params = sharding.rollout_params(self.state.params, self.mesh, self.config.compute_dtype)
         key = jax.random.fold_in(self.rng, self.step)
+        if refill:
+            key = jax.random.fold_in(key, refill)
         out = self.sampler.generate(
             params, [list(e.rollout_ids) for e in examples], self.config.num_generations, self.sampling, key
         )
@@ -295,6 +319,8 @@ class GRPOTrainer:
         completion_ids = out.completion_ids[:, :t]
         completion_mask = out.completion_mask[:, :t]
         prompt_ids, prompt_mask = prompts
+        if self.config.mask_truncated_completions:
+            completion_mask = truncation_mask(completion_mask, out.truncated)
         return {
             "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
             "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1).astype(np.int32),
@@ -311,12 +337,18 @@ class GRPOTrainer:
         out, rollout_s = self.rollout(examples)
 
         t1 = time.perf_counter()
+        scores, texts, share = self._score(examples, out)
+        sampling_metrics: dict[str, float] = {}
+        if c.dynamic_sampling:
+            ds_start = time.perf_counter()
+            picked, sampling_metrics = dynamic_sampling.fill_step(
+                dynamic_sampling.Rollout(examples, out, scores), self._extra_rollout,
+                prompts_per_step=c.prompts_per_step, num_generations=g,
+                max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+            )
+            examples, out, scores, texts = picked.examples, picked.out, picked.scores, []
+            sampling_metrics["time/dynamic_sampling_s"] = time.perf_counter() - ds_start
         golds = [e.gold for e in examples for _ in range(g)]
-        # Each process decodes and scores its share of the groups; only the numbers travel.
-        share = distributed.process_rows(len(examples), g)
-        texts = self._decode(out, share)
-        local = self.scorer.score(texts, golds[share.start:share.stop], g)
-        scores = distributed.gather_scores(local, len(examples), g)
         rewards = np.asarray(scores.total, np.float32)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
         reward_s = time.perf_counter() - t1
@@ -347,6 +379,8 @@ class GRPOTrainer:
         )
         update_s = time.perf_counter() - t3
         self.step += 1
+        if self.ref_params is not None and reference.sync_due(self.step, c.ref_sync_steps):
+            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.ref_mixup_alpha)
         self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
         if self.bad_steps:
             log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
@@ -363,6 +397,7 @@ class GRPOTrainer:
             "truncated_fraction": float(np.mean(out.truncated)),
             "prompts_truncated": sum(e.truncated for e in examples) * g,  # rows whose loss prompt was cut
             **update_metrics,
+            **sampling_metrics,
             "time/rollout_s": rollout_s,
             "time/reward_s": reward_s,
             "time/reference_s": reference_s,
@@ -382,6 +417,22 @@ class GRPOTrainer:
             ]
             self.run_log.log_completions(self.step, samples)
         return metrics
+
+    def _score(self, examples: list, out: Any) -> tuple[Any, list[str], range]:
+        """The whole batch's rewards, this process's decoded texts and its share of the rows."""
+        g = self.config.num_generations
+        golds = [e.gold for e in examples for _ in range(g)]
+        # Each process decodes and scores its share of the groups; only the numbers travel.
+        share = distributed.process_rows(len(examples), g)
+        texts = self._decode(out, share)
+        local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
+        return distributed.gather_scores(local, len(examples), g), texts, share
+
+    def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
+        """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
+        examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
+        out, _ = self.rollout(examples, refill)
+        return dynamic_sampling.Rollout(examples, out, self._score(examples, out)[0])
 
     def _decode(self, out: Any, rows: range) -> list[str]:
         """Completion texts of sampler output rows `rows`."""

@@ -245,7 +245,8 @@ def test_repetition_penalty(text: str, params: dict, expected: float) -> None:
 
 def test_registry_lists_the_seven_functions() -> None:
     assert sorted(REWARD_FUNCTIONS) == sorted(
-        ["accuracy", "format", "tag_count", "cosine", "reasoning_steps", "length", "repetition_penalty"]
+        ["accuracy", "format", "tag_count", "cosine", "reasoning_steps", "length", "repetition_penalty",
+         "soft_overlong"]  # the recipe's seven and DAPO's token-count reward
     )
     assert REWARD_FUNCTIONS["cosine"].defaults["min_value_wrong"] == -1.0
     assert REWARD_FUNCTIONS["cosine"].defaults["max_len"] == 1000

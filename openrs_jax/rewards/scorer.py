@@ -76,16 +76,20 @@ class RewardScorer:
     def _spawn(self) -> Worker:
         return Worker(self._ctx, self._config, self._weights)
 
-    def score(self, completions: Sequence[str], solutions: Sequence[str], num_generations: int = 1) -> ScoreResult:
+    def score(
+        self, completions: Sequence[str], solutions: Sequence[str], num_generations: int = 1,
+        lengths: Sequence[int] | None = None,
+    ) -> ScoreResult:
         """Score a batch: rows are consecutive groups of ``num_generations`` completions.
 
-        ``solutions[i]`` is the gold text of row i (use ``gold_from_row`` for answer-only data).
+        ``solutions[i]`` is the gold text of row i (use ``gold_from_row`` for answer-only data);
+        ``lengths[i]`` its completion's token count (needed by ``soft_overlong``).
         """
         with self._lock:  # one batch at a time: the workers' state is not shared between calls
             if self._closed:
                 raise RuntimeError("RewardScorer is closed")
             if not self._workers:
-                return self.reward_set.score_in_process(completions, solutions, num_generations)
+                return self.reward_set.score_in_process(completions, solutions, num_generations, lengths)
             check_batch(completions, solutions, num_generations)
             start = time.perf_counter()
             run = BatchRun(
@@ -103,6 +107,7 @@ class RewardScorer:
             lost=run.lost,
             worker_restarts=run.restarts,
             seconds=time.perf_counter() - start,
+            lengths=lengths,
         )
 
     def _replace(self, k: int) -> None:
