@@ -8,6 +8,9 @@ rematerialised, so the backward pass keeps only the hidden states, not the logit
 Sequences are laid out as the trainer builds them: `input_ids [rows, S]` is the left-padded
 prompt followed by the completion, which starts at column `completion_start` (static). The
 log-prob of completion token t comes from the logits at column completion_start + t - 1.
+Inside the program each row is moved to the right-padded layout (real tokens first, same
+positions) that fused attention takes (`model.attention`), and the hidden states predicting
+the completion tokens are gathered back: the numbers are those of the left-padded layout.
 
 The recipe takes log_softmax of the raw logits, not divided by the sampling temperature; that
 is the default (`temperature=1.0`). Pass the sampling temperature to score tokens under the
@@ -31,6 +34,7 @@ from jax.sharding import Mesh
 
 from openrs_jax.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
 from openrs_jax.model import Qwen2ForCausalLM
+from openrs_jax.model.attention import platform_of, right_padded
 from openrs_jax.sharding import constrain_batch
 
 DEFAULT_CHUNK = 256
@@ -94,20 +98,29 @@ def completion_logprobs(
     with_entropy: bool = False,
     mesh: Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Log-probs (and entropies) [rows, S - completion_start] of the completion tokens."""
+    """Log-probs (and entropies) [rows, S - completion_start] of the completion tokens; 0 where
+    the token is padding (attention_mask 0)."""
     if not 1 <= completion_start < input_ids.shape[1]:
         raise ValueError(f"completion_start {completion_start} must be in [1, {input_ids.shape[1]})")
-    hidden, _ = model.hidden_states(input_ids, attention_mask)  # [rows, S, D]
+    order, lengths = right_padded(attention_mask)
+    packed_ids = jnp.take_along_axis(input_ids, order, axis=1)
+    hidden, _ = model.hidden_states(packed_ids, seq_lengths=lengths, platform=platform_of(mesh))  # [rows, S, D]
     if mesh is not None:
         hidden = constrain_batch(hidden, mesh)
-    # Position p predicts token p + 1.
-    hidden = hidden[:, completion_start - 1 : -1]
+    # Column p of the left-padded row predicts column p + 1; in the packed row, a real token
+    # sits at (real tokens up to and including it) - 1.
+    packed_column = jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1
+    source = jnp.maximum(packed_column[:, completion_start - 1 : -1], 0)
+    hidden = jnp.take_along_axis(hidden, source[:, :, None], axis=1)
     targets = input_ids[:, completion_start:]
-    return chunked_token_logprobs(
+    logp, entropy = chunked_token_logprobs(
         # The kernel in its stored (fp32 master) dtype: casting inside each chunk makes the
         # chunk loop accumulate its gradient in fp32.
         hidden, model.lm_head_kernel(cast=False), targets, chunk=chunk, temperature=temperature, with_entropy=with_entropy
     )
+    real = attention_mask[:, completion_start:].astype(bool)
+    logp = jnp.where(real, logp, 0.0)
+    return logp, None if entropy is None else jnp.where(real, entropy, 0.0)
 
 
 @functools.partial(
