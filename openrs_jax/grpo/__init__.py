@@ -8,6 +8,8 @@
   `group_token_mean` (recipe), `seq_mean`, `token_mean`, `constant_norm` (`AGGREGATIONS`).
 - `UpdateConfig`, `TrainState`, `create_train_state(params, config, mesh)`,
   `make_train_step(graphdef, config, mesh) -> step(state, batch) -> (state, metrics)`.
+- `BucketedTrainStep(graphdef, config, mesh)`: the same update over length-bucketed
+  micro-batches (rows sorted by length, one compiled program per padded length).
 
 Sharding helpers (mesh, partition rules, rollout copy) live in `openrs_jax.sharding`;
 the optimizer and learning-rate schedule in `openrs_jax.optim`.
@@ -19,6 +21,7 @@ from openrs_jax.grpo.loss import AGGREGATIONS, aggregation_weights, grpo_loss, p
 from openrs_jax.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
 from openrs_jax.grpo.update import (
     BATCH_KEYS,
+    BucketedTrainStep,
     TrainState,
     UpdateConfig,
     abstract_train_state,
@@ -27,7 +30,7 @@ from openrs_jax.grpo.update import (
 )
 
 __all__ = [
-    "AGGREGATIONS", "BATCH_KEYS", "DEFAULT_CHUNK", "TrainState", "UpdateConfig",
+    "AGGREGATIONS", "BATCH_KEYS", "BucketedTrainStep", "DEFAULT_CHUNK", "TrainState", "UpdateConfig",
     "abstract_train_state", "aggregation_weights", "chunked_token_logprobs", "completion_logprobs",
     "create_train_state", "group_advantages", "grpo_loss", "make_train_step", "merge_micro_batches",
     "num_micro_batches", "per_token_terms", "reward_std", "split_micro_batches", "token_logprobs",
