@@ -2,8 +2,8 @@
 
 A full fp32 logits tensor [rows, T, vocab] would take 2.5 GB per row at T = 4,096 and the
 Qwen2 vocabulary, so the output projection runs on `chunk` positions at a time: each chunk's
-logits [rows, chunk, V] live only inside one step of a loop, and the loop body is
-rematerialised, so the backward pass keeps only the hidden states, not the logits.
+logits [rows, chunk, V] live only inside one step of a loop, and the backward pass (a custom
+gradient) recomputes them chunk by chunk, so it keeps only the hidden states, not the logits.
 
 Sequences are laid out as the trainer builds them: `input_ids [rows, S]` is the left-padded
 prompt followed by the completion, which starts at column `completion_start` (static). The
@@ -40,6 +40,66 @@ from openrs_jax.sharding import constrain_batch
 DEFAULT_CHUNK = 256
 
 
+def _chunk_logits(w: jax.Array, h: jax.Array, temperature: float) -> jax.Array:
+    logits = jnp.dot(h, w, preferred_element_type=jnp.float32)  # [B, chunk, V]
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _chunks_forward(kernel, hs, ts, temperature, with_entropy):
+    w = kernel.astype(hs.dtype)  # once per call, not once per chunk
+
+    def body(carry: None, xs: tuple[jax.Array, jax.Array]) -> tuple[None, tuple]:
+        h, tgt = xs
+        logits = _chunk_logits(w, h, temperature)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        logp = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0] - lse
+        if with_entropy:
+            entropy = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
+        else:
+            entropy = jnp.zeros_like(logp)
+        return None, (logp, entropy, lse)
+
+    _, (logp, entropy, lse) = jax.lax.scan(body, None, (hs, ts))
+    return (logp, entropy), (kernel, hs, ts, lse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_logprobs(kernel, hs, ts, temperature, with_entropy):
+    """(logp, entropy) [n, B, chunk] of hidden chunks hs [n, B, chunk, D] and targets ts."""
+    return _chunks_forward(kernel, hs, ts, temperature, with_entropy)[0]
+
+
+def _chunked_logprobs_bwd(temperature, with_entropy, residuals, cotangents):
+    # Hand-written so that each chunk recomputes its logits once, forms d logits in the compute
+    # dtype in one pass, and adds its output-kernel gradient into one fp32 accumulator; the
+    # entropy is a metric and gets no gradient.
+    kernel, hs, ts, lse = residuals
+    g_logp = cotangents[0]
+    w = kernel.astype(hs.dtype)
+    vocab = kernel.shape[1]
+
+    def body(dw: jax.Array, xs: tuple) -> tuple[jax.Array, jax.Array]:
+        h, tgt, chunk_lse, g = xs
+        probs = jnp.exp(_chunk_logits(w, h, temperature) - chunk_lse[..., None])
+        onehot = jnp.arange(vocab)[None, None, :] == tgt[..., None]
+        dlogits = g[..., None] * (onehot.astype(jnp.float32) - probs)
+        if temperature != 1.0:
+            dlogits = dlogits / temperature
+        dlogits = dlogits.astype(h.dtype)
+        dh = jnp.einsum("bcv,dv->bcd", dlogits, w, preferred_element_type=jnp.float32).astype(h.dtype)
+        dw = dw + jnp.einsum("bcd,bcv->dv", h, dlogits, preferred_element_type=jnp.float32)
+        return dw, dh
+
+    dw, dhs = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), (hs, ts, lse, g_logp.astype(jnp.float32)))
+    return dw.astype(kernel.dtype), dhs, None
+
+
+_chunked_logprobs.defvjp(
+    lambda kernel, hs, ts, temperature, with_entropy: _chunks_forward(kernel, hs, ts, temperature, with_entropy),
+    _chunked_logprobs_bwd,
+)
+
+
 def chunked_token_logprobs(
     hidden: jax.Array,
     kernel: jax.Array,
@@ -51,8 +111,10 @@ def chunked_token_logprobs(
 ) -> tuple[jax.Array, jax.Array | None]:
     """log p(targets) and optionally the entropy, both [B, T] fp32, from hidden [B, T, D].
 
-    `kernel` [D, V] is cast to the hidden states' dtype inside each chunk; logits are
-    accumulated in fp32. The entropy carries no gradient (it is a metric).
+    `kernel` [D, V] (any float dtype; the fp32 master weights in the update) is cast to the
+    hidden states' dtype once; logits are accumulated in fp32 and live one chunk at a time,
+    forward and backward (a custom gradient recomputes them per chunk and accumulates the
+    kernel's gradient in fp32). The entropy carries no gradient (it is a metric).
     """
     b, t, d = hidden.shape
     chunk = max(1, min(chunk, t))
@@ -62,26 +124,7 @@ def chunked_token_logprobs(
     targets = jnp.pad(targets, ((0, 0), (0, pad)))
     hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, chunk, D]
     ts = targets.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, chunk]
-
-    # Rematerialised: the backward pass recomputes one chunk's logits at a time.
-    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
-    def one_chunk(w: jax.Array, h: jax.Array, tgt: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = jnp.dot(h, w.astype(h.dtype), preferred_element_type=jnp.float32)  # [B, chunk, V]
-        if temperature != 1.0:
-            logits = logits / temperature
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        logp = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0] - lse
-        if not with_entropy:
-            return logp, jnp.zeros_like(logp)
-        sg = jax.lax.stop_gradient(logits)
-        lse_sg = jax.lax.stop_gradient(lse)
-        entropy = lse_sg - jnp.sum(jax.nn.softmax(sg, axis=-1) * sg, axis=-1)
-        return logp, entropy
-
-    def body(carry: None, xs: tuple[jax.Array, jax.Array]) -> tuple[None, tuple[jax.Array, jax.Array]]:
-        return None, one_chunk(kernel, *xs)
-
-    _, (logp, entropy) = jax.lax.scan(body, None, (hs, ts))
+    logp, entropy = _chunked_logprobs(kernel, hs, ts, float(temperature), bool(with_entropy))
     logp = logp.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
     entropy = entropy.swapaxes(0, 1).reshape(b, n * chunk)[:, :t] if with_entropy else None
     return logp, entropy
