@@ -276,7 +276,7 @@ class Qwen2ForCausalLM(nnx.Module):
                 vs = jax.lax.dynamic_update_slice(vs, v, (i, 0, 0, write_index, 0))
                 return ks[i].astype(dtype), vs[i].astype(dtype)
 
-            h = _decoder_layer(c, h, p, cos, sin, mask, None if ks is None else write_and_read_cache, attend)
+            h = _decoder_layer(c, h, p, cos, sin, mask, None if ks is None else write_and_read_cache, attend=attend)
             return (h, ks, vs), None
 
         if c.remat != "none":
