@@ -290,6 +290,8 @@ class GRPOTrainer:
             passes["old_logps"] = self.state.params
         bucketed = isinstance(self.train_step, BucketedTrainStep)
         plans = self.train_step.plan(batch) if bucketed else None
+        if not passes:
+            return plans, [{} for _ in (plans or [None])]
         inner = None if bucketed else c.micro_batch_size
         pieces = (
             [sharding.shard_batch(take_micro_batch(batch, p), self.mesh) for p in plans] if bucketed
