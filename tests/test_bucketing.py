@@ -121,3 +121,30 @@ def test_bucketed_gradient_equals_one_batch_gradient_for_every_aggregation(tiny)
     assert float(metrics["loss"]) == pytest.approx(float(want_loss), rel=1e-5)
     moved = np.abs(np.asarray(state.params["layers"]["q_proj"]["kernel"]) - before)
     assert 0.5e-3 < moved.max() <= 1.01e-3
+
+
+def test_trainer_step_is_the_same_with_and_without_bucketing(tmp_path):
+    """The trainer's bucketed step (several padded lengths) and its one-program step give the
+    same first update; beta = 0 with two updates per rollout runs without a reference pass."""
+    import json
+
+    from openrs_jax.config import load_config
+    from openrs_jax.trainer import GRPOTrainer
+    from tests.conftest import REPO_ROOT
+
+    def first_step(name: str, *overrides: str) -> dict:
+        config = load_config(REPO_ROOT / "configs" / "tiny.py", [
+            f"output_dir={tmp_path / name}", "reward_num_workers=0", "tensorboard=False", "max_steps=1",
+            *overrides,
+        ])
+        GRPOTrainer(config).train()
+        return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+
+    bucketed = first_step("bucketed", "length_bucket=4")
+    whole = first_step("whole", "length_bucket=0")
+    assert bucketed["reward"] == whole["reward"]
+    for key in ("loss", "kl", "clip_ratio", "entropy", "num_tokens"):
+        assert bucketed[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+    assert bucketed["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+    no_reference = first_step("no_reference", "length_bucket=4", "beta=0.0", "num_iterations=2")
+    assert "kl" not in no_reference and np.isfinite(no_reference["loss"])
