@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_grad_norm = 1.0
     c.weight_decay = 0.0
     c.logprob_chunk = 256
+    # Length-bucketed micro-batches: rows sorted by length, each micro-batch padded to its own
+    # longest completion rounded up to this many tokens (one compiled program per length); 0 = off.
+    c.length_bucket = 256
     # Numerics and placement.
     c.compute_dtype = "bfloat16"
     c.param_dtype = "float32"
@@ -230,6 +233,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         raise UserError(
             f"micro_batch_size={c.micro_batch_size} must divide prompts_per_step x num_generations = {rows}"
         )
+    if c.get("length_bucket", 0) < 0:
+        raise UserError(f"length_bucket={c.length_bucket} must be >= 0 (0 turns length bucketing off)")
     if c.micro_batch_size % c.num_generations and c.num_generations % c.micro_batch_size:
         raise UserError(
             f"micro_batch_size={c.micro_batch_size} and num_generations={c.num_generations}: one must divide the other"

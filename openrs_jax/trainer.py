@@ -1,9 +1,11 @@
 """One GRPO run end to end: setup, the step loop, logging, checkpoints, exports.
 
 One step (docs/design.md, data flow): draw `prompts_per_step` prompts -> sample `num_generations`
-completions each with the bf16 rollout copy -> decode and score in the reward pool -> group
-advantages -> reference log-probs (skipped when beta = 0) -> old log-probs (only when
-num_iterations > 1) -> jitted update(s) with gradient accumulation -> metrics, checkpoints.
+completions each with the bf16 rollout copy -> dispatch the reference log-probs (skipped when
+beta = 0) and old log-probs (only when num_iterations > 1), which need no rewards, so the devices
+compute them while the host decodes and scores in the reward pool -> group advantages -> jitted
+update(s) with gradient accumulation over length-bucketed micro-batches (`length_bucket`) ->
+metrics, checkpoints.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from openrs_jax.config import validate
 from openrs_jax.data import PromptDataset, build_dataset, left_pad_prompts, load_rows, make_prompt_order
 from openrs_jax.errors import UserError
 from openrs_jax.hub import require_hub
+from openrs_jax.grpo.microbatch import take_micro_batch
 from openrs_jax.grpo import (
     UpdateConfig,
     abstract_train_state,
     create_train_state,
     group_advantages,
+    BucketedTrainStep,
     make_train_step,
     reward_std,
     token_logprobs,
@@ -201,7 +205,12 @@ class GRPOTrainer:
         self.ref_params = (
             sharding.rollout_params(self.state.params, self.mesh, c.compute_dtype) if c.beta > 0 else None
         )
-        self.train_step = make_train_step(self.graphdef, self.update_config, self.mesh)
+        # length_bucket > 0: one program per micro-batch length; 0: one program per step.
+        self.train_step = (
+            BucketedTrainStep(self.graphdef, self.update_config, self.mesh)
+            if c.length_bucket and c.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
+            else make_train_step(self.graphdef, self.update_config, self.mesh)
+        )
         # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
         self.sampler = Sampler(self.model_config, mesh=self.mesh, prompt_bucket=min(64, round_up(c.max_prompt_length, 8)))
         self.sampling = SamplingParams(
@@ -312,8 +321,11 @@ class GRPOTrainer:
         return left_pad_prompts([e.prompt_ids for e in examples], self.config.num_generations,
                                 self.tokenizer.pad_id, self.sampler.prompt_bucket)
 
-    def build_batch(self, out: Any, advantages: np.ndarray, prompts: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-        """Prompt + completion rows, trimmed to the longest completion (bucketed)."""
+    def build_batch(
+        self, out: Any, prompts: tuple[np.ndarray, np.ndarray], advantages: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Prompt + completion rows, trimmed to the longest completion (bucketed); advantages
+        are added when given."""
         longest = int(out.lengths.max()) if len(out.lengths) else 1
         t = min(round_up(max(longest, 1), COMPLETION_BUCKET), out.completion_ids.shape[1])
         completion_ids = out.completion_ids[:, :t]
@@ -325,8 +337,47 @@ class GRPOTrainer:
             "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
             "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1).astype(np.int32),
             "completion_mask": completion_mask.astype(np.int32),
-            "advantages": advantages.astype(np.float32),
+            **({} if advantages is None else {"advantages": advantages.astype(np.float32)}),
         }
+
+    def dispatch_logprobs(self, batch: dict[str, Any], prompt_len: int) -> tuple[Any, list[dict[str, Any]]]:
+        """Starts the reference (beta > 0) and old-policy (num_iterations > 1) log-prob passes
+        without waiting for them (JAX dispatches asynchronously).
+
+        Returns (micro-batch plans or None, one dict of log-probs per plan, or one for the
+        whole batch when length bucketing is off).
+        """
+        c = self.config
+        passes = {}
+        if c.beta > 0:
+            passes["ref_logps"] = self.ref_params
+        if c.num_iterations > 1:
+            passes["old_logps"] = self.state.params
+        bucketed = isinstance(self.train_step, BucketedTrainStep)
+        plans = self.train_step.plan(batch) if bucketed else None
+        if not passes:
+            return plans, [{} for _ in (plans or [None])]
+        inner = None if bucketed else c.micro_batch_size
+        pieces = (
+            [sharding.shard_batch(take_micro_batch(batch, p), self.mesh) for p in plans] if bucketed
+            else [sharding.shard_batch(batch, self.mesh)]
+        )
+        logps = [
+            {key: token_logprobs(self.graphdef, params, piece["input_ids"], piece["attention_mask"], prompt_len,
+                                 c.logprob_chunk, micro_batch_size=inner, mesh=self.mesh)
+             for key, params in passes.items()}
+            for piece in pieces
+        ]
+        return plans, logps
+
+    def _start_logprobs(self, examples: list, out: Any) -> tuple[dict[str, Any], int, Any, list[dict[str, Any]]]:
+        """The host batch of these rows (no advantages yet), its prompt width, and the dispatched
+        log-prob passes (`dispatch_logprobs`)."""
+        prompts = self.loss_prompts(examples)
+        batch = self.build_batch(out, prompts)
+        prompt_len = prompts[0].shape[1]
+        plans, logps = self.dispatch_logprobs(batch, prompt_len)
+        return batch, prompt_len, plans, logps
 
     def train_one_step(self) -> dict[str, Any]:
         c = self.config
@@ -335,6 +386,13 @@ class GRPOTrainer:
         indices = self.order.next_indices(c.prompts_per_step)
         examples = [self.dataset.examples[i] for i in indices]
         out, rollout_s = self.rollout(examples)
+
+        # The log-prob passes need no rewards: start them, then score on the host meanwhile.
+        dispatch_s = 0.0
+        if not c.dynamic_sampling:
+            t_ref = time.perf_counter()
+            batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
+            dispatch_s = time.perf_counter() - t_ref
 
         t1 = time.perf_counter()
         scores, texts, share = self._score(examples, out)
@@ -354,21 +412,17 @@ class GRPOTrainer:
         reward_s = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        prompts = self.loss_prompts(examples)
-        batch = sharding.shard_batch(self.build_batch(out, advantages, prompts), self.mesh)
-        prompt_len = prompts[0].shape[1]
-        if c.beta > 0:
-            batch["ref_logps"] = token_logprobs(
-                self.graphdef, self.ref_params, batch["input_ids"], batch["attention_mask"], prompt_len,
-                c.logprob_chunk, micro_batch_size=c.micro_batch_size, mesh=self.mesh,
-            )
-        if c.num_iterations > 1:
-            batch["old_logps"] = token_logprobs(
-                self.graphdef, self.state.params, batch["input_ids"], batch["attention_mask"], prompt_len,
-                c.logprob_chunk, micro_batch_size=c.micro_batch_size, mesh=self.mesh,
-            )
-        jax.block_until_ready(batch)
-        reference_s = time.perf_counter() - t2
+        if c.dynamic_sampling:
+            # The step's rows are known only after scoring and refilling: no overlap here.
+            batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
+        batch["advantages"] = advantages.astype(np.float32)
+        if plans is not None:
+            batch = self.train_step.micro_batches(batch, plans, logps)
+        else:
+            batch = {**sharding.shard_batch(batch, self.mesh), **logps[0]}
+        jax.block_until_ready(logps)
+        # What the log-prob passes cost beyond the reward scoring they overlap with.
+        reference_s = dispatch_s + time.perf_counter() - t2
 
         t3 = time.perf_counter()
         for _ in range(c.num_iterations):

@@ -10,6 +10,8 @@
   `IMPORTANCE_SAMPLING` (token, sequence), `delta`, a `policy_mask` (`high_entropy_mask`).
 - `UpdateConfig`, `TrainState`, `create_train_state(params, config, mesh)`,
   `make_train_step(graphdef, config, mesh) -> step(state, batch) -> (state, metrics)`.
+- `BucketedTrainStep(graphdef, config, mesh)`: the same update over length-bucketed
+  micro-batches (rows sorted by length, one compiled program per padded length).
 
 Sharding helpers (mesh, partition rules, rollout copy) live in `openrs_jax.sharding`;
 the optimizer and learning-rate schedule in `openrs_jax.optim`.
@@ -30,6 +32,7 @@ from openrs_jax.grpo.loss import (
 from openrs_jax.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
 from openrs_jax.grpo.update import (
     BATCH_KEYS,
+    BucketedTrainStep,
     TrainState,
     UpdateConfig,
     abstract_train_state,
@@ -38,8 +41,8 @@ from openrs_jax.grpo.update import (
 )
 
 __all__ = [
-    "AGGREGATIONS", "BATCH_KEYS", "DEFAULT_CHUNK", "IMPORTANCE_SAMPLING", "POLICY_LOSSES", "TrainState",
-    "UpdateConfig", "high_entropy_mask",
+    "AGGREGATIONS", "BATCH_KEYS", "BucketedTrainStep", "DEFAULT_CHUNK", "IMPORTANCE_SAMPLING", "POLICY_LOSSES",
+    "TrainState", "UpdateConfig", "high_entropy_mask",
     "abstract_train_state", "aggregation_weights", "chunked_token_logprobs", "completion_logprobs",
     "create_train_state", "group_advantages", "grpo_loss", "make_train_step", "merge_micro_batches",
     "num_micro_batches", "per_token_terms", "reward_std", "split_micro_batches", "token_logprobs",

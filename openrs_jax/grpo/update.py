@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
@@ -42,8 +43,15 @@ from openrs_jax.errors import UserError
 from openrs_jax.grpo.entropy import batch_entropies, high_entropy_mask
 from openrs_jax.grpo.logprobs import DEFAULT_CHUNK, completion_logprobs
 from openrs_jax.grpo.loss import AGGREGATIONS, aggregation_weights, check_loss_options, grpo_loss, token_mean_weights
-from openrs_jax.grpo.microbatch import num_micro_batches, split_micro_batches
-from openrs_jax.sharding import constrain_batch, tree_shardings
+from openrs_jax.grpo.microbatch import (
+    MicroBatch,
+    completion_extent,
+    length_buckets,
+    num_micro_batches,
+    split_micro_batches,
+    take_micro_batch,
+)
+from openrs_jax.sharding import constrain_batch, shard_batch, tree_shardings
 
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps")
 
@@ -61,6 +69,7 @@ class UpdateConfig:
     max_completion_length: int = 3584  # the configured limit (constant_norm uses it)
     logprob_chunk: int = DEFAULT_CHUNK  # sequence positions per output-projection chunk
     logprob_temperature: float = 1.0  # logits divisor; the recipe uses none
+    length_bucket: int = 256  # bucketed micro-batches: completion lengths rounded up to this; 0 = off
     log_entropy: bool = True
     learning_rate: float = 1e-6
     warmup_ratio: float = 0.1
@@ -93,6 +102,8 @@ class UpdateConfig:
             epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
             top_entropy_quantile=self.top_entropy_quantile,
         )
+        if self.length_bucket < 0:
+            raise UserError(f"length_bucket must be >= 0 (0 = no bucketing), got {self.length_bucket}")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any) -> "UpdateConfig":
@@ -157,7 +168,7 @@ def create_train_state(params: Any, config: UpdateConfig, mesh: Mesh) -> TrainSt
     return jax.jit(lambda p: _init_state(p, tx), out_shardings=shardings)(params)
 
 
-def _check_batch(batch: Mapping[str, Any], config: UpdateConfig) -> None:
+def _check_batch(batch: Mapping[str, Any], config: UpdateConfig, has_ref: bool | None = None) -> None:
     unknown = set(batch) - set(BATCH_KEYS)
     missing = {"input_ids", "attention_mask", "completion_mask", "advantages"} - set(batch)
     if unknown or missing:
@@ -168,8 +179,78 @@ def _check_batch(batch: Mapping[str, Any], config: UpdateConfig) -> None:
         raise ValueError(f"completion_mask {batch['completion_mask'].shape} does not fit input_ids {(rows, seq)}")
     if rows % config.num_generations:
         raise ValueError(f"{rows} rows do not split into groups of num_generations={config.num_generations}")
-    if config.beta != 0.0 and batch.get("ref_logps") is None:
+    if has_ref is None:
+        has_ref = batch.get("ref_logps") is not None
+    if config.beta != 0.0 and not has_ref:
         raise ValueError("beta != 0 needs batch['ref_logps'] (compute them with token_logprobs)")
+
+
+def _constrain_like_params(tree: Any, mesh: Mesh | None) -> Any:
+    return tree if mesh is None else jax.lax.with_sharding_constraint(tree, tree_shardings(tree, mesh))
+
+
+def _micro_batch_grad_fn(graphdef: nnx.GraphDef, config: UpdateConfig, mesh: Mesh | None) -> Callable:
+    """`(params, mb) -> ((loss, metrics), grads)` of one micro-batch whose `loss_weights` and
+    `metric_weights` come from the whole batch (its shares of the batch's loss and metrics)."""
+
+    def micro_batch_loss(params: Any, mb: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        model = nnx.merge(graphdef, params)
+        ids, mask = mb["input_ids"], mb["attention_mask"]
+        if mesh is not None:
+            ids, mask = constrain_batch(ids, mesh), constrain_batch(mask, mesh)
+        completion_start = ids.shape[1] - mb["loss_weights"].shape[1]
+        logps, entropy = completion_logprobs(
+            model, ids, mask, completion_start, chunk=config.logprob_chunk,
+            temperature=config.logprob_temperature, with_entropy=config.log_entropy, mesh=mesh,
+        )
+        return grpo_loss(
+            logps, mb.get("old_logps"), mb.get("ref_logps"), mb["advantages"], mb["completion_mask"],
+            loss_weights=mb["loss_weights"], metric_weights=mb["metric_weights"], entropy=entropy,
+            policy_mask=mb.get("entropy_mask"), row_weights=mb.get("row_weights"), **config.loss_options(),
+        )
+
+    return jax.value_and_grad(micro_batch_loss, has_aux=True)
+
+
+def batch_weights(completion_mask: jax.Array, config: UpdateConfig) -> dict[str, jax.Array]:
+    """The float completion mask and the whole batch's loss and metric weights, all [rows, T]."""
+    mask = jnp.asarray(completion_mask).astype(jnp.float32)
+    return {
+        "completion_mask": mask,
+        "loss_weights": aggregation_weights(
+            mask, num_generations=config.num_generations, aggregation=config.loss_aggregation,
+            max_completion_length=config.max_completion_length,
+        ),
+        "metric_weights": token_mean_weights(mask),
+        # Row-mean weights for TRL's `kl` metric (mean over rows of each row's token mean).
+        "row_weights": aggregation_weights(mask, num_generations=config.num_generations, aggregation="seq_mean"),
+    }
+
+
+def _apply_gradients(
+    state: TrainState, grads: Any, loss: jax.Array, metrics: dict[str, jax.Array], num_tokens: jax.Array,
+    config: UpdateConfig, mesh: Mesh | None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One AdamW update from the batch's summed gradient; a non-finite step changes nothing."""
+    tx = config.optimizer()
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+    # A non-finite loss or gradient must not reach the weights or Adam's moments: keep
+    # the old state (the trainer counts such steps and stops after too many in a row).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = _constrain_like_params(new_state, mesh)
+    metrics = {
+        **metrics,
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "learning_rate": config.schedule()(state.step),
+        "num_tokens": num_tokens,
+        "skipped": 1.0 - finite.astype(jnp.float32),
+    }
+    return new_state, metrics
 
 
 def make_train_step(
@@ -184,44 +265,14 @@ def make_train_step(
     (one device).
     """
     config = UpdateConfig.from_config(config)
-    tx = config.optimizer()
-    schedule = config.schedule()
-
-    def constrain(x: jax.Array) -> jax.Array:
-        return x if mesh is None else constrain_batch(x, mesh)
-
-    def constrain_like_params(tree: Any) -> Any:
-        return tree if mesh is None else jax.lax.with_sharding_constraint(tree, tree_shardings(tree, mesh))
-
-    def micro_batch_loss(params: Any, mb: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
-        model = nnx.merge(graphdef, params)
-        ids, mask = constrain(mb["input_ids"]), constrain(mb["attention_mask"])
-        completion_start = ids.shape[1] - mb["loss_weights"].shape[1]
-        logps, entropy = completion_logprobs(
-            model, ids, mask, completion_start, chunk=config.logprob_chunk,
-            temperature=config.logprob_temperature, with_entropy=config.log_entropy, mesh=mesh,
-        )
-        return grpo_loss(
-            logps, mb.get("old_logps"), mb.get("ref_logps"), mb["advantages"], mb["completion_mask"],
-            loss_weights=mb["loss_weights"], metric_weights=mb["metric_weights"], entropy=entropy,
-            policy_mask=mb.get("entropy_mask"), row_weights=mb.get("row_weights"), **config.loss_options(),
-        )
-
-    grad_fn = jax.value_and_grad(micro_batch_loss, has_aux=True)
+    grad_fn = _micro_batch_grad_fn(graphdef, config, mesh)
 
     def step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
         _check_batch(batch, config)
-        mask = batch["completion_mask"].astype(jnp.float32)
         # Normalisers from the whole batch: each micro-batch's loss is its exact share.
         data = {k: v for k, v in batch.items() if v is not None}
-        data["completion_mask"] = mask
-        data["loss_weights"] = aggregation_weights(
-            mask, num_generations=config.num_generations, aggregation=config.loss_aggregation,
-            max_completion_length=config.max_completion_length,
-        )
-        data["metric_weights"] = token_mean_weights(mask)
-        # Row-mean weights for TRL's `kl` metric (mean over rows of each row's token mean).
-        data["row_weights"] = aggregation_weights(mask, num_generations=config.num_generations, aggregation="seq_mean")
+        data.update(batch_weights(batch["completion_mask"], config))
+        mask = data["completion_mask"]
         n = num_micro_batches(mask.shape[0], config.micro_batch_size)
         if config.top_entropy_quantile < 1.0:
             # The entropy threshold is a quantile over the whole batch: one forward pass first.
@@ -237,33 +288,105 @@ def make_train_step(
         else:
             def accumulate(grads_sum: Any, mb: dict[str, Any]) -> tuple[Any, tuple]:
                 (loss, metrics), grads = grad_fn(state.params, mb)
-                return constrain_like_params(jax.tree.map(jnp.add, grads_sum, grads)), (loss, metrics)
+                return _constrain_like_params(jax.tree.map(jnp.add, grads_sum, grads), mesh), (loss, metrics)
 
-            zeros = constrain_like_params(jax.tree.map(jnp.zeros_like, state.params))
+            zeros = _constrain_like_params(jax.tree.map(jnp.zeros_like, state.params), mesh)
             micro = split_micro_batches(data, n)  # [n, micro_batch_size, ...]
             if mesh is not None:
                 micro = jax.tree.map(lambda x: constrain_batch(x, mesh, row_axis=1), micro)
             grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, micro)
             # Micro-batch losses and metrics are shares of the batch's: they add up.
             loss, metrics = losses.sum(), jax.tree.map(lambda x: x.sum(0), metrics)
-
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
-        # A non-finite loss or gradient must not reach the weights or Adam's moments: keep
-        # the old state (the trainer counts such steps and stops after too many in a row).
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        new_state = constrain_like_params(new_state)
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "learning_rate": schedule(state.step),
-            "num_tokens": mask.sum(),
-            "skipped": 1.0 - finite.astype(jnp.float32),
-        }
-        return new_state, metrics
+        return _apply_gradients(state, grads, loss, metrics, mask.sum(), config, mesh)
 
     return jax.jit(step, donate_argnums=(0,))
+
+
+class BucketedTrainStep:
+    """The update over length-bucketed micro-batches: one compiled program per padded length.
+
+        step = BucketedTrainStep(graphdef, config, mesh)
+        plans = step.plan(batch)                          # rows sorted by length, cut into micro-batches
+        micro = step.micro_batches(batch, plans)          # weights from the whole batch, sharded
+        state, metrics = step(state, micro)
+
+    `batch` is the host (numpy) batch of `make_train_step`'s table; `ref_logps`/`old_logps` may
+    be given per micro-batch instead (`micro_batches(..., extra=[{"ref_logps": ...}, ...])`),
+    as the trainer does to compute them bucket by bucket. Each micro-batch's gradient, loss and
+    metric shares are added up on the device (the accumulator is donated), then one program
+    applies AdamW. Because every normaliser comes from the whole batch, the update equals
+    `make_train_step`'s up to float rounding, whatever the order and padding of the rows.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, config: UpdateConfig | Mapping[str, Any], mesh: Mesh | None):
+        self.config = UpdateConfig.from_config(config)
+        if self.config.top_entropy_quantile < 1.0:
+            # Its threshold is a quantile over the whole batch, computed inside make_train_step's program.
+            raise ValueError("top_entropy_quantile < 1 needs the whole batch in one program: use make_train_step")
+        self.mesh = mesh
+        grad_fn = _micro_batch_grad_fn(graphdef, self.config, mesh)
+
+        def accumulate(params: Any, acc: tuple, mb: dict[str, Any]) -> tuple:
+            (loss, metrics), grads = grad_fn(params, mb)
+            grads = _constrain_like_params(jax.tree.map(jnp.add, acc[0], grads), mesh)
+            scalars = {"loss": loss, "num_tokens": mb["completion_mask"].sum(), **metrics}
+            return grads, jax.tree.map(jnp.add, acc[1], scalars)
+
+        def zeros(params: Any, scalars: dict[str, Any]) -> tuple:
+            grads = _constrain_like_params(jax.tree.map(jnp.zeros_like, params), mesh)
+            return grads, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), scalars)
+
+        def apply(state: TrainState, acc: tuple) -> tuple[TrainState, dict[str, jax.Array]]:
+            grads, scalars = acc
+            metrics = dict(scalars)
+            loss, num_tokens = metrics.pop("loss"), metrics.pop("num_tokens")
+            return _apply_gradients(state, grads, loss, metrics, num_tokens, self.config, mesh)
+
+        self._grad_fn = grad_fn
+        self._accumulate = jax.jit(accumulate, donate_argnums=(1,))
+        self._zeros = jax.jit(zeros)
+        self._apply = jax.jit(apply, donate_argnums=(0,))
+
+    def plan(self, batch: Mapping[str, Any]) -> list[MicroBatch]:
+        """Micro-batches of rows of similar length (one micro-batch of all rows when
+        `length_bucket` is 0: then use `make_train_step`)."""
+        t = batch["completion_mask"].shape[1]
+        extent = completion_extent(batch["attention_mask"], batch["completion_mask"])
+        bucket = self.config.length_bucket or t
+        return length_buckets(extent, self.config.micro_batch_size, bucket, t)
+
+    def micro_batches(
+        self, batch: Mapping[str, Any], plans: list[MicroBatch], extra: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Host batch -> sharded micro-batches, with the whole batch's loss and metric weights."""
+        has_ref = batch.get("ref_logps") is not None or bool(extra) and all(
+            e.get("ref_logps") is not None for e in extra
+        )
+        _check_batch(batch, self.config, has_ref)
+        host = dict(batch)
+        # On the host's CPU: no wait behind device work already queued (the reference pass).
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            weights = batch_weights(np.asarray(batch["completion_mask"]), self.config)
+            host.update({k: np.asarray(v) for k, v in weights.items()})
+        out = []
+        for i, plan in enumerate(plans):
+            mb = {k: v for k, v in take_micro_batch(host, plan).items() if v is not None}
+            mb = shard_batch(mb, self.mesh) if self.mesh is not None else jax.tree.map(jnp.asarray, mb)
+            if extra is not None:
+                mb.update({k: v for k, v in extra[i].items() if v is not None})
+            out.append(mb)
+        return out
+
+    def gradients(self, params: Any, micro: list[dict[str, Any]]) -> tuple[Any, dict[str, jax.Array]]:
+        """The batch's summed gradient and loss/metric sums (what `__call__` applies)."""
+        shapes = jax.eval_shape(self._grad_fn, params, micro[0])
+        (loss, metrics), _ = shapes
+        scalars = {"loss": loss, "num_tokens": jax.ShapeDtypeStruct((), jnp.float32), **metrics}
+        acc = self._zeros(params, scalars)
+        for mb in micro:
+            acc = self._accumulate(params, acc, mb)
+        return acc
+
+    def __call__(self, state: TrainState, micro: list[dict[str, Any]]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer update over the micro-batches; the state argument is donated."""
+        return self._apply(state, self.gradients(state.params, micro))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from openrs_jax.model import attention as fused
 from openrs_jax.model.config import Qwen2Config
 
 # A large finite negative instead of -inf: a fully masked (padding) query row then gives a
@@ -167,12 +168,14 @@ def _decoder_layer(
     sin: jax.Array,
     mask: jax.Array,
     keys_values: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
+    attend: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """One pre-norm decoder layer, h: [B, T, D] -> [B, T, D].
 
     `keys_values(k, v)` maps this call's keys/values [B, T, KV, D] to the ones to attend over;
     the cached path uses it to write them into the cache and return the whole cache layer
-    (heads-major, [B, KV, S, D]).
+    (heads-major, [B, KV, S, D]). `attend(q, k, v)`, when given, replaces the masked
+    attention (right-padded full sequences: `model.attention.causal_attention`).
     """
     c = config
     b, t, _ = h.shape
@@ -183,7 +186,8 @@ def _decoder_layer(
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if keys_values is not None:
         k, v = keys_values(k, v)
-    h = h + _linear(attention(q, k, v, mask, kv_heads_major=keys_values is not None), p["o_proj"])
+    out = attend(q, k, v) if attend is not None else attention(q, k, v, mask, kv_heads_major=keys_values is not None)
+    h = h + _linear(out, p["o_proj"])
     x = rms_norm(h, p["post_attn_norm"], c.rms_norm_eps)
     gated = jax.nn.silu(_linear(x, p["gate_proj"])) * _linear(x, p["up_proj"])
     return h + _linear(gated, p["down_proj"])
@@ -219,8 +223,15 @@ class Qwen2ForCausalLM(nnx.Module):
         *,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        seq_lengths: jax.Array | None = None,
+        platform: str | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-normed hidden states [B, T, D] in compute dtype, and the updated cache."""
+        """Final-normed hidden states [B, T, D] in compute dtype, and the updated cache.
+
+        `seq_lengths` [B] (no cache): rows are right-padded, real tokens in the first
+        seq_lengths columns (`attention_mask` is then ignored); attention runs through
+        `model.attention.causal_attention` (cuDNN flash attention when `platform` is "gpu").
+        """
         c = self.config
         dtype = jnp.dtype(c.dtype)
         b, t = input_ids.shape
@@ -228,7 +239,13 @@ class Qwen2ForCausalLM(nnx.Module):
             attention_mask = jnp.ones((b, t), bool)
         attention_mask = attention_mask.astype(bool)
 
-        if cache is None:
+        attend = mask = None
+        if cache is None and seq_lengths is not None:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            attend = lambda q, k, v: fused.causal_attention(q, k, v, seq_lengths, platform)  # noqa: E731
+            kv_mask = write_index = None
+        elif cache is None:
             if positions is None:
                 positions = positions_from_mask(attention_mask)
             causal = jnp.tril(jnp.ones((t, t), bool))
@@ -259,7 +276,7 @@ class Qwen2ForCausalLM(nnx.Module):
                 vs = jax.lax.dynamic_update_slice(vs, v, (i, 0, 0, write_index, 0))
                 return ks[i].astype(dtype), vs[i].astype(dtype)
 
-            h = _decoder_layer(c, h, p, cos, sin, mask, None if ks is None else write_and_read_cache)
+            h = _decoder_layer(c, h, p, cos, sin, mask, None if ks is None else write_and_read_cache, attend=attend)
             return (h, ks, vs), None
 
         if c.remat != "none":
