@@ -3,12 +3,13 @@
 `configs/tiny.py` names them as `builtin:tiny` (model and tokenizer) and `builtin:sums`
 (dataset); every other path is loaded as usual. The tokenizer has one token per answer
 (`\\boxed{0}` ... `\\boxed{9}`), so a random policy sometimes answers right and GRPO has a
-signal to learn from within minutes on a CPU.
+signal to learn from within minutes on a CPU; `stop_reward` teaches it to stop after the answer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -39,6 +40,25 @@ def is_builtin_model(path: str) -> bool:
     return path == "builtin:tiny"
 
 
+BOXED_DIGITS = re.compile(r"\\boxed\{(\d+)\}")
+
+
+def stop_reward(completions: list[str], solutions: list[str]) -> list[float]:
+    """1.0 where the completion is exactly the gold's answer token, so it stopped after it; else 0.0.
+
+    The accuracy reward alone pays "\\boxed{3}7" as much as "\\boxed{3}<eos>": nothing taught the
+    demo policy to stop, and almost every completion ran to max_completion_length. Only <eos> is
+    skipped when completions are decoded, so the text is the answer alone only when EOS followed
+    it. Right answers only: paying any answer that stops drives the policy to one answer for
+    every prompt. `configs/tiny.py` adds it as the custom reward `openrs_jax.toy:stop_reward`.
+    """
+    rewards = []
+    for completion, solution in zip(completions, solutions):
+        gold = BOXED_DIGITS.search(solution)
+        rewards.append(1.0 if gold is not None and completion == f"\\boxed{{{gold.group(1)}}}" else 0.0)
+    return rewards
+
+
 def write_assets(root: Path = ASSETS) -> None:
     """Regenerates the shipped files (run once; they are committed)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -47,8 +67,11 @@ def write_assets(root: Path = ASSETS) -> None:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in ADDED_TOKENS])
+    # Only EOS is special (skipped when completions are decoded): <pad> or <bos> sampled after an
+    # answer stays visible, so a completion whose text is exactly the answer stopped at EOS.
+    tok.add_special_tokens([AddedToken("<eos>", normalized=False, special=True)])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in SPECIAL_TOKENS + ADDED_TOKENS
+                    if t != "<eos>"])
     tiny = root / "tiny"
     tiny.mkdir(parents=True, exist_ok=True)
     tok.save(str(tiny / "tokenizer.json"))
