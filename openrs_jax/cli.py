@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
@@ -26,6 +27,16 @@ def setup_logging(fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
     """INFO lines of openrs_jax on stderr, library chatter hidden."""
     logging.basicConfig(level=logging.INFO, format=fmt)
     quiet_library_logs()
+
+
+def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argparse.Action) -> None:
+    """Lets `alias` (an older spelling, e.g. `--num-completions`) set the same value as `action`
+    without listing it in --help, so commands written with it keep working."""
+    kwargs = {"dest": action.dest, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+    if action.nargs == 0:  # store_true / store_false
+        parser.add_argument(alias, action="store_const", const=action.const, **kwargs)
+    else:
+        parser.add_argument(alias, type=action.type, choices=action.choices, nargs=action.nargs, **kwargs)
 
 
 def exit_on_user_error(main: F) -> F:

@@ -319,10 +319,14 @@ def check_known_keys(config: ml_collections.ConfigDict, where: str) -> None:
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Checks values before any long work starts; raises `UserError` naming the key and the fix."""
+    from openrs_jax import toy
     from openrs_jax.rewards import REWARD_FUNCTIONS
     from openrs_jax.rewards.registry import get_spec
 
     c = config
+    toy.check_name(c.model_path, "--config.model_path", "model")
+    toy.check_name(c.tokenizer_path, "--config.tokenizer_path", "model")
+    toy.check_name(c.dataset_name, "--config.dataset_name", "dataset")
     if c.num_generations < 2:
         raise UserError(f"num_generations={c.num_generations}: GRPO needs at least 2 completions per prompt")
     if c.prompts_per_step < 1:

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="pass@1 on AIME24, AMC23, MATH-500, Minerva and OlympiadBench (and AIME25), scored as the paper.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="Hugging Face model directory or openrs-jax checkpoint to sample from")
+    src.add_argument("--model", help="Hugging Face model directory, openrs-jax checkpoint or builtin:tiny to sample from")
     src.add_argument("--completions", metavar="FILE.jsonl",
                      help='score completions made elsewhere: lines {"task", "index", "completion"}; no model')
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
@@ -99,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer=tokenizer, progress=not args.no_progress,
         )
     else:
+        from openrs_jax import toy
+
+        toy.check_name(args.model, "--model", "model")
+        toy.check_name(args.tokenizer or "", "--tokenizer", "model")
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         if not tokenizer.has_chat_template:
             raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")

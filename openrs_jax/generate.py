@@ -116,7 +116,7 @@ def find_tokenizer(path: str | Path | None, model_dir: Path) -> Any:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m openrs_jax.generate", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="Hugging Face model directory or openrs-jax checkpoint")
+    p.add_argument("--model", required=True, help="Hugging Face model directory, openrs-jax checkpoint, or builtin:tiny")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory, if it has one)")
     p.add_argument("--prompts", required=True, help='JSONL file: {"prompt_ids": [...]} or {"prompt": "text"} per line')
     p.add_argument("--out", required=True, help="JSONL file to write, one line per (prompt, sample)")
@@ -149,7 +149,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from openrs_jax.model import from_pretrained
     from openrs_jax.sampling import Sampler, SamplingParams
 
-    model_dir = Path(args.model).expanduser()
+    from openrs_jax import toy
+
+    toy.check_name(args.model, "--model", "model")
+    toy.check_name(args.tokenizer or "", "--tokenizer", "model")
+    model_dir = Path(toy.resolve(args.model)).expanduser()
     if not model_dir.exists():
         raise UserError(f"model path {model_dir} does not exist")
     defaults = model_defaults(model_dir)
@@ -158,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
 
     dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
-    model = from_pretrained(model_dir, dtype=dtype, param_dtype=dtype)
+    model = from_pretrained(args.model, dtype=dtype, param_dtype=dtype)
     sampling = SamplingParams(
         temperature=defaults["temperature"] if args.temperature is None else args.temperature,
         top_p=defaults["top_p"] if args.top_p is None else args.top_p,

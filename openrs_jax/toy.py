@@ -12,9 +12,17 @@ import json
 import re
 from pathlib import Path
 
+from openrs_jax.errors import UserError
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUILTIN_PREFIX = "builtin:"
-BUILTINS = {"builtin:tiny": ASSETS / "tiny", "builtin:sums": ASSETS / "sums.jsonl"}
+# One naming scheme for everything that ships with the package, taken by every command (train,
+# generate, evaluate, curate, bench): a model (with its tokenizer) and a dataset.
+BUILTIN_MODELS = {"builtin:tiny": ASSETS / "tiny"}
+BUILTIN_DATASETS = {"builtin:sums": ASSETS / "sums.jsonl"}
+BUILTINS = {**BUILTIN_MODELS, **BUILTIN_DATASETS}
+# Benchmark-only model shapes (random weights, no tokenizer): `python -m openrs_jax.bench` alone.
+BENCH_PRESET_PREFIX = "preset:"
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 ADDED_TOKENS = ("<User>", "<Assistant>", "<think>\n", "\n</think>\n") + tuple(f"\\boxed{{{d}}}" for d in range(10))
@@ -32,12 +40,32 @@ def resolve(name: str) -> str:
     if not name.startswith(BUILTIN_PREFIX):
         return name
     if name not in BUILTINS:
-        raise KeyError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
+        raise UserError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
     return str(BUILTINS[name])
 
 
 def is_builtin_model(path: str) -> bool:
-    return path == "builtin:tiny"
+    return str(path) in BUILTIN_MODELS
+
+
+def check_name(value: str, flag: str, kind: str) -> str:
+    """Refuses a built-in or preset name that `flag` cannot take; returns `value` unchanged.
+
+    kind: "model" (also tokenizers: a built-in model ships its tokenizer) or "dataset". The
+    error names `flag` as the user typed it (e.g. `--model`, `--config.dataset_name`).
+    """
+    names = BUILTIN_DATASETS if kind == "dataset" else BUILTIN_MODELS
+    text = str(value)
+    if text.startswith(BENCH_PRESET_PREFIX) and kind == "model":
+        raise UserError(
+            f"{flag}={text}: preset: names are model shapes for `python -m openrs_jax.bench` only (random "
+            f"weights, no tokenizer); give a model directory, or {', '.join(names)} for the built-in demo model"
+        )
+    if text.startswith(BUILTIN_PREFIX) and text not in names:
+        other = "dataset" if kind == "model" else "model"
+        what = f"a built-in {other}, not a {kind}" if text in BUILTINS else "not a built-in"
+        raise UserError(f"{flag}={text}: {what}; built-in {kind}s: {', '.join(names)}")
+    return value
 
 
 BOXED_DIGITS = re.compile(r"\\boxed\{(\d+)\}")
