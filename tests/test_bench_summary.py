@@ -1,4 +1,4 @@
-"""`python -m openrs_jax.bench` prints a short summary; every field stays in the --out JSON."""
+"""`python -m openrs_jax.bench`: a short summary on the console (every field in --out), consistent flags."""
 
 from __future__ import annotations
 
@@ -75,3 +75,25 @@ def test_bench_command_prints_the_summary_and_writes_the_json(tmp_path, capsys):
     assert lines[0].startswith("update on ") and lines[-1] == f"all figures: {out}"
     assert any(line.startswith("4 rows of 8 + 8 tokens: update ") for line in lines)
     assert len(lines) < 10 and not any(line.lstrip().startswith(("{", '"')) for line in lines)
+
+
+def test_bench_flags_use_underscores_and_keep_the_old_spellings_hidden():
+    import argparse
+
+    from openrs_jax.bench import memory
+    from openrs_jax.rewards import bench_rewards
+
+    p = argparse.ArgumentParser()
+    bench_rewards.add_arguments(p)
+    new = p.parse_args(["--num_completions", "8", "--num_workers", "1", "--reward_funcs", "accuracy", "--no_baseline"])
+    old = p.parse_args(["--num-completions", "8", "--num-workers", "1", "--reward-funcs", "accuracy", "--no-baseline"])
+    assert vars(new) == vars(old) and new.num_completions == 8 and new.no_baseline
+    assert p.parse_args([]).num_completions == 1000 and not p.parse_args([]).no_baseline
+    helptext = p.format_help()
+    assert "--num_completions" in helptext and "--num-completions" not in helptext and "--no-baseline" not in helptext
+
+    p = argparse.ArgumentParser()
+    memory.add_arguments(p)
+    assert p.parse_args(["--config", "c.py", "--model", "m"]).model_config == "m"
+    assert p.parse_args(["--config", "c.py", "--model_config", "m"]).model_config == "m"
+    assert "--model_config" not in p.format_help()

@@ -124,6 +124,10 @@ def test_tiny_config_learns(tmp_path, seed):
     first, last = np.mean(accuracy[:20]), np.mean(accuracy[-20:])
     print(f"seed {seed}: accuracy {first:.3f} (first 20 steps) -> {last:.3f} (last 20)")
     assert last - first >= 0.2
+    # And it learns to stop after the answer (openrs_jax.toy.stop_reward): rows without EOS
+    # stayed at 0.9-0.98 with the accuracy reward alone; now 0.95 -> 0.13 (seed 0), 0.45 (seed 1).
+    truncated = [m["truncated_fraction"] for m in read_metrics(tmp_path / "run")]
+    assert np.mean(truncated[-20:]) <= np.mean(truncated[:20]) - 0.3
 
 
 def test_periodic_evaluation_is_logged(tmp_path):
