@@ -37,7 +37,7 @@ RESULTS=${1:-bench/results/$(date -u +%Y-%m-%d)-${device}}
 mkdir -p "$RESULTS"
 
 if [[ "${SMALL:-0}" == 1 ]]; then
-  MODEL="preset:tiny"
+  MODEL="builtin:tiny"
   CONFIG="$RESULTS/small_config.py"
   cat > "$CONFIG" <<'EOF'
 """Exp2's settings at tiny shapes: a check of bench/gpu_exp2.sh on a CPU."""

@@ -1,8 +1,10 @@
-"""Shared command-line plumbing: one-line errors instead of tracebacks."""
+"""Shared command-line plumbing: one-line errors instead of tracebacks, quiet library logs."""
 
 from __future__ import annotations
 
+import argparse
 import functools
+import logging
 import sys
 from typing import Callable, TypeVar
 
@@ -10,12 +12,40 @@ from openrs_jax.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., object])
 
+# Libraries whose INFO lines are noise to a user: JAX's backend probing ("Unable to initialize
+# backend 'tpu'" on every CPU or GPU machine without libtpu), absl, orbax's checkpoint chatter.
+QUIET_LOGGERS = ("absl", "jax._src", "orbax")
+
+
+def quiet_library_logs() -> None:
+    """Shows only warnings and errors of `QUIET_LOGGERS`, whatever level the command logs at."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def setup_logging(fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """INFO lines of openrs_jax on stderr, library chatter hidden."""
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    quiet_library_logs()
+
+
+def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argparse.Action) -> None:
+    """Lets `alias` (an older spelling, e.g. `--num-completions`) set the same value as `action`
+    without listing it in --help, so commands written with it keep working."""
+    kwargs = {"dest": action.dest, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+    if action.nargs == 0:  # store_true / store_false
+        parser.add_argument(alias, action="store_const", const=action.const, **kwargs)
+    else:
+        parser.add_argument(alias, type=action.type, choices=action.choices, nargs=action.nargs, **kwargs)
+
 
 def exit_on_user_error(main: F) -> F:
-    """Wraps a CLI entry point: a `UserError` prints `error: ...` and exits with status 2."""
+    """Wraps a CLI entry point: library logs are quieted (`quiet_library_logs`) and a `UserError`
+    prints `error: ...` and exits with status 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        quiet_library_logs()
         try:
             return main(*args, **kwargs)
         except UserError as e:

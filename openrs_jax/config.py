@@ -8,8 +8,13 @@ misspelt key in a file or an override is an error that names it and suggests the
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
+import inspect
+import io
+import re
+import tokenize
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,93 +35,94 @@ ENGLISH_ONLY = " Note that respond by English, NOT use other languages."
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """All keys with their defaults (the recipe's values where it has one)."""
+    """All keys with their defaults (the recipe's values where it has one).
+
+    The comment that ends each key's line is its meaning: `describe_keys()` reads it for
+    `python -m openrs_jax.train --show_config` and the README's key table.
+    """
     c = ml_collections.ConfigDict()
     # Model and data.
-    c.model_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
-    c.tokenizer_path = ""  # empty: same as model_path
-    c.dataset_name = "knoveleng/open-rs"
-    c.dataset_split = "train"
-    c.system_prompt = SYSTEM_PROMPT
-    c.max_prompt_length = 512
+    c.model_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # Hugging Face directory, training run RUN or RUN/checkpoints/N, openrs-jax checkpoint, Hub name, or builtin:tiny
+    c.tokenizer_path = ""  # tokenizer directory (or builtin:tiny); empty: the model's
+    c.dataset_name = "knoveleng/open-rs"  # Hub name, local JSON/JSONL/parquet file or folder, or builtin:sums; rows need problem and solution or answer
+    c.dataset_split = "train"  # split of a Hub dataset or of a local folder
+    c.system_prompt = SYSTEM_PROMPT  # system message before each problem (the recipe's asks for think and answer tags and a boxed answer); empty: none
+    c.max_prompt_length = 512  # prompts longer than this many tokens are dropped and counted
     # How the original run fed the model (docs/paper-exact.md); configs/exp1-3.py set the paper's.
-    c.prompt_order = "numpy"  # numpy: seeded shuffle of the kept prompts; trl: TRL's torch.randperm blocks
-    c.long_prompts = "drop"  # drop | truncate_left (sample from the full prompt, loss on its last tokens)
-    c.rollout_bos = "single"  # single | double (rollouts start with two BOS tokens, as vLLM's did)
+    c.prompt_order = "numpy"  # prompt order: numpy (seeded shuffle of the kept prompts) or trl (TRL's torch.randperm blocks over the whole dataset)
+    c.long_prompts = "drop"  # prompts over max_prompt_length: drop, or truncate_left (sample from the full prompt, loss on its last tokens)
+    c.rollout_bos = "single"  # single, or double (rollouts start with two BOS tokens, as the original's vLLM did)
     c.rollout_max_model_length = 0  # > 0: prompt + completion capped as vLLM's max_model_len (0: off)
     # Rewards (docs/recipe.md section Rewards). Weights pair with reward_funcs in order.
-    c.reward_funcs = ("format", "accuracy")
-    c.reward_weights = (1.0, 2.0)
-    c.cosine_min_value_wrong = 0.0
-    c.cosine_max_value_wrong = -0.5
-    c.cosine_min_value_correct = 0.5
-    c.cosine_max_value_correct = 1.0
-    c.cosine_max_len = 1000
-    c.repetition_ngram_size = 3
-    c.repetition_max_penalty = -1.0
-    c.reward_num_workers = 2
-    c.reward_timeout_s = 10.0
+    c.reward_funcs = ("format", "accuracy")  # reward functions (accuracy, format, tag_count, cosine, reasoning_steps, length, repetition_penalty) or custom 'package.module:function'
+    c.reward_weights = (1.0, 2.0)  # one weight per reward function: the reward is their weighted sum
+    c.cosine_min_value_wrong = 0.0  # cosine reward of a wrong answer at length 0
+    c.cosine_max_value_wrong = -0.5  # cosine reward of a wrong answer at cosine_max_len characters
+    c.cosine_min_value_correct = 0.5  # cosine reward of a right answer at cosine_max_len characters
+    c.cosine_max_value_correct = 1.0  # cosine reward of a right answer at length 0
+    c.cosine_max_len = 1000  # cosine reward: the length (characters) its cosine schedule spans
+    c.repetition_ngram_size = 3  # repetition_penalty: words per n-gram
+    c.repetition_max_penalty = -1.0  # repetition_penalty: the penalty when every n-gram repeats (<= 0)
+    c.reward_num_workers = 2  # worker processes that score completions
+    c.reward_timeout_s = 10.0  # a completion whose scoring takes longer scores 0 (counted as rewards/timeouts)
     # Rollouts (docs/recipe.md section Rollouts).
-    c.num_generations = 6
-    c.prompts_per_step = 12
-    c.max_completion_length = 3584
-    c.temperature = 0.7
-    c.top_p = 1.0
-    c.top_k = 0
+    c.num_generations = 6  # completions per prompt (the GRPO group), >= 2
+    c.prompts_per_step = 12  # prompts per optimizer step
+    c.max_completion_length = 3584  # tokens per completion at most; rows without EOS by then count as truncated
+    c.temperature = 0.7  # sampling temperature (0: greedy)
+    c.top_p = 1.0  # nucleus sampling: smallest set of tokens with this much probability (1.0: off)
+    c.top_k = 0  # sample among the k most likely tokens (0: off)
     # Update (docs/recipe.md section GRPO update).
-    c.micro_batch_size = 6
-    c.learning_rate = 1e-6
-    c.warmup_ratio = 0.1
-    c.min_lr_rate = 0.1
-    c.max_steps = 500
-    c.beta = 0.04
-    c.epsilon_low = 0.2
-    c.epsilon_high = 0.2
-    c.num_iterations = 1
-    c.loss_aggregation = "group_token_mean"
-    # "group" (the recipe), "batch" or "none"; True/False still mean group/none.
-    c.scale_rewards = ml_collections.FieldReference("group", field_type=object)
-    c.max_grad_norm = 1.0
-    c.weight_decay = 0.0
-    c.logprob_chunk = 256
-    # Length-bucketed micro-batches: rows sorted by length, each micro-batch padded to its own
-    # longest completion rounded up to this many tokens (one compiled program per length); 0 = off.
-    c.length_bucket = 256
+    c.micro_batch_size = 6  # rows per gradient-accumulation step; divides prompts_per_step x num_generations
+    c.learning_rate = 1e-6  # peak AdamW learning rate
+    c.warmup_ratio = 0.1  # fraction of max_steps of linear warmup
+    c.min_lr_rate = 0.1  # the cosine schedule ends at learning_rate x this (1.0: constant)
+    c.max_steps = 500  # optimizer steps of the run
+    c.beta = 0.04  # KL penalty weight against the initial model (0: no reference pass)
+    c.epsilon_low = 0.2  # PPO clip below: ratio >= 1 - epsilon_low
+    c.epsilon_high = 0.2  # PPO clip above: ratio <= 1 + epsilon_high
+    c.num_iterations = 1  # updates per rollout batch (> 1 also computes old log-probs)
+    c.loss_aggregation = "group_token_mean"  # how token losses are averaged: group_token_mean, seq_mean, token_mean (DAPO), constant_norm (Dr. GRPO)
+    c.scale_rewards = ml_collections.FieldReference("group", field_type=object)  # advantages divided by the group's reward std (group, the recipe), the whole step's (batch) or nothing (none); True/False mean group/none
+    c.max_grad_norm = 1.0  # gradient clipping by global norm
+    c.weight_decay = 0.0  # AdamW weight decay
+    c.logprob_chunk = 256  # completion tokens per chunk of the log-prob pass (bounds the [rows, chunk, vocab] logits)
+    c.length_bucket = 256  # rows sorted by length, each micro-batch padded to its longest completion rounded up to this (one program per length); 0: off
     # Numerics and placement.
-    c.compute_dtype = "bfloat16"
-    c.param_dtype = "float32"
-    c.remat = "full"
-    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # -1: all remaining devices
+    c.compute_dtype = "bfloat16"  # dtype of the forward and backward passes and of rollouts
+    c.param_dtype = "float32"  # dtype of the master weights and optimizer state
+    c.remat = "full"  # activation recomputation in the backward pass: full, dots (keep matmul outputs) or none
+    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # device mesh axes (data, fsdp, tensor); -1: all remaining devices
     # Multi-process jobs (README "Several machines"): empty/0/-1 read JAX_COORDINATOR_ADDRESS,
     # JAX_NUM_PROCESSES, JAX_PROCESS_ID, else SLURM / Open MPI; none of them: one process.
-    c.coordinator_address = ""  # host:port of process 0, the same for every process
-    c.num_processes = 0
-    c.process_id = -1
+    c.coordinator_address = ""  # host:port of process 0, the same for every process; empty: from the environment
+    c.num_processes = 0  # processes in the job; 0: from the environment
+    c.process_id = -1  # this process's rank; -1: from the environment
     c.heartbeat_timeout_s = 100  # a silent peer is declared dead (and this process ends) after this
     c.init_timeout_s = 300  # how long processes wait for each other at start
     # Run control and outputs.
-    c.seed = 42
-    c.output_dir = "runs/openrs"
-    c.resume = False
-    c.save_steps = 50
-    c.keep_checkpoints = 3
+    c.seed = 42  # seed of sampling, data order and built-in random weights
+    c.output_dir = "runs/openrs"  # where checkpoints, logs and exports go
+    c.resume = False  # continue the latest checkpoint in output_dir (an output_dir with a run is refused otherwise)
+    c.save_steps = 50  # checkpoint every this many steps (and at the end and on Ctrl-C/SIGTERM)
+    c.keep_checkpoints = 3  # checkpoints kept (the oldest are deleted)
     c.export_steps = ()  # steps at which to also write output_dir/hf-step-<n>
-    c.export_dtype = "bfloat16"
-    c.log_completions = 4  # sample completions per step written to completions.jsonl
-    c.tensorboard = True
+    c.export_dtype = "bfloat16"  # dtype of the Hugging Face exports
+    c.log_completions = 4  # sample completions per step written to completions.jsonl (0: none)
+    c.tensorboard = True  # also write metrics as TensorBoard events to output_dir/tensorboard
     c.max_bad_steps = 3  # consecutive non-finite steps before the run stops
     # Periodic evaluation (0 = off).
-    c.eval_every = 0
-    c.eval_tasks = ("aime24",)
-    c.eval_data_dir = ""
-    c.eval_num_samples = 1
-    c.eval_max_new_tokens = 3584
-    c.eval_limit = 0  # 0: every problem of the task
+    c.eval_every = 0  # evaluate every this many steps (0: never)
+    c.eval_tasks = ("aime24",)  # benchmarks to evaluate (as python -m openrs_jax.evaluate --tasks)
+    c.eval_data_dir = ""  # folder with the benchmark files; empty: the Hugging Face Hub
+    c.eval_num_samples = 1  # completions per problem
+    c.eval_max_new_tokens = 3584  # tokens per evaluation completion at most
+    c.eval_limit = 0  # problems per task (0: every problem of the task)
     # GRPO variants (docs/grpo-variants.md: formulas and sources); the defaults are the recipe's GRPO.
-    c.policy_loss = "clip"  # "clip" (PPO-style clipped objective) or "cispo" (MiniMax-M1)
-    c.importance_sampling = "token"  # "token" or "sequence" (GSPO: one ratio per completion)
+    c.policy_loss = "clip"  # clip (PPO-style clipped objective) or cispo (MiniMax-M1)
+    c.importance_sampling = "token"  # token, or sequence (GSPO: one ratio per completion)
     c.delta = 0.0  # two-sided clipping (INTELLECT-2): ratio cap for negative advantages, > 1 + epsilon_high; 0: off
-    c.top_entropy_quantile = 1.0  # fraction of highest-entropy tokens that keep the policy loss (0.2 in the paper)
+    c.top_entropy_quantile = 1.0  # fraction of highest-entropy tokens that keep the policy loss (0.2 in the paper; 1.0: all)
     c.mask_truncated_completions = False  # DAPO: completions without EOS get no loss tokens
     c.soft_overlong_max_len = 0  # soft_overlong reward: L_max in tokens; 0: max_completion_length
     c.soft_overlong_cache_len = 512  # soft_overlong reward: the punishment ramps over the last this many tokens
@@ -124,9 +130,122 @@ def base_config() -> ml_collections.ConfigDict:
     c.dynamic_sampling_max_rounds = 4  # extra rollout rounds per step at most (then equal-reward groups fill up)
     c.ref_sync_steps = 0  # > 0: every this many steps the reference becomes a mix with the policy (TR-DPO)
     c.ref_mixup_alpha = 0.6  # reference <- alpha * policy + (1 - alpha) * reference
-    c.report_to = ("tensorboard",)  # metric sinks: "tensorboard", "wandb" (pip install wandb)
-    c.wandb_project = "openrs-jax"
+    c.report_to = ("tensorboard",)  # metric sinks: tensorboard, wandb (pip install 'openrs-jax[wandb]')
+    c.wandb_project = "openrs-jax"  # Weights & Biases project of the run (with report_to wandb)
     return c
+
+
+def describe_keys(config: ml_collections.ConfigDict | None = None) -> list[KeyInfo]:
+    """Every key of `base_config()` in declaration order, with its section, default, its value in
+    `config` (default: the defaults) and its meaning (the comment on its line in `base_config`)."""
+    defaults = base_config()
+    config = defaults if config is None else config
+    declared = _declarations()
+    order = [k for k in declared if k in defaults] + [k for k in defaults.keys() if k not in declared]
+    return [
+        KeyInfo(key, *declared.get(key, ("", "")), default=defaults[key], value=config[key])
+        for key in order
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    """One config key: its name, section, one-line meaning, default and current value."""
+
+    key: str
+    section: str
+    meaning: str
+    default: Any
+    value: Any
+
+
+def _declarations() -> dict[str, tuple[str, str]]:
+    """key -> (section, meaning), in the order of `base_config`'s source: a meaning is the comment
+    that ends the key's `c.<key> = ...` line, a section the first line of a comment block."""
+    try:
+        source = inspect.getsource(base_config)
+    except (OSError, TypeError):  # no source shipped: keys without meanings
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    section, key, block = "", None, False
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT and tok.line.strip().startswith("#"):
+            if not block:  # a block's first line names the section: "Rewards (...). More." -> "Rewards"
+                section = re.split(r" \(|[.:]( |$)", tok.string.lstrip("#").strip(), maxsplit=1)[0]
+            block = True
+            continue
+        block = block and tok.type == tokenize.NL
+        if tok.type == tokenize.NAME and tok.string == "c" and key is None:
+            match = re.match(r"c\.(\w+)\s*=", tok.line.strip())
+            key = match.group(1) if match else None
+        elif tok.type == tokenize.COMMENT and key:
+            found[key] = (section, tok.string.lstrip("#").strip())
+            key = None
+        elif tok.type == tokenize.NEWLINE:
+            if key:
+                found[key] = (section, "")
+            key = None
+    return found
+
+
+def _short(value: Any, width: int = 48) -> str:
+    """A value as a reader types it on the command line, cut to `width` characters."""
+    if isinstance(value, ml_collections.ConfigDict):
+        text = ",".join(f"{k}={v}" for k, v in value.items())
+    elif isinstance(value, (tuple, list)):
+        text = ",".join(str(v) for v in value) if value else "()"
+    elif isinstance(value, str):
+        text = repr(value) if not value or value != value.strip() else value
+    else:
+        text = str(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_keys(config: ml_collections.ConfigDict | None = None) -> str:
+    """Every key as `key = value  # meaning`, by section, marking values that differ from the default."""
+    rows = describe_keys(config)
+    width = max(len(f"{r.key} = {_short(r.value)}") for r in rows)
+    lines, section = [], None
+    for r in rows:
+        if r.section != section:
+            section = r.section
+            lines.append(f"{'' if not lines else chr(10)}# {section or 'Other'}")
+        left = f"{r.key} = {_short(r.value)}"
+        changed = "" if r.value == r.default else f" [default: {_short(r.default)}]"
+        lines.append(f"{left:<{width}}  # {r.meaning}{changed}")
+    return "\n".join(lines)
+
+
+README_TABLE_START = "<!-- config keys: generated by python -m openrs_jax.config --write_readme -->"
+README_TABLE_END = "<!-- end of config keys -->"
+
+
+def markdown_table() -> str:
+    """The README's key table: every key, its default and meaning, by section, from `base_config()`."""
+    lines, section = ["| key | default | meaning |", "|---|---|---|"], None
+    for r in describe_keys():
+        if r.section != section:
+            section = r.section
+            lines.append(f"| **{section or 'Other'}** | | |")
+        default = _short(r.default).replace("|", "\\|")
+        meaning = r.meaning.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| `{r.key}` | `{default}` | {meaning} |")
+    return "\n".join(lines)
+
+
+def write_readme_table(readme: str | Path) -> bool:
+    """Replaces the table between the README's markers by `markdown_table()`; returns whether it changed."""
+    path = Path(readme)
+    text = path.read_text()
+    if README_TABLE_START not in text or README_TABLE_END not in text:
+        raise UserError(f"{path} has no config key table markers ({README_TABLE_START} ... {README_TABLE_END})")
+    head, rest = text.split(README_TABLE_START, 1)
+    _, tail = rest.split(README_TABLE_END, 1)
+    new = f"{head}{README_TABLE_START}\n{markdown_table()}\n{README_TABLE_END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
@@ -220,10 +339,14 @@ def check_known_keys(config: ml_collections.ConfigDict, where: str) -> None:
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Checks values before any long work starts; raises `UserError` naming the key and the fix."""
+    from openrs_jax import toy
     from openrs_jax.rewards import REWARD_FUNCTIONS
     from openrs_jax.rewards.registry import get_spec
 
     c = config
+    toy.check_name(c.model_path, "--config.model_path", "model")
+    toy.check_name(c.tokenizer_path, "--config.tokenizer_path", "model")
+    toy.check_name(c.dataset_name, "--config.dataset_name", "dataset")
     if c.num_generations < 2:
         raise UserError(f"num_generations={c.num_generations}: GRPO needs at least 2 completions per prompt")
     if c.prompts_per_step < 1:
@@ -331,3 +454,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collectio
             config.tokenizer_path = config.model_path
     config.lock()
     return config
+
+
+if __name__ == "__main__":
+    # python -m openrs_jax.config --write_readme [README.md]: regenerates the README's key table.
+    import sys
+
+    args = sys.argv[1:]
+    if not args or args[0] != "--write_readme":
+        sys.exit("usage: python -m openrs_jax.config --write_readme [README.md]")
+    target = args[1] if len(args) > 1 else "README.md"
+    print(f"{target}: {'updated' if write_readme_table(target) else 'already up to date'}")

@@ -115,8 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer=tokenizer, progress=not args.no_progress,
         )
     else:
+        from openrs_jax import toy
         from openrs_jax.model.sources import describe, tokenizer_dir
 
+        toy.check_name(args.model, "--model", "model")
+        toy.check_name(args.tokenizer or "", "--tokenizer", "model")
         tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model) or args.model)
         if not tokenizer.has_chat_template:
             raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")

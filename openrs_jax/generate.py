@@ -143,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from openrs_jax.model import from_pretrained
     from openrs_jax.sampling import Sampler, SamplingParams
 
+    from openrs_jax import toy
+
+    toy.check_name(args.model, "--model", "model")
+    toy.check_name(args.tokenizer or "", "--tokenizer", "model")
     model_dir = args.model
     defaults = model_defaults(model_dir)
     tokenizer = find_tokenizer(args.tokenizer, model_dir)

@@ -140,6 +140,22 @@ class RunLog:
             self._wandb = None
 
 
+def outputs_summary(output_dir: str | Path, step: int, exported: str | Path | None = None,
+                    tensorboard: bool = False) -> str:
+    """The lines a finished (or stopped) run prints: where its outputs are and how to look at them."""
+    out = Path(output_dir)
+    lines = [f"run outputs in {out} (step {step}):"]
+    if exported is not None:
+        lines.append(f"  Hugging Face model: {exported}")
+    lines.append(f"  checkpoints:        {out / 'checkpoints'}")
+    lines.append(f"  metrics:            {out / METRICS_FILE} (plot: python -m openrs_jax.plot {out})")
+    if (out / COMPLETIONS_FILE).is_file():
+        lines.append(f"  sample completions: {out / COMPLETIONS_FILE}")
+    if tensorboard:
+        lines.append(f"  TensorBoard:        tensorboard --logdir {out / 'tensorboard'}")
+    return "\n".join(lines)
+
+
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
     """All records of a run's metrics.jsonl."""
     path = Path(output_dir) / METRICS_FILE

@@ -2,39 +2,62 @@
 
 Every key of the config can be overridden on the command line, e.g.
 `--config.model_path=/models/r1-1.5b --config.learning_rate=2e-6 --config.resume=True`.
+`--show_config` lists every key with its value, default and meaning, and exits.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from openrs_jax.cli import exit_on_user_error
+from openrs_jax.cli import exit_on_user_error, setup_logging
 from openrs_jax.errors import UserError
 
 
-def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     """Splits argv into the config path and its `key=value` overrides."""
-    parser = argparse.ArgumentParser(prog="python -m openrs_jax.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="config file with get_config(), e.g. configs/exp2.py")
+    path, overrides, _ = parse_command(argv)
+    return path, overrides
+
+
+def parse_command(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    """Splits argv into the config path, its `key=value` overrides and whether to show the config."""
+    parser = argparse.ArgumentParser(
+        prog="python -m openrs_jax.train", description=__doc__.splitlines()[0],
+        epilog="--config.KEY=VALUE overrides any key; --show_config lists them all (with --config: "
+        "that config's values).",
+    )
+    parser.add_argument("--config", help="config file with get_config(), e.g. configs/exp2.py")
+    parser.add_argument("--show_config", action="store_true",
+                        help="print every config key with its value, default and meaning, then exit")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
         if not item.startswith("--config."):
             raise UserError(f"unknown argument {item!r}; overrides look like --config.key=value")
         overrides.append(item[len("--config."):])
-    return args.config, overrides
+    if args.config is None and not args.show_config:
+        raise UserError("--config is required, e.g. --config configs/tiny.py (--show_config lists every key)")
+    return args.config, overrides, args.show_config
+
+
+def show_config(path: str | None, overrides: list[str]) -> str:
+    """Every key with its value in the config at `path` (the defaults without one) and meaning."""
+    from openrs_jax.config import apply_overrides, base_config, format_keys, load_config
+
+    config = load_config(path, overrides) if path else apply_overrides(base_config(), overrides)
+    return format_keys(config)
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    path, overrides, show = parse_command(sys.argv[1:] if argv is None else argv)
+    if show:
+        print(show_config(path, overrides))
+        return {}
+    setup_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     from openrs_jax.config import load_config
 
-    path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = load_config(path, overrides)
     from openrs_jax import distributed
 

@@ -47,7 +47,7 @@ from openrs_jax.model import Qwen2Config, abstract_model, load_params, read_conf
 from openrs_jax.model.sources import save_run_tokenizer, tokenizer_dir
 from openrs_jax.model_paths import ACCEPTED
 from openrs_jax.rewards import RewardScorer
-from openrs_jax.run_log import METRICS_FILE, RunLog
+from openrs_jax.run_log import METRICS_FILE, RunLog, outputs_summary
 from openrs_jax.sampling import Sampler, SamplingParams
 from openrs_jax.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
 
@@ -515,6 +515,7 @@ class GRPOTrainer:
     def train(self) -> dict[str, Any]:
         """Runs until max_steps (or a stop signal); returns the last step's metrics."""
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         c = self.config
         metrics: dict[str, Any] = {}
@@ -531,7 +532,8 @@ class GRPOTrainer:
         bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
                    disable=not self.writer)
         try:
-            with StopRequested() as stop:
+            # Log lines go through tqdm.write while the bar is up, so they do not land on the bar's line.
+            with StopRequested() as stop, logging_redirect_tqdm():
                 stopping = False  # a signal on any process stops every process after the same step
                 while self.step < c.max_steps and not stopping:
                     metrics = self.train_one_step()
@@ -562,6 +564,9 @@ class GRPOTrainer:
         finally:
             bar.close()
             self.close()
+        if self.writer:
+            print(outputs_summary(self.output_dir, self.step, None if stopping else self.output_dir / "hf",
+                                  tensorboard=c.tensorboard))
         return metrics
 
     def close(self) -> None:

@@ -43,12 +43,41 @@ def test_presets_give_the_recipe_model_and_small_shapes():
         shapes.model_config("preset:7b")
     with pytest.raises(UserError, match="not a Qwen2Config field"):
         shapes.model_config("preset:20m,hidden=3")
-    model, random_weights = shapes.load_model("preset:tiny")
-    assert random_weights and model.config.vocab_size == 512
+
+
+def test_builtin_tiny_is_the_same_model_in_the_bench_as_everywhere():
+    """One name, one model: `builtin:tiny` is the demo model train, generate and evaluate know."""
+    from openrs_jax.model import read_config
+
+    model, random_weights = shapes.load_model("builtin:tiny")
+    assert random_weights and model.config.vocab_size == read_config("builtin:tiny").vocab_size == 29
+    assert shapes.model_config("builtin:tiny") == read_config("builtin:tiny")
+    # The bench's old shape called preset:tiny (vocabulary 512) is gone: no two models share a name.
+    with pytest.raises(UserError, match="unknown model preset 'tiny'.*builtin:tiny"):
+        shapes.model_config("preset:tiny")
+    with pytest.raises(UserError, match="--model=builtin:sums: a built-in dataset, not a model"):
+        shapes.load_model("builtin:sums")
+
+
+def test_step_dataset_takes_builtins_and_never_tries_the_hub():
+    from openrs_jax import toy
+    from openrs_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("builtin:tiny")
+    rows = step._select_rows("builtin:sums", tokenizer, "", 3, 16)
+    assert [r["problem"] for r in rows] == ["0+0=", "0+1=", "0+2="]
+    # A missing file or a Hub-like name: one line naming the bench's flag (not dataset_name).
+    for name in ("org/missing-dataset", "missing.jsonl"):
+        with pytest.raises(UserError, match=f"--dataset {name} does not exist.*builtin:sums") as e:
+            step._select_rows(name, tokenizer, "", 3, 16)
+        assert "dataset_name" not in str(e.value)
+    with pytest.raises(UserError, match="--dataset=builtin:tiny: a built-in model, not a dataset"):
+        step._select_rows("builtin:tiny", tokenizer, "", 3, 16)
+    assert toy.resolve("builtin:sums").endswith("sums.jsonl")
 
 
 def test_model_config_reads_directories_and_files(tmp_path):
-    config = shapes.model_config("preset:tiny")
+    config = shapes.model_config("builtin:tiny")
     (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
     assert shapes.model_config(tmp_path).hidden_size == config.hidden_size
     assert shapes.model_config(tmp_path / "config.json").vocab_size == config.vocab_size
@@ -57,7 +86,7 @@ def test_model_config_reads_directories_and_files(tmp_path):
 
 
 def test_run_config_fills_unset_flags_and_given_flags_win():
-    args = parse(step, ["--model", "preset:tiny", "--config", EXP2, "--max_new_tokens", "8", "--beta", "0.04"])
+    args = parse(step, ["--model", "builtin:tiny", "--config", EXP2, "--max_new_tokens", "8", "--beta", "0.04"])
     run_shapes = shapes.apply_run_config(args)
     assert run_shapes.rows == 72
     assert (args.prompts_per_step, args.num_generations, args.prompt_len) == (12, 6, 512)
@@ -65,7 +94,7 @@ def test_run_config_fills_unset_flags_and_given_flags_win():
     assert (args.micro_batch_size, args.remat, args.dtype, args.temperature) == (6, "full", "bfloat16", 0.7)
     assert args.mesh == "data=1,fsdp=-1,tensor=1" and args.loss_aggregation == "group_token_mean"
     # Without --config every flag keeps its default.
-    args = parse(step, ["--model", "preset:tiny"])
+    args = parse(step, ["--model", "builtin:tiny"])
     assert shapes.apply_run_config(args) is None
     assert (args.prompts_per_step, args.max_new_tokens, args.dtype, args.micro_batch_size) == (4, 64, None, None)
 
@@ -110,10 +139,10 @@ def test_step_trainer_default_fits_real_training_prompts():
 def test_sampler_and_update_take_the_same_config():
     from openrs_jax.bench import sampler, update
 
-    args = parse(sampler, ["--model", "preset:tiny", "--config", EXP2, "--prompts", "3"])
+    args = parse(sampler, ["--model", "builtin:tiny", "--config", EXP2, "--prompts", "3"])
     shapes.apply_run_config(args)
     assert (args.prompts, args.num_samples, args.prompt_len, args.new_tokens, args.dtype) == (3, 6, 512, 3584, "bfloat16")
-    args = parse(update, ["--model", "preset:tiny", "--config", EXP2])
+    args = parse(update, ["--model", "builtin:tiny", "--config", EXP2])
     shapes.apply_run_config(args)
     assert (args.rows, args.num_generations, args.completion_len, args.micro_batch_size, args.remat) == (
         72, 6, 3584, 6, "full")
@@ -192,7 +221,7 @@ def test_synthetic_rewards_vary_within_groups_and_cost_nothing():
 
 
 def test_step_synthetic_engine_times_every_phase():
-    args = parse(step, ["--model", "preset:tiny", *TINY_SHAPES, "--steps", "1", "--mesh", "fsdp=1"])
+    args = parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--steps", "1", "--mesh", "fsdp=1"])
     result = step.run(args)
     assert result["engine"] == "synthetic" and result["random_weights"] and result["eos_ignored"]
     assert result["rows"] == 4 and result["completion_tokens_per_step"] == 4 * 4
@@ -211,22 +240,19 @@ def test_step_synthetic_engine_times_every_phase():
 
 def test_step_refuses_bad_requests():
     with pytest.raises(UserError, match="micro_batch_size"):
-        step.run(parse(step, ["--model", "preset:tiny", *TINY_SHAPES, "--micro_batch_size", "3"]))
+        step.run(parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--micro_batch_size", "3"]))
     with pytest.raises(UserError, match="compare_trl"):
-        step.run(parse(step, ["--model", "preset:tiny", *TINY_SHAPES, "--compare_trl"]))
+        step.run(parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--compare_trl"]))
     with pytest.raises(UserError, match="num_generations"):
-        step.run(parse(step, ["--model", "preset:tiny", "--num_generations", "1"]))
+        step.run(parse(step, ["--model", "builtin:tiny", "--num_generations", "1"]))
 
 
 @pytest.mark.slow
 def test_step_trainer_engine_against_trl(tmp_path):
     """The product's trainer and TRL's GRPOTrainer on the same tiny weights, prompts and lengths."""
     pytest.importorskip("trl")
-    from openrs_jax import toy
-
     args = parse(step, [
-        "--model", "preset:tiny,vocab_size=64", "--tokenizer", toy.resolve("builtin:tiny"),
-        "--dataset", toy.resolve("builtin:sums"), "--system_prompt", "", "--reward_funcs", "accuracy",
+        "--model", "builtin:tiny", "--dataset", "builtin:sums", "--system_prompt", "", "--reward_funcs", "accuracy",
         "--reward_weights", "1.0", "--reward_num_workers", "0", *TINY_SHAPES, "--prompt_len", "16", "--steps", "1",
         "--no_copy_bandwidth", "--compare_trl", "--trl_threads", "1",
     ])

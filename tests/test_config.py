@@ -91,7 +91,7 @@ def test_missing_config_file():
         ("micro_batch_size=5", "must divide prompts_per_step x num_generations"),
         ("reward_funcs=accuracy,speling", "unknown reward function"),
         ("loss_aggregation=mean", "unknown loss_aggregation"),
-        ("reward_weights=(1.0,2.0)", "reward_weights has 2 values"),
+        ("reward_weights=(1.0,2.0,3.0)", "reward_weights has 3 values"),
         ("top_p=0.0", "top_p"),
     ],
 )

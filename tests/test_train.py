@@ -118,12 +118,26 @@ def test_cli_error_is_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tiny_config_learns(tmp_path, seed):
-    """The accuracy reward rises: this proves the whole loop, signs included."""
-    run(tmp_path, "run", f"seed={seed}", "max_steps=100", "save_steps=100", "log_completions=0")
+    """The accuracy reward rises: this proves the whole loop, signs included (accuracy alone)."""
+    run(tmp_path, "run", f"seed={seed}", "max_steps=100", "save_steps=100", "log_completions=0",
+        "reward_funcs=accuracy", "reward_weights=(1.0,)")
     accuracy = [m["rewards/accuracy"] for m in read_metrics(tmp_path / "run")]
     first, last = np.mean(accuracy[:20]), np.mean(accuracy[-20:])
     print(f"seed {seed}: accuracy {first:.3f} (first 20 steps) -> {last:.3f} (last 20)")
     assert last - first >= 0.2
+
+
+@pytest.mark.slow
+def test_tiny_config_learns_to_stop(tmp_path):
+    """The shipped demo config also learns to end its completions after the answer
+    (openrs_jax.toy.stop_reward): rows without EOS stayed at 0.9-0.98 with the accuracy reward
+    alone; here 0.95 -> 0.14 over 100 steps while the accuracy rises 0.07 -> 0.34."""
+    run(tmp_path, "run", "max_steps=100", "save_steps=100", "log_completions=0")
+    metrics = read_metrics(tmp_path / "run")
+    accuracy = [m["rewards/accuracy"] for m in metrics]
+    truncated = [m["truncated_fraction"] for m in metrics]
+    assert np.mean(accuracy[-20:]) - np.mean(accuracy[:20]) >= 0.2
+    assert np.mean(truncated[:20]) >= 0.8 and np.mean(truncated[-20:]) <= 0.3
 
 
 def test_periodic_evaluation_is_logged(tmp_path):

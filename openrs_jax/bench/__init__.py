@@ -1,7 +1,8 @@
 """Throughput and memory benchmarks: `python -m openrs_jax.bench SUBCOMMAND ... --out FILE.json`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `run(args) -> dict`;
-the dispatcher adds the common fields (date, device, command) and writes the JSON.
+the dispatcher adds the common fields (date, device, command), writes the JSON and prints a
+short summary (`bench.summary`).
 """
 
 SUBCOMMANDS: dict[str, str] = {

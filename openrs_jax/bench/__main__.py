@@ -1,4 +1,5 @@
-"""Entry point of `python -m openrs_jax.bench`."""
+"""Entry point of `python -m openrs_jax.bench`: runs a subcommand, writes its JSON to --out and
+prints a short summary of it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from openrs_jax.bench import SUBCOMMANDS
+from openrs_jax.bench.summary import summarize
 from openrs_jax.cli import exit_on_user_error
 
 
@@ -52,8 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"benchmark": args.command, **_environment(), **modules[args.command].run(args)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    # The console gets the figures that matter; every field stays in the JSON.
+    print(summarize(result, args.out))
     return result
 
 

@@ -1,7 +1,7 @@
 """Memory plan: per-device bytes of the update, reference and rollout programs, compiled ahead of time.
 
     python -m openrs_jax.bench memory --config configs/exp2.py \
-        --model_config DIR --devices 4 --out memory.json
+        --model DIR --devices 4 --out memory.json
 
 Nothing is allocated: the programs are lowered from abstract shapes (`abstract_model`,
 `jax.ShapeDtypeStruct`) at the run's real sizes and compiled for `--devices` devices, and
@@ -47,8 +47,14 @@ GB = 1e9
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run config file, e.g. configs/exp2.py")
-    parser.add_argument("--model_config", "--model", dest="model_config", required=True,
-                        help="model directory, config.json, or preset:NAME (see bench.shapes) giving the shapes")
+    from openrs_jax.cli import add_hidden_alias
+
+    model = parser.add_argument(
+        "--model", dest="model_config", default=None,
+        help="model directory, config.json, builtin:tiny or preset:NAME (see bench.shapes) giving the shapes "
+        "(required)",
+    )
+    add_hidden_alias(parser, "--model_config", model)  # the flag's name in earlier versions
     parser.add_argument("--devices", type=int, default=4, help="devices to compile for (emulated on CPU if absent)")
     parser.add_argument(
         "--micro_batch_size", type=int, default=None,
@@ -59,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.model_config is None:
+        raise UserError("bench memory needs --model (a model directory, config.json, builtin:tiny or preset:1.5b)")
     if args.devices < 1:
         raise UserError(f"--devices must be >= 1, got {args.devices}")
     if jax.device_count() < args.devices:
@@ -72,7 +80,7 @@ def _run_emulated(args: argparse.Namespace) -> dict[str, Any]:
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, "-m", "openrs_jax.bench.memory", "--config", str(args.config),
-           "--model_config", str(args.model_config), "--devices", str(args.devices),
+           "--model", str(args.model_config), "--devices", str(args.devices),
            "--budget_gb", str(args.budget_gb)]
     if args.micro_batch_size is not None:
         cmd += ["--micro_batch_size", str(args.micro_batch_size)]

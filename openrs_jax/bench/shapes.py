@@ -10,13 +10,14 @@ Two sources, usable together:
   read through a small stand-in for its `ConfigDict` (`load_run_config`).
 - `--model SPEC`: the model. A Hugging Face directory or openrs-jax checkpoint (its weights),
   a directory holding only a config.json or a config.json file (random weights of that
-  shape), or a preset `preset:NAME[,key=value,...]` (random weights, no files needed):
+  shape), the built-in demo model `builtin:tiny` (random weights, the shape every other
+  command knows by that name), or a benchmark shape `preset:NAME[,key=value,...]` (random
+  weights, no files, no tokenizer; only the bench takes these):
 
   | preset | shape |
   |---|---|
   | `preset:deepseek-r1-distill-qwen-1.5b` (alias `preset:1.5b`) | the recipe's model: 28 layers, hidden 1536, MLP 8960, 12 heads, 2 KV heads, vocab 151,936 (1.78 B parameters) |
   | `preset:20m` | 4 layers, hidden 256, MLP 688, 8 heads, 2 KV heads, vocab 32,000 |
-  | `preset:tiny` | `openrs_jax.model.tiny_config()` (2 layers, hidden 64, vocab 512) |
 
   `key=value` pairs override Qwen2Config fields, e.g. `preset:20m,vocab_size=151936`.
 """
@@ -32,6 +33,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from openrs_jax import toy
 from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.bench")
@@ -50,11 +52,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "20m": dict(
         vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
         num_attention_heads=8, num_key_value_heads=2, head_dim=32, max_position_embeddings=8192,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    ),
-    "tiny": dict(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     ),
 }
@@ -89,7 +86,11 @@ def preset_config(spec: str, **runtime: Any) -> Any:
     name, *overrides = spec[len(PRESET_PREFIX):].split(",")
     name = PRESET_ALIASES.get(name.strip(), name.strip())
     if name not in MODEL_PRESETS:
-        raise UserError(f"unknown model preset {name!r}; valid: {', '.join(sorted(MODEL_PRESETS))}")
+        raise UserError(
+            f"--model {spec}: unknown model preset {name!r}; valid: "
+            f"{', '.join(PRESET_PREFIX + n for n in sorted({**MODEL_PRESETS, **PRESET_ALIASES}))}, "
+            f"or the built-in demo model {', '.join(toy.BUILTIN_MODELS)}"
+        )
     fields = dict(MODEL_PRESETS[name])
     valid = {f.name for f in dataclasses.fields(Qwen2Config)}
     for text in overrides:
@@ -108,17 +109,19 @@ def model_config(spec: str | Path, **runtime: Any) -> Any:
 
     if is_preset(spec):
         return preset_config(str(spec), **runtime)
-    p = Path(spec).expanduser()
+    p = Path(toy.resolve(toy.check_name(str(spec), "--model", "model"))).expanduser()
     if not p.exists():
-        raise UserError(f"model {p} does not exist: give a model directory, a config.json or a preset "
-                        f"({', '.join(PRESET_PREFIX + n for n in MODEL_PRESETS)})")
+        raise UserError(f"--model {p} does not exist: give a model directory, a config.json, a preset "
+                        f"({', '.join(PRESET_PREFIX + n for n in MODEL_PRESETS)}) or "
+                        f"{', '.join(toy.BUILTIN_MODELS)}")
     return Qwen2Config.from_json(p, **runtime)
 
 
 def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple[Any, bool]:
     """The model of `spec` with parameters and compute in `dtype`, and whether its weights are random.
 
-    Presets get random weights from `seed`; paths go through `common.load_bench_model`.
+    Presets and `builtin:tiny` get random weights from `seed`; paths go through
+    `common.load_bench_model`.
     """
     from openrs_jax.bench.common import DTYPES, load_bench_model
     from openrs_jax.model import init_model
@@ -127,7 +130,8 @@ def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         return init_model(preset_config(str(spec), dtype=dtype, param_dtype=dtype), seed), True
-    return load_bench_model(spec, dtype, seed)
+    # builtin:tiny is a directory with a config.json and no weights: random weights from `seed`.
+    return load_bench_model(toy.resolve(toy.check_name(str(spec), "--model", "model")), dtype, seed)
 
 
 # ---------------------------------------------------------------------------------------------

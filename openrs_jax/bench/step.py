@@ -3,6 +3,8 @@
     python -m openrs_jax.bench step --model DIR --tokenizer DIR --dataset FILE \
         --prompts_per_step 4 --num_generations 4 --max_new_tokens 64 --steps 3 [--compare_trl] --out step.json
     python -m openrs_jax.bench step --config configs/exp2.py --model preset:1.5b --steps 2 --out step.json
+    python -m openrs_jax.bench step --model builtin:tiny --dataset builtin:sums --system_prompt "" \
+        --reward_funcs accuracy --reward_weights 1.0 --prompt_len 16 --max_new_tokens 4 --out step.json
 
 Times `--steps` optimizer steps after one warm-up step (which compiles) and reports medians:
 `step_time_s` and its parts `rollout_s` (bf16/compute-dtype rollout copy + sampling),
@@ -82,10 +84,13 @@ CONFIG_FIELDS: dict[str, shapes.FieldSource] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `python -m openrs_jax.bench step`."""
     parser.add_argument("--model", required=True,
-                        help="model directory (with or without weights), config.json, or preset:NAME (see bench.shapes)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (trainer engine; default: --model)")
+                        help="model directory (with or without weights), config.json, builtin:tiny, or preset:NAME "
+                        "(see bench.shapes)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory or builtin:tiny (trainer engine; default: --model)")
     parser.add_argument("--dataset", default=None,
-                        help="JSON/JSONL/parquet of problems: selects the trainer engine (real prompts and rewards)")
+                        help="JSON/JSONL/parquet of problems or builtin:sums: selects the trainer engine (real "
+                        "prompts and rewards)")
     parser.add_argument("--engine", choices=("auto", "trainer", "synthetic"), default="auto",
                         help="auto: trainer with --dataset, synthetic without")
     parser.add_argument("--prompts_per_step", type=int, default=4)
@@ -355,10 +360,16 @@ def run_synthetic(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
 
 def _select_rows(dataset: str, tokenizer: Any, system_prompt: str, count: int, max_prompt_length: int) -> list[dict]:
     """The first `count` rows whose rendered prompt fits `max_prompt_length` tokens."""
+    from openrs_jax import toy
     from openrs_jax.data import check_columns, load_rows
     from openrs_jax.prompts import render_prompt_ids
 
-    rows = load_rows(dataset)
+    # A local file or a built-in dataset: the bench never waits on the Hub.
+    path = Path(toy.resolve(toy.check_name(dataset, "--dataset", "dataset"))).expanduser()
+    if not path.exists():
+        raise UserError(f"--dataset {dataset} does not exist: give a JSON/JSONL/parquet file of problems "
+                        f"or {', '.join(toy.BUILTIN_DATASETS)}")
+    rows = load_rows(str(path))
     check_columns(rows, dataset)
     chosen = []
     for row in rows:
@@ -404,7 +415,11 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     from openrs_jax.trainer import GRPOTrainer
 
     hf_dir, random_weights = _hf_directory(args, workdir)
-    tokenizer_dir = args.tokenizer or hf_dir
+    from openrs_jax import toy
+
+    # builtin:tiny ships its tokenizer; the random weights written to hf_dir have none.
+    tokenizer_dir = toy.resolve(toy.check_name(args.tokenizer, "--tokenizer", "model")) if args.tokenizer else (
+        toy.resolve(args.model) if toy.is_builtin_model(args.model) else hf_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     system_prompt = SYSTEM_PROMPT if args.system_prompt is None else args.system_prompt
     rows = _select_rows(args.dataset, tokenizer, system_prompt, args.prompts_per_step, args.prompt_len)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -88,7 +89,6 @@ def write_hf_directory(
 ) -> Path:
     """Writes safetensors (sharded above `max_shard_bytes`), config.json, generation_config.json
     and, when `tokenizer_dir` is given, its tokenizer files. Returns the directory."""
-    from safetensors.numpy import save_file
     import ml_dtypes
 
     np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}.get(dtype)
@@ -109,12 +109,12 @@ def write_hf_directory(
     for stale in list(out.glob("model*.safetensors")) + [out / HF_INDEX]:
         stale.unlink(missing_ok=True)
     if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        _save_safetensors(shards[0], out / "model.safetensors")
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(out / fname), metadata={"format": "pt"})
+            _save_safetensors(shard, out / fname)
             weight_map.update({name: fname for name in shard})
         total = sum(v.nbytes for v in tensors.values())
         (out / HF_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
@@ -129,6 +129,18 @@ def write_hf_directory(
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, out)
     return out
+
+
+def _save_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
+    """`save_file`, then the mode `open()` gives new files (0o666 less the umask): safetensors
+    writes through a private temporary file (mode 0600), which would hide the weights from other
+    users and serving processes that can read the JSON files beside them."""
+    from safetensors.numpy import save_file
+
+    save_file(dict(tensors), str(path), metadata={"format": "pt"})
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def copy_tokenizer_files(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:

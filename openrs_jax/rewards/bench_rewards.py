@@ -1,6 +1,6 @@
 """Benchmark: score N synthetic completions of about C characters with a worker pool.
 
-    python -m openrs_jax.rewards.bench_rewards --num-completions 1000 --num-workers 2 --chars 3000
+    python -m openrs_jax.bench rewards --num_completions 1000 --num_workers 2 --chars 3000 --out rewards.json
 
 Completions are generated (no data files needed): reasoning text with inline LaTeX, a think
 block and a boxed final answer that is, half the time, an equivalent form of the gold
@@ -160,14 +160,25 @@ def run_reward_benchmark(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The benchmark's options (also for ``python -m openrs_jax.bench rewards``)."""
-    p.add_argument("--num-completions", type=int, default=1000)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--chars", type=int, default=3000)
-    p.add_argument("--num-generations", type=int, default=4)
-    p.add_argument("--reward-funcs", default=",".join(TEXT_REWARDS), help="comma-separated names")
-    p.add_argument("--repeats", type=int, default=3, help="fresh batches to time")
-    p.add_argument("--no-baseline", action="store_true", help="skip the single-process timing")
+    """The benchmark's options (also for ``python -m openrs_jax.bench rewards``).
+
+    Flags use underscores like every other command; the dashed spellings of earlier versions
+    (``--num-completions``) still work without being listed.
+    """
+    from openrs_jax.cli import add_hidden_alias
+
+    flags = [
+        p.add_argument("--num_completions", type=int, default=1000, help="completions per timed batch"),
+        p.add_argument("--num_workers", type=int, default=2, help="scoring worker processes"),
+        p.add_argument("--chars", type=int, default=3000, help="characters per completion, about"),
+        p.add_argument("--num_generations", type=int, default=4, help="completions per prompt (group size)"),
+        p.add_argument("--reward_funcs", default=",".join(TEXT_REWARDS), help="comma-separated names"),
+        p.add_argument("--repeats", type=int, default=3, help="fresh batches to time"),
+        p.add_argument("--no_baseline", action="store_true", help="skip the single-process timing"),
+    ]
+    for action in flags:
+        if "_" in action.option_strings[0]:
+            add_hidden_alias(p, action.option_strings[0].replace("_", "-"), action)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
