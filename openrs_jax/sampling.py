@@ -61,11 +61,20 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from openrs_jax.errors import UserError
 from openrs_jax.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
+from openrs_jax.model.decode_attention import DecodeAttention
 from openrs_jax.sharding import to_host
 
 log = logging.getLogger("openrs_jax.sampling")
 
 TENSOR_AXIS = "tensor"
+# With the decode-attention kernel (GPUs): decode steps run in chunks of this many between
+# checks for an all-finished batch (each check is a device-to-host round trip that stalls
+# the launch queue), and cache lengths are rounded to this bucket so that every prompt bucket
+# of a run (Exp2: 64..512 prompt tokens + 3,583 fed tokens <= 4,096 slots) shares one decode
+# program; the kernel reads only live slots, so the extra slots cost memory only up to the
+# bucket and no bandwidth.
+DEFAULT_CHECK_EVERY = 8
+DEFAULT_CACHE_BUCKET = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +146,7 @@ class _Plan:
     num_prompts: int  # distinct prompts in the call
     num_samples: int  # G
     rows: int  # prompts x samples, padded to a multiple of the batch devices
-    cache_len: int  # prompt bucket + max_new_tokens - 1
+    cache_len: int  # prompt bucket + max_new_tokens - 1, rounded up (`Sampler.cache_length`)
     max_new_tokens: int
     greedy: bool
     top_k: int  # 0 = off
@@ -362,12 +371,22 @@ class Sampler:
         cache_dtype: Any = None,
         top_p_candidates: int = 64,
         check_memory: bool = True,
+        decode_attention: str | None = None,
+        check_every: int | None = None,
+        cache_bucket: int | None = None,
     ):
         """config: model shape and compute dtype (the cache is in `cache_dtype`, default the
         compute dtype). mesh: rows are split over all its axes but "tensor". prompt_bucket:
-        prompt lengths are rounded up to a multiple of it."""
+        prompt lengths are rounded up to a multiple of it. decode_attention: "xla", "pallas" or
+        "pallas_interpret" (default: the kernel on GPUs, XLA elsewhere). check_every: decode
+        steps between checks for an all-finished batch (default 8 with the kernel, 1 otherwise).
+        cache_bucket: cache slots are rounded up to a multiple of it, so that prompt buckets
+        share one decode program (default 512 with the kernel, 1 otherwise)."""
         if prompt_bucket < 1:
             raise UserError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
+        for name, value in (("check_every", check_every), ("cache_bucket", cache_bucket)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
         self.config = config
         self.mesh = mesh
         self.prompt_bucket = prompt_bucket
@@ -383,6 +402,14 @@ class Sampler:
             tp = mesh.shape.get(TENSOR_AXIS, 1)
             if tp > 1 and config.num_key_value_heads % tp == 0:
                 self._kv_axis = TENSOR_AXIS
+        self.attention = DecodeAttention.auto(
+            decode_attention, mesh=mesh, batch_axes=self.batch_axes, kv_axis=self._kv_axis
+        )
+        kernel = self.attention.uses_kernel
+        self.check_every = check_every or (DEFAULT_CHECK_EVERY if kernel else 1)
+        self.cache_bucket = cache_bucket or (DEFAULT_CACHE_BUCKET if kernel else 1)
+        log.info("decode attention: %s, finished rows checked every %d steps, cache slots in multiples of %d",
+                 self.attention.implementation, self.check_every, self.cache_bucket)
         self._graphdef, abstract_state = nnx.split(abstract_model(config))
         self._param_template = abstract_state
         self.num_compilations = 0
@@ -402,12 +429,18 @@ class Sampler:
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
     def _constrain_cache(self, cache: KVCache) -> KVCache:
-        return KVCache(
-            k=self._constrain(cache.k, 1, 2),
-            v=self._constrain(cache.v, 1, 2),
+        return dataclasses.replace(
+            cache,
+            k=tuple(self._constrain(x, 0, 1) for x in cache.k),
+            v=tuple(self._constrain(x, 0, 1) for x in cache.v),
             mask=self._constrain(cache.mask, 0),
-            index=cache.index,
         )
+
+    def cache_length(self, prompt_len: int, max_new_tokens: int) -> int:
+        """KV cache slots of a call: the bucketed prompt and every fed token (the last sampled
+        token is never fed), rounded up to the cache bucket and to what the kernel takes."""
+        needed = prompt_len + max_new_tokens - 1
+        return self.attention.cache_slots(-(-needed // self.cache_bucket) * self.cache_bucket)
 
     def _note_compile(self, what: str, detail: str) -> None:
         # Runs only while jax traces a new program, i.e. once per compilation.
@@ -444,12 +477,15 @@ class Sampler:
         # Row r samples prompt r // G; padding rows reuse prompt 0 and start finished.
         source = np.zeros(num_rows, np.int32)
         source[: num_prompts * num_samples] = np.arange(num_prompts * num_samples) // num_samples
-        pad = ((0, 0), (0, 0), (0, 0), (0, cache_len - prompt_len), (0, 0))
+        pad = ((0, 0), (0, 0), (0, cache_len - prompt_len), (0, 0))
+        expand = lambda x: jnp.pad(jnp.take(x, source, axis=0), pad)  # noqa: E731
         cache = KVCache(
-            k=jnp.pad(jnp.take(small.k, source, axis=1), pad),
-            v=jnp.pad(jnp.take(small.v, source, axis=1), pad),
+            k=tuple(map(expand, small.k)),
+            v=tuple(map(expand, small.v)),
             mask=jnp.pad(jnp.take(small.mask, source, axis=0), ((0, 0), (0, cache_len - prompt_len))),
             index=small.index,
+            live=jnp.ones((num_rows,), bool),
+            attention=self.attention,
         )
         return self._constrain_cache(cache), self._constrain(jnp.take(logits, source, axis=0), 0)
 
@@ -504,25 +540,35 @@ class Sampler:
                 logits=kept,
             )
 
-        def body(s: _DecodeState) -> _DecodeState:
-            out, cache = model(s.last[:, None], jnp.ones((n, 1), bool), cache=s.cache)
+        def step(_: Any, s: _DecodeState) -> _DecodeState:
+            cache = dataclasses.replace(s.cache, live=~s.done)  # the kernel skips finished rows
+            out, cache = model(s.last[:, None], jnp.ones((n, 1), bool), cache=cache)
             return advance(s, out[:, 0], self._constrain_cache(cache))
+
+        def chunk(s: _DecodeState) -> _DecodeState:
+            # `check_every` steps with a static trip count, so only `cond` syncs with the host.
+            # Steps past max_new_tokens write buffer columns that are cut off below, and cache
+            # slots no real step reads afterwards (dynamic_update_slice clamps at the end).
+            return jax.lax.fori_loop(0, k, step, s) if k > 1 else step(0, s)
 
         def cond(s: _DecodeState) -> jax.Array:
             return (s.step < m) & ~jnp.all(s.done)
 
+        k = self.check_every
+        width = m + k - 1  # room for the overshoot of the last chunk
         start = _DecodeState(
             step=jnp.zeros((), jnp.int32),
             last=jnp.full((n,), plan.pad_id, jnp.int32),
             done=row_ids >= plan.num_prompts * plan.num_samples,
-            tokens=self._constrain(jnp.full((n, m), plan.pad_id, jnp.int32), 0),
-            logprobs=self._constrain(jnp.zeros((n, m), jnp.float32), 0),
+            tokens=self._constrain(jnp.full((n, width), plan.pad_id, jnp.int32), 0),
+            logprobs=self._constrain(jnp.zeros((n, width), jnp.float32), 0),
             cache=cache,
-            logits=jnp.zeros((n, m, logits.shape[-1]), jnp.float32) if plan.keep_logits else None,
+            logits=jnp.zeros((n, width, logits.shape[-1]), jnp.float32) if plan.keep_logits else None,
         )
         # The first token comes from the prefill logits; each loop step feeds one token.
-        final = jax.lax.while_loop(cond, body, advance(start, logits, cache))
-        return final.tokens, final.logprobs, final.logits, final.cache
+        final = jax.lax.while_loop(cond, chunk, advance(start, logits, cache))
+        kept = None if final.logits is None else final.logits[:, :m]
+        return final.tokens[:, :m], final.logprobs[:, :m], kept, final.cache
 
     # -- public ------------------------------------------------------------------------------
 
@@ -535,12 +581,12 @@ class Sampler:
         c = self.config
         prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
         rows = -(-num_prompts * num_samples // self.row_devices) * self.row_devices
-        cache_len = prompt_len + max_new_tokens - 1
+        cache_len = self.cache_length(prompt_len, max_new_tokens)
         total = (
             KVCache.num_bytes(c, prompt_rows, prompt_len, self.cache_dtype)
             + KVCache.num_bytes(c, rows, cache_len, self.cache_dtype)
             + (prompt_rows + rows) * c.vocab_size * 4  # last-position logits
-            + rows * max_new_tokens * 8  # token and log-prob buffers
+            + rows * (max_new_tokens + self.check_every - 1) * 8  # token and log-prob buffers
         )
         return -(-total // self.row_devices)
 
@@ -550,7 +596,7 @@ class Sampler:
         d = self.row_devices
         return _Plan(
             num_prompts=num_prompts, num_samples=num_samples, rows=-(-num_prompts * num_samples // d) * d,
-            cache_len=prompt_len + sampling.max_new_tokens - 1, max_new_tokens=sampling.max_new_tokens,
+            cache_len=self.cache_length(prompt_len, sampling.max_new_tokens), max_new_tokens=sampling.max_new_tokens,
             greedy=sampling.greedy, top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0,
             eos_ids=sampling.eos_ids, pad_id=sampling.pad_id, keep_logits=keep_logits,
         )
