@@ -61,7 +61,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from openrs_jax.errors import UserError
 from openrs_jax.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
-from openrs_jax.model.decode_attention import DecodeAttention
+from openrs_jax.model.decode_attention import DecodeAttention, targets_gpu
+from openrs_jax.model.qwen2 import DecodeWeights, cached_hidden_states, decode_weights
 from openrs_jax.sharding import to_host
 
 log = logging.getLogger("openrs_jax.sampling")
@@ -74,6 +75,10 @@ TENSOR_AXIS = "tensor"
 # program; the kernel reads only live slots, so the extra slots cost memory only up to the
 # bucket and no bandwidth.
 DEFAULT_CHECK_EVERY = 8
+# XLA options of the decode program on GPUs. Its matmuls have few rows (one token per row):
+# XLA's Triton gemms split them over K and write fp32 partial sums to memory (about 0.3 GB per
+# step at Exp2 shapes), where cuBLAS does not.
+DECODE_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 DEFAULT_CACHE_BUCKET = 512
 
 
@@ -320,6 +325,11 @@ def select_tokens(
     return sample_categorical(x, u)
 
 
+def project_logits(hidden: jax.Array, weights: DecodeWeights) -> jax.Array:
+    """fp32 logits [..., V] of final hidden states [..., D] (as `Qwen2ForCausalLM.logits`)."""
+    return jnp.dot(hidden, weights.lm_head, preferred_element_type=jnp.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Host-side helpers
 # ---------------------------------------------------------------------------------------------
@@ -413,8 +423,14 @@ class Sampler:
         self._graphdef, abstract_state = nnx.split(abstract_model(config))
         self._param_template = abstract_state
         self.num_compilations = 0
+        # On GPUs the q/k/v and gate/up kernels are fused once per call (not with a tensor split,
+        # which would mix their columns in one shard).
+        self._fuse = targets_gpu(mesh) and self._kv_axis is None and (
+            mesh is None or mesh.shape.get(TENSOR_AXIS, 1) == 1)
+        self._prepare = jax.jit(self._prepare_impl)
         self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,))
-        self._decode = jax.jit(self._decode_impl, static_argnums=(6,), donate_argnums=(1,))
+        self._decode = jax.jit(self._decode_impl, static_argnums=(6,), donate_argnums=(1,),
+                               compiler_options=DECODE_COMPILER_OPTIONS if targets_gpu(mesh) else None)
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -459,21 +475,34 @@ class Sampler:
             return state
         raise TypeError(f"params must be a Qwen2ForCausalLM, an nnx.State or a dict, got {type(params).__name__}")
 
+    def prepare(self, params: Any) -> DecodeWeights:
+        """The parameters in the layout the programs read (`DecodeWeights`: compute dtype, one
+        array per layer, gate and up fused on GPUs), placed like `params`.
+
+        `generate` calls it when given anything else; a caller that keeps only the prepared
+        copy (and drops the stacked one) saves that memory during the call.
+        """
+        if isinstance(params, DecodeWeights):
+            return params
+        return self._prepare(self._state(params))
+
     # -- programs ----------------------------------------------------------------------------
 
+    def _prepare_impl(self, state: nnx.State) -> DecodeWeights:
+        return decode_weights(nnx.merge(self._graphdef, state), fuse=self._fuse)
+
     def _prefill_impl(
-        self, state: nnx.State, ids: jax.Array, mask: jax.Array, rows: tuple[int, int, int, int]
+        self, weights: DecodeWeights, ids: jax.Array, mask: jax.Array, rows: tuple[int, int, int, int]
     ) -> tuple[KVCache, jax.Array]:
         """Runs the distinct prompts once; returns the cache expanded to all rows and each
         row's next-token logits."""
         num_prompts, num_samples, num_rows, cache_len = rows
         prompt_rows, prompt_len = ids.shape
         self._note_compile("prefill", f"prompts={prompt_rows}x{prompt_len} rows={num_rows} cache_len={cache_len}")
-        model = nnx.merge(self._graphdef, state)
         ids, mask = self._constrain(ids, 0), self._constrain(mask, 0)
         small = KVCache.create(self.config, prompt_rows, prompt_len, self.cache_dtype)
-        h, small = model.hidden_states(ids, mask, cache=small)
-        logits = model.logits(h[:, -1])  # [P, V]: only the last position (left padding)
+        h, small = cached_hidden_states(self.config, weights, ids, mask.astype(bool), None, small)
+        logits = project_logits(h[:, -1], weights)  # [P, V]: only the last position (left padding)
         # Row r samples prompt r // G; padding rows reuse prompt 0 and start finished.
         source = np.zeros(num_rows, np.int32)
         source[: num_prompts * num_samples] = np.arange(num_prompts * num_samples) // num_samples
@@ -491,7 +520,7 @@ class Sampler:
 
     def _decode_impl(
         self,
-        state: nnx.State,
+        weights: DecodeWeights,
         cache: KVCache,
         logits: jax.Array,
         key: jax.Array,
@@ -505,7 +534,6 @@ class Sampler:
         donated input and run the loop in place instead of copying the cache first.
         """
         self._note_compile("decode", str(plan))
-        model = nnx.merge(self._graphdef, state)
         n, m = plan.rows, plan.max_new_tokens
         row_ids = jnp.arange(n)
         # One key per row, derived from its global index: a row's samples do not depend on how
@@ -542,8 +570,8 @@ class Sampler:
 
         def step(_: Any, s: _DecodeState) -> _DecodeState:
             cache = dataclasses.replace(s.cache, live=~s.done)  # the kernel skips finished rows
-            out, cache = model(s.last[:, None], jnp.ones((n, 1), bool), cache=cache)
-            return advance(s, out[:, 0], self._constrain_cache(cache))
+            h, cache = cached_hidden_states(self.config, weights, s.last[:, None], jnp.ones((n, 1), bool), None, cache)
+            return advance(s, project_logits(h[:, 0], weights), self._constrain_cache(cache))
 
         def chunk(s: _DecodeState) -> _DecodeState:
             # `check_every` steps with a static trip count, so only `cond` syncs with the host.
@@ -614,19 +642,25 @@ class Sampler:
         plan = self._plan(num_prompts, num_samples, prompt_len, sampling)
         prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
         state = self._state(params)
+        # The programs receive the prepared weights as the prepare program leaves them.
+        prepare = self._prepare.lower(state).compile()
+        weights = jax.tree.map(
+            lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
+            jax.eval_shape(self._prepare_impl, state), prepare.output_shardings,
+        )
         ids = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.int32)
         mask = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.bool_)
         rows = (num_prompts, num_samples, plan.rows, plan.cache_len)
-        prefill = self._prefill.lower(state, ids, mask, rows).compile()
+        prefill = self._prefill.lower(weights, ids, mask, rows).compile()
         # The decode program receives the cache and logits as the prefill leaves them.
         cache, logits = jax.tree.map(
             lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
-            jax.eval_shape(lambda s, i, m: self._prefill_impl(s, i, m, rows), state, ids, mask),
+            jax.eval_shape(lambda w, i, m: self._prefill_impl(w, i, m, rows), weights, ids, mask),
             prefill.output_shardings,
         )
         key = jax.eval_shape(lambda: jax.random.key(0))
         scalar = jax.ShapeDtypeStruct((), jnp.float32)
-        decode = self._decode.lower(state, cache, logits, key, scalar, scalar, plan).compile()
+        decode = self._decode.lower(weights, cache, logits, key, scalar, scalar, plan).compile()
         return {"prefill": prefill, "decode": decode}
 
     def _check_memory(self, needed: int, rows: int, cache_len: int) -> None:
@@ -686,15 +720,15 @@ class Sampler:
             mask[i, prompt_len - p.size :] = True
         ids[num_prompts:], mask[num_prompts:] = ids[0], mask[0]  # dummy prompts: copies of the first
 
-        state = self._state(params)
         compiled_before = self.num_compilations
         t1 = time.perf_counter()
-        cache, logits = self._prefill(state, ids, mask, (num_prompts, num_samples, plan.rows, plan.cache_len))
+        weights = self.prepare(params)
+        cache, logits = self._prefill(weights, ids, mask, (num_prompts, num_samples, plan.rows, plan.cache_len))
         jax.block_until_ready(logits)
         t2 = time.perf_counter()
         temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
         tokens, logprobs, kept, cache = self._decode(
-            state, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), plan
+            weights, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), plan
         )
         del cache
         tokens, logprobs, kept = to_host((tokens, logprobs, kept))

@@ -37,6 +37,7 @@ IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
 _KERNEL_ARGS = ("start_idx", "kv_seq_len", "sm_scale", "block_k", "k_splits", "interpret")
 # Cache lengths the kernel takes: a multiple of its key block (128 slots).
 KERNEL_SLOT_MULTIPLE = 128
+MIN_KERNEL_PROGRAMS = 256
 
 
 def load_kernel() -> Callable[..., jax.Array] | None:
@@ -57,10 +58,22 @@ def load_kernel() -> Callable[..., jax.Array] | None:
     return kernel
 
 
-def kernel_splits(slots: int) -> int:
-    """Sequence splits of the kernel's grid for a cache of `slots` (a multiple of 128): up to 16,
-    each a multiple of 128 slots, so that every split is whole key blocks."""
-    return math.gcd(slots // KERNEL_SLOT_MULTIPLE, 16)
+def targets_gpu(mesh: jax.sharding.Mesh | None = None) -> bool:
+    """Whether programs for `mesh` (else the default backend) run on NVIDIA GPUs; a mesh of
+    GPU-target devices compiles for GPUs from a CPU-only host."""
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return platform in ("gpu", "cuda")
+
+
+def kernel_splits(slots: int, programs: int) -> int:
+    """Sequence splits of the kernel's grid for a cache of `slots` (a multiple of 128) and
+    `programs` = rows x KV heads: enough for about 256 programs in all (a GPU's SMs busy), at
+    most 16, each split whole 128-slot blocks. More splits only add partial outputs to combine."""
+    want = min(16, -(-MIN_KERNEL_PROGRAMS // max(programs, 1)))
+    splits = 1
+    while splits * 2 <= want and (slots // KERNEL_SLOT_MULTIPLE) % (splits * 2) == 0:
+        splits *= 2
+    return splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +92,13 @@ class DecodeAttention:
 
     @classmethod
     def auto(cls, requested: str | None = None, **placement: Any) -> "DecodeAttention":
-        """The implementation for this backend: the kernel on GPUs when available, else XLA.
+        """The implementation for the target devices (the mesh's, else the default backend's):
+        the kernel on NVIDIA GPUs when available, else XLA.
 
         `requested` ("xla", "pallas", "pallas_interpret") overrides the choice; "pallas" falls
         back to XLA, with a warning, where the kernel cannot be loaded.
         """
-        gpu = jax.default_backend() == "gpu"
+        gpu = targets_gpu(placement.get("mesh"))
         choice = requested or ("pallas" if gpu else "xla")
         if choice.startswith("pallas") and load_kernel() is None:
             log.warning("decode-attention kernel not available in jax %s; using the XLA path", jax.__version__)
@@ -133,11 +147,12 @@ class DecodeAttention:
 
         def run(q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array, length: jax.Array) -> jax.Array:
             # gqa wants [B, S, KV, D] and swaps to heads-major itself: the two swaps cancel, no copy.
-            return kernel(
+            out = kernel(
                 q, k.swapaxes(1, 2), v.swapaxes(1, 2), start_idx=start, kv_seq_len=length,
                 sm_scale=1.0 / math.sqrt(q.shape[-1]), block_k=KERNEL_SLOT_MULTIPLE,
-                k_splits=kernel_splits(slots), interpret=interpret,
+                k_splits=kernel_splits(slots, k.shape[0] * k.shape[1]), interpret=interpret,
             )
+            return out.astype(q.dtype)  # its normalisation promotes bf16 to fp32
 
         return run
 

@@ -138,6 +138,101 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv_head
     return out.reshape(b, t, h * d)
 
 
+@struct.dataclass
+class DecodeWeights:
+    """The parameters in the layout cached decoding reads: compute dtype, one dict per layer.
+
+    Slicing a layer out of a stacked [L, ...] array inside a decode loop makes XLA copy it every
+    step; arrays of their own are read in place. With `fuse`, each layer's q/k/v kernels (and
+    biases) and its gate/up kernels are concatenated once ("qkv_proj" [D, (H + 2 KV) * hd],
+    "gate_up_proj" [D, 2 * I]): XLA's GPU backend otherwise merges the matmuls that share an
+    input by concatenating their weights every step.
+    """
+
+    embed: jax.Array  # [V, D]
+    norm: jax.Array  # [D]
+    lm_head: jax.Array  # [D, V]
+    layers: tuple[dict[str, Any], ...]
+
+
+def decode_weights(model: "Qwen2ForCausalLM", fuse: bool = False) -> DecodeWeights:
+    """`DecodeWeights` of a model (inside jit: one copy of the weights, made once per call)."""
+    dtype = jnp.dtype(model.config.dtype)
+    stacked = nnx.to_pure_dict(nnx.state(model.layers))
+    layers = []
+    for i in range(model.config.num_hidden_layers):
+        p = jax.tree.map(lambda x: x[i].astype(dtype), stacked)
+        if fuse:
+            p["qkv_proj"] = _concat_linears([p.pop(name) for name in ("q_proj", "k_proj", "v_proj")])
+            p["gate_up_proj"] = _concat_linears([p.pop(name) for name in ("gate_proj", "up_proj")])
+        layers.append(p)
+    return DecodeWeights(
+        embed=model.embed_tokens[...].astype(dtype), norm=model.norm[...].astype(dtype),
+        lm_head=model.lm_head_kernel(), layers=tuple(layers),
+    )
+
+
+def _concat_linears(linears: list[dict[str, Any]]) -> dict[str, Any]:
+    """One linear map computing several that share their input (outputs side by side)."""
+    out = {"kernel": jnp.concatenate([p["kernel"] for p in linears], axis=-1)}
+    if linears[0].get("bias") is not None:
+        out["bias"] = jnp.concatenate([p["bias"] for p in linears], axis=-1)
+    return out
+
+
+def cached_hidden_states(
+    config: Qwen2Config,
+    weights: DecodeWeights,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    positions: jax.Array | None,
+    cache: KVCache,
+) -> tuple[jax.Array, KVCache]:
+    """`Qwen2ForCausalLM.hidden_states` with a cache: the layers unrolled, each writing its own
+    cache array. input_ids, attention_mask [B, T]; returns final-normed hidden states [B, T, D]."""
+    c = config
+    dtype = jnp.dtype(c.dtype)
+    b, t = input_ids.shape
+    if positions is None:
+        positions = positions_from_mask(attention_mask, cache.mask.sum(-1, dtype=jnp.int32))
+    write_index = cache.index
+    kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, write_index))
+    if t == 1 and cache.attention.uses_kernel:
+        # Live slots of a row: from its first real one (left padding) through the new token.
+        start = jnp.argmax(kv_mask, axis=-1).astype(jnp.int32)
+        length = jnp.minimum(write_index + 1, cache.max_len) * jnp.ones((b,), jnp.int32)
+        if cache.live is not None:
+            length = jnp.where(cache.live, length, 0)  # finished rows: nothing to read
+
+        def read(q, k, v):
+            return cache.attention(q[:, 0], k, v, start, length).reshape(b, 1, -1)
+    else:
+        slots = jnp.arange(cache.max_len)
+        causal = slots[None, :] <= (write_index + jnp.arange(t))[:, None]  # [T, S]
+        mask = causal[None] & kv_mask[:, None, :]  # [B, T, S]
+
+        def read(q, k, v):
+            return attention(q, k, v, mask, kv_heads_major=True)
+
+    cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+    h = jnp.take(weights.embed, input_ids, axis=0).astype(dtype)
+    ks, vs = list(cache.k), list(cache.v)
+    for i in range(c.num_hidden_layers):
+
+        def attend(q, k, v, i=i):
+            # Write only the new slots of layer i's array in place; attend over the whole layer.
+            k, v = (x.swapaxes(1, 2).astype(ks[i].dtype) for x in (k, v))  # [B, KV, T, D]
+            ks[i] = jax.lax.dynamic_update_slice(ks[i], k, (0, 0, write_index, 0))
+            vs[i] = jax.lax.dynamic_update_slice(vs[i], v, (0, 0, write_index, 0))
+            return read(q, ks[i].astype(dtype), vs[i].astype(dtype))
+
+        h = _decoder_layer(c, h, weights.layers[i], cos, sin, None, attend)
+    h = rms_norm(h, weights.norm, c.rms_norm_eps)
+    new_cache = KVCache(k=tuple(ks), v=tuple(vs), mask=kv_mask, index=cache.index + t, live=cache.live,
+                        attention=cache.attention)
+    return h, new_cache
+
+
 class StackedLinear(nnx.Module):
     """`layers` linear maps stacked on a leading axis: kernel [L, in, out], optional bias [L, out]."""
 
@@ -191,15 +286,23 @@ def _decoder_layer(
     c = config
     b, t, _ = h.shape
     x = rms_norm(h, p["input_norm"], c.rms_norm_eps)
-    q = _linear(x, p["q_proj"]).reshape(b, t, c.num_attention_heads, c.head_dim)
-    k = _linear(x, p["k_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
-    v = _linear(x, p["v_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
+    if "qkv_proj" in p:  # fused in `DecodeWeights`
+        q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        q, k, v = jnp.split(_linear(x, p["qkv_proj"]), (q_dim, q_dim + kv_dim), axis=-1)
+    else:
+        q, k, v = (_linear(x, p[name]) for name in ("q_proj", "k_proj", "v_proj"))
+    q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
+    k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
+    v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out = attention(q, k, v, mask) if attend is None else attend(q, k, v)
     h = h + _linear(out, p["o_proj"])
     x = rms_norm(h, p["post_attn_norm"], c.rms_norm_eps)
-    gated = jax.nn.silu(_linear(x, p["gate_proj"])) * _linear(x, p["up_proj"])
-    return h + _linear(gated, p["down_proj"])
+    if "gate_up_proj" in p:  # fused in `DecodeWeights`: one matmul, split after
+        gate, up = jnp.split(_linear(x, p["gate_up_proj"]), 2, axis=-1)
+    else:
+        gate, up = _linear(x, p["gate_proj"]), _linear(x, p["up_proj"])
+    return h + _linear(jax.nn.silu(gate) * up, p["down_proj"])
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -263,50 +366,7 @@ class Qwen2ForCausalLM(nnx.Module):
     def _cached_hidden_states(
         self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array | None, cache: KVCache
     ) -> tuple[jax.Array, KVCache]:
-        """`hidden_states` with a cache: the layers unrolled, each writing its own cache array."""
-        c = self.config
-        dtype = jnp.dtype(c.dtype)
-        b, t = input_ids.shape
-        if positions is None:
-            positions = positions_from_mask(attention_mask, cache.mask.sum(-1, dtype=jnp.int32))
-        write_index = cache.index
-        kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, write_index))
-        if t == 1 and cache.attention.uses_kernel:
-            # Live slots of a row: from its first real one (left padding) through the new token.
-            start = jnp.argmax(kv_mask, axis=-1).astype(jnp.int32)
-            length = jnp.minimum(write_index + 1, cache.max_len) * jnp.ones((b,), jnp.int32)
-            if cache.live is not None:
-                length = jnp.where(cache.live, length, 0)  # finished rows: nothing to read
-
-            def read(q, k, v):
-                return cache.attention(q[:, 0], k, v, start, length).reshape(b, 1, -1)
-        else:
-            slots = jnp.arange(cache.max_len)
-            causal = slots[None, :] <= (write_index + jnp.arange(t))[:, None]  # [T, S]
-            mask = causal[None] & kv_mask[:, None, :]  # [B, T, S]
-
-            def read(q, k, v):
-                return attention(q, k, v, mask, kv_heads_major=True)
-
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
-        h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
-        layer_params = nnx.to_pure_dict(nnx.state(self.layers))
-        ks, vs = list(cache.k), list(cache.v)
-        for i in range(c.num_hidden_layers):
-
-            def attend(q, k, v, i=i):
-                # Write only the new slots of layer i's array in place; attend over the whole layer.
-                k, v = (x.swapaxes(1, 2).astype(ks[i].dtype) for x in (k, v))  # [B, KV, T, D]
-                ks[i] = jax.lax.dynamic_update_slice(ks[i], k, (0, 0, write_index, 0))
-                vs[i] = jax.lax.dynamic_update_slice(vs[i], v, (0, 0, write_index, 0))
-                return read(q, ks[i].astype(dtype), vs[i].astype(dtype))
-
-            p = jax.tree.map(lambda x: x[i].astype(dtype), layer_params)
-            h = _decoder_layer(c, h, p, cos, sin, None, attend)
-        h = rms_norm(h, self.norm[...], c.rms_norm_eps)
-        new_cache = KVCache(k=tuple(ks), v=tuple(vs), mask=kv_mask, index=cache.index + t, live=cache.live,
-                            attention=cache.attention)
-        return h, new_cache
+        return cached_hidden_states(self.config, decode_weights(self), input_ids, attention_mask, positions, cache)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """fp32 logits of hidden states [..., D] -> [..., V]."""
