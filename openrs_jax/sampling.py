@@ -28,12 +28,19 @@ tensor-parallel (projections split over "tensor") for larger ones; XLA then inse
 collectives. Row counts that do not divide the batch devices are padded with dummy rows that
 start finished and are dropped from the output.
 
-Memory. The KV cache ([layers, rows, kv_heads, slots, head_dim], in `cache_dtype`, by default
-the compute dtype) is sized before anything is allocated (`memory_needed`); a call that does
-not fit the devices' free memory raises a UserError saying how many bytes it needs. On a CPU
-with bf16 compute, pass cache_dtype="float32": XLA:CPU updates a bf16 cache out of place.
-Each step attends over the whole cache, filled or not: cheap at these sizes, and what a later
-version could trim (attend only the filled prefix) for very long completions.
+Memory. The KV cache (one [rows, kv_heads, slots, head_dim] array per layer, in `cache_dtype`,
+by default the compute dtype) is sized before anything is allocated (`memory_needed`); a call
+that does not fit the devices' free memory raises a UserError saying how many bytes it needs.
+On a CPU with bf16 compute, pass cache_dtype="float32": XLA:CPU updates a bf16 cache out of
+place.
+
+Hot loop. Both programs read `DecodeWeights` (`prepare`: one array per layer, fused q/k/v and
+gate/up on GPUs), and the cached forward is unrolled over layers, so no step copies weights or
+cache slices. Attention goes through `DecodeAttention` (model.decode_attention): on GPUs a
+kernel reading only each row's live slots and skipping finished rows, elsewhere XLA attention
+over the whole cache. With the kernel, steps run in chunks of `check_every` between checks for
+an all-finished batch, and cache lengths are rounded to `cache_bucket` (one decode program for
+every prompt bucket).
 
 Token selection is exact but avoids the costs that dominate a small model on a CPU: greedy uses
 a first-index argmax built from two reductions; temperature sampling draws two uniforms per
@@ -429,7 +436,7 @@ class Sampler:
             mesh is None or mesh.shape.get(TENSOR_AXIS, 1) == 1)
         self._prepare = jax.jit(self._prepare_impl)
         self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,))
-        self._decode = jax.jit(self._decode_impl, static_argnums=(6,), donate_argnums=(1,),
+        self._decode = jax.jit(self._decode_impl, static_argnums=(7,), donate_argnums=(1,),
                                compiler_options=DECODE_COMPILER_OPTIONS if targets_gpu(mesh) else None)
 
     # -- placement ---------------------------------------------------------------------------
@@ -526,6 +533,7 @@ class Sampler:
         key: jax.Array,
         temperature: jax.Array,
         top_p: jax.Array,
+        stop_at: jax.Array,
         plan: _Plan,
     ) -> tuple[jax.Array, jax.Array, jax.Array | None, KVCache]:
         """Samples up to max_new_tokens per row in one while_loop over the donated cache.
@@ -553,6 +561,8 @@ class Sampler:
         def advance(s: _DecodeState, logits: jax.Array, cache: KVCache) -> _DecodeState:
             keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, s.step)
             tok, lp = select(logits, keys)
+            if plan.eos_ids:  # rows told to stop here emit the EOS (benchmarks' realistic lengths)
+                tok = jnp.where(s.step + 1 == stop_at, plan.eos_ids[0], tok)
             tok = jnp.where(s.done, plan.pad_id, tok)
             lp = jnp.where(s.done, 0.0, lp)
             kept = s.logits
@@ -660,7 +670,8 @@ class Sampler:
         )
         key = jax.eval_shape(lambda: jax.random.key(0))
         scalar = jax.ShapeDtypeStruct((), jnp.float32)
-        decode = self._decode.lower(weights, cache, logits, key, scalar, scalar, plan).compile()
+        stop_at = jax.ShapeDtypeStruct((plan.rows,), jnp.int32)
+        decode = self._decode.lower(weights, cache, logits, key, scalar, scalar, stop_at, plan).compile()
         return {"prefill": prefill, "decode": decode}
 
     def _check_memory(self, needed: int, rows: int, cache_len: int) -> None:
@@ -683,12 +694,16 @@ class Sampler:
         key_or_seed: int | jax.Array = 0,
         *,
         keep_logits: bool = False,
+        stop_lengths: Sequence[int] | np.ndarray | None = None,
     ) -> SampleOutput:
         """Samples `num_samples` completions for each prompt (lists of token ids, any lengths).
 
         params: the model (Qwen2ForCausalLM), its nnx.State, or its pure parameter dict, in the
         compute dtype and placed by the caller. keep_logits (tests, debugging) also returns the
-        raw fp32 logits of every step, [N, max_new_tokens, V].
+        raw fp32 logits of every step, [N, max_new_tokens, V]. stop_lengths (benchmarks: realistic
+        completion lengths from a model with random weights): [N] lengths at which row n emits
+        the first EOS id instead of its sampled token (its log-prob stays that of the replaced
+        token) if it has not stopped before; values above max_new_tokens never apply.
         """
         t0 = time.perf_counter()
         c = self.config
@@ -727,8 +742,14 @@ class Sampler:
         jax.block_until_ready(logits)
         t2 = time.perf_counter()
         temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
+        stop_at = np.full(plan.rows, m + 1, np.int32)
+        if stop_lengths is not None:
+            stop_lengths = np.asarray(stop_lengths).reshape(-1)
+            if stop_lengths.size != num_prompts * num_samples or not sampling.eos_ids:
+                raise UserError(f"stop_lengths needs one length per row ({num_prompts * num_samples}) and an EOS id")
+            stop_at[: stop_lengths.size] = np.clip(stop_lengths, 1, m + 1)
         tokens, logprobs, kept, cache = self._decode(
-            weights, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), plan
+            weights, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), stop_at, plan
         )
         del cache
         tokens, logprobs, kept = to_host((tokens, logprobs, kept))

@@ -132,8 +132,8 @@ def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sha
         cache = KVCache.create(config, rows, prompt_len + new_tokens)
         cache = dataclasses.replace(
             cache,
-            k=sharding.constrain_batch(cache.k, mesh, row_axis=1),
-            v=sharding.constrain_batch(cache.v, mesh, row_axis=1),
+            k=tuple(sharding.constrain_batch(x, mesh) for x in cache.k),
+            v=tuple(sharding.constrain_batch(x, mesh) for x in cache.v),
             mask=sharding.constrain_batch(cache.mask, mesh),
         )
         h, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
@@ -160,37 +160,18 @@ def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any, 
     Uses `Sampler`'s jitted programs with abstract arguments, as `Sampler.generate` calls them
     for `prompts_per_step` prompts x `num_generations` samples of the longest prompt bucket.
     """
-    from openrs_jax.sampling import Sampler, _Plan
+    from openrs_jax.sampling import Sampler, SamplingParams
 
     sampler = Sampler(config, mesh=mesh, check_memory=False)
-    d = sampler.row_devices
-    prompts, samples, new_tokens = cfg.prompts_per_step, cfg.num_generations, cfg.max_completion_length
-    prompt_len = cfg.max_prompt_length  # a multiple of the prompt bucket at the recipe's 512
-    prompt_rows, rows = -(-prompts // d) * d, -(-prompts * samples // d) * d
-    cache_len = prompt_len + new_tokens - 1
-    state = jax.tree.map(lambda x: x, sampler._param_template)
-    nnx.replace_by_pure_dict(state, params)
-    ids = _abstract((prompt_rows, prompt_len), jnp.int32, mesh)
-    mask = _abstract((prompt_rows, prompt_len), bool, mesh)
-    prefill = sampler._prefill.lower(state, ids, mask, (prompts, samples, rows, cache_len)).compile()
-    # The decode's cache and logits arrive as the prefill left them: same shapes and placements.
-    cache, logits = jax.tree.map(
-        lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
-        jax.eval_shape(lambda s, i, m: sampler._prefill_impl(s, i, m, (prompts, samples, rows, cache_len)),
-                       state, ids, mask),
-        prefill.output_shardings,
-    )
     eos = config.eos_token_id if config.eos_token_id is not None else 0
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-    plan = _Plan(
-        num_prompts=prompts, num_samples=samples, rows=rows, cache_len=cache_len, max_new_tokens=new_tokens,
-        greedy=cfg.temperature == 0, top_k=int(cfg.top_k or 0), use_top_p=cfg.top_p < 1.0, eos_ids=eos_ids,
-        pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]), keep_logits=False,
+    sampling = SamplingParams(
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=int(cfg.top_k or 0),
+        max_new_tokens=cfg.max_completion_length, eos_ids=eos_ids,
+        pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]),
     )
-    scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    decode = sampler._decode.lower(state, cache, logits, key, scalar, scalar, plan).compile()
-    return {"prefill": prefill, "decode": decode}
+    # The recipe's 512-token prompts are a multiple of the prompt bucket: the longest bucket.
+    return sampler.compile(params, cfg.prompts_per_step, cfg.num_generations, cfg.max_prompt_length, sampling)
 
 
 def memory_plan(args: argparse.Namespace) -> dict[str, Any]:
