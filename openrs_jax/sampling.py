@@ -70,7 +70,7 @@ from openrs_jax.errors import UserError
 from openrs_jax.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
 from openrs_jax.model.decode_attention import DecodeAttention, targets_gpu
 from openrs_jax.model.qwen2 import DecodeWeights, cached_hidden_states, decode_weights
-from openrs_jax.sharding import to_host
+from openrs_jax.sharding import to_host, tree_shardings
 
 log = logging.getLogger("openrs_jax.sampling")
 
@@ -484,10 +484,13 @@ class Sampler:
 
     def prepare(self, params: Any) -> DecodeWeights:
         """The parameters in the layout the programs read (`DecodeWeights`: compute dtype, one
-        array per layer, gate and up fused on GPUs), placed like `params`.
+        array per layer, q/k/v and gate/up fused on GPUs), placed for rollouts (replicated
+        except along "tensor") when the sampler has a mesh.
 
-        `generate` calls it when given anything else; a caller that keeps only the prepared
-        copy (and drops the stacked one) saves that memory during the call.
+        params may be the sharded training parameters (fp32): one program casts, gathers and
+        lays them out. `generate` calls it when given anything but `DecodeWeights`; a caller that
+        passes `prepare(train_params)` instead of a stacked rollout copy keeps one copy of the
+        weights alive during the call instead of two.
         """
         if isinstance(params, DecodeWeights):
             return params
@@ -496,6 +499,12 @@ class Sampler:
     # -- programs ----------------------------------------------------------------------------
 
     def _prepare_impl(self, state: nnx.State) -> DecodeWeights:
+        if self.mesh is not None:
+            # Rollout placement (replicated but for "tensor"), cast before gathering: prepare
+            # also takes the sharded fp32 training parameters directly.
+            pure = jax.tree.map(lambda x: x.astype(self.config.dtype), nnx.to_pure_dict(state))
+            pure = jax.lax.with_sharding_constraint(pure, tree_shardings(pure, self.mesh, fsdp=False))
+            state = self._state(pure)
         return decode_weights(nnx.merge(self._graphdef, state), fuse=self._fuse)
 
     def _prefill_impl(
