@@ -651,11 +651,12 @@ class Sampler:
     def compile(
         self, params: Any, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams
     ) -> dict[str, Any]:
-        """Compiles, without running, the two programs a `generate` call with these shapes uses.
+        """Compiles, without running, the programs a `generate` call with these shapes uses.
 
         For planning memory ahead of time (`compiled.memory_analysis()`): params may be abstract
         (jax.ShapeDtypeStruct leaves, with shardings), and prompt_len is rounded up to the
-        bucket as `generate` does. Returns {"prefill": Compiled, "decode": Compiled}.
+        bucket as `generate` does. Returns {"prepare": Compiled, "prefill": Compiled, "decode":
+        Compiled} ("prepare" lays out the weights: `generate` runs it unless given `DecodeWeights`).
         """
         prompt_len = bucket_length(prompt_len, self.prompt_bucket)
         plan = self._plan(num_prompts, num_samples, prompt_len, sampling)
@@ -681,7 +682,7 @@ class Sampler:
         scalar = jax.ShapeDtypeStruct((), jnp.float32)
         stop_at = jax.ShapeDtypeStruct((plan.rows,), jnp.int32)
         decode = self._decode.lower(weights, cache, logits, key, scalar, scalar, stop_at, plan).compile()
-        return {"prefill": prefill, "decode": decode}
+        return {"prepare": prepare, "prefill": prefill, "decode": decode}
 
     def _check_memory(self, needed: int, rows: int, cache_len: int) -> None:
         devices = list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]

@@ -300,6 +300,6 @@ def test_compile_ahead_of_time_from_abstract_params(eos_model, sampler):
     model = eos_model[2]
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_of(model))
     programs = sampler.compile(abstract, 5, 3, 20, greedy())  # 20 tokens: the 24-token bucket
-    assert set(programs) == {"prefill", "decode"}
+    assert set(programs) == {"prepare", "prefill", "decode"}
     for compiled in programs.values():
         assert compiled.memory_analysis().argument_size_in_bytes > 0

@@ -10,4 +10,5 @@ SUBCOMMANDS: dict[str, str] = {
     "step": "openrs_jax.bench.step",
     "memory": "openrs_jax.bench.memory",
     "rewards": "openrs_jax.bench.rewards",
+    "plan": "openrs_jax.bench.plan",
 }

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,8 +122,9 @@ def _rollout_params(param_shapes: Any, mesh: jax.sharding.Mesh, dtype: str) -> A
 
 
 def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
-                      rows: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
-    """Lowered prefill + greedy decode loop over a KV cache of prompt_len + new_tokens slots.
+                      rows: int, prompt_len: int, new_tokens: int) -> dict[str, Callable[[], Any]]:
+    """Prefill + greedy decode loop over a KV cache of prompt_len + new_tokens slots (a function
+    that lowers it, by name).
 
     Stands in for the sampler's programs where `openrs_jax.sampling` is not available.
     """
@@ -151,14 +153,16 @@ def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sha
 
     ids = _abstract((rows, prompt_len), jnp.int32, mesh)
     mask = _abstract((rows, prompt_len), bool, mesh)
-    return {"rollout": jax.jit(rollout).lower(params, ids, mask).compile()}
+    return {"rollout": lambda: jax.jit(rollout).lower(params, ids, mask)}
 
 
-def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any, cfg: Any) -> dict[str, Any]:
-    """The sampler's own prefill and decode programs, lowered at the run's shapes.
-
-    Uses `Sampler`'s jitted programs with abstract arguments, as `Sampler.generate` calls them
+def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
+                     cfg: Any) -> dict[str, Callable[[], Any]]:
+    """The sampler's own programs at the run's shapes (`Sampler.compile`: the weights' layout,
+    prefill, decode), as functions that compile them, by name, as `Sampler.generate` calls them
     for `prompts_per_step` prompts x `num_generations` samples of the longest prompt bucket.
+    The decode function's `tokens_per_iteration` says how many tokens one iteration of its
+    token loop generates (the sampler's `check_every`).
     """
     from openrs_jax.sampling import Sampler, SamplingParams
 
@@ -170,33 +174,60 @@ def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any, 
         max_new_tokens=cfg.max_completion_length, eos_ids=eos_ids,
         pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]),
     )
-    # The recipe's 512-token prompts are a multiple of the prompt bucket: the longest bucket.
-    return sampler.compile(params, cfg.prompts_per_step, cfg.num_generations, cfg.max_prompt_length, sampling)
+    compiled: dict[str, Any] = {}
+
+    def program(name: str) -> Any:
+        # One `Sampler.compile` builds all three (each takes the previous one's outputs); the
+        # recipe's 512-token prompts are a multiple of the prompt bucket: the longest bucket.
+        if not compiled:
+            compiled.update(sampler.compile(
+                params, cfg.prompts_per_step, cfg.num_generations, cfg.max_prompt_length, sampling))
+        return compiled[name]
+
+    programs = {name: functools.partial(program, name) for name in ("prepare", "prefill", "decode")}
+    programs["decode"].tokens_per_iteration = sampler.check_every  # type: ignore[attr-defined]
+    return programs
 
 
-def memory_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Compiles the three programs for `args.devices` devices and reads their memory."""
-    if jax.device_count() < args.devices:
-        raise UserError(f"{args.devices} devices requested but only {jax.device_count()} are visible")
-    from openrs_jax.bench import shapes
+@dataclasses.dataclass
+class StepSetup:
+    """A training step's shapes, abstract state and batch, placed on `mesh` (nothing allocated)."""
 
-    cfg = shapes.load_run_config(args.config)  # works without ml_collections too (the GPU image)
-    model_config = shapes.model_config(
-        args.model_config, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat
-    )
-    mesh = sharding.make_mesh(cfg.mesh.to_dict(), jax.devices()[: args.devices])
+    cfg: Any
+    model_config: Qwen2Config
+    mesh: jax.sharding.Mesh
+    rows: int
+    prompt_len: int
+    new_tokens: int
+    micro_batch_size: int
+    update_config: UpdateConfig
+    graphdef: nnx.GraphDef
+    state: Any  # TrainState of ShapeDtypeStructs
+    batch: dict[str, Any]
+    rollout_params: Any  # the bf16 rollout / reference copy
+
+    @property
+    def train_state_bytes(self) -> int:
+        return _bytes_per_device(self.state)
+
+    @property
+    def reference_params_bytes(self) -> int:
+        return _bytes_per_device(self.rollout_params) if self.cfg.beta > 0 else 0
+
+
+def step_setup(cfg: Any, model_config: Qwen2Config, mesh: jax.sharding.Mesh,
+               micro_batch_size: int | None = None) -> StepSetup:
+    """The abstract train state, batch and rollout copy of one step of run config `cfg`."""
     dp = sharding.data_parallel_size(mesh)
     rows = cfg.prompts_per_step * cfg.num_generations
     prompt_len, new_tokens = cfg.max_prompt_length, cfg.max_completion_length
     seq = prompt_len + new_tokens
     if rows % dp:
         raise UserError(f"{rows} rows per step do not split over {dp} data-parallel devices")
-    mb = args.micro_batch_size or _valid_micro_batch(cfg.micro_batch_size, rows, dp)
+    mb = micro_batch_size or _valid_micro_batch(cfg.micro_batch_size, rows, dp)
     update_config = dataclasses.replace(UpdateConfig.from_config(cfg), micro_batch_size=mb)
-
     graphdef, abstract_params = nnx.split(abstract_model(model_config))
     param_shapes = nnx.to_pure_dict(abstract_params)
-    state = abstract_train_state(param_shapes, update_config, mesh)
     batch = {
         "input_ids": _abstract((rows, seq), jnp.int32, mesh),
         "attention_mask": _abstract((rows, seq), jnp.int32, mesh),
@@ -205,65 +236,139 @@ def memory_plan(args: argparse.Namespace) -> dict[str, Any]:
         "ref_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.beta > 0 else None,
         "old_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.num_iterations > 1 else None,
     }
-    low_precision = _rollout_params(param_shapes, mesh, cfg.compute_dtype)
+    return StepSetup(
+        cfg=cfg, model_config=model_config, mesh=mesh, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens,
+        micro_batch_size=mb, update_config=update_config, graphdef=graphdef,
+        state=abstract_train_state(param_shapes, update_config, mesh), batch=batch,
+        rollout_params=_rollout_params(param_shapes, mesh, cfg.compute_dtype),
+    )
+
+
+@dataclasses.dataclass
+class StepProgram:
+    """One compiled program of a training step."""
+
+    name: str
+    phase: str  # "rollout" | "reference" | "update" | "other"
+    calls_per_step: int
+    compiled: Any
+    compile_s: float
+    description: str = ""
+    tokens_per_iteration: int = 1  # the decode: tokens generated per iteration of its token loop
+
+
+def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
+    """Compiles, one at a time, every program one training step runs (as `trainer.Trainer` calls them):
+    the rollout cast of the parameters, the sampler's prefill and decode, the reference (and, with
+    num_iterations > 1, old-policy) log-probs, and the update."""
+    cfg, mesh, mb, prompt_len = setup.cfg, setup.mesh, setup.micro_batch_size, setup.prompt_len
+    batch = setup.batch
+
+    def timed(name: str, phase: str, calls: int, make: Callable[[], Any], description: str = "") -> StepProgram:
+        start = time.perf_counter()
+        program = make()
+        compiled = program.compile() if hasattr(program, "compile") else program
+        return StepProgram(name, phase, calls, compiled, round(time.perf_counter() - start, 1), description)
+
+    cast = jax.jit(sharding.rollout_params, static_argnames=("mesh", "dtype"))
+    yield timed("rollout_params", "rollout", 1, lambda: cast.lower(setup.state.params, mesh, cfg.compute_dtype),
+                "the train state's fp32 parameters cast to the rollout copy")
+    try:
+        rollout = _sampler_rollout(setup.model_config, mesh, setup.rollout_params, cfg)
+        description = "sampler (openrs_jax.sampling)"
+    except ImportError:
+        print("openrs_jax.sampling not found: measuring a stand-in prefill + decode loop", file=sys.stderr)
+        rollout = _fallback_rollout(setup.graphdef, setup.model_config, mesh, setup.rollout_params, setup.rows,
+                                    prompt_len, setup.new_tokens)
+        description = "stand-in prefill + greedy decode loop (no sampler available)"
+    for name, make in rollout.items():
+        program = timed(name, "rollout", 1, make, description)
+        program.tokens_per_iteration = getattr(make, "tokens_per_iteration", 1)
+        yield program
+    if cfg.beta > 0:
+        yield timed("reference", "reference", 1, lambda: token_logprobs.lower(
+            setup.graphdef, setup.rollout_params, batch["input_ids"], batch["attention_mask"], prompt_len,
+            setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
+        ), "reference log-probs (bf16 copy of the initial weights)")
+    if cfg.num_iterations > 1:
+        yield timed("old_logprobs", "reference", 1, lambda: token_logprobs.lower(
+            setup.graphdef, setup.state.params, batch["input_ids"], batch["attention_mask"], prompt_len,
+            setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
+        ), "old-policy log-probs (num_iterations > 1)")
+    step = make_train_step(setup.graphdef, setup.update_config, mesh)
+    yield timed("update", "update", cfg.num_iterations, lambda: step.lower(setup.state, batch),
+                f"{setup.rows // mb} micro-batches of {mb} rows, AdamW")
+
+
+def step_phase_peaks(setup: StepSetup, programs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Bytes per device resident while each phase runs: the phase's largest program peak plus what
+    else stays alive meanwhile (the train state outside the update, the frozen reference copy).
+
+    programs: name -> {"phase", "peak_bytes_per_device", "argument_bytes"}, as `step_programs` names them.
+    """
+    peak = {name: int(p["peak_bytes_per_device"]) for name, p in programs.items()}
+    args = {name: int(p["argument_bytes"]) for name, p in programs.items()}
+    resident_ref, train_state = setup.reference_params_bytes, setup.train_state_bytes
+    phases = {"update": peak["update"] + resident_ref}
+    # The prefill's outputs (cache, logits) are the decode's donated inputs: the larger peak counts.
+    sampler = [peak[n] for n, p in programs.items() if p["phase"] == "rollout" and n != "rollout_params"]
+    phases["rollout"] = max(sampler) + train_state + resident_ref
+    # These two take the train state's parameters as arguments, already counted in train_state.
+    for name in ("rollout_params", "old_logprobs"):
+        if name in programs:
+            phases[name] = peak[name] - args[name] + train_state + resident_ref
+    if "reference" in programs:
+        phases["reference"] = peak["reference"] + train_state
+    return phases
+
+
+def memory_plan(args: argparse.Namespace, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+    """Compiles the step's programs for `args.devices` devices and reads their memory."""
+    devices = list(devices if devices is not None else jax.devices())
+    if len(devices) < args.devices:
+        raise UserError(f"{args.devices} devices requested but only {len(devices)} are visible")
+    from openrs_jax.bench import shapes
+
+    cfg = shapes.load_run_config(args.config)  # works without ml_collections too (the GPU image)
+    model_config = shapes.model_config(
+        args.model_config, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat
+    )
+    mesh = sharding.make_mesh(cfg.mesh.to_dict(), devices[: args.devices])
+    setup = step_setup(cfg, model_config, mesh, args.micro_batch_size)
+    mb, dp = setup.micro_batch_size, sharding.data_parallel_size(mesh)
     result: dict[str, Any] = {
         "devices": args.devices,
-        "compiled_for": jax.devices()[0].platform,
+        "compiled_for": devices[0].platform,
         "mesh": dict(mesh.shape),
         "num_params": model_config.num_params(),
-        "rows": rows,
-        "prompt_length": prompt_len,
-        "completion_length": new_tokens,
+        "rows": setup.rows,
+        "prompt_length": setup.prompt_len,
+        "completion_length": setup.new_tokens,
         "micro_batch_size": mb,
         "rows_per_device_per_micro_batch": mb / dp,
         "compute_dtype": cfg.compute_dtype,
         "remat": cfg.remat,
-        "logprob_chunk": update_config.logprob_chunk,
-        "loss_aggregation": update_config.loss_aggregation,
-        "train_state_bytes_per_device": _bytes_per_device(state),
-        "reference_params_bytes_per_device": _bytes_per_device(low_precision) if cfg.beta > 0 else 0,
+        "logprob_chunk": setup.update_config.logprob_chunk,
+        "loss_aggregation": setup.update_config.loss_aggregation,
+        "train_state_bytes_per_device": setup.train_state_bytes,
+        "reference_params_bytes_per_device": setup.reference_params_bytes,
     }
-
-    def compile_and_measure(name: str, program: Any) -> None:
-        """Records the memory of a lowered (compiled here, timed) or already compiled program."""
-        start = time.perf_counter()
-        if hasattr(program, "compile"):
-            program = program.compile()
-            result[f"{name}_compile_s"] = round(time.perf_counter() - start, 1)
-        stats = _stats(program)
-        result[f"{name}_memory"] = stats
-        result[f"{name}_peak_bytes_per_device"] = stats["peak_bytes"]
-        print(f"{name}: peak {stats['peak_bytes'] / GB:.2f} GB per device", file=sys.stderr)
-
-    step = make_train_step(graphdef, update_config, mesh)
-    compile_and_measure("update", step.lower(state, batch))
-    if cfg.beta > 0:
-        compile_and_measure("reference", token_logprobs.lower(
-            graphdef, low_precision, batch["input_ids"], batch["attention_mask"], prompt_len,
-            update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
-        ))
-    try:
-        programs = _sampler_rollout(model_config, mesh, low_precision, cfg)
-        result["rollout_program"] = "sampler prefill + decode (openrs_jax.sampling)"
-    except ImportError:
-        print("openrs_jax.sampling not found: measuring a stand-in prefill + decode loop", file=sys.stderr)
-        programs = _fallback_rollout(graphdef, model_config, mesh, low_precision, rows, prompt_len, new_tokens)
-        result["rollout_program"] = "stand-in prefill + greedy decode loop (no sampler available)"
-    for name, program in programs.items():
-        compile_and_measure(name, program)
-    # The prefill's outputs (cache, logits) are the decode's donated inputs: the larger peak counts.
-    result["rollout_peak_bytes_per_device"] = max(result[f"{n}_peak_bytes_per_device"] for n in programs)
-    result["kv_cache_bytes_per_device"] = KVCache.num_bytes(model_config, rows // dp, seq)
-
-    # What else is resident while each program runs.
-    resident_ref = result["reference_params_bytes_per_device"]
-    train_state = result["train_state_bytes_per_device"]
-    phases = {
-        "update": result["update_peak_bytes_per_device"] + resident_ref,
-        "rollout": result["rollout_peak_bytes_per_device"] + train_state + resident_ref,
-    }
-    if cfg.beta > 0:
-        phases["reference"] = result["reference_peak_bytes_per_device"] + train_state
+    programs: dict[str, dict[str, Any]] = {}
+    for program in step_programs(setup):
+        stats = _stats(program.compiled)
+        programs[program.name] = {"phase": program.phase, "peak_bytes_per_device": stats["peak_bytes"],
+                                  "argument_bytes": stats["argument_bytes"]}
+        result[f"{program.name}_compile_s"] = program.compile_s
+        result[f"{program.name}_memory"] = stats
+        result[f"{program.name}_peak_bytes_per_device"] = stats["peak_bytes"]
+        if program.phase == "rollout" and program.name != "rollout_params":
+            result["rollout_program"] = program.description
+        print(f"{program.name}: peak {stats['peak_bytes'] / GB:.2f} GB per device", file=sys.stderr)
+    sampler = [n for n, p in programs.items() if p["phase"] == "rollout" and n != "rollout_params"]
+    result["rollout_peak_bytes_per_device"] = max(result[f"{n}_peak_bytes_per_device"] for n in sampler)
+    result["kv_cache_bytes_per_device"] = KVCache.num_bytes(model_config, setup.rows // dp,
+                                                            setup.prompt_len + setup.new_tokens)
+    phases = step_phase_peaks(setup, programs)
     result["step_peak_estimate_bytes_per_device"] = max(phases.values())
     result["step_peak_phase"] = max(phases, key=phases.get)
     result["budget_bytes_per_device"] = int(args.budget_gb * GB)
