@@ -70,7 +70,7 @@ from openrs_jax.errors import UserError
 from openrs_jax.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
 from openrs_jax.model.decode_attention import DecodeAttention, targets_gpu
 from openrs_jax.model.qwen2 import DecodeWeights, cached_hidden_states, decode_weights
-from openrs_jax.sharding import to_host, tree_shardings
+from openrs_jax.sharding import MESH_AXES, to_host, tree_shardings
 
 log = logging.getLogger("openrs_jax.sampling")
 
@@ -503,7 +503,9 @@ class Sampler:
             # Rollout placement (replicated but for "tensor"), cast before gathering: prepare
             # also takes the sharded fp32 training parameters directly.
             pure = jax.tree.map(lambda x: x.astype(self.config.dtype), nnx.to_pure_dict(state))
-            pure = jax.lax.with_sharding_constraint(pure, tree_shardings(pure, self.mesh, fsdp=False))
+            placed = (tree_shardings(pure, self.mesh, fsdp=False) if set(MESH_AXES) <= set(self.mesh.axis_names)
+                      else NamedSharding(self.mesh, PartitionSpec()))  # other meshes: replicated
+            pure = jax.lax.with_sharding_constraint(pure, placed)
             state = self._state(pure)
         return decode_weights(nnx.merge(self._graphdef, state), fuse=self._fuse)
 

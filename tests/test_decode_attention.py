@@ -143,3 +143,25 @@ def test_kernel_under_a_mesh_equals_one_device(eos_model):  # noqa: F811
     sharded = Sampler(model.config, mesh=mesh, prompt_bucket=8, decode_attention="pallas_interpret", check_every=3)
     out = sharded.generate(state, prompts[:3], 2, greedy(), 0)
     np.testing.assert_array_equal(out.completion_ids, np.repeat(reference[:3], 2, axis=0))
+
+
+def test_fused_decode_weights_give_the_same_logits(eos_model):  # noqa: F811
+    """DecodeWeights with q/k/v and gate/up concatenated and the RMSNorm weights folded into them
+    (the GPU layout) reproduce the model's full forward pass, prefill and cached steps."""
+    from openrs_jax.model.qwen2 import KVCache, cached_hidden_states, decode_weights
+
+    model = eos_model[2]
+    weights = jax.jit(lambda m: decode_weights(m, fuse=True))(model)
+    assert "qkv_proj" in weights.layers[0] and "input_norm" not in weights.layers[0]
+    rng = np.random.default_rng(4)
+    ids = jnp.asarray(rng.integers(3, 256, (2, 9)), jnp.int32)
+    mask = jnp.ones((2, 9), bool).at[1, :3].set(False)
+    full = np.asarray(model(ids, mask))
+    cache = KVCache.create(model.config, 2, 16)
+    h, cache = cached_hidden_states(model.config, weights, ids[:, :6], mask[:, :6], None, cache)
+    steps = [h]
+    for t in range(6, 9):
+        h, cache = cached_hidden_states(model.config, weights, ids[:, t : t + 1], mask[:, t : t + 1], None, cache)
+        steps.append(h)
+    logits = np.asarray(jnp.concatenate(steps, 1) @ weights.lm_head)
+    np.testing.assert_allclose(logits[np.asarray(mask)], full[np.asarray(mask)], atol=1e-4)

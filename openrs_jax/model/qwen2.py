@@ -112,10 +112,15 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def rms_scale(x: jax.Array, eps: float) -> jax.Array:
+    """1 / RMS of x over its last axis (kept), in fp32."""
+    xf = x.astype(jnp.float32)
+    return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """RMSNorm in fp32, result cast back to x's dtype."""
-    xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    xf = x.astype(jnp.float32) * rms_scale(x, eps)
     return (weight.astype(jnp.float32) * xf).astype(x.dtype)
 
 
@@ -146,7 +151,9 @@ class DecodeWeights:
     step; arrays of their own are read in place. With `fuse`, each layer's q/k/v kernels (and
     biases) and its gate/up kernels are concatenated once ("qkv_proj" [D, (H + 2 KV) * hd],
     "gate_up_proj" [D, 2 * I]): XLA's GPU backend otherwise merges the matmuls that share an
-    input by concatenating their weights every step.
+    input by concatenating their weights every step. `fuse` also folds each RMSNorm's weight
+    into the kernel that follows it (norm(h) @ W = (h @ (w * W)) / RMS(h), per row), so that no
+    normed copy of the hidden states is written; the layer then has no "*_norm" entries.
     """
 
     embed: jax.Array  # [V, D]
@@ -161,20 +168,25 @@ def decode_weights(model: "Qwen2ForCausalLM", fuse: bool = False) -> DecodeWeigh
     stacked = nnx.to_pure_dict(nnx.state(model.layers))
     layers = []
     for i in range(model.config.num_hidden_layers):
-        p = jax.tree.map(lambda x: x[i].astype(dtype), stacked)
-        if fuse:
-            p["qkv_proj"] = _concat_linears([p.pop(name) for name in ("q_proj", "k_proj", "v_proj")])
-            p["gate_up_proj"] = _concat_linears([p.pop(name) for name in ("gate_proj", "up_proj")])
-        layers.append(p)
+        if not fuse:
+            layers.append(jax.tree.map(lambda x: x[i].astype(dtype), stacked))
+            continue
+        p = jax.tree.map(lambda x: x[i].astype(jnp.float32), stacked)  # fold in fp32, round once
+        fused = {
+            "qkv_proj": _concat_linears([p.pop(n) for n in ("q_proj", "k_proj", "v_proj")], p.pop("input_norm")),
+            "gate_up_proj": _concat_linears([p.pop(n) for n in ("gate_proj", "up_proj")], p.pop("post_attn_norm")),
+        }
+        layers.append(jax.tree.map(lambda x: x.astype(dtype), {**p, **fused}))
     return DecodeWeights(
         embed=model.embed_tokens[...].astype(dtype), norm=model.norm[...].astype(dtype),
         lm_head=model.lm_head_kernel(), layers=tuple(layers),
     )
 
 
-def _concat_linears(linears: list[dict[str, Any]]) -> dict[str, Any]:
-    """One linear map computing several that share their input (outputs side by side)."""
-    out = {"kernel": jnp.concatenate([p["kernel"] for p in linears], axis=-1)}
+def _concat_linears(linears: list[dict[str, Any]], norm: jax.Array) -> dict[str, Any]:
+    """One linear map computing several that share their input (outputs side by side), with the
+    weight of the RMSNorm before them folded into its rows."""
+    out = {"kernel": norm[:, None] * jnp.concatenate([p["kernel"] for p in linears], axis=-1)}
     if linears[0].get("bias") is not None:
         out["bias"] = jnp.concatenate([p["bias"] for p in linears], axis=-1)
     return out
@@ -261,8 +273,10 @@ class DecoderLayers(nnx.Module):
         self.down_proj = lin(c.intermediate_size, c.hidden_size)
 
 
-def _linear(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+def _linear(x: jax.Array, p: dict[str, jax.Array], row_scale: jax.Array | None = None) -> jax.Array:
     y = x @ p["kernel"]
+    if row_scale is not None:  # a folded RMSNorm's 1 / RMS per row, applied after the matmul
+        y = (y.astype(jnp.float32) * row_scale).astype(y.dtype)
     if p.get("bias") is not None:
         y = y + p["bias"]
     return y
@@ -285,10 +299,18 @@ def _decoder_layer(
     """
     c = config
     b, t, _ = h.shape
-    x = rms_norm(h, p["input_norm"], c.rms_norm_eps)
+
+    def normed(h: jax.Array, norm: str) -> tuple[jax.Array, jax.Array | None]:
+        # The next matmul's input and, where `DecodeWeights` folded the norm's weight into that
+        # matmul's kernel, the per-row scale to apply after it (no normed copy of h is written).
+        if norm in p:
+            return rms_norm(h, p[norm], c.rms_norm_eps), None
+        return h, rms_scale(h, c.rms_norm_eps)
+
+    x, scale = normed(h, "input_norm")
     if "qkv_proj" in p:  # fused in `DecodeWeights`
         q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-        q, k, v = jnp.split(_linear(x, p["qkv_proj"]), (q_dim, q_dim + kv_dim), axis=-1)
+        q, k, v = jnp.split(_linear(x, p["qkv_proj"], scale), (q_dim, q_dim + kv_dim), axis=-1)
     else:
         q, k, v = (_linear(x, p[name]) for name in ("q_proj", "k_proj", "v_proj"))
     q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
@@ -297,9 +319,9 @@ def _decoder_layer(
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out = attention(q, k, v, mask) if attend is None else attend(q, k, v)
     h = h + _linear(out, p["o_proj"])
-    x = rms_norm(h, p["post_attn_norm"], c.rms_norm_eps)
+    x, scale = normed(h, "post_attn_norm")
     if "gate_up_proj" in p:  # fused in `DecodeWeights`: one matmul, split after
-        gate, up = jnp.split(_linear(x, p["gate_up_proj"]), 2, axis=-1)
+        gate, up = jnp.split(_linear(x, p["gate_up_proj"], scale), 2, axis=-1)
     else:
         gate, up = _linear(x, p["gate_proj"]), _linear(x, p["up_proj"])
     return h + _linear(jax.nn.silu(gate) * up, p["down_proj"])
