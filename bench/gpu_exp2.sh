@@ -13,6 +13,10 @@
 #           reward, reference and update; decode bandwidth use against the copy bandwidth measured
 #           in the same process; update and reference MFU; the runtime's peak device memory.
 #   memory  the ahead-of-time memory plan of the same programs for 1 device (PLAN=0 skips it).
+#   decode_realistic  the sampler at the same shapes with rows stopping at recipe-like lengths (forced
+#           EOS: 15% at the cap, the rest uniform over 1k-3.5k tokens), so that skipping finished rows
+#           shows; compare its decode time with the step's, where every row runs to the cap
+#           (REALISTIC=0 skips it).
 #   sampler, update (SAMPLER=1, UPDATE=1; off by default, the step covers both): the standalone benches.
 # Then prints a table of the figures against the goals (decode >= 60% of copy bandwidth at
 # 72 rows, update MFU >= 40%, a whole step < 60 s).
@@ -27,6 +31,7 @@ STEPS=${STEPS:-2}
 PLAN=${PLAN:-1}
 SAMPLER=${SAMPLER:-0}
 UPDATE=${UPDATE:-0}
+REALISTIC=${REALISTIC:-1}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/openrs-jax-cache}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -90,6 +95,10 @@ status=0
 bench step step --config "$CONFIG" --model "$MODEL" --steps "$STEPS" || status=1
 if [[ "$PLAN" == 1 ]]; then
   bench memory memory --config "$CONFIG" --model "$MODEL" --devices 1 || status=1
+fi
+if [[ "$REALISTIC" == 1 ]]; then
+  bench decode_realistic sampler --config "$CONFIG" --model "$MODEL" --repeats 1 --stop_lengths realistic \
+    --no_copy_bandwidth || status=1
 fi
 if [[ "$SAMPLER" == 1 ]]; then
   bench sampler sampler --config "$CONFIG" --model "$MODEL" --repeats 1 || status=1
@@ -160,6 +169,11 @@ sampler = load("sampler")
 if sampler:
     rows.append(("sampler: decode tokens/s, bandwidth use",
                  f"{sampler['decode_tokens_per_s']:.0f}, {pct(sampler.get('decode_bandwidth_use'))}", ""))
+realistic = load("decode_realistic")
+if realistic:
+    rows.append(("decode, realistic lengths", f"{realistic['decode_s']:.2f} s for {realistic['rows']} rows of mean "
+                 f"{realistic['mean_completion_length']:.0f} tokens (cap {realistic['new_tokens']}), "
+                 f"{realistic['decode_tokens_per_s']:.0f} tokens/s [{realistic['decode_attention']} attention]", ""))
 update = load("update")
 if update:
     rows.append(("update bench: step, MFU", f"{update['step_time_s']:.1f} s, {pct(update.get('mfu'))}", ""))

@@ -28,12 +28,19 @@ tensor-parallel (projections split over "tensor") for larger ones; XLA then inse
 collectives. Row counts that do not divide the batch devices are padded with dummy rows that
 start finished and are dropped from the output.
 
-Memory. The KV cache ([layers, rows, kv_heads, slots, head_dim], in `cache_dtype`, by default
-the compute dtype) is sized before anything is allocated (`memory_needed`); a call that does
-not fit the devices' free memory raises a UserError saying how many bytes it needs. On a CPU
-with bf16 compute, pass cache_dtype="float32": XLA:CPU updates a bf16 cache out of place.
-Each step attends over the whole cache, filled or not: cheap at these sizes, and what a later
-version could trim (attend only the filled prefix) for very long completions.
+Memory. The KV cache (one [rows, kv_heads, slots, head_dim] array per layer, in `cache_dtype`,
+by default the compute dtype) is sized before anything is allocated (`memory_needed`); a call
+that does not fit the devices' free memory raises a UserError saying how many bytes it needs.
+On a CPU with bf16 compute, pass cache_dtype="float32": XLA:CPU updates a bf16 cache out of
+place.
+
+Hot loop. Both programs read `DecodeWeights` (`prepare`: one array per layer, fused q/k/v and
+gate/up on GPUs), and the cached forward is unrolled over layers, so no step copies weights or
+cache slices. Attention goes through `DecodeAttention` (model.decode_attention): on GPUs a
+kernel reading only each row's live slots and skipping finished rows, elsewhere XLA attention
+over the whole cache. With the kernel, steps run in chunks of `check_every` between checks for
+an all-finished batch, and cache lengths are rounded to `cache_bucket` (one decode program for
+every prompt bucket).
 
 Token selection is exact but avoids the costs that dominate a small model on a CPU: greedy uses
 a first-index argmax built from two reductions; temperature sampling draws two uniforms per
@@ -61,11 +68,25 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from openrs_jax.errors import UserError
 from openrs_jax.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
-from openrs_jax.sharding import to_host
+from openrs_jax.model.decode_attention import DecodeAttention, targets_gpu
+from openrs_jax.model.qwen2 import DecodeWeights, cached_hidden_states, decode_weights
+from openrs_jax.sharding import MESH_AXES, to_host, tree_shardings
 
 log = logging.getLogger("openrs_jax.sampling")
 
 TENSOR_AXIS = "tensor"
+# With the decode-attention kernel (GPUs): decode steps run in chunks of this many between
+# checks for an all-finished batch (each check is a device-to-host round trip that stalls
+# the launch queue), and cache lengths are rounded to this bucket so that every prompt bucket
+# of a run (Exp2: 64..512 prompt tokens + 3,583 fed tokens <= 4,096 slots) shares one decode
+# program; the kernel reads only live slots, so the extra slots cost memory only up to the
+# bucket and no bandwidth.
+DEFAULT_CHECK_EVERY = 8
+# XLA options of the decode program on GPUs. Its matmuls have few rows (one token per row):
+# XLA's Triton gemms split them over K and write fp32 partial sums to memory (about 0.3 GB per
+# step at Exp2 shapes), where cuBLAS does not.
+DECODE_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+DEFAULT_CACHE_BUCKET = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +158,7 @@ class _Plan:
     num_prompts: int  # distinct prompts in the call
     num_samples: int  # G
     rows: int  # prompts x samples, padded to a multiple of the batch devices
-    cache_len: int  # prompt bucket + max_new_tokens - 1
+    cache_len: int  # prompt bucket + max_new_tokens - 1, rounded up (`Sampler.cache_length`)
     max_new_tokens: int
     greedy: bool
     top_k: int  # 0 = off
@@ -311,6 +332,11 @@ def select_tokens(
     return sample_categorical(x, u)
 
 
+def project_logits(hidden: jax.Array, weights: DecodeWeights) -> jax.Array:
+    """fp32 logits [..., V] of final hidden states [..., D] (as `Qwen2ForCausalLM.logits`)."""
+    return jnp.dot(hidden, weights.lm_head, preferred_element_type=jnp.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Host-side helpers
 # ---------------------------------------------------------------------------------------------
@@ -362,12 +388,22 @@ class Sampler:
         cache_dtype: Any = None,
         top_p_candidates: int = 64,
         check_memory: bool = True,
+        decode_attention: str | None = None,
+        check_every: int | None = None,
+        cache_bucket: int | None = None,
     ):
         """config: model shape and compute dtype (the cache is in `cache_dtype`, default the
         compute dtype). mesh: rows are split over all its axes but "tensor". prompt_bucket:
-        prompt lengths are rounded up to a multiple of it."""
+        prompt lengths are rounded up to a multiple of it. decode_attention: "xla", "pallas" or
+        "pallas_interpret" (default: the kernel on GPUs, XLA elsewhere). check_every: decode
+        steps between checks for an all-finished batch (default 8 with the kernel, 1 otherwise).
+        cache_bucket: cache slots are rounded up to a multiple of it, so that prompt buckets
+        share one decode program (default 512 with the kernel, 1 otherwise)."""
         if prompt_bucket < 1:
             raise UserError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
+        for name, value in (("check_every", check_every), ("cache_bucket", cache_bucket)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
         self.config = config
         self.mesh = mesh
         self.prompt_bucket = prompt_bucket
@@ -383,11 +419,25 @@ class Sampler:
             tp = mesh.shape.get(TENSOR_AXIS, 1)
             if tp > 1 and config.num_key_value_heads % tp == 0:
                 self._kv_axis = TENSOR_AXIS
+        self.attention = DecodeAttention.auto(
+            decode_attention, mesh=mesh, batch_axes=self.batch_axes, kv_axis=self._kv_axis
+        )
+        kernel = self.attention.uses_kernel
+        self.check_every = check_every or (DEFAULT_CHECK_EVERY if kernel else 1)
+        self.cache_bucket = cache_bucket or (DEFAULT_CACHE_BUCKET if kernel else 1)
+        log.info("decode attention: %s, finished rows checked every %d steps, cache slots in multiples of %d",
+                 self.attention.implementation, self.check_every, self.cache_bucket)
         self._graphdef, abstract_state = nnx.split(abstract_model(config))
         self._param_template = abstract_state
         self.num_compilations = 0
+        # On GPUs the q/k/v and gate/up kernels are fused once per call (not with a tensor split,
+        # which would mix their columns in one shard).
+        self._fuse = targets_gpu(mesh) and self._kv_axis is None and (
+            mesh is None or mesh.shape.get(TENSOR_AXIS, 1) == 1)
+        self._prepare = jax.jit(self._prepare_impl)
         self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,))
-        self._decode = jax.jit(self._decode_impl, static_argnums=(6,), donate_argnums=(1,))
+        self._decode = jax.jit(self._decode_impl, static_argnums=(7,), donate_argnums=(1,),
+                               compiler_options=DECODE_COMPILER_OPTIONS if targets_gpu(mesh) else None)
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -402,12 +452,18 @@ class Sampler:
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
     def _constrain_cache(self, cache: KVCache) -> KVCache:
-        return KVCache(
-            k=self._constrain(cache.k, 1, 2),
-            v=self._constrain(cache.v, 1, 2),
+        return dataclasses.replace(
+            cache,
+            k=tuple(self._constrain(x, 0, 1) for x in cache.k),
+            v=tuple(self._constrain(x, 0, 1) for x in cache.v),
             mask=self._constrain(cache.mask, 0),
-            index=cache.index,
         )
+
+    def cache_length(self, prompt_len: int, max_new_tokens: int) -> int:
+        """KV cache slots of a call: the bucketed prompt and every fed token (the last sampled
+        token is never fed), rounded up to the cache bucket and to what the kernel takes."""
+        needed = prompt_len + max_new_tokens - 1
+        return self.attention.cache_slots(-(-needed // self.cache_bucket) * self.cache_bucket)
 
     def _note_compile(self, what: str, detail: str) -> None:
         # Runs only while jax traces a new program, i.e. once per compilation.
@@ -426,41 +482,69 @@ class Sampler:
             return state
         raise TypeError(f"params must be a Qwen2ForCausalLM, an nnx.State or a dict, got {type(params).__name__}")
 
+    def prepare(self, params: Any) -> DecodeWeights:
+        """The parameters in the layout the programs read (`DecodeWeights`: compute dtype, one
+        array per layer, q/k/v and gate/up fused on GPUs), placed for rollouts (replicated
+        except along "tensor") when the sampler has a mesh.
+
+        params may be the sharded training parameters (fp32): one program casts, gathers and
+        lays them out. `generate` calls it when given anything but `DecodeWeights`; a caller that
+        passes `prepare(train_params)` instead of a stacked rollout copy keeps one copy of the
+        weights alive during the call instead of two.
+        """
+        if isinstance(params, DecodeWeights):
+            return params
+        return self._prepare(self._state(params))
+
     # -- programs ----------------------------------------------------------------------------
 
+    def _prepare_impl(self, state: nnx.State) -> DecodeWeights:
+        if self.mesh is not None:
+            # Rollout placement (replicated but for "tensor"), cast before gathering: prepare
+            # also takes the sharded fp32 training parameters directly.
+            pure = jax.tree.map(lambda x: x.astype(self.config.dtype), nnx.to_pure_dict(state))
+            placed = (tree_shardings(pure, self.mesh, fsdp=False) if set(MESH_AXES) <= set(self.mesh.axis_names)
+                      else NamedSharding(self.mesh, PartitionSpec()))  # other meshes: replicated
+            pure = jax.lax.with_sharding_constraint(pure, placed)
+            state = self._state(pure)
+        return decode_weights(nnx.merge(self._graphdef, state), fuse=self._fuse)
+
     def _prefill_impl(
-        self, state: nnx.State, ids: jax.Array, mask: jax.Array, rows: tuple[int, int, int, int]
+        self, weights: DecodeWeights, ids: jax.Array, mask: jax.Array, rows: tuple[int, int, int, int]
     ) -> tuple[KVCache, jax.Array]:
         """Runs the distinct prompts once; returns the cache expanded to all rows and each
         row's next-token logits."""
         num_prompts, num_samples, num_rows, cache_len = rows
         prompt_rows, prompt_len = ids.shape
         self._note_compile("prefill", f"prompts={prompt_rows}x{prompt_len} rows={num_rows} cache_len={cache_len}")
-        model = nnx.merge(self._graphdef, state)
         ids, mask = self._constrain(ids, 0), self._constrain(mask, 0)
         small = KVCache.create(self.config, prompt_rows, prompt_len, self.cache_dtype)
-        h, small = model.hidden_states(ids, mask, cache=small)
-        logits = model.logits(h[:, -1])  # [P, V]: only the last position (left padding)
+        h, small = cached_hidden_states(self.config, weights, ids, mask.astype(bool), None, small)
+        logits = project_logits(h[:, -1], weights)  # [P, V]: only the last position (left padding)
         # Row r samples prompt r // G; padding rows reuse prompt 0 and start finished.
         source = np.zeros(num_rows, np.int32)
         source[: num_prompts * num_samples] = np.arange(num_prompts * num_samples) // num_samples
-        pad = ((0, 0), (0, 0), (0, 0), (0, cache_len - prompt_len), (0, 0))
+        pad = ((0, 0), (0, 0), (0, cache_len - prompt_len), (0, 0))
+        expand = lambda x: jnp.pad(jnp.take(x, source, axis=0), pad)  # noqa: E731
         cache = KVCache(
-            k=jnp.pad(jnp.take(small.k, source, axis=1), pad),
-            v=jnp.pad(jnp.take(small.v, source, axis=1), pad),
+            k=tuple(map(expand, small.k)),
+            v=tuple(map(expand, small.v)),
             mask=jnp.pad(jnp.take(small.mask, source, axis=0), ((0, 0), (0, cache_len - prompt_len))),
             index=small.index,
+            live=jnp.ones((num_rows,), bool),
+            attention=self.attention,
         )
         return self._constrain_cache(cache), self._constrain(jnp.take(logits, source, axis=0), 0)
 
     def _decode_impl(
         self,
-        state: nnx.State,
+        weights: DecodeWeights,
         cache: KVCache,
         logits: jax.Array,
         key: jax.Array,
         temperature: jax.Array,
         top_p: jax.Array,
+        stop_at: jax.Array,
         plan: _Plan,
     ) -> tuple[jax.Array, jax.Array, jax.Array | None, KVCache]:
         """Samples up to max_new_tokens per row in one while_loop over the donated cache.
@@ -469,7 +553,6 @@ class Sampler:
         donated input and run the loop in place instead of copying the cache first.
         """
         self._note_compile("decode", str(plan))
-        model = nnx.merge(self._graphdef, state)
         n, m = plan.rows, plan.max_new_tokens
         row_ids = jnp.arange(n)
         # One key per row, derived from its global index: a row's samples do not depend on how
@@ -489,6 +572,8 @@ class Sampler:
         def advance(s: _DecodeState, logits: jax.Array, cache: KVCache) -> _DecodeState:
             keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, s.step)
             tok, lp = select(logits, keys)
+            if plan.eos_ids:  # rows told to stop here emit the EOS (benchmarks' realistic lengths)
+                tok = jnp.where(s.step + 1 == stop_at, plan.eos_ids[0], tok)
             tok = jnp.where(s.done, plan.pad_id, tok)
             lp = jnp.where(s.done, 0.0, lp)
             kept = s.logits
@@ -504,25 +589,35 @@ class Sampler:
                 logits=kept,
             )
 
-        def body(s: _DecodeState) -> _DecodeState:
-            out, cache = model(s.last[:, None], jnp.ones((n, 1), bool), cache=s.cache)
-            return advance(s, out[:, 0], self._constrain_cache(cache))
+        def step(_: Any, s: _DecodeState) -> _DecodeState:
+            cache = dataclasses.replace(s.cache, live=~s.done)  # the kernel skips finished rows
+            h, cache = cached_hidden_states(self.config, weights, s.last[:, None], jnp.ones((n, 1), bool), None, cache)
+            return advance(s, project_logits(h[:, 0], weights), self._constrain_cache(cache))
+
+        def chunk(s: _DecodeState) -> _DecodeState:
+            # `check_every` steps with a static trip count, so only `cond` syncs with the host.
+            # Steps past max_new_tokens write buffer columns that are cut off below, and cache
+            # slots no real step reads afterwards (dynamic_update_slice clamps at the end).
+            return jax.lax.fori_loop(0, k, step, s) if k > 1 else step(0, s)
 
         def cond(s: _DecodeState) -> jax.Array:
             return (s.step < m) & ~jnp.all(s.done)
 
+        k = self.check_every
+        width = m + k - 1  # room for the overshoot of the last chunk
         start = _DecodeState(
             step=jnp.zeros((), jnp.int32),
             last=jnp.full((n,), plan.pad_id, jnp.int32),
             done=row_ids >= plan.num_prompts * plan.num_samples,
-            tokens=self._constrain(jnp.full((n, m), plan.pad_id, jnp.int32), 0),
-            logprobs=self._constrain(jnp.zeros((n, m), jnp.float32), 0),
+            tokens=self._constrain(jnp.full((n, width), plan.pad_id, jnp.int32), 0),
+            logprobs=self._constrain(jnp.zeros((n, width), jnp.float32), 0),
             cache=cache,
-            logits=jnp.zeros((n, m, logits.shape[-1]), jnp.float32) if plan.keep_logits else None,
+            logits=jnp.zeros((n, width, logits.shape[-1]), jnp.float32) if plan.keep_logits else None,
         )
         # The first token comes from the prefill logits; each loop step feeds one token.
-        final = jax.lax.while_loop(cond, body, advance(start, logits, cache))
-        return final.tokens, final.logprobs, final.logits, final.cache
+        final = jax.lax.while_loop(cond, chunk, advance(start, logits, cache))
+        kept = None if final.logits is None else final.logits[:, :m]
+        return final.tokens[:, :m], final.logprobs[:, :m], kept, final.cache
 
     # -- public ------------------------------------------------------------------------------
 
@@ -535,14 +630,20 @@ class Sampler:
         c = self.config
         prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
         rows = -(-num_prompts * num_samples // self.row_devices) * self.row_devices
-        cache_len = prompt_len + max_new_tokens - 1
+        cache_len = self.cache_length(prompt_len, max_new_tokens)
         total = (
             KVCache.num_bytes(c, prompt_rows, prompt_len, self.cache_dtype)
             + KVCache.num_bytes(c, rows, cache_len, self.cache_dtype)
             + (prompt_rows + rows) * c.vocab_size * 4  # last-position logits
-            + rows * max_new_tokens * 8  # token and log-prob buffers
+            + rows * (max_new_tokens + self.check_every - 1) * 8  # token and log-prob buffers
         )
         return -(-total // self.row_devices)
+
+    def prepared_bytes(self) -> int:
+        """Bytes per device of the weights `prepare` makes (compute dtype; split over "tensor")."""
+        count = sum(math.prod(x.shape) for x in jax.tree.leaves(self._param_template))
+        tp = self.mesh.shape.get(TENSOR_AXIS, 1) if self.mesh is not None else 1
+        return count * jnp.dtype(self.config.dtype).itemsize // tp
 
     def _plan(self, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams,
               keep_logits: bool = False) -> _Plan:
@@ -550,7 +651,7 @@ class Sampler:
         d = self.row_devices
         return _Plan(
             num_prompts=num_prompts, num_samples=num_samples, rows=-(-num_prompts * num_samples // d) * d,
-            cache_len=prompt_len + sampling.max_new_tokens - 1, max_new_tokens=sampling.max_new_tokens,
+            cache_len=self.cache_length(prompt_len, sampling.max_new_tokens), max_new_tokens=sampling.max_new_tokens,
             greedy=sampling.greedy, top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0,
             eos_ids=sampling.eos_ids, pad_id=sampling.pad_id, keep_logits=keep_logits,
         )
@@ -558,30 +659,38 @@ class Sampler:
     def compile(
         self, params: Any, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams
     ) -> dict[str, Any]:
-        """Compiles, without running, the two programs a `generate` call with these shapes uses.
+        """Compiles, without running, the programs a `generate` call with these shapes uses.
 
         For planning memory ahead of time (`compiled.memory_analysis()`): params may be abstract
         (jax.ShapeDtypeStruct leaves, with shardings), and prompt_len is rounded up to the
-        bucket as `generate` does. Returns {"prefill": Compiled, "decode": Compiled}.
+        bucket as `generate` does. Returns {"prepare": Compiled, "prefill": Compiled, "decode":
+        Compiled} ("prepare" lays out the weights: `generate` runs it unless given `DecodeWeights`).
         """
         prompt_len = bucket_length(prompt_len, self.prompt_bucket)
         plan = self._plan(num_prompts, num_samples, prompt_len, sampling)
         prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
         state = self._state(params)
+        # The programs receive the prepared weights as the prepare program leaves them.
+        prepare = self._prepare.lower(state).compile()
+        weights = jax.tree.map(
+            lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
+            jax.eval_shape(self._prepare_impl, state), prepare.output_shardings,
+        )
         ids = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.int32)
         mask = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.bool_)
         rows = (num_prompts, num_samples, plan.rows, plan.cache_len)
-        prefill = self._prefill.lower(state, ids, mask, rows).compile()
+        prefill = self._prefill.lower(weights, ids, mask, rows).compile()
         # The decode program receives the cache and logits as the prefill leaves them.
         cache, logits = jax.tree.map(
             lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
-            jax.eval_shape(lambda s, i, m: self._prefill_impl(s, i, m, rows), state, ids, mask),
+            jax.eval_shape(lambda w, i, m: self._prefill_impl(w, i, m, rows), weights, ids, mask),
             prefill.output_shardings,
         )
         key = jax.eval_shape(lambda: jax.random.key(0))
         scalar = jax.ShapeDtypeStruct((), jnp.float32)
-        decode = self._decode.lower(state, cache, logits, key, scalar, scalar, plan).compile()
-        return {"prefill": prefill, "decode": decode}
+        stop_at = jax.ShapeDtypeStruct((plan.rows,), jnp.int32)
+        decode = self._decode.lower(weights, cache, logits, key, scalar, scalar, stop_at, plan).compile()
+        return {"prepare": prepare, "prefill": prefill, "decode": decode}
 
     def _check_memory(self, needed: int, rows: int, cache_len: int) -> None:
         devices = list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
@@ -603,12 +712,16 @@ class Sampler:
         key_or_seed: int | jax.Array = 0,
         *,
         keep_logits: bool = False,
+        stop_lengths: Sequence[int] | np.ndarray | None = None,
     ) -> SampleOutput:
         """Samples `num_samples` completions for each prompt (lists of token ids, any lengths).
 
         params: the model (Qwen2ForCausalLM), its nnx.State, or its pure parameter dict, in the
         compute dtype and placed by the caller. keep_logits (tests, debugging) also returns the
-        raw fp32 logits of every step, [N, max_new_tokens, V].
+        raw fp32 logits of every step, [N, max_new_tokens, V]. stop_lengths (benchmarks: realistic
+        completion lengths from a model with random weights): [N] lengths at which row n emits
+        the first EOS id instead of its sampled token (its log-prob stays that of the replaced
+        token) if it has not stopped before; values above max_new_tokens never apply.
         """
         t0 = time.perf_counter()
         c = self.config
@@ -631,6 +744,8 @@ class Sampler:
         prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
         if self.check_memory:
             needed = self.memory_needed(num_prompts, num_samples, prompt_len, m)
+            if not isinstance(params, DecodeWeights):  # `prepare` makes a copy for the call
+                needed += self.prepared_bytes()
             self._check_memory(needed, plan.rows, plan.cache_len)
 
         ids = np.full((prompt_rows, prompt_len), sampling.pad_id, np.int32)
@@ -640,15 +755,21 @@ class Sampler:
             mask[i, prompt_len - p.size :] = True
         ids[num_prompts:], mask[num_prompts:] = ids[0], mask[0]  # dummy prompts: copies of the first
 
-        state = self._state(params)
         compiled_before = self.num_compilations
         t1 = time.perf_counter()
-        cache, logits = self._prefill(state, ids, mask, (num_prompts, num_samples, plan.rows, plan.cache_len))
+        weights = self.prepare(params)
+        cache, logits = self._prefill(weights, ids, mask, (num_prompts, num_samples, plan.rows, plan.cache_len))
         jax.block_until_ready(logits)
         t2 = time.perf_counter()
         temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
+        stop_at = np.full(plan.rows, m + 1, np.int32)
+        if stop_lengths is not None:
+            stop_lengths = np.asarray(stop_lengths).reshape(-1)
+            if stop_lengths.size != num_prompts * num_samples or not sampling.eos_ids:
+                raise UserError(f"stop_lengths needs one length per row ({num_prompts * num_samples}) and an EOS id")
+            stop_at[: stop_lengths.size] = np.clip(stop_lengths, 1, m + 1)
         tokens, logprobs, kept, cache = self._decode(
-            state, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), plan
+            weights, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), stop_at, plan
         )
         del cache
         tokens, logprobs, kept = to_host((tokens, logprobs, kept))

@@ -303,7 +303,8 @@ class GRPOTrainer:
     def rollout(self, examples: list, refill: int = 0) -> tuple[Any, float]:
         """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
         start = time.perf_counter()
-        params = sharding.rollout_params(self.state.params, self.mesh, self.config.compute_dtype)
+        # The decode layout straight from the training parameters: one copy of the weights alive.
+        params = self.sampler.prepare(self.state.params)
         key = jax.random.fold_in(self.rng, self.step)
         if refill:
             key = jax.random.fold_in(key, refill)

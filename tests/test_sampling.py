@@ -270,12 +270,17 @@ def test_four_devices_give_the_single_device_output(eos_model, sampler, shape, a
 
 def test_memory_check_reports_the_bytes_needed(eos_model, sampler, monkeypatch):
     _, _, model, prompts, _ = eos_model
-    needed = sampler.memory_needed(5, 3, 24, MAX_NEW)
+    # The weights' decode layout is a copy for the call unless the caller passes `prepare`'s output.
+    assert sampler.prepared_bytes() == 4 * sum(x.size for x in jax.tree.leaves(params_of(model)))
+    needed = sampler.memory_needed(5, 3, 24, MAX_NEW) + sampler.prepared_bytes()
     monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed - 1)
     with pytest.raises(UserError, match=f"{needed} bytes"):
         sampler.generate(model, prompts, 3, greedy(), 0)
     monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed)
     sampler.generate(model, prompts, 3, greedy(), 0)
+    prepared = sampler.prepare(model)  # passed prepared, the call makes no copy: it fits in less
+    monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed - sampler.prepared_bytes())
+    sampler.generate(prepared, prompts, 3, greedy(), 0)
 
 
 def test_invalid_inputs_are_user_errors(eos_model, sampler):
@@ -300,6 +305,25 @@ def test_compile_ahead_of_time_from_abstract_params(eos_model, sampler):
     model = eos_model[2]
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_of(model))
     programs = sampler.compile(abstract, 5, 3, 20, greedy())  # 20 tokens: the 24-token bucket
-    assert set(programs) == {"prefill", "decode"}
+    assert set(programs) == {"prepare", "prefill", "decode"}
     for compiled in programs.values():
         assert compiled.memory_analysis().argument_size_in_bytes > 0
+
+
+def test_stop_lengths_force_an_eos(eos_model, sampler):
+    """Benchmarks' realistic lengths: a row stops at its given length unless its own EOS comes first."""
+    from openrs_jax.bench.sampler import realistic_lengths
+
+    _, _, model, prompts, reference = eos_model
+    natural = sampler.generate(model, prompts, 1, greedy(), 0)
+    stops = np.array([2, 5, 9, 1, MAX_NEW + 3])
+    out = sampler.generate(model, prompts, 1, greedy(), 0, stop_lengths=stops)
+    np.testing.assert_array_equal(out.lengths, np.minimum(natural.lengths, stops))
+    for row, n in zip(range(len(prompts)), out.lengths):
+        np.testing.assert_array_equal(out.completion_ids[row, : n - 1], reference[row, : n - 1])
+        assert out.completion_ids[row, n - 1] == EOS
+    with pytest.raises(UserError, match="stop_lengths"):
+        sampler.generate(model, prompts, 1, greedy(), 0, stop_lengths=stops[:2])
+    lengths = realistic_lengths(10_000, 3584, np.random.default_rng(0))
+    assert lengths.min() >= 1024 and lengths.max() == 3584
+    assert 0.12 < np.mean(lengths == 3584) < 0.18 and 1800 < np.median(lengths) < 2800

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -141,8 +142,8 @@ def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sha
         cache = KVCache.create(config, rows, prompt_len + new_tokens)
         cache = dataclasses.replace(
             cache,
-            k=sharding.constrain_batch(cache.k, mesh, row_axis=1),
-            v=sharding.constrain_batch(cache.v, mesh, row_axis=1),
+            k=tuple(sharding.constrain_batch(x, mesh) for x in cache.k),
+            v=tuple(sharding.constrain_batch(x, mesh) for x in cache.v),
             mask=sharding.constrain_batch(cache.mask, mesh),
         )
         h, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
@@ -165,51 +166,36 @@ def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sha
 
 def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
                      cfg: Any) -> dict[str, Callable[[], Any]]:
-    """The sampler's own prefill and decode programs at the run's shapes: functions that compile
-    them, by name (call "prefill" first: the decode takes its inputs as the prefill places them).
-
-    Uses `Sampler`'s jitted programs with abstract arguments, as `Sampler.generate` calls them
+    """The sampler's own programs at the run's shapes (`Sampler.compile`: the weights' layout,
+    prefill, decode), as functions that compile them, by name, as `Sampler.generate` calls them
     for `prompts_per_step` prompts x `num_generations` samples of the longest prompt bucket.
+    The decode function's `tokens_per_iteration` says how many tokens one iteration of its
+    token loop generates (the sampler's `check_every`).
     """
-    from openrs_jax.sampling import Sampler, _Plan
+    from openrs_jax.sampling import Sampler, SamplingParams
 
-    sampler = Sampler(config, mesh=mesh, check_memory=False)
-    d = sampler.row_devices
-    prompts, samples, new_tokens = cfg.prompts_per_step, cfg.num_generations, cfg.max_completion_length
-    prompt_len = cfg.max_prompt_length  # a multiple of the prompt bucket at the recipe's 512
-    prompt_rows, rows = -(-prompts // d) * d, -(-prompts * samples // d) * d
-    cache_len = prompt_len + new_tokens - 1
-    state = jax.tree.map(lambda x: x, sampler._param_template)
-    nnx.replace_by_pure_dict(state, params)
-    ids = _abstract((prompt_rows, prompt_len), jnp.int32, mesh)
-    mask = _abstract((prompt_rows, prompt_len), bool, mesh)
+    # The trainer's prompt bucket, so that the longest prompt keeps its length.
+    bucket = min(64, -(-cfg.max_prompt_length // 8) * 8)
+    sampler = Sampler(config, mesh=mesh, check_memory=False, prompt_bucket=bucket)
+    eos = config.eos_token_id if config.eos_token_id is not None else 0
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+    sampling = SamplingParams(
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=int(cfg.top_k or 0),
+        max_new_tokens=cfg.max_completion_length, eos_ids=eos_ids,
+        pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]),
+    )
     compiled: dict[str, Any] = {}
 
-    def prefill() -> Any:
-        compiled["prefill"] = sampler._prefill.lower(state, ids, mask, (prompts, samples, rows, cache_len)).compile()
-        return compiled["prefill"]
+    def program(name: str) -> Any:
+        # One `Sampler.compile` builds all three (each takes the previous one's outputs).
+        if not compiled:
+            compiled.update(sampler.compile(
+                params, cfg.prompts_per_step, cfg.num_generations, cfg.max_prompt_length, sampling))
+        return compiled[name]
 
-    def decode() -> Any:
-        # The decode's cache and logits arrive as the prefill left them: same shapes and placements.
-        prefill_program = compiled.get("prefill") or prefill()
-        cache, logits = jax.tree.map(
-            lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
-            jax.eval_shape(lambda s, i, m: sampler._prefill_impl(s, i, m, (prompts, samples, rows, cache_len)),
-                           state, ids, mask),
-            prefill_program.output_shardings,
-        )
-        eos = config.eos_token_id if config.eos_token_id is not None else 0
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-        plan = _Plan(
-            num_prompts=prompts, num_samples=samples, rows=rows, cache_len=cache_len, max_new_tokens=new_tokens,
-            greedy=cfg.temperature == 0, top_k=int(cfg.top_k or 0), use_top_p=cfg.top_p < 1.0, eos_ids=eos_ids,
-            pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]), keep_logits=False,
-        )
-        scalar = jax.ShapeDtypeStruct((), jnp.float32)
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        return sampler._decode.lower(state, cache, logits, key, scalar, scalar, plan)
-
-    return {"prefill": prefill, "decode": decode}
+    programs = {name: functools.partial(program, name) for name in ("prepare", "prefill", "decode")}
+    programs["decode"].tokens_per_iteration = sampler.check_every  # type: ignore[attr-defined]
+    return programs
 
 
 @dataclasses.dataclass
@@ -277,6 +263,7 @@ class StepProgram:
     compiled: Any
     compile_s: float
     description: str = ""
+    tokens_per_iteration: int = 1  # the decode: tokens generated per iteration of its token loop
 
 
 def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
@@ -304,7 +291,9 @@ def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
                                     prompt_len, setup.new_tokens)
         description = "stand-in prefill + greedy decode loop (no sampler available)"
     for name, make in rollout.items():
-        yield timed(name, "rollout", 1, make, description)
+        program = timed(name, "rollout", 1, make, description)
+        program.tokens_per_iteration = getattr(make, "tokens_per_iteration", 1)
+        yield program
     if cfg.beta > 0:
         yield timed("reference", "reference", 1, lambda: token_logprobs.lower(
             setup.graphdef, setup.rollout_params, batch["input_ids"], batch["attention_mask"], prompt_len,

@@ -166,7 +166,10 @@ def program_entry(program: memory.StepProgram, target: Target, completion_length
     text = program.compiled.as_text()
     # A loop without a proven trip count is the decode loop over tokens (it stops early when every
     # row has finished): it counts the config's completion length.
-    cost = hlo_cost.program_cost(text, unknown_trip_count=completion_length)
+    # The decode loop generates `tokens_per_iteration` tokens per iteration (finished rows are
+    # checked that often): it runs completion_length / tokens_per_iteration times.
+    per_loop = max(1, program.tokens_per_iteration)
+    cost = hlo_cost.program_cost(text, unknown_trip_count=-(-completion_length // per_loop))
     stats = memory._stats(program.compiled)
     entry: dict[str, Any] = {
         "phase": program.phase,
@@ -181,10 +184,12 @@ def program_entry(program: memory.StepProgram, target: Target, completion_length
     per_call, largest_writes = cost.total, cost.largest_writes
     loop = cost.token_loop() if program.name == "decode" else None
     if loop is not None:
-        per_call = loop.per_iteration
-        # Its largest writers ranked per token: the loop counted once.
+        per_call = hlo_cost.Cost()
+        per_call.add(loop.per_iteration, 1.0 / per_loop)
+        # Its largest writers ranked per loop iteration (per_loop tokens): the loop counted once.
         largest_writes = hlo_cost.program_cost(text, unknown_trip_count=1).largest_writes
-        entry.update(per="generated token", loop_trip_count=loop.trip_count, loop_trip_count_known=loop.known)
+        entry.update(per="generated token", loop_trip_count=loop.trip_count, loop_trip_count_known=loop.known,
+                     tokens_per_loop_iteration=per_loop)
     else:
         entry["per"] = "call"
     seconds = roofline_s(cost.total, target)

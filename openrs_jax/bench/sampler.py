@@ -1,6 +1,10 @@
 """Sampler throughput: prefill and decode tokens/s, optionally side by side with `transformers` generate.
 
-Every row decodes exactly --new_tokens tokens (EOS ignored), so both sides do the same work.
+Every row decodes exactly --new_tokens tokens (EOS ignored), so both sides do the same work;
+with `--stop_lengths realistic` rows instead stop at lengths drawn like the recipe's completions
+(`realistic_lengths`: 15% at the cap, the rest uniform between 2/7 of the cap and the cap,
+i.e. 1k-3.5k of 3.5k tokens), forced by an EOS, so that a decode that skips finished rows
+shows it (decode tokens/s then counts the tokens actually generated).
 Definitions: prefill tokens/s = distinct prompt tokens (prompts x prompt_len) / prefill time;
 decode tokens/s = rows x (new_tokens - 1) / time after the prefill (each decode step is one
 forward of every row plus sampling; the first token comes from the prefill); end-to-end
@@ -14,7 +18,8 @@ dtype (all but the input embedding, of which only the rows' lookups) + the KV ca
 actually attended (prompt + tokens so far, averaged over the steps) / the measured decode step
 time / the copy bandwidth measured in the same run (`common.copy_bandwidth`: read + write bytes
 per second of a large elementwise op). `decode_bandwidth_use_full_cache` counts the whole KV
-cache instead, which this sampler's attention reads every step. `--config` takes the shapes
+cache instead, which the XLA attention path (CPUs) reads every step; the GPU kernel reads only
+the live slots (`decode_attention` in the JSON says which ran). `--config` takes the shapes
 from a run config (see `bench.shapes`); `--model` also takes presets (`preset:1.5b`).
 """
 
@@ -29,6 +34,7 @@ from openrs_jax.bench import shapes
 from openrs_jax.bench.common import (
     DTYPES, copy_bandwidth, decode_bytes_per_step, describe_model, device_memory, time_calls, torch_twin,
 )
+from openrs_jax.errors import UserError
 from openrs_jax.sampling import Sampler, SamplingParams
 
 
@@ -51,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf_threads", type=int, help="torch threads for transformers (default: torch's own, one "
                         "per core; on a busy shared host 1 can be several times faster)")
     parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
+    parser.add_argument("--stop_lengths", choices=("none", "realistic"), default="none",
+                        help="realistic: rows stop at recipe-like lengths (forced EOS) instead of all at the cap")
     shapes.add_config_argument(parser, CONFIG_FIELDS)
 
 
@@ -65,6 +73,15 @@ CONFIG_FIELDS = {
     "top_k": "top_k",
     "dtype": "compute_dtype",
 }
+
+
+def realistic_lengths(rows: int, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Completion lengths like the recipe's rollouts: 15% of rows at the cap (truncated), the others
+    uniform between 2/7 of the cap and the cap (1,024..3,583 of 3,584 tokens)."""
+    low = max(1, (2 * cap) // 7)
+    lengths = rng.integers(low, max(low + 1, cap), size=rows)
+    lengths[rng.random(rows) < 0.15] = cap
+    return np.minimum(lengths, cap).astype(np.int32)
 
 
 def _rate(tokens: int, seconds: float) -> float:
@@ -102,16 +119,22 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(0, config.vocab_size, size=(args.prompts, args.prompt_len), dtype=np.int64)
     rows, n = args.prompts * args.num_samples, args.new_tokens
+    realistic = getattr(args, "stop_lengths", "none") == "realistic"
+    if realistic and args.compare_hf:
+        raise UserError("--stop_lengths realistic cannot be compared with transformers (it decodes every row to the cap)")
+    stops = realistic_lengths(rows, n, rng) if realistic else None
+    eos = config.eos_token_id if isinstance(config.eos_token_id, int) else 0
     sampling = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=n, eos_ids=(), pad_id=0
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=n,
+        eos_ids=(eos,) if realistic else (), pad_id=0,
     )
     sampler = Sampler(config, prompt_bucket=args.prompt_len, cache_dtype=getattr(args, "cache_dtype", None))
     outputs = []
 
     def call() -> None:
-        out = sampler.generate(model, prompts, args.num_samples, sampling, args.seed + len(outputs))
-        assert out.lengths.min() == n
-        outputs.append(out.timings)
+        out = sampler.generate(model, prompts, args.num_samples, sampling, args.seed + len(outputs), stop_lengths=stops)
+        assert realistic or out.lengths.min() == n
+        outputs.append({**out.timings, "tokens": int(out.lengths.sum()), "steps": int(out.lengths.max())})
 
     call()  # compiles
     twin = None
@@ -155,9 +178,13 @@ def run(args: argparse.Namespace) -> dict:
         "decode_s": round(decode_s, 4),
         "total_s": round(total_s, 4),
         "prefill_tokens_per_s": _rate(args.prompts * args.prompt_len, prefill_s),
-        "decode_tokens_per_s": _rate(rows * (n - 1), decode_s),
-        "tokens_per_s": _rate(rows * n, total_s),
+        "decode_tokens_per_s": _rate(min(r["tokens"] for r in runs) - rows, decode_s),
+        "tokens_per_s": _rate(min(r["tokens"] for r in runs), total_s),
         "decode_s_runs": [round(r["decode_s"], 4) for r in runs],
+        "stop_lengths": "realistic" if realistic else "none",
+        "mean_completion_length": round(min(r["tokens"] for r in runs) / rows, 1),
+        "decode_attention": sampler.attention.implementation,
+        "check_every": sampler.check_every,
     }
     if twin is not None:
         import torch
@@ -176,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
         result["ratio_end_to_end_vs_hf"] = round(result["tokens_per_s"] / result["hf_tokens_per_s"], 2)
     if n > 1:
         traffic = decode_bytes_per_step(config, rows, sampler_prompt_len(sampler, args.prompt_len), n, sampler.cache_dtype)
-        step_s = decode_s / (n - 1)
+        step_s = decode_s / max(1, min(r["steps"] for r in runs) - 1)
         result.update({"decode_step_s": step_s, **traffic, "decode_bytes_per_s": traffic["decode_bytes_per_step"] / step_s})
         if copy:
             result.update(copy)

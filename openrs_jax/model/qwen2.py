@@ -4,8 +4,12 @@ Layers are stacked on a leading axis and applied with `lax.scan`, so compile tim
 grow with depth and remat is set in one place. Parameters are stored in `param_dtype` and
 cast to the compute `dtype` at use; RMSNorm, RoPE, softmax and logits run in fp32.
 
-The same attention code serves full forward passes and cached decoding: pass a `KVCache`
-to write the new keys/values into it and attend over everything cached so far.
+Cached decoding (pass a `KVCache`) unrolls the layer loop instead: each layer has its own
+cache array, written in place, and its weights are read where they lie, so a decode step
+copies neither cache slices nor weight matrices out of stacked arrays (what a scan over
+stacked layers does every step). One new token per row attends through `DecodeAttention`
+(a kernel reading only each row's live slots on GPUs); longer inputs (prefill) use the
+masked attention of the full forward pass.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from flax import nnx, struct
 
 from openrs_jax.model import attention as fused
 from openrs_jax.model.config import Qwen2Config
+from openrs_jax.model.decode_attention import DecodeAttention
 
 # A large finite negative instead of -inf: a fully masked (padding) query row then gives a
 # finite, ignorable output instead of NaNs that could leak into gradients.
@@ -34,27 +39,36 @@ _REMAT_POLICIES = {
 class KVCache:
     """Keys and values of every layer for `batch` rows and `max_len` slots.
 
-    k, v: [layers, batch, kv_heads, max_len, head_dim] (heads before slots, so that a decode
-    step reads each head's keys contiguously instead of transposing the cache every step);
-    mask: [batch, max_len] marks slots
-    holding a real (non-padding) token; index: number of slots written so far (shared by all
-    rows, since prompts are left-padded to a common length).
+    k, v: one array per layer, [batch, kv_heads, max_len, head_dim] (heads before slots, so that
+    a decode step reads each head's keys contiguously; one array per layer, so that each is
+    updated in place and read without slicing a stacked array); mask: [batch, max_len] marks
+    slots holding a real (non-padding) token; index: number of slots written so far (shared by
+    all rows, since prompts are left-padded to a common length). live: [batch] bool or None:
+    rows still decoding; single-token steps through the kernel skip the others (their attention
+    output is 0). attention: the decode-attention implementation (static).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     mask: jax.Array
     index: jax.Array
+    live: jax.Array | None = None
+    attention: DecodeAttention = struct.field(pytree_node=False, default=DecodeAttention())
 
     @classmethod
-    def create(cls, config: Qwen2Config, batch: int, max_len: int, dtype: Any = None) -> "KVCache":
+    def create(
+        cls, config: Qwen2Config, batch: int, max_len: int, dtype: Any = None,
+        attention: DecodeAttention = DecodeAttention(),
+    ) -> "KVCache":
         dtype = jnp.dtype(dtype or config.dtype)
-        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
+        shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
+        layers = range(config.num_hidden_layers)
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros(shape, dtype) for _ in layers),
+            v=tuple(jnp.zeros(shape, dtype) for _ in layers),
             mask=jnp.zeros((batch, max_len), bool),
             index=jnp.zeros((), jnp.int32),
+            attention=attention,
         )
 
     @staticmethod
@@ -66,7 +80,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
 
 def positions_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
@@ -99,10 +113,19 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def _inverse_rms(xf: jax.Array, eps: float) -> jax.Array:
+    return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
+def rms_scale(x: jax.Array, eps: float) -> jax.Array:
+    """1 / RMS of x over its last axis (kept), in fp32."""
+    return _inverse_rms(x.astype(jnp.float32), eps)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """RMSNorm in fp32, result cast back to x's dtype."""
     xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    xf = xf * _inverse_rms(xf, eps)
     return (weight.astype(jnp.float32) * xf).astype(x.dtype)
 
 
@@ -123,6 +146,108 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv_head
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs, v)
     return out.reshape(b, t, h * d)
+
+
+@struct.dataclass
+class DecodeWeights:
+    """The parameters in the layout cached decoding reads: compute dtype, one dict per layer.
+
+    Slicing a layer out of a stacked [L, ...] array inside a decode loop makes XLA copy it every
+    step; arrays of their own are read in place. With `fuse`, each layer's q/k/v kernels (and
+    biases) and its gate/up kernels are concatenated once ("qkv_proj" [D, (H + 2 KV) * hd],
+    "gate_up_proj" [D, 2 * I]): XLA's GPU backend otherwise merges the matmuls that share an
+    input by concatenating their weights every step. `fuse` also folds each RMSNorm's weight
+    into the kernel that follows it (norm(h) @ W = (h @ (w * W)) / RMS(h), per row), so that no
+    normed copy of the hidden states is written; the layer then has no "*_norm" entries.
+    """
+
+    embed: jax.Array  # [V, D]
+    norm: jax.Array  # [D]
+    lm_head: jax.Array  # [D, V]
+    layers: tuple[dict[str, Any], ...]
+
+
+def decode_weights(model: "Qwen2ForCausalLM", fuse: bool = False) -> DecodeWeights:
+    """`DecodeWeights` of a model (inside jit: one copy of the weights, made once per call)."""
+    dtype = jnp.dtype(model.config.dtype)
+    stacked = nnx.to_pure_dict(nnx.state(model.layers))
+    layers = []
+    for i in range(model.config.num_hidden_layers):
+        if not fuse:
+            layers.append(jax.tree.map(lambda x: x[i].astype(dtype), stacked))
+            continue
+        p = jax.tree.map(lambda x: x[i].astype(jnp.float32), stacked)  # fold in fp32, round once
+        fused = {
+            "qkv_proj": _concat_linears([p.pop(n) for n in ("q_proj", "k_proj", "v_proj")], p.pop("input_norm")),
+            "gate_up_proj": _concat_linears([p.pop(n) for n in ("gate_proj", "up_proj")], p.pop("post_attn_norm")),
+        }
+        layers.append(jax.tree.map(lambda x: x.astype(dtype), {**p, **fused}))
+    return DecodeWeights(
+        embed=model.embed_tokens[...].astype(dtype), norm=model.norm[...].astype(dtype),
+        lm_head=model.lm_head_kernel(), layers=tuple(layers),
+    )
+
+
+def _concat_linears(linears: list[dict[str, Any]], norm: jax.Array) -> dict[str, Any]:
+    """One linear map computing several that share their input (outputs side by side), with the
+    weight of the RMSNorm before them folded into its rows."""
+    out = {"kernel": norm[:, None] * jnp.concatenate([p["kernel"] for p in linears], axis=-1)}
+    if linears[0].get("bias") is not None:
+        out["bias"] = jnp.concatenate([p["bias"] for p in linears], axis=-1)
+    return out
+
+
+def cached_hidden_states(
+    config: Qwen2Config,
+    weights: DecodeWeights,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    positions: jax.Array | None,
+    cache: KVCache,
+) -> tuple[jax.Array, KVCache]:
+    """`Qwen2ForCausalLM.hidden_states` with a cache: the layers unrolled, each writing its own
+    cache array. input_ids, attention_mask [B, T]; returns final-normed hidden states [B, T, D]."""
+    c = config
+    dtype = jnp.dtype(c.dtype)
+    b, t = input_ids.shape
+    if positions is None:
+        positions = positions_from_mask(attention_mask, cache.mask.sum(-1, dtype=jnp.int32))
+    write_index = cache.index
+    kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, write_index))
+    if t == 1 and cache.attention.uses_kernel:
+        # Live slots of a row: from its first real one (left padding) through the new token.
+        start = jnp.argmax(kv_mask, axis=-1).astype(jnp.int32)
+        length = jnp.minimum(write_index + 1, cache.max_len) * jnp.ones((b,), jnp.int32)
+        if cache.live is not None:
+            length = jnp.where(cache.live, length, 0)  # finished rows: nothing to read
+
+        def read(q, k, v):
+            return cache.attention(q[:, 0], k, v, start, length).reshape(b, 1, -1)
+    else:
+        slots = jnp.arange(cache.max_len)
+        causal = slots[None, :] <= (write_index + jnp.arange(t))[:, None]  # [T, S]
+        mask = causal[None] & kv_mask[:, None, :]  # [B, T, S]
+
+        def read(q, k, v):
+            return attention(q, k, v, mask, kv_heads_major=True)
+
+    cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+    h = jnp.take(weights.embed, input_ids, axis=0).astype(dtype)
+    ks, vs = list(cache.k), list(cache.v)
+    for i in range(c.num_hidden_layers):
+
+        def attend(q, k, v, i=i):
+            # Write only the new slots of layer i's array in place; attend over the whole layer.
+            k, v = (x.swapaxes(1, 2).astype(ks[i].dtype) for x in (k, v))  # [B, KV, T, D]
+            ks[i] = jax.lax.dynamic_update_slice(ks[i], k, (0, 0, write_index, 0))
+            vs[i] = jax.lax.dynamic_update_slice(vs[i], v, (0, 0, write_index, 0))
+            return read(q, ks[i].astype(dtype), vs[i].astype(dtype))
+
+        h = _decoder_layer(c, h, weights.layers[i], cos, sin, None, attend)
+    h = rms_norm(h, weights.norm, c.rms_norm_eps)
+    new_cache = KVCache(k=tuple(ks), v=tuple(vs), mask=kv_mask, index=cache.index + t, live=cache.live,
+                        attention=cache.attention)
+    return h, new_cache
 
 
 class StackedLinear(nnx.Module):
@@ -153,8 +278,10 @@ class DecoderLayers(nnx.Module):
         self.down_proj = lin(c.intermediate_size, c.hidden_size)
 
 
-def _linear(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+def _linear(x: jax.Array, p: dict[str, jax.Array], row_scale: jax.Array | None = None) -> jax.Array:
     y = x @ p["kernel"]
+    if row_scale is not None:  # a folded RMSNorm's 1 / RMS per row, applied after the matmul
+        y = (y.astype(jnp.float32) * row_scale).astype(y.dtype)
     if p.get("bias") is not None:
         y = y + p["bias"]
     return y
@@ -166,31 +293,44 @@ def _decoder_layer(
     p: dict[str, Any],
     cos: jax.Array,
     sin: jax.Array,
-    mask: jax.Array,
-    keys_values: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
+    mask: jax.Array | None,
     attend: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """One pre-norm decoder layer, h: [B, T, D] -> [B, T, D].
 
-    `keys_values(k, v)` maps this call's keys/values [B, T, KV, D] to the ones to attend over;
-    the cached path uses it to write them into the cache and return the whole cache layer
-    (heads-major, [B, KV, S, D]). `attend(q, k, v)`, when given, replaces the masked
-    attention (right-padded full sequences: `model.attention.causal_attention`).
+    Without `attend`, attention over this call's keys/values with `mask` [B, T, T]. `attend(q, k, v)
+    -> [B, T, H * D]` (q [B, T, H, D], k/v [B, T, KV, D], rotated) replaces it: the cached path's
+    writes the keys/values into the cache and attends over it; right-padded full sequences use
+    `model.attention.causal_attention` (cuDNN flash attention on GPUs).
     """
     c = config
     b, t, _ = h.shape
-    x = rms_norm(h, p["input_norm"], c.rms_norm_eps)
-    q = _linear(x, p["q_proj"]).reshape(b, t, c.num_attention_heads, c.head_dim)
-    k = _linear(x, p["k_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
-    v = _linear(x, p["v_proj"]).reshape(b, t, c.num_key_value_heads, c.head_dim)
+
+    def normed(h: jax.Array, norm: str) -> tuple[jax.Array, jax.Array | None]:
+        # The next matmul's input and, where `DecodeWeights` folded the norm's weight into that
+        # matmul's kernel, the per-row scale to apply after it (no normed copy of h is written).
+        if norm in p:
+            return rms_norm(h, p[norm], c.rms_norm_eps), None
+        return h, rms_scale(h, c.rms_norm_eps)
+
+    x, scale = normed(h, "input_norm")
+    if "qkv_proj" in p:  # fused in `DecodeWeights`
+        q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        q, k, v = jnp.split(_linear(x, p["qkv_proj"], scale), (q_dim, q_dim + kv_dim), axis=-1)
+    else:
+        q, k, v = (_linear(x, p[name]) for name in ("q_proj", "k_proj", "v_proj"))
+    q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
+    k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
+    v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if keys_values is not None:
-        k, v = keys_values(k, v)
-    out = attend(q, k, v) if attend is not None else attention(q, k, v, mask, kv_heads_major=keys_values is not None)
+    out = attention(q, k, v, mask) if attend is None else attend(q, k, v)
     h = h + _linear(out, p["o_proj"])
-    x = rms_norm(h, p["post_attn_norm"], c.rms_norm_eps)
-    gated = jax.nn.silu(_linear(x, p["gate_proj"])) * _linear(x, p["up_proj"])
-    return h + _linear(gated, p["down_proj"])
+    x, scale = normed(h, "post_attn_norm")
+    if "gate_up_proj" in p:  # fused in `DecodeWeights`: one matmul, split after
+        gate, up = jnp.split(_linear(x, p["gate_up_proj"], scale), 2, axis=-1)
+    else:
+        gate, up = _linear(x, p["gate_proj"]), _linear(x, p["up_proj"])
+    return h + _linear(jax.nn.silu(gate) * up, p["down_proj"])
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -238,58 +378,36 @@ class Qwen2ForCausalLM(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), bool)
         attention_mask = attention_mask.astype(bool)
+        if cache is not None:
+            return self._cached_hidden_states(input_ids, attention_mask, positions, cache)
 
         attend = mask = None
-        if cache is None and seq_lengths is not None:
+        if seq_lengths is not None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
             attend = lambda q, k, v: fused.causal_attention(q, k, v, seq_lengths, platform)  # noqa: E731
-            kv_mask = write_index = None
-        elif cache is None:
+        else:
             if positions is None:
                 positions = positions_from_mask(attention_mask)
             causal = jnp.tril(jnp.ones((t, t), bool))
             mask = causal[None] & attention_mask[:, None, :]  # [B, T, T]
-            kv_mask = write_index = None
-        else:
-            if positions is None:
-                positions = positions_from_mask(attention_mask, cache.mask.sum(-1, dtype=jnp.int32))
-            write_index = cache.index
-            kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, write_index))
-            slots = jnp.arange(cache.max_len)
-            causal = slots[None, :] <= (write_index + jnp.arange(t))[:, None]  # [T, S]
-            mask = causal[None] & kv_mask[:, None, :]  # [B, T, S]
 
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
         layer_params = jax.tree.map(lambda x: x.astype(dtype), nnx.to_pure_dict(nnx.state(self.layers)))
 
-        def body(carry, xs):
-            h, ks, vs = carry
-            p, i = xs
-
-            # Write only the new slots of layer i in place; attend over the whole layer.
-            def write_and_read_cache(k, v):
-                nonlocal ks, vs
-                k, v = (x.swapaxes(1, 2)[None].astype(ks.dtype) for x in (k, v))  # [1, B, KV, T, D]
-                ks = jax.lax.dynamic_update_slice(ks, k, (i, 0, 0, write_index, 0))
-                vs = jax.lax.dynamic_update_slice(vs, v, (i, 0, 0, write_index, 0))
-                return ks[i].astype(dtype), vs[i].astype(dtype)
-
-            h = _decoder_layer(c, h, p, cos, sin, mask, None if ks is None else write_and_read_cache, attend=attend)
-            return (h, ks, vs), None
+        def body(h, p):
+            return _decoder_layer(c, h, p, cos, sin, mask, attend=attend), None
 
         if c.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-        ks = vs = None
-        if cache is not None:
-            ks, vs = cache.k, cache.v
-        (h, ks, vs), _ = jax.lax.scan(body, (h, ks, vs), (layer_params, jnp.arange(c.num_hidden_layers)))
-        h = rms_norm(h, self.norm[...], c.rms_norm_eps)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(k=ks, v=vs, mask=kv_mask, index=cache.index + t)
-        return h, new_cache
+        h, _ = jax.lax.scan(body, h, layer_params)
+        return rms_norm(h, self.norm[...], c.rms_norm_eps), None
+
+    def _cached_hidden_states(
+        self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array | None, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
+        return cached_hidden_states(self.config, decode_weights(self), input_ids, attention_mask, positions, cache)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """fp32 logits of hidden states [..., D] -> [..., V]."""
