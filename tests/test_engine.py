@@ -1,0 +1,86 @@
+"""The slot engine gives `Sampler.generate`'s completions (greedy and sampled, same seed) with
+more requests than slots and rows of very different lengths, and compiles a fixed set of programs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openrs_jax.engine import Engine, Request, generate_all
+from openrs_jax.errors import UserError
+from openrs_jax.model import init_model, params_of, tiny_config
+from openrs_jax.sampling import Sampler, SamplingParams
+
+EOS, PAD = 2, 0
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = tiny_config(dtype="float32", param_dtype="float32")
+    params = params_of(init_model(config, seed=3))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, config.vocab_size, size=n).tolist() for n in (5, 13, 2, 9, 16, 7)]
+    return config, params, prompts
+
+
+def _reference(sampler, params, prompts, g, sampling, seed, stops):
+    out = sampler.generate(params, prompts, g, sampling, seed, stop_lengths=stops)
+    return out.completions(), out.logprobs, out.truncated
+
+
+def _check(completions, reference):
+    ref_ids, ref_lp, ref_trunc = reference
+    assert [c.token_ids for c in completions] == ref_ids
+    for n, c in enumerate(completions):
+        np.testing.assert_allclose(c.logprobs, ref_lp[n, : len(c.token_ids)], atol=2e-5, rtol=1e-5)
+        assert c.truncated == bool(ref_trunc[n])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engine_matches_sampler(setup, temperature):
+    config, params, prompts = setup
+    g = 3
+    sampling = SamplingParams(temperature=temperature, top_p=0.9 if temperature else 1.0, max_new_tokens=MAX_NEW,
+                              eos_ids=(EOS,), pad_id=PAD)
+    # Very different lengths (forced EOS): most rows short, a few run to the cap.
+    rng = np.random.default_rng(1)
+    stops = np.where(rng.random(len(prompts) * g) < 0.2, MAX_NEW + 1, rng.integers(1, 6, len(prompts) * g))
+    sampler = Sampler(config, prompt_bucket=8)
+    reference = _reference(sampler, params, prompts, g, sampling, 7, stops)
+    assert len({len(c) for c in reference[0]}) >= 4 and reference[2].any()
+    engine = Engine(sampler, slots=4, chunk=3, prefill_width=2)  # 18 requests through 4 slots
+    _check(generate_all(engine, params, prompts, g, sampling, 7, stops), reference)
+    # Another slot count and order of requests: the same completions (keys follow the request).
+    engine = Engine(sampler, slots=5, chunk=2)
+    requests = [Request(i, j, int(stops[i * g + j])) for i in range(len(prompts)) for j in range(g)][::-1]
+    got = {(c.request.prompt, c.request.sample): c for c in engine.run(params, prompts, requests, sampling, 7)}
+    _check([got[(i, j)] for i in range(len(prompts)) for j in range(g)], reference)
+
+
+def test_no_recompilation_for_different_mixes(setup):
+    config, params, prompts = setup
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, eos_ids=(EOS,), pad_id=PAD)
+    engine = Engine(Sampler(config, prompt_bucket=32), slots=3, chunk=4)
+    rng = np.random.default_rng(2)
+    requests = [Request(int(i), 0, int(s)) for i, s in zip(rng.integers(0, len(prompts), 10), rng.integers(1, 30, 10))]
+    list(engine.run(params, prompts, requests, sampling, 0))
+    assert engine.num_compilations == 2  # one admission and one decode program
+    # Other prompts, lengths, sample counts and occupancy within the same prompt bucket: no new program.
+    requests = [Request(i % 4, i, 1 + (i * 7) % 25) for i in range(13)]
+    list(engine.run(params, prompts, requests, sampling, 5))
+    assert engine.num_compilations == 2
+
+
+def test_progress_and_bad_requests(setup):
+    config, params, prompts = setup
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=6, eos_ids=(EOS,), pad_id=PAD)
+    engine = Engine(Sampler(config, prompt_bucket=8), slots=2, chunk=2)
+    seen = []
+    done = list(engine.run(params, prompts, [Request(i, 0) for i in range(5)], sampling, on_chunk=seen.append))
+    assert len(done) == 5 and seen[-1]["requests_done"] == 5
+    assert seen[-1]["tokens"] == sum(len(c.token_ids) for c in done)
+    with pytest.raises(UserError, match="names prompt 9"):
+        list(engine.run(params, prompts, [Request(9, 0)], sampling))
+    with pytest.raises(UserError, match="slots must be >= 1"):
+        Engine(Sampler(config), slots=0)
