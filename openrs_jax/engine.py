@@ -220,8 +220,10 @@ class Engine:
                                    logits=project_logits(h[:, 0], weights))
 
     def _decode_impl(self, shape: _Shape, st: _Slots, weights: DecodeWeights, key: jax.Array,
-                     temperature: jax.Array, top_p: jax.Array) -> _Slots:
-        """Up to `chunk` steps of every live slot: sample from its logits, record, feed."""
+                     temperature: jax.Array, top_p: jax.Array, refill_at: jax.Array) -> _Slots:
+        """Up to `chunk` steps of every live slot: sample from its logits, record, feed. Stops
+        early when every slot is done, or when `refill_at` slots are done (waiting requests can
+        take them)."""
         self._note_compile("decode", shape)
         m = shape.max_new_tokens
         rows = jnp.arange(shape.slots)
@@ -250,7 +252,7 @@ class Engine:
 
         def cond(carry: tuple[jax.Array, _Slots]) -> jax.Array:
             i, st = carry
-            return (i < shape.chunk) & ~jnp.all(st.done)
+            return (i < shape.chunk) & (jnp.sum(st.done) < refill_at)
 
         return jax.lax.while_loop(cond, one, (jnp.zeros((), jnp.int32), st))[1]
 
@@ -308,7 +310,10 @@ class Engine:
         finished = tokens = 0
         while queue or any(r is not None for r in held):
             st = self._fill(shape, st, weights, prompts, queue, held)
-            st = self._decode(shape, st, weights, key, temperature, top_p)
+            # With requests waiting, the chunk ends as soon as enough slots are free to refill
+            # (a quarter of them, or all the queue needs): short rows do not idle until its end.
+            refill_at = min(len(queue), max(1, slots // 4)) if queue else slots
+            st = self._decode(shape, st, weights, key, temperature, top_p, np.int32(refill_at))
             done, step = jax.device_get((st.done, st.step))
             out_tokens = out_logprobs = None
             for s, r in enumerate(held):
