@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -362,6 +362,17 @@ class Engine:
             ids[row:], mask[row:] = ids[0], mask[0]  # unused rows: copies of the first (finite numbers)
             st = self._admit(shape, st, weights, ids, mask, dest, src, prompt, sample, stop)
         return st
+
+
+def stream_by_index(engine: Engine, params: Any, prompts: Mapping[int, Sequence[int]],
+                    requests: Sequence[tuple[int, int]], sampling: SamplingParams, seed: int,
+                    on_chunk: Callable[[dict[str, int]], None] | None = None) -> Iterator[Completion]:
+    """`Engine.run` for prompts keyed by a stable index (a benchmark's problem index, a dataset
+    row): (index, sample) requests; each yielded `Completion.request.prompt` is that index."""
+    table: list[Sequence[int]] = [()] * (max(prompts) + 1 if prompts else 0)
+    for i, ids in prompts.items():
+        table[i] = ids
+    return engine.run(params, table, [Request(i, s) for i, s in requests], sampling, seed, on_chunk=on_chunk)
 
 
 def generate_all(engine: Engine, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,

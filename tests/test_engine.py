@@ -84,3 +84,35 @@ def test_progress_and_bad_requests(setup):
         list(engine.run(params, prompts, [Request(9, 0)], sampling))
     with pytest.raises(UserError, match="slots must be >= 1"):
         Engine(Sampler(config), slots=0)
+
+
+@pytest.mark.slow
+def test_evaluate_with_slots_resumes_and_does_not_depend_on_slots(tmp_path):
+    """`python -m openrs_jax.evaluate --slots N`: samples saved as they finish, a rerun generates
+    nothing, raising K adds samples, and the samples do not depend on the slot count."""
+    import json
+
+    from openrs_jax.evaluate import main
+    from tests.conftest import make_hf_model, shared_data
+    from tests.test_evaluate_runner import BYTE_VOCAB, make_byte_tokenizer
+
+    model = make_byte_tokenizer(make_hf_model(tmp_path / "model", vocab_size=BYTE_VOCAB, max_position_embeddings=4096))
+    data = str(shared_data("benchmarks"))
+
+    def evaluate(out, slots, k):
+        argv = ["--model", str(model), "--tasks", "aime24", "--data_dir", data, "--limit", "3", "--max_new_tokens",
+                "8", "--dtype", "float32", "--temperature", "1.0", "--seed", "3", "--out", str(out), "--no_progress",
+                "--slots", str(slots), "--num_samples", str(k)]
+        assert main(argv) == 0
+        lines = (out / "details_aime24.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    first = evaluate(tmp_path / "a", 2, 1)
+    assert [(d["index"], d["sample"]) for d in first] == [(0, 0), (1, 0), (2, 0)]
+    assert evaluate(tmp_path / "a", 2, 1) == first  # nothing left to generate
+    raised = evaluate(tmp_path / "a", 2, 3)  # K 1 -> 3: only the new samples are drawn
+    assert [(d["index"], d["sample"]) for d in raised] == [(i, s) for i in range(3) for s in range(3)]
+    assert [d for d in raised if d["sample"] == 0] == first
+    # All K = 3 at once with another slot count: the same samples as the resumed run.
+    assert evaluate(tmp_path / "b", 5, 3) == raised
+    assert len({d["completion"] for d in raised}) > 3  # sampled, not one repeated completion
