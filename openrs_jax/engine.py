@@ -364,6 +364,22 @@ class Engine:
         return st
 
 
+def decode_devices(slots: int | None) -> tuple[list[jax.Device], bool]:
+    """Devices for a decode-only queue (evaluation, curation) and whether the slot engine takes it.
+
+    slots 0: static `Sampler.generate` batches over every device. slots None: the engine on one
+    device, static batches where several are visible. slots > 0: the engine, on the first device.
+    """
+    if slots is not None and slots < 0:
+        raise UserError(f"--slots must be >= 0 (0 = static batches), got {slots}")
+    devices = jax.devices()
+    if slots == 0 or (slots is None and len(devices) > 1):
+        return devices, False
+    if len(devices) > 1:
+        log.warning("--slots: the slot engine runs on one device; using %s of the %d", devices[0], len(devices))
+    return devices[:1], True
+
+
 def stream_by_index(engine: Engine, params: Any, prompts: Mapping[int, Sequence[int]],
                     requests: Sequence[tuple[int, int]], sampling: SamplingParams, seed: int,
                     on_chunk: Callable[[dict[str, int]], None] | None = None) -> Iterator[Completion]:

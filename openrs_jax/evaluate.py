@@ -23,8 +23,6 @@ from openrs_jax.evaluation.runner import EvalSettings, format_table, run_complet
 from openrs_jax.evaluation.scoring import SCORING_MODES
 from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS
 
-log = logging.getLogger("openrs_jax.evaluate")
-
 # Prompt lengths are rounded up to this many tokens: the benchmarks' prompts (~100 to ~1,000
 # tokens) then compile only a few sampler programs.
 PROMPT_BUCKET = 128
@@ -68,9 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_generate(args: argparse.Namespace, tokenizer):  # -> (GenerateFn | StreamGenerate, stream)
     """Loads the model and the sampler (and the slot engine unless static batches are asked for
     or several devices are present); imported here so --completions never starts JAX."""
-    import jax
-
     from openrs_jax import sharding
+    from openrs_jax.engine import decode_devices
     from openrs_jax.evaluation import sampler_generate_fn
     from openrs_jax.model import load_params
     from openrs_jax.sampling import Sampler
@@ -78,17 +75,13 @@ def _model_generate(args: argparse.Namespace, tokenizer):  # -> (GenerateFn | St
 
     params, config = load_params(args.model)
     config = config.replace(dtype=args.dtype)
-    static = args.slots == 0 or (args.slots is None and len(jax.devices()) > 1)
-    devices = jax.devices()
-    if not static and len(devices) > 1:
-        log.warning("--slots: the slot engine runs on one device; using %s of the %d", devices[0], len(devices))
-        devices = devices[:1]
+    devices, use_engine = decode_devices(args.slots)
     # Evaluation only decodes: every device takes its own rows with a whole copy of the model.
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
     rollout = sharding.rollout_params(params, mesh, args.dtype)
     sampler = Sampler(config, mesh=mesh, prompt_bucket=PROMPT_BUCKET)
     eos_ids = stop_token_ids(tokenizer, config.eos_token_id)
-    if static:
+    if not use_engine:
         return sampler_generate_fn(
             sampler, rollout, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_p=args.top_p, eos_ids=eos_ids, pad_id=tokenizer.pad_id,
@@ -133,8 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         if not tokenizer.has_chat_template:
             raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")
-        if args.slots is not None and args.slots < 0:
-            raise UserError(f"--slots must be >= 0 (0 = static batches), got {args.slots}")
         generate, stream = _model_generate(args, tokenizer)
         results = run_model_eval(
             generate, tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,

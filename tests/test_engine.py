@@ -116,3 +116,34 @@ def test_evaluate_with_slots_resumes_and_does_not_depend_on_slots(tmp_path):
     # All K = 3 at once with another slot count: the same samples as the resumed run.
     assert evaluate(tmp_path / "b", 5, 3) == raised
     assert len({d["completion"] for d in raised}) > 3  # sampled, not one repeated completion
+
+
+@pytest.mark.slow
+def test_curate_difficulty_with_slots_resumes_to_the_same_rates(tmp_path):
+    """`curate difficulty --slots N`: a problem's rate is appended once all its samples are done;
+    an interrupted run, resumed, ends with the rates of an uninterrupted one."""
+    import json
+
+    from openrs_jax import curate
+    from openrs_jax.curation.difficulty import PASS_RATES_FILE, read_pass_rates
+    from openrs_jax.data import load_rows
+    from openrs_jax.toy import resolve
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(resolve("builtin:sums"))[:5]))
+    sample = ["--model", "builtin:tiny", "--num_samples", "3", "--max_new_tokens", "6", "--temperature", "1.0",
+              "--system_prompt", "none", "--reward_workers", "0", "--band", "[0,1]", "--no_progress"]
+
+    def run(out, slots):
+        stats = curate.main(["difficulty", "--input", str(data), "--output_dir", str(out), *sample, "--slots", str(slots)])
+        return stats, read_pass_rates(out / PASS_RATES_FILE)
+
+    stats, whole = run(tmp_path / "a", 4)
+    assert stats["pass_rates"]["sampled"] == 5 and sorted(r["index"] for r in whole.values()) == list(range(5))
+    assert all(r["num_samples"] == 3 and r["pass_rate"] == r["num_correct"] / 3 for r in whole.values())
+    lines = (tmp_path / "a" / PASS_RATES_FILE).read_text().splitlines()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / PASS_RATES_FILE).write_text(lines[0] + "\n" + lines[1][:10])  # interrupted, torn line
+    stats, resumed = run(tmp_path / "b", 2)
+    assert stats["pass_rates"]["sampled"] == 4 and stats["pass_rates"]["resumed"] == 1
+    assert resumed == whole
