@@ -229,3 +229,6 @@ def test_gpu_script_small_shapes_without_gpu_only_packages(tmp_path):
     assert memory_result["update_peak_bytes_per_device"] > 0 and memory_result["devices"] == 1
     assert "bench rewards is unavailable" in (out / "step.log").read_text()
     assert "step time (median of 1)" in proc.stdout and "update MFU" in proc.stdout
+    realistic = json.loads((out / "decode_realistic.json").read_text())
+    assert realistic["stop_lengths"] == "realistic" and realistic["mean_completion_length"] < realistic["new_tokens"]
+    assert "decode, realistic lengths" in proc.stdout

@@ -82,7 +82,8 @@ def test_kernel_needs_whole_blocks_and_splits_divide_them():
         DecodeAttention("pallas_interpret")(*map(jnp.asarray, (q, k, v, start, length)))
     assert DecodeAttention("pallas").cache_slots(4095) == 4096
     assert DecodeAttention("xla").cache_slots(4095) == 4095
-    assert kernel_splits(4096, 144) == 2  # Exp2: 72 rows x 2 KV heads
+    assert kernel_splits(4096, 144) == 1  # Exp2: 72 rows x 2 KV heads
+    assert kernel_splits(4096, 16) == 8  # 8 rows
     assert kernel_splits(384, 1) == 1  # 3 blocks: no power of two above 1 divides them
     assert kernel_splits(4096, 1) == 16
 

@@ -303,3 +303,22 @@ def test_compile_ahead_of_time_from_abstract_params(eos_model, sampler):
     assert set(programs) == {"prepare", "prefill", "decode"}
     for compiled in programs.values():
         assert compiled.memory_analysis().argument_size_in_bytes > 0
+
+
+def test_stop_lengths_force_an_eos(eos_model, sampler):
+    """Benchmarks' realistic lengths: a row stops at its given length unless its own EOS comes first."""
+    from openrs_jax.bench.sampler import realistic_lengths
+
+    _, _, model, prompts, reference = eos_model
+    natural = sampler.generate(model, prompts, 1, greedy(), 0)
+    stops = np.array([2, 5, 9, 1, MAX_NEW + 3])
+    out = sampler.generate(model, prompts, 1, greedy(), 0, stop_lengths=stops)
+    np.testing.assert_array_equal(out.lengths, np.minimum(natural.lengths, stops))
+    for row, n in zip(range(len(prompts)), out.lengths):
+        np.testing.assert_array_equal(out.completion_ids[row, : n - 1], reference[row, : n - 1])
+        assert out.completion_ids[row, n - 1] == EOS
+    with pytest.raises(UserError, match="stop_lengths"):
+        sampler.generate(model, prompts, 1, greedy(), 0, stop_lengths=stops[:2])
+    lengths = realistic_lengths(10_000, 3584, np.random.default_rng(0))
+    assert lengths.min() >= 1024 and lengths.max() == 3584
+    assert 0.12 < np.mean(lengths == 3584) < 0.18 and 1800 < np.median(lengths) < 2800

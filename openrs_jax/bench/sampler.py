@@ -18,7 +18,8 @@ dtype (all but the input embedding, of which only the rows' lookups) + the KV ca
 actually attended (prompt + tokens so far, averaged over the steps) / the measured decode step
 time / the copy bandwidth measured in the same run (`common.copy_bandwidth`: read + write bytes
 per second of a large elementwise op). `decode_bandwidth_use_full_cache` counts the whole KV
-cache instead, which this sampler's attention reads every step. `--config` takes the shapes
+cache instead, which the XLA attention path (CPUs) reads every step; the GPU kernel reads only
+the live slots (`decode_attention` in the JSON says which ran). `--config` takes the shapes
 from a run config (see `bench.shapes`); `--model` also takes presets (`preset:1.5b`).
 """
 

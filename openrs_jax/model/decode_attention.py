@@ -37,7 +37,7 @@ IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
 _KERNEL_ARGS = ("start_idx", "kv_seq_len", "sm_scale", "block_k", "k_splits", "interpret")
 # Cache lengths the kernel takes: a multiple of its key block (128 slots).
 KERNEL_SLOT_MULTIPLE = 128
-MIN_KERNEL_PROGRAMS = 256
+MIN_KERNEL_PROGRAMS = 128
 
 
 def load_kernel() -> Callable[..., jax.Array] | None:
@@ -67,8 +67,10 @@ def targets_gpu(mesh: jax.sharding.Mesh | None = None) -> bool:
 
 def kernel_splits(slots: int, programs: int) -> int:
     """Sequence splits of the kernel's grid for a cache of `slots` (a multiple of 128) and
-    `programs` = rows x KV heads: enough for about 256 programs in all (a GPU's SMs busy), at
-    most 16, each split whole 128-slot blocks. More splits only add partial outputs to combine."""
+    `programs` = rows x KV heads: enough for about 128 programs in all (one per SM of an H100),
+    at most 16, each split whole 128-slot blocks. More splits add partial outputs to write and
+    combine (Exp2's 72 rows x 2 KV heads need none; when few rows are left, the weights, not
+    the attention, dominate a step's reads)."""
     want = min(16, -(-MIN_KERNEL_PROGRAMS // max(programs, 1)))
     splits = 1
     while splits * 2 <= want and (slots // KERNEL_SLOT_MULTIPLE) % (splits * 2) == 0:

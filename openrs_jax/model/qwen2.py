@@ -112,15 +112,19 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def _inverse_rms(xf: jax.Array, eps: float) -> jax.Array:
+    return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
 def rms_scale(x: jax.Array, eps: float) -> jax.Array:
     """1 / RMS of x over its last axis (kept), in fp32."""
-    xf = x.astype(jnp.float32)
-    return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return _inverse_rms(x.astype(jnp.float32), eps)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """RMSNorm in fp32, result cast back to x's dtype."""
-    xf = x.astype(jnp.float32) * rms_scale(x, eps)
+    xf = x.astype(jnp.float32)
+    xf = xf * _inverse_rms(xf, eps)
     return (weight.astype(jnp.float32) * xf).astype(x.dtype)
 
 
