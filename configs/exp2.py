@@ -10,5 +10,11 @@ def get_config():
     c.reward_funcs = ("format", "accuracy")
     c.reward_weights = (1.0, 2.0)
     c.max_completion_length = 3584
+    # The original run's input quirks (docs/paper-exact.md): TRL's prompt order over the
+    # unfiltered dataset, over-long prompts truncated on the left for the loss, two BOS in rollouts.
+    c.prompt_order = "trl"
+    c.long_prompts = "truncate_left"
+    c.rollout_bos = "double"
+    c.rollout_max_model_length = 4608  # the recipe's vllm_max_model_len: long prompts get shorter completions
     c.output_dir = "runs/exp2"
     return c

@@ -16,5 +16,11 @@ def get_config():
     c.cosine_max_value_correct = 1.0
     c.cosine_max_len = 3584
     c.max_completion_length = 3584
+    # The original run's input quirks (docs/paper-exact.md): TRL's prompt order over the
+    # unfiltered dataset, over-long prompts truncated on the left for the loss, two BOS in rollouts.
+    c.prompt_order = "trl"
+    c.long_prompts = "truncate_left"
+    c.rollout_bos = "double"
+    c.rollout_max_model_length = 4608  # the recipe's vllm_max_model_len: long prompts get shorter completions
     c.output_dir = "runs/exp3"
     return c

@@ -39,7 +39,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset_split = "train"
     c.system_prompt = SYSTEM_PROMPT
     c.max_prompt_length = 512
-    # Rewards (RECIPE §4). Weights pair with reward_funcs in order.
+    # How the original run fed the model (docs/paper-exact.md); configs/exp1-3.py set the paper's.
+    c.prompt_order = "numpy"  # numpy: seeded shuffle of the kept prompts; trl: TRL's torch.randperm blocks
+    c.long_prompts = "drop"  # drop | truncate_left (sample from the full prompt, loss on its last tokens)
+    c.rollout_bos = "single"  # single | double (rollouts start with two BOS tokens, as vLLM's did)
+    c.rollout_max_model_length = 0  # > 0: prompt + completion capped as vLLM's max_model_len (0: off)
+    # Rewards (docs/recipe.md section Rewards). Weights pair with reward_funcs in order.
     c.reward_funcs = ("format", "accuracy")
     c.reward_weights = (1.0, 2.0)
     c.cosine_min_value_wrong = 0.0
@@ -51,14 +56,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.repetition_max_penalty = -1.0
     c.reward_num_workers = 2
     c.reward_timeout_s = 10.0
-    # Rollouts (RECIPE §3).
+    # Rollouts (docs/recipe.md section Rollouts).
     c.num_generations = 6
     c.prompts_per_step = 12
     c.max_completion_length = 3584
     c.temperature = 0.7
     c.top_p = 1.0
     c.top_k = 0
-    # Update (RECIPE §5).
+    # Update (docs/recipe.md section GRPO update).
     c.micro_batch_size = 6
     c.learning_rate = 1e-6
     c.warmup_ratio = 0.1
@@ -69,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.epsilon_high = 0.2
     c.num_iterations = 1
     c.loss_aggregation = "group_token_mean"
-    c.scale_rewards = True
+    # "group" (the recipe), "batch" or "none"; True/False still mean group/none.
+    c.scale_rewards = ml_collections.FieldReference("group", field_type=object)
     c.max_grad_norm = 1.0
     c.weight_decay = 0.0
     c.logprob_chunk = 256
@@ -103,6 +109,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_num_samples = 1
     c.eval_max_new_tokens = 3584
     c.eval_limit = 0  # 0: every problem of the task
+    # GRPO variants (docs/grpo-variants.md: formulas and sources); the defaults are the recipe's GRPO.
+    c.policy_loss = "clip"  # "clip" (PPO-style clipped objective) or "cispo" (MiniMax-M1)
+    c.importance_sampling = "token"  # "token" or "sequence" (GSPO: one ratio per completion)
+    c.delta = 0.0  # two-sided clipping (INTELLECT-2): ratio cap for negative advantages, > 1 + epsilon_high; 0: off
+    c.top_entropy_quantile = 1.0  # fraction of highest-entropy tokens that keep the policy loss (0.2 in the paper)
+    c.mask_truncated_completions = False  # DAPO: completions without EOS get no loss tokens
+    c.soft_overlong_max_len = 0  # soft_overlong reward: L_max in tokens; 0: max_completion_length
+    c.soft_overlong_cache_len = 512  # soft_overlong reward: the punishment ramps over the last this many tokens
+    c.dynamic_sampling = False  # DAPO: drop groups with equal rewards, draw more prompts to refill the step
+    c.dynamic_sampling_max_rounds = 4  # extra rollout rounds per step at most (then equal-reward groups fill up)
+    c.ref_sync_steps = 0  # > 0: every this many steps the reference becomes a mix with the policy (TR-DPO)
+    c.ref_mixup_alpha = 0.6  # reference <- alpha * policy + (1 - alpha) * reference
+    c.report_to = ("tensorboard",)  # metric sinks: "tensorboard", "wandb" (pip install wandb)
+    c.wandb_project = "openrs-jax"
     return c
 
 
@@ -256,6 +276,39 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
             raise UserError(f"{key}={c[key]!r}: use float32 or bfloat16")
     if c.remat not in ("none", "full", "dots"):
         raise UserError(f"remat={c.remat!r}: use none, full or dots")
+    from openrs_jax.data import LONG_PROMPTS, PROMPT_ORDERS, ROLLOUT_BOS
+
+    if c.rollout_max_model_length < 0:
+        raise UserError(f"rollout_max_model_length={c.rollout_max_model_length} must be >= 0 (0: no cap)")
+    for key, valid in (("prompt_order", PROMPT_ORDERS), ("long_prompts", LONG_PROMPTS), ("rollout_bos", ROLLOUT_BOS)):
+        if c[key] not in valid:
+            raise UserError(f"{key}={c[key]!r}: use {' or '.join(valid)}")
+    validate_variants(c)
+
+
+def validate_variants(c: ml_collections.ConfigDict) -> None:
+    """Checks the GRPO variant keys (docs/grpo-variants.md); each check lives with its feature."""
+    from openrs_jax.dynamic_sampling import check_dynamic_sampling
+    from openrs_jax.grpo.advantages import reward_scaling
+    from openrs_jax.grpo.loss import check_loss_options
+    from openrs_jax.reference import check_ref_sync
+    from openrs_jax.rewards.overlong import check_soft_overlong
+    from openrs_jax.run_log import check_report_to
+
+    reward_scaling(c.scale_rewards)
+    check_loss_options(
+        policy_loss=c.policy_loss, importance_sampling=c.importance_sampling, delta=c.delta,
+        epsilon_low=c.epsilon_low, epsilon_high=c.epsilon_high, top_entropy_quantile=c.top_entropy_quantile,
+    )
+    if "soft_overlong" in c.reward_funcs:
+        try:
+            check_soft_overlong(max_len=c.soft_overlong_max_len or c.max_completion_length,
+                                cache_len=c.soft_overlong_cache_len)
+        except ValueError as e:
+            raise UserError(f"{e} (config keys soft_overlong_max_len, soft_overlong_cache_len)") from None
+    check_dynamic_sampling(c.dynamic_sampling, c.dynamic_sampling_max_rounds)
+    check_ref_sync(c.ref_sync_steps, c.ref_mixup_alpha, c.beta)
+    check_report_to(c.report_to)
 
 
 def _batch_devices(config: ml_collections.ConfigDict, device_count: int) -> int:

@@ -1,4 +1,4 @@
-"""Dataset curation: `python -m openrs_jax.curate <step> ...` (RECIPE.md section 6).
+"""Dataset curation: `python -m openrs_jax.curate <step> ...` (docs/recipe.md section Experiments).
 
 Steps, each reading a dataset (local JSON/JSONL/parquet file, a folder with train.jsonl, a
 `save_to_disk` folder or a Hub name) and writing OUTPUT_DIR/train.jsonl, a report and
@@ -176,6 +176,40 @@ def run_difficulty(args: argparse.Namespace) -> dict[str, Any]:
     return _stats(args, start, **run(args))
 
 
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every dataset a step reads (local paths and Hub names alike)."""
+    from openrs_jax.curation.mix import parse_source
+
+    names = [args.input] if getattr(args, "input", None) else []
+    names += [parse_source(spec).dataset for spec in getattr(args, "source", None) or []]
+    names += [parse_source(spec).dataset for spec in getattr(args, "against", None) or []]
+    names += [args.benchmarks_dir] if getattr(args, "benchmarks_dir", None) else []
+    return names
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """Refuses an output folder that is, holds or lies inside an input: writing it would
+    overwrite or change what the step reads."""
+    out = Path(args.output_dir).expanduser().resolve()
+    for name in input_paths(args):
+        source = Path(name).expanduser()
+        if not source.exists():
+            continue  # a Hub name or builtin:, never a folder we write into
+        source = source.resolve()
+        if out == source:
+            relation = "is the input"
+        elif out in source.parents:
+            relation = "holds the input"
+        elif source.is_dir() and source in out.parents:
+            relation = "lies inside the input"
+        else:
+            continue
+        raise UserError(
+            f"--output_dir {args.output_dir} {relation} {name}: the step would overwrite what it reads; "
+            "choose an output folder outside the inputs"
+        )
+
+
 STEPS = {"format": run_format, "difficulty": run_difficulty, "decontaminate": run_decontaminate,
          "dedup": run_dedup, "mix": run_mix}
 
@@ -185,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs one step; prints its stats (also written to OUTPUT_DIR/stats.json) and returns them."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_output_dir(args)
     stats = STEPS[args.step](args)
     path = write_stats(Path(args.output_dir), stats)
     if not stats.get("rows_out"):

@@ -1,4 +1,4 @@
-"""CLI: pass@1 on the paper's benchmarks with lighteval-equivalent scoring (RECIPE.md section 7).
+"""CLI: pass@1 on the paper's benchmarks with lighteval-equivalent scoring (docs/recipe.md section Evaluation).
 
     python -m openrs_jax.evaluate --model PATH --tasks aime24,math500 --out OUTDIR
     python -m openrs_jax.evaluate --completions FILE.jsonl --data_dir DIR --out OUTDIR
@@ -22,10 +22,12 @@ from openrs_jax.errors import UserError
 from openrs_jax.evaluation.runner import EvalSettings, format_table, run_completions_eval, run_model_eval
 from openrs_jax.evaluation.scoring import SCORING_MODES
 from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS
+from openrs_jax.model_paths import MODEL_HELP
 
 # Prompt lengths are rounded up to this many tokens: the benchmarks' prompts (~100 to ~1,000
 # tokens) then compile only a few sampler programs.
 PROMPT_BUCKET = 128
+PAPER_MAX_MODEL_LENGTH = 32768  # lighteval's vLLM max_model_length in the paper's command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="pass@1 on AIME24, AMC23, MATH-500, Minerva and OlympiadBench (and AIME25), scored as the paper.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="Hugging Face model directory or openrs-jax checkpoint to sample from")
+    src.add_argument("--model", help=f"model to sample from: {MODEL_HELP}")
     src.add_argument("--completions", metavar="FILE.jsonl",
                      help='score completions made elsewhere: lines {"task", "index", "completion"}; no model')
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's, or the training run's)")
     p.add_argument("--tasks", default=None,
                    help=f"comma-separated, from {', '.join(TASKS)} (default: {','.join(PAPER_TASKS)}; "
                         "with --completions: the tasks in the file)")
@@ -59,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring", default="paper", choices=SCORING_MODES,
                    help="paper: lighteval's extraction as the paper ran it (default); fixed: answer-only "
                         "LaTeX golds (OlympiadBench) are boxed first so they parse whole")
+    p.add_argument("--bos", choices=("single", "double"), default=None,
+                   help="single: the chat template's BOS only (default); double: tokenize the templated prompt "
+                        "with special tokens, two BOS tokens, as the paper's lighteval + vLLM run did")
+    p.add_argument("--max_model_length", type=int, default=None, metavar="N",
+                   help="cap prompt + completion at N tokens as vLLM's max_model_len did (default 0: no cap)")
+    p.add_argument("--paper_exact", action="store_true",
+                   help="the paper's engine quirks: --bos double --max_model_length 32768 unless given "
+                        "(docs/paper-exact.md)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
 
@@ -111,25 +121,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = EvalSettings(
         num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, scoring=args.scoring, batch_size=args.batch_size,
+        bos=args.bos or ("double" if args.paper_exact else "single"),
+        max_model_length=args.max_model_length if args.max_model_length is not None else (
+            PAPER_MAX_MODEL_LENGTH if args.paper_exact else 0),
     )
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.completions:
         if args.limit is not None:
             raise UserError("--limit applies to model mode; a completions file already says which rows it has")
+        if args.bos or args.max_model_length is not None or args.paper_exact:
+            raise UserError("--bos, --max_model_length and --paper_exact apply to model mode; the completions "
+                            "file was generated elsewhere")
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         results = run_completions_eval(
             args.completions, settings, tasks=args.tasks, data_dir=args.data_dir, out_dir=args.out,
             tokenizer=tokenizer, progress=not args.no_progress,
         )
     else:
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        from openrs_jax.model.sources import describe, tokenizer_dir
+
+        tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model) or args.model)
         if not tokenizer.has_chat_template:
             raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")
         generate, stream = _model_generate(args, tokenizer)
         results = run_model_eval(
             generate, tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,
-            limit=args.limit, out_dir=args.out, model=str(Path(args.model).expanduser().resolve()),
+            limit=args.limit, out_dir=args.out, model=describe(args.model),
             progress=not args.no_progress, stream=stream,
         )
     print(format_table(results))

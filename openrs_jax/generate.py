@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from openrs_jax.cli import exit_on_user_error
 from openrs_jax.errors import UserError
+from openrs_jax.model_paths import MODEL_HELP
 
 log = logging.getLogger("openrs_jax.generate")
 
@@ -35,26 +36,18 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
-def model_defaults(model_dir: str | Path) -> dict[str, Any]:
-    """eos_ids, pad_id and sampling defaults of a model directory.
+def model_defaults(model_path: str | Path) -> dict[str, Any]:
+    """eos_ids, pad_id and sampling defaults of a model path.
 
     generation_config.json takes precedence over config.json; pad falls back to the first EOS.
+    A training checkpoint has only its model config (EOS and pad ids, no sampling defaults).
     """
-    d = Path(model_dir)
-    files = [d / "generation_config.json", d / "config.json"]
-    read = []
-    for f in files:
-        if f.is_file():
-            try:
-                read.append(json.loads(f.read_text()))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{f} is not valid JSON ({e})") from None
-    eos: list[int] = []
-    pad = None
-    for cfg in read:
-        eos = eos or _ids(cfg.get("eos_token_id"))
-        pad = cfg.get("pad_token_id") if pad is None else pad
-    gen = read[0] if read and (d / "generation_config.json").is_file() else {}
+    from openrs_jax.model.sources import generation_files
+
+    gen, config = generation_files(model_path)
+    eos = _ids(gen.get("eos_token_id")) or _ids(config.get("eos_token_id"))
+    pad = gen.get("pad_token_id")
+    pad = config.get("pad_token_id") if pad is None else pad
     sample = bool(gen.get("do_sample", True))
     return {
         "eos_ids": eos,
@@ -105,19 +98,20 @@ def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, wh
     return render_prompt_ids(tokenizer, record["prompt"], system or None)
 
 
-def find_tokenizer(path: str | Path | None, model_dir: Path) -> Any:
-    """The tokenizer at `path`, else the model directory's when it has a tokenizer.json, else None."""
+def find_tokenizer(path: str | Path | None, model_path: str | Path) -> Any:
+    """The tokenizer at `path`, else the one that goes with the model path (its own, or a
+    training run's), else None."""
+    from openrs_jax.model.sources import tokenizer_dir
     from openrs_jax.tokenizer import load_tokenizer
 
-    if path is None and not (model_dir / "tokenizer.json").is_file():
-        return None
-    return load_tokenizer(path or model_dir)
+    directory = path or tokenizer_dir(model_path)
+    return None if directory is None else load_tokenizer(directory)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m openrs_jax.generate", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="Hugging Face model directory or openrs-jax checkpoint")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory, if it has one)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the model's, or the training run's, if it has one)")
     p.add_argument("--prompts", required=True, help='JSONL file: {"prompt_ids": [...]} or {"prompt": "text"} per line')
     p.add_argument("--out", required=True, help="JSONL file to write, one line per (prompt, sample)")
     p.add_argument("--num_samples", type=int, default=1, help="completions per prompt")
@@ -149,16 +143,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from openrs_jax.model import from_pretrained
     from openrs_jax.sampling import Sampler, SamplingParams
 
-    model_dir = Path(args.model).expanduser()
-    if not model_dir.exists():
-        raise UserError(f"model path {model_dir} does not exist")
+    model_dir = args.model
     defaults = model_defaults(model_dir)
     tokenizer = find_tokenizer(args.tokenizer, model_dir)
     records = read_prompts(args.prompts)
     prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
 
     dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
-    model = from_pretrained(model_dir, dtype=dtype, param_dtype=dtype)
+    model = from_pretrained(model_dir, dtype=dtype, param_dtype=dtype)  # any path model.sources accepts
     sampling = SamplingParams(
         temperature=defaults["temperature"] if args.temperature is None else args.temperature,
         top_p=defaults["top_p"] if args.top_p is None else args.top_p,

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the recipe (RECIPE.md §5).
+"""Optimizer and learning-rate schedule of the recipe (docs/recipe.md section GRPO update).
 
 - `cosine_with_min_lr(learning_rate, max_steps, warmup_ratio, min_lr_rate)`: the Hugging Face
   schedule of that name. Linear warmup from 0 to `learning_rate` over

@@ -1,4 +1,4 @@
-"""The one prompt builder, shared by training and evaluation (RECIPE.md sections 2 and 7).
+"""The one prompt builder, shared by training and evaluation (docs/recipe.md sections Prompts and Evaluation).
 
 A prompt is a conversation [system?, user] rendered with the tokenizer's chat template. For
 the DeepSeek-R1 distills the rendered text already starts with BOS and ends inside the think

@@ -1,4 +1,5 @@
-"""Run outputs that grow every step: metrics.jsonl, TensorBoard events, completions.jsonl."""
+"""Run outputs that grow every step: metrics.jsonl, TensorBoard events, completions.jsonl,
+and optionally Weights & Biases (`report_to` includes "wandb"; same metric names)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,58 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from openrs_jax.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
+WANDB_ID_FILE = "wandb_run_id"  # a resumed run continues the same W&B run
+REPORT_TO = ("tensorboard", "wandb")
+WANDB_MISSING = (
+    "report_to includes 'wandb' but the wandb package is not installed: pip install 'openrs-jax[wandb]' "
+    "(or wandb), or remove wandb from report_to"
+)
+
+
+def _import_wandb() -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise UserError(WANDB_MISSING) from None
+    return wandb
+
+
+def check_report_to(report_to: Sequence[str]) -> None:
+    """Refuses unknown sinks, and wandb when the package is missing (before any long work)."""
+    unknown = [name for name in report_to if name not in REPORT_TO]
+    if unknown:
+        raise UserError(f"report_to: unknown {unknown}; valid: {', '.join(REPORT_TO)}")
+    if "wandb" in report_to:
+        _import_wandb()
+
+
+class WandbSink:
+    """One W&B run per output_dir (its id is kept there, so resuming continues it)."""
+
+    def __init__(self, output_dir: Path, project: str, config: Mapping[str, Any] | None = None):
+        wandb = _import_wandb()
+        id_file = output_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        try:
+            self.run = wandb.init(project=project, name=output_dir.name, dir=str(output_dir), id=run_id,
+                                  resume="allow", config=dict(config or {}))
+        except Exception as e:  # noqa: BLE001 - login, network and permission errors come in many types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(
+                f"wandb could not start a run ({type(e).__name__}: {first}); run `wandb login`, set WANDB_API_KEY, "
+                "or WANDB_MODE=offline, or remove wandb from report_to"
+            ) from None
+        id_file.write_text(self.run.id)
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.run.log(dict(scalars), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def _jsonable(value: Any) -> Any:
@@ -33,10 +84,12 @@ class RunLog:
     a no-op, so the run's outputs are written once.
     """
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True, enabled: bool = True,
+                 wandb_project: str | None = None, wandb_config: Mapping[str, Any] | None = None):
         self.dir = Path(output_dir)
         self.enabled = enabled
         self._tb = None
+        self._wandb: WandbSink | None = None
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +97,8 @@ class RunLog:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        if wandb_project is not None:
+            self._wandb = WandbSink(self.dir, wandb_project, wandb_config)
 
     def truncate_after(self, step: int) -> None:
         """Drops lines logged after `step` (a resumed run redoes those steps), and a line cut
@@ -61,11 +116,14 @@ class RunLog:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+        scalars = {key: value for key, value in record.items()
+                   if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
         if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, scalars)
 
     def log_completions(self, step: int, samples: Sequence[Mapping[str, Any]]) -> None:
         if not self.enabled:
@@ -77,6 +135,9 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """One GRPO run end to end: setup, the step loop, logging, checkpoints, exports.
 
-One step (DESIGN.md's data flow): draw `prompts_per_step` prompts -> sample `num_generations`
+One step (docs/design.md, data flow): draw `prompts_per_step` prompts -> sample `num_generations`
 completions each with the bf16 rollout copy -> decode and score in the reward pool -> group
 advantages -> reference log-probs (skipped when beta = 0) -> old log-probs (only when
 num_iterations > 1) -> jitted update(s) with gradient accumulation -> metrics, checkpoints.
@@ -8,6 +8,7 @@ num_iterations > 1) -> jitted update(s) with gradient accumulation -> metrics, c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -22,11 +23,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from openrs_jax import distributed, sharding, toy
+from openrs_jax import distributed, dynamic_sampling, reference, sharding, toy
 from openrs_jax.checkpoint import Checkpointer
 from openrs_jax.config import validate
-from openrs_jax.data import PromptDataset, PromptOrder, build_dataset, load_rows
+from openrs_jax.data import PromptDataset, build_dataset, left_pad_prompts, load_rows, make_prompt_order
 from openrs_jax.errors import UserError
+from openrs_jax.hub import require_hub
 from openrs_jax.grpo import (
     UpdateConfig,
     abstract_train_state,
@@ -36,7 +38,10 @@ from openrs_jax.grpo import (
     reward_std,
     token_logprobs,
 )
+from openrs_jax.grpo.loss import truncation_mask
 from openrs_jax.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
+from openrs_jax.model.sources import save_run_tokenizer, tokenizer_dir
+from openrs_jax.model_paths import ACCEPTED
 from openrs_jax.rewards import RewardScorer
 from openrs_jax.run_log import METRICS_FILE, RunLog
 from openrs_jax.sampling import Sampler, SamplingParams
@@ -58,6 +63,7 @@ def resolve_model_path(name: str) -> str:
     if toy.is_builtin_model(name) or Path(name).expanduser().exists():
         return name
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        require_hub(f"model {name!r}", "download it where the Hub can be reached and set --config.model_path to its directory")
         try:
             from huggingface_hub import snapshot_download
 
@@ -67,12 +73,18 @@ def resolve_model_path(name: str) -> str:
                 f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
                 f"({type(e).__name__}); download it first and set --config.model_path to its directory"
             ) from None
-    raise UserError(f"model path {name} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
+    raise UserError(f"model path {name} does not exist: give {ACCEPTED}")
 
 
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Parameters of the configurable reward functions, from the run config."""
-    return {
+    params: dict[str, dict[str, Any]] = {}
+    if "soft_overlong" in config.reward_funcs:
+        params["soft_overlong"] = {
+            "max_len": config.soft_overlong_max_len or config.max_completion_length,
+            "cache_len": config.soft_overlong_cache_len,
+        }
+    return params | {
         "cosine": {
             "min_value_wrong": config.cosine_min_value_wrong,
             "max_value_wrong": config.cosine_max_value_wrong,
@@ -153,8 +165,9 @@ class GRPOTrainer:
         model_path = resolve_model_path(c.model_path)
         model_config = read_config(model_path)
         tokenizer_path = model_path if not c.tokenizer_path or c.tokenizer_path == c.model_path else c.tokenizer_path
-        self.tokenizer: Tokenizer = load_tokenizer(toy.resolve(tokenizer_path))
-        self.tokenizer_dir = Path(toy.resolve(tokenizer_path))
+        # A model directory's own tokenizer, a built-in's, or a training run's (model_path = RUN).
+        self.tokenizer_dir = tokenizer_dir(tokenizer_path) or Path(toy.resolve(tokenizer_path))
+        self.tokenizer: Tokenizer = load_tokenizer(self.tokenizer_dir)
         if not self.tokenizer.has_chat_template:
             raise UserError(
                 f"tokenizer {self.tokenizer_dir} has no chat template; use a chat model's tokenizer "
@@ -171,10 +184,16 @@ class GRPOTrainer:
 
         self.dataset: PromptDataset = build_dataset(
             load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
-            c.max_prompt_length, dataset_name=c.dataset_name,
+            c.max_prompt_length, dataset_name=c.dataset_name, long_prompts=c.long_prompts, rollout_bos=c.rollout_bos,
         )
+        if c.prompt_order == "trl" and self.dataset.dropped_too_long:
+            raise UserError(
+                f"prompt_order='trl' permutes the unfiltered dataset, but {self.dataset.dropped_too_long} prompts "
+                f"longer than max_prompt_length={c.max_prompt_length} were dropped; set "
+                "--config.long_prompts=truncate_left (as the original run) or --config.prompt_order=numpy"
+            )
         params, _ = load_params(model_path, seed=c.seed)
-        self.order = PromptOrder(len(self.dataset), seed=c.seed)
+        self.order = make_prompt_order(c.prompt_order, len(self.dataset), c.seed, c.prompts_per_step)
 
         self.update_config = UpdateConfig.from_config(c)
         self.state = create_train_state(params, self.update_config, self.mesh)
@@ -192,26 +211,49 @@ class GRPOTrainer:
         self.checkpointer = Checkpointer(self.output_dir, keep=c.keep_checkpoints)
         self.step = 0
         self.bad_steps = 0
-        if c.resume and self.checkpointer.latest_step() is not None:
-            self._restore()
+        if c.resume:
+            self._resume()
         self.scorer = RewardScorer(
             list(c.reward_funcs), list(c.reward_weights), reward_params(c),
             num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
         )
-        self.run_log = RunLog(self.output_dir, tensorboard=c.tensorboard, enabled=self.writer)
+        self.run_log = RunLog(
+            self.output_dir, tensorboard=c.tensorboard and "tensorboard" in c.report_to, enabled=self.writer,
+            wandb_project=c.wandb_project if "wandb" in c.report_to else None, wandb_config=c.to_dict(),
+        )
         self.run_log.truncate_after(self.step)
         if self.writer:
             (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
+            save_run_tokenizer(self.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
         self.rng = jax.random.key(c.seed)
 
     # --- checkpoints -------------------------------------------------------------------------
 
     def _metadata(self) -> dict[str, Any]:
         return {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
-                "model_config": self.model_config.to_hf_dict()}
+                "model_config": self.model_config.to_hf_dict(), "has_reference": self._saves_reference}
+
+    @property
+    def _saves_reference(self) -> bool:
+        """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
+        return self.ref_params is not None and self.config.ref_sync_steps > 0
 
     def save_checkpoint(self) -> None:
-        self.checkpointer.save(self.step, self.state, self._metadata())
+        extra = {"reference": self.ref_params} if self._saves_reference else None
+        self.checkpointer.save(self.step, self.state, self._metadata(), extra=extra)
+
+    def _resume(self) -> None:
+        """Continues from the latest complete checkpoint, saying in one line what it found."""
+        step = self.checkpointer.latest_step()
+        if step is None:
+            log.warning("resume: no complete checkpoint in %s: starting from step 0", self.checkpointer.directory)
+            return
+        self._restore()
+        if self.step >= self.config.max_steps:
+            log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
+                        "raise --config.max_steps to continue it", self.output_dir, self.step, self.config.max_steps)
+        else:
+            log.info("resuming from step %d (checkpoint %s)", self.step, self.checkpointer.directory / str(self.step))
 
     def _restore(self) -> None:
         meta = self.checkpointer.restore_metadata()
@@ -226,9 +268,13 @@ class GRPOTrainer:
         self.step = int(meta["step"])
         self.bad_steps = int(meta.get("bad_steps", 0))
         self.order.restore(meta["data_order"])
-        if self.ref_params is not None:
+        if self._saves_reference and meta.get("has_reference"):
+            abstract_ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                        self.ref_params)
+            self.ref_params = self.checkpointer.restore_extra("reference", abstract_ref)
+            log.info("reference policy = the refreshed one saved at step %d", self.step)
+        elif self.ref_params is not None:
             log.info("reference policy = the initial weights of model_path (unchanged by resuming)")
-        log.info("resumed from step %d", self.step)
 
     def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
         """Writes the current policy as a Hugging Face directory (with the tokenizer files).
@@ -245,24 +291,39 @@ class GRPOTrainer:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def rollout(self, examples: list) -> tuple[Any, float]:
+    def rollout(self, examples: list, refill: int = 0) -> tuple[Any, float]:
+        """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
         start = time.perf_counter()
         params = sharding.rollout_params(self.state.params, self.mesh, self.config.compute_dtype)
         key = jax.random.fold_in(self.rng, self.step)
+        if refill:
+            key = jax.random.fold_in(key, refill)
         out = self.sampler.generate(
-            params, [list(e.prompt_ids) for e in examples], self.config.num_generations, self.sampling, key
+            params, [list(e.rollout_ids) for e in examples], self.config.num_generations, self.sampling, key
         )
+        if self.config.rollout_max_model_length:
+            caps = [self.config.rollout_max_model_length + 1 - len(e.rollout_ids) for e in examples]
+            out = cap_completions(out, np.repeat(caps, self.config.num_generations), self.tokenizer.pad_id)
         return out, time.perf_counter() - start
 
-    def build_batch(self, out: Any, advantages: np.ndarray) -> dict[str, Any]:
+    def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts as the loss sees them (single BOS, at most max_prompt_length tokens), one row
+        per sample, left-padded as the sampler pads; equal to the rollout's prompts in the clean mode."""
+        return left_pad_prompts([e.prompt_ids for e in examples], self.config.num_generations,
+                                self.tokenizer.pad_id, self.sampler.prompt_bucket)
+
+    def build_batch(self, out: Any, advantages: np.ndarray, prompts: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
         """Prompt + completion rows, trimmed to the longest completion (bucketed)."""
         longest = int(out.lengths.max()) if len(out.lengths) else 1
         t = min(round_up(max(longest, 1), COMPLETION_BUCKET), out.completion_ids.shape[1])
         completion_ids = out.completion_ids[:, :t]
         completion_mask = out.completion_mask[:, :t]
+        prompt_ids, prompt_mask = prompts
+        if self.config.mask_truncated_completions:
+            completion_mask = truncation_mask(completion_mask, out.truncated)
         return {
-            "input_ids": np.concatenate([out.prompt_ids, completion_ids], axis=1).astype(np.int32),
-            "attention_mask": np.concatenate([out.prompt_mask, completion_mask], axis=1).astype(np.int32),
+            "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
+            "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1).astype(np.int32),
             "completion_mask": completion_mask.astype(np.int32),
             "advantages": advantages.astype(np.float32),
         }
@@ -276,19 +337,26 @@ class GRPOTrainer:
         out, rollout_s = self.rollout(examples)
 
         t1 = time.perf_counter()
+        scores, texts, share = self._score(examples, out)
+        sampling_metrics: dict[str, float] = {}
+        if c.dynamic_sampling:
+            ds_start = time.perf_counter()
+            picked, sampling_metrics = dynamic_sampling.fill_step(
+                dynamic_sampling.Rollout(examples, out, scores), self._extra_rollout,
+                prompts_per_step=c.prompts_per_step, num_generations=g,
+                max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+            )
+            examples, out, scores, texts = picked.examples, picked.out, picked.scores, []
+            sampling_metrics["time/dynamic_sampling_s"] = time.perf_counter() - ds_start
         golds = [e.gold for e in examples for _ in range(g)]
-        # Each process decodes and scores its share of the groups; only the numbers travel.
-        share = distributed.process_rows(len(examples), g)
-        texts = self._decode(out, share)
-        local = self.scorer.score(texts, golds[share.start:share.stop], g)
-        scores = distributed.gather_scores(local, len(examples), g)
         rewards = np.asarray(scores.total, np.float32)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
         reward_s = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        batch = sharding.shard_batch(self.build_batch(out, advantages), self.mesh)
-        prompt_len = out.prompt_ids.shape[1]
+        prompts = self.loss_prompts(examples)
+        batch = sharding.shard_batch(self.build_batch(out, advantages, prompts), self.mesh)
+        prompt_len = prompts[0].shape[1]
         if c.beta > 0:
             batch["ref_logps"] = token_logprobs(
                 self.graphdef, self.ref_params, batch["input_ids"], batch["attention_mask"], prompt_len,
@@ -305,9 +373,14 @@ class GRPOTrainer:
         t3 = time.perf_counter()
         for _ in range(c.num_iterations):
             self.state, update_metrics = self.train_step(self.state, batch)
-        update_metrics = {k: float(v) for k, v in sharding.to_host(update_metrics).items()}
+        update_metrics = trl_named(
+            {k: float(v) for k, v in sharding.to_host(update_metrics).items()},
+            float(self.update_config.schedule()(int(sharding.to_host(self.state.step)))),
+        )
         update_s = time.perf_counter() - t3
         self.step += 1
+        if self.ref_params is not None and reference.sync_due(self.step, c.ref_sync_steps):
+            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.ref_mixup_alpha)
         self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
         if self.bad_steps:
             log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
@@ -322,7 +395,9 @@ class GRPOTrainer:
             "completion_length_min": int(lengths.min()),
             "completion_length_max": int(lengths.max()),
             "truncated_fraction": float(np.mean(out.truncated)),
+            "prompts_truncated": sum(e.truncated for e in examples) * g,  # rows whose loss prompt was cut
             **update_metrics,
+            **sampling_metrics,
             "time/rollout_s": rollout_s,
             "time/reward_s": reward_s,
             "time/reference_s": reference_s,
@@ -342,6 +417,22 @@ class GRPOTrainer:
             ]
             self.run_log.log_completions(self.step, samples)
         return metrics
+
+    def _score(self, examples: list, out: Any) -> tuple[Any, list[str], range]:
+        """The whole batch's rewards, this process's decoded texts and its share of the rows."""
+        g = self.config.num_generations
+        golds = [e.gold for e in examples for _ in range(g)]
+        # Each process decodes and scores its share of the groups; only the numbers travel.
+        share = distributed.process_rows(len(examples), g)
+        texts = self._decode(out, share)
+        local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
+        return distributed.gather_scores(local, len(examples), g), texts, share
+
+    def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
+        """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
+        examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
+        out, _ = self.rollout(examples, refill)
+        return dynamic_sampling.Rollout(examples, out, self._score(examples, out)[0])
 
     def _decode(self, out: Any, rows: range) -> list[str]:
         """Completion texts of sampler output rows `rows`."""
@@ -373,9 +464,14 @@ class GRPOTrainer:
 
         c = self.config
         metrics: dict[str, Any] = {}
+        if self.step >= c.max_steps:  # a finished run, resumed: its outputs stay as they are
+            self.close()
+            return metrics
         log.info(
-            "dataset: %d prompts (%d dropped as longer than %d tokens); %d devices; mesh %s",
-            len(self.dataset), self.dataset.dropped_too_long, c.max_prompt_length, jax.device_count(),
+            "dataset: %d prompts (%d dropped, %d cut on the left for the loss, as longer than %d tokens); "
+            "%d devices; mesh %s",
+            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.max_prompt_length,
+            jax.device_count(),
             dict(self.mesh.shape),
         )
         bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
@@ -418,6 +514,41 @@ class GRPOTrainer:
         self.scorer.close()
         self.run_log.close()
         self.checkpointer.close()
+
+
+def cap_completions(out: Any, caps: np.ndarray, pad_id: int) -> Any:
+    """Sampler output with row i cut to at most caps[i] (>= 1) completion tokens.
+
+    vLLM 0.7.2 ends a sequence once prompt + output exceed its max_model_len, so a long prompt
+    left fewer tokens to its completion (rollout_max_model_length; docs/paper-exact.md). Tokens
+    are causal, so cutting a longer sample is sampling with the shorter limit.
+    """
+    caps = np.maximum(np.asarray(caps, np.int32), 1)
+    keep = np.arange(out.completion_ids.shape[1])[None, :] < caps[:, None]
+    mask = out.completion_mask & keep
+    return dataclasses.replace(
+        out, completion_ids=np.where(keep, out.completion_ids, pad_id).astype(out.completion_ids.dtype),
+        completion_mask=mask, lengths=mask.sum(1).astype(np.int32), truncated=out.truncated | (out.lengths > caps),
+        logprobs=np.where(mask, out.logprobs, 0.0).astype(np.float32),
+    )
+
+
+def trl_named(update_metrics: dict[str, float], lr_after_step: float) -> dict[str, float]:
+    """The update's figures under TRL's names, so curves overlay the original run's.
+
+    `kl`: TRL's, the mean over rows of each row's token-mean KL (`kl/row_mean` of the update);
+    the token mean over the batch stays as `kl/token_mean`. `learning_rate`: the HF Trainer's,
+    read after the scheduler step (the rate of the next update); the rate this update used is
+    `learning_rate/used`.
+    """
+    out = dict(update_metrics)
+    if "kl" in out:
+        out["kl/token_mean"] = out.pop("kl")
+    if "kl/row_mean" in out:
+        out["kl"] = out.pop("kl/row_mean")
+    out["learning_rate/used"] = out.pop("learning_rate")
+    out["learning_rate"] = lr_after_step
+    return out
 
 
 def format_summary(step: int, metrics: dict[str, Any], reward_funcs: Any) -> str:

@@ -14,7 +14,24 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# Real data some tests read (not part of the repository; README.md section Tests says how to get it):
+# the folder named by OPENRS_TEST_DATA, else shared/data beside the repository's folder.
+TEST_DATA_ENV = "OPENRS_TEST_DATA"
+SHARED_DATA = Path(os.environ.get(TEST_DATA_ENV) or REPO_ROOT.parent / "shared" / "data").expanduser()
+
+# What each top-level entry of the data folder holds and where it comes from, for skip reasons.
+DATA_SOURCES: dict[str, str] = {
+    "benchmarks": (
+        "<task>.jsonl saved from the Hub datasets HuggingFaceH4/aime_2024, knoveleng/AMC-23, HuggingFaceH4/MATH-500, "
+        "knoveleng/Minerva-Math, knoveleng/OlympiadBench, yentinglin/aime_2025"
+    ),
+    "train": (
+        "9,248 problems from GitHub agentica-project/deepscaler (data/train/aime.json, math.json) and "
+        "scharry30/Meta-Reason (data/train/deepscaler.json)"
+    ),
+    "tokenizer": "the tokenizer files of the Hub model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+    "models": "config.json, no weights, of the Hub model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+}
 
 TINY_HF_CONFIG: dict[str, Any] = dict(
     vocab_size=256,
@@ -33,11 +50,18 @@ TINY_HF_CONFIG: dict[str, Any] = dict(
 )
 
 
+def missing_data_reason(*parts: str, root: Path | None = None) -> str:
+    """The skip reason for a test-data path that is absent: what it is and how to get it."""
+    root = SHARED_DATA if root is None else root
+    what = DATA_SOURCES.get(parts[0], "") if parts else ""
+    return f"needs test data {'/'.join(parts)} ({what}), absent from {root}: set {TEST_DATA_ENV} (README.md, Tests)"
+
+
 def shared_data(*parts: str) -> Path:
-    """A path in ../shared/data, or a pytest skip saying why when it is absent."""
+    """A path in the test-data folder, or a pytest skip naming the missing data and its source."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared data not found at {path} (tests look for ../shared/data beside the repo)")
+        pytest.skip(missing_data_reason(*parts))
     return path
 
 

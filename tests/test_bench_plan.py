@@ -104,6 +104,7 @@ ENTRY %main (buf0: bf16[4,8], stack0: f32[10,16,32], w0: bf16[32,64], a: bf16[16
   %loop = (s32[], bf16[4,8]{1,0}, f32[10,16,32]{2,1,0}, bf16[32,64]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"10"}}
   %cublas = (f32[16,64]{1,0}, s8[1024]{0}) custom-call(%a, %w0), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
   %fmha = (bf16[2,4,64,32]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", backend_config={"cudnn_fmha_backend_config":{"intermediate_tensor_shape":{"dimensions":["2","4","64","64"]},"mask_type":"CAUSAL","bmm1_dot_dimension_numbers":{"lhs_contracting_dimensions":["3"]}}}
+  %fmha_bwd = (bf16[2,64,4,32]{3,2,1,0}, bf16[2,64,4,32]{3,2,1,0}, bf16[2,64,4,32]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q, %q), custom_call_target="__cudnn$fmhaSoftmaxBackward", backend_config={"cudnn_fmha_backend_config":{"intermediate_tensor_shape":{"dimensions":["2","4","64","64"]},"mask_type":"CAUSAL","bmm2_grad_gemm2_dot_dimension_numbers":{"lhs_contracting_dimensions":["3"]}}}
   %init2 = (s32[], f32[256]{0}) tuple(%zero, %v0)
   %loop2 = (s32[], f32[256]{0}) while(%init2), condition=%cond2, body=%body2
   ROOT %out = bf16[4,8]{1,0} get-tuple-element(%loop), index=1
@@ -135,15 +136,20 @@ def test_hlo_cost_follows_loops_slices_in_place_updates_and_library_calls():
     # cuBLAS: the f32 result (not the s8 workspace), both operands, 2 x 16 x 64 x 32 FLOPs.
     # cuDNN attention: its bf16 output (not the empty u8 scratch), three operands, two matmuls over
     # [2, 4, 64, 64] scores of head_dim 32, halved by the causal mask.
+    # Its backward: dQ, dK, dV written, four operands read, five matmuls.
     cublas = (4096, 1024 + 4096, 65536)
-    fmha = (2 * 4 * 64 * 32 * 2, 3 * 2 * 64 * 4 * 32 * 2, 2 * 2 * (2 * 4 * 64 * 64) * 32 * 0.5)
-    assert cost.total.bytes_written == 10 * 7205 + cublas[0] + fmha[0] + 7 * 1029
-    assert cost.total.bytes_read == 10 * 9258 + cublas[1] + fmha[1] + 7 * 2064
-    assert cost.total.flops == 10 * 65536 + cublas[2] + fmha[2]
-    # The largest writers per call: the gemm fusion (4,096 bytes x 10 iterations), then the attention.
-    top, second_top = cost.largest_writes[:2]
-    assert (top["instruction"], top["shape"], top["runs_per_call"], top["bytes_per_call"]) == ("gemm", "f32[16,64]", 10, 40960)
-    assert (second_top["instruction"], second_top["shape"]) == ("fmha", "(bf16[2,4,64,32], u8[0])")
+    qkv = 2 * 64 * 4 * 32 * 2  # bytes of one [2, 64, 4, 32] bf16 tensor
+    scores = 2 * 4 * 64 * 64
+    fmha = (qkv, 3 * qkv, 2 * 2 * scores * 32 * 0.5)
+    fmha_bwd = (3 * qkv, 4 * qkv, 2 * 5 * scores * 32 * 0.5)
+    assert cost.total.bytes_written == 10 * 7205 + cublas[0] + fmha[0] + fmha_bwd[0] + 7 * 1029
+    assert cost.total.bytes_read == 10 * 9258 + cublas[1] + fmha[1] + fmha_bwd[1] + 7 * 2064
+    assert cost.total.flops == 10 * 65536 + cublas[2] + fmha[2] + fmha_bwd[2]
+    # The largest writers per call: the attention backward, the gemm fusion (4,096 bytes x 10
+    # iterations), then the attention forward.
+    top = [(w["instruction"], w["runs_per_call"], w["bytes_per_call"]) for w in cost.largest_writes[:3]]
+    assert top == [("fmha_bwd", 1, 3 * qkv), ("gemm", 10, 40960), ("fmha", 1, qkv)]
+    assert cost.largest_writes[2]["shape"] == "(bf16[2,4,64,32], u8[0])"
 
 
 def test_hlo_cost_of_a_program_compiled_here():

@@ -70,6 +70,43 @@ def test_run_config_fills_unset_flags_and_given_flags_win():
     assert (args.prompts_per_step, args.max_new_tokens, args.dtype, args.micro_batch_size) == (4, 64, None, None)
 
 
+def test_step_prompt_len_defaults_fit_the_engine():
+    """Real prompts (trainer engine) default to the recipe's max_prompt_length, not 64 tokens."""
+    args = parse(step, ["--model", "preset:tiny", "--dataset", "problems.jsonl"])
+    shapes.apply_run_config(args)
+    assert args.prompt_len is None
+    assert step.default_prompt_len("trainer") == 512
+    assert step.default_prompt_len("synthetic") == step.SYNTHETIC_PROMPT_LEN == 64
+    # --config's max_prompt_length and an explicit flag come first.
+    args = parse(step, ["--model", "preset:tiny", "--config", str(REPO_ROOT / "configs" / "tiny.py")])
+    shapes.apply_run_config(args)
+    assert args.prompt_len == 16
+    args = parse(step, ["--model", "preset:tiny", "--config", EXP2, "--prompt_len", "100"])
+    shapes.apply_run_config(args)
+    assert args.prompt_len == 100
+
+
+def test_step_synthetic_engine_defaults_to_short_prompts():
+    args = parse(step, ["--model", "preset:tiny", "--prompts_per_step", "2", "--num_generations", "2",
+                        "--max_new_tokens", "2", "--steps", "1", "--mesh", "fsdp=1", "--no_copy_bandwidth"])
+    result = step.run(args)
+    assert args.prompt_len == 64 and result["prompt_len_bucketed"] == 64
+
+
+def test_step_trainer_default_fits_real_training_prompts():
+    """The real training sample has 4 prompts within the default max_prompt_length (not within 64)."""
+    from openrs_jax.config import SYSTEM_PROMPT
+    from openrs_jax.tokenizer import load_tokenizer
+    from tests.conftest import shared_data
+
+    dataset = shared_data("train", "deepscaler_sample.jsonl")
+    tokenizer = load_tokenizer(shared_data("tokenizer", "deepseek-r1-distill-qwen"))
+    rows = step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, step.default_prompt_len("trainer"))
+    assert len(rows) == 4
+    with pytest.raises(UserError, match="fewer than 4 prompts of at most 64 tokens"):
+        step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, 64)
+
+
 def test_sampler_and_update_take_the_same_config():
     from openrs_jax.bench import sampler, update
 

@@ -13,7 +13,7 @@ CONFIGS = REPO_ROOT / "configs"
 
 
 def recipe_common(c) -> None:
-    """RECIPE.md §3, §5, §6 values shared by the three experiments."""
+    """docs/recipe.md values (Rollouts, GRPO update, Experiments) shared by the three experiments."""
     assert c.model_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
     assert c.learning_rate == 1e-6 and c.max_steps == 500 and c.save_steps == 50
     assert c.prompts_per_step == 12 and c.num_generations == 6

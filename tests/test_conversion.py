@@ -155,7 +155,7 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path, capsys):
 def test_export_from_a_non_checkpoint_directory(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     err = run_main(flax_to_hf.main, ["--ckpt", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
-    assert "neither a Hugging Face model directory" in err
+    assert "is not a model: give a Hugging Face model directory" in err
 
 
 def test_cli_prints_no_traceback(tmp_path):

@@ -1,4 +1,4 @@
-"""Hand-checked scoring cases, one group per kind of gold (RECIPE.md section 7).
+"""Hand-checked scoring cases, one group per kind of gold (docs/recipe.md section Evaluation).
 
 Each expectation was decided by hand from the maths (is the completion's final answer the gold?),
 except the cases marked "paper protocol", which pin how the paper's lighteval extraction treats

@@ -33,7 +33,7 @@ ROWS, T = 8, 6  # two groups of four
 
 
 # ----------------------------------------------------------------------------------------------
-# numpy references, written from RECIPE.md §5 with explicit loops
+# numpy references, written from docs/recipe.md section GRPO update with explicit loops
 
 
 def np_advantages(rewards: np.ndarray, g: int, scale: bool) -> np.ndarray:

@@ -8,7 +8,7 @@ from tests.conftest import shared_data
 from openrs_jax import prompts
 from openrs_jax.tokenizer import load_tokenizer
 
-# Typed from RECIPE.md sections 2 and 7, independently of the module under test.
+# Typed from docs/recipe.md sections Prompts and Evaluation, independently of the module under test.
 EXP3 = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
     "assistant first thinks about the reasoning process in the mind and then provides the user with the answer, "

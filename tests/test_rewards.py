@@ -1,4 +1,4 @@
-"""Reward functions (RECIPE.md section 4) and the process-pool scorer.
+"""Reward functions (docs/recipe.md section Rewards) and the process-pool scorer.
 
 Expected values are worked out by hand from the recipe's formulas; for accuracy, from the
 recipe's math-verify configs (notably malformed_operators=False and
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from openrs_jax.rewards.verify import TIMEOUT_OPTIONAL
 from openrs_jax.rewards import (
     REWARD_FUNCTIONS,
     RewardScorer,
@@ -27,14 +28,12 @@ from openrs_jax.rewards import (
     wrap_answer,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def shared_file(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path} (expected ../shared/data from the repo root)")
-    return path
+    from tests.conftest import shared_data
+
+    return shared_data(*relative.split("/"))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -55,6 +54,7 @@ def fault_reward(completions: list[str], solutions: list[str]) -> list[float]:
 
 
 FAULT = f"{__name__}:fault_reward"
+LEGACY = not TIMEOUT_OPTIONAL  # math-verify 0.5.2 (pip install -e ".[paper]")
 
 G5 = "$\\boxed{5}$"
 
@@ -84,8 +84,9 @@ ACCURACY_CASES = [
     ("$\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$", "\\boxed{(3, \\frac{\\pi}{2})}", 1.0, "tuple, \\left/\\right"),
     ("$\\boxed{(3, \\frac{\\pi}{2})}$", "\\boxed{(\\frac{\\pi}{2}, 3)}", 0.0, "tuple order matters"),
     ("$\\boxed{(1, 2, 3)}$", "\\boxed{(3,2,1)}", 0.0, "3-tuple order matters"),
-    (G5, "First \\boxed{3} then \\boxed{5}", 0.0, "boxed='all' joins boxes of one sentence: {3, 5}"),
-    ("$\\boxed{3, 5}$", "First \\boxed{3} then \\boxed{5}", 1.0, "... which matches a set gold"),
+    # math-verify 0.5.2 (the original's pin) does not join them yet: it takes the last box.
+    (G5, "First \\boxed{3} then \\boxed{5}", float(LEGACY), "boxed='all' joins boxes of one sentence: {3, 5}"),
+    ("$\\boxed{3, 5}$", "First \\boxed{3} then \\boxed{5}", float(not LEGACY), "... which matches a set gold"),
     (G5, "First $\\boxed{3}$.\n\nThen finally $\\boxed{5}$", 1.0, "separate boxes: the last one"),
     ("$\\boxed{3}$", "First $\\boxed{3}$.\n\nThen finally $\\boxed{5}$", 0.0, "... not the first"),
     (G5, "Answer 5\n</think>\nSo $\\boxed{5}$", 1.0, "answer after </think>"),
@@ -244,7 +245,8 @@ def test_repetition_penalty(text: str, params: dict, expected: float) -> None:
 
 def test_registry_lists_the_seven_functions() -> None:
     assert sorted(REWARD_FUNCTIONS) == sorted(
-        ["accuracy", "format", "tag_count", "cosine", "reasoning_steps", "length", "repetition_penalty"]
+        ["accuracy", "format", "tag_count", "cosine", "reasoning_steps", "length", "repetition_penalty",
+         "soft_overlong"]  # the recipe's seven and DAPO's token-count reward
     )
     assert REWARD_FUNCTIONS["cosine"].defaults["min_value_wrong"] == -1.0
     assert REWARD_FUNCTIONS["cosine"].defaults["max_len"] == 1000

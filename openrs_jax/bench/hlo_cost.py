@@ -254,7 +254,9 @@ class _Walker:
             fmha = config["cudnn_fmha_backend_config"]
             scores = math.prod(int(d) for d in fmha.get("intermediate_tensor_shape", {}).get("dimensions", []))
             q = self.by_name[comp].get(instr.operands[0]) if instr.operands else None
-            contracting = fmha.get("bmm1_dot_dimension_numbers", {}).get("lhs_contracting_dimensions", [])
+            # The head dimension, where Q (forward) or dO (backward, laid out like Q) is contracted.
+            dims = fmha.get("bmm1_dot_dimension_numbers") or fmha.get("bmm2_grad_gemm2_dot_dimension_numbers") or {}
+            contracting = dims.get("lhs_contracting_dimensions", [])
             if q is None or not contracting:
                 return 0.0
             head_dim = math.prod(shape_elements(q.shape)[0][1][int(d)] for d in contracting)

@@ -39,7 +39,7 @@ log = logging.getLogger("openrs_jax.bench")
 PRESET_PREFIX = "preset:"
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # DeepSeek-R1-Distill-Qwen-1.5B's config.json (shared/data/models), which Qwen2Config's
+    # DeepSeek-R1-Distill-Qwen-1.5B's config.json (on the Hub), which Qwen2Config's
     # defaults already follow; token ids as in that file.
     "deepseek-r1-distill-qwen-1.5b": dict(
         vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,

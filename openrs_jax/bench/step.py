@@ -58,6 +58,8 @@ from openrs_jax.errors import UserError
 
 # Completions are trained on their longest length rounded up to this (as the trainer does).
 COMPLETION_BUCKET = 256
+# Random prompt ids per row of the synthetic engine when neither --prompt_len nor --config says.
+SYNTHETIC_PROMPT_LEN = 64
 
 CONFIG_FIELDS: dict[str, shapes.FieldSource] = {
     "prompts_per_step": "prompts_per_step",
@@ -89,8 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts_per_step", type=int, default=4)
     parser.add_argument("--num_generations", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=64, help="completion tokens per row")
-    parser.add_argument("--prompt_len", type=int, default=64,
-                        help="synthetic engine: tokens per random prompt; trainer engine: max_prompt_length")
+    parser.add_argument("--prompt_len", type=int, default=None,
+                        help=f"synthetic engine: tokens per random prompt (default {SYNTHETIC_PROMPT_LEN}); trainer "
+                        "engine: max_prompt_length (default: the recipe's 512, see docs/recipe.md section Prompts)")
     parser.add_argument("--micro_batch_size", type=int, default=None, help="rows per accumulation step (default: all)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up step")
     parser.add_argument("--beta", type=float, default=0.04)
@@ -377,6 +380,17 @@ def _hf_directory(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
     out = workdir / "model"
     write_hf_directory(out, params_of(model), model.config, dtype="float32")
     return str(out), random_weights
+
+
+def default_prompt_len(engine: str) -> int:
+    """--prompt_len when neither the flag nor --config gives it: real prompts (trainer engine) get
+    the recipe's max_prompt_length, so a real dataset's prompts fit; random ones a short length."""
+    if engine != "trainer":
+        return SYNTHETIC_PROMPT_LEN
+    shapes._ensure_ml_collections()
+    from openrs_jax.config import base_config
+
+    return int(base_config().max_prompt_length)
 
 
 def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str, Any]:
@@ -690,6 +704,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("the trainer engine needs --dataset (a JSON/JSONL/parquet file of problems)")
     if args.compare_trl and engine != "trainer":
         raise UserError("--compare_trl needs the trainer engine: give --dataset and --tokenizer")
+    if args.prompt_len is None:
+        args.prompt_len = default_prompt_len(engine)
     platform = jax.devices()[0].platform
     dtype = args.dtype or ("bfloat16" if platform == "gpu" else "float32")
     copy = None if args.no_copy_bandwidth else copy_bandwidth()

@@ -1,4 +1,4 @@
-"""Dataset curation steps behind `python -m openrs_jax.curate` (RECIPE.md section 6).
+"""Dataset curation steps behind `python -m openrs_jax.curate` (docs/recipe.md section Experiments).
 
 - `format_filter`: rows whose gold answer math-verify parses;
 - `difficulty`: pass rates under a model (sampler + accuracy reward) and a band to keep;

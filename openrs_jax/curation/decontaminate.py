@@ -89,9 +89,12 @@ def load_benchmarks(benchmarks_dir: str | Path | None, tasks: Sequence[str] | No
             out.extend(benchmark_rows(name, load_rows(str(path)), str(path)))
         return out
     from openrs_jax.evaluation.tasks import TASKS, load_task
+    from openrs_jax.hub import require_hub
 
+    names = list(tasks or TASKS)
+    require_hub(f"the benchmarks ({', '.join(names)})", "give --benchmarks_dir, a folder of <task>.jsonl files")
     out = []
-    for name in tasks or list(TASKS):
+    for name in names:
         spec = TASKS.get(name)
         if spec is None:
             raise UserError(f"unknown task {name!r}: choose from {', '.join(TASKS)}, or give --benchmarks_dir")

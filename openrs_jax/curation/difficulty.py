@@ -31,6 +31,7 @@ from typing import Any
 from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.curation.io import read_rows, write_dataset, write_json, write_jsonl
 from openrs_jax.errors import UserError
+from openrs_jax.model_paths import MODEL_HELP
 from openrs_jax.rewards.gold import gold_from_row, gold_parses
 
 log = logging.getLogger("openrs_jax.curate")
@@ -51,9 +52,8 @@ ScoreFn = Callable[[list[str], list[str], int], list[float]]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The difficulty step's options (model, sampling, band, reuse)."""
-    p.add_argument("--model", help="Hugging Face model directory, openrs-jax checkpoint or builtin:tiny "
-                                   "(not needed when --pass_rates covers every problem)")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
+    p.add_argument("--model", help=f"{MODEL_HELP} (not needed when --pass_rates covers every problem)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the model's, or the training run's)")
     p.add_argument("--num_samples", type=int, default=8, help="completions per problem (default 8)")
     p.add_argument("--batch_size", type=int, default=16,
                    help="problems per sampler call with static batches (--slots 0; default 16)")
@@ -373,7 +373,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from openrs_jax.rewards import RewardScorer
         from openrs_jax.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(toy.resolve(args.tokenizer or args.model))
+        from openrs_jax.model.sources import tokenizer_dir
+
+        tokenizer = load_tokenizer(toy.resolve(args.tokenizer) if args.tokenizer
+                                   else tokenizer_dir(args.model) or args.model)
         system_prompt = system_prompt_text(args.system_prompt)
         generate, streams = model_generate_fn(args, tokenizer)
         log.info("sampling %d problems x %d completions (%d reused, %d resumed)",

@@ -1,4 +1,4 @@
-"""Benchmark evaluation with the paper's scoring (RECIPE.md section 7).
+"""Benchmark evaluation with the paper's scoring (docs/recipe.md section Evaluation).
 
 - `evaluate_tasks(sampler, params, tokenizer, tasks, ...)`: what the trainer calls every N steps.
 - `python -m openrs_jax.evaluate`: the command line (model mode and `--completions` mode).

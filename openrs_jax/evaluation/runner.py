@@ -3,7 +3,8 @@
 An output directory holds, per task, `details_<task>.jsonl` (one line per sample: index, sample,
 prompt, completion, prediction, gold, correct, length = completion tokens with the EOS,
 truncated = no EOS within max_new_tokens), plus `results.json` and
-`eval_config.json` (the settings that produced the samples). Details are appended after every
+`eval_config.json` (the settings that produced the samples, written with the first of them, so a
+run that stops before any sample leaves nothing to refuse a retry). Details are appended after every
 batch (with the slot engine: after every sample), so a rerun into the same directory only
 generates the samples that are missing; it refuses to mix samples of different generation
 settings, and rescores stored samples when only the scoring mode changed.
@@ -29,12 +30,14 @@ from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
+from openrs_jax.hub import require_hub
 from openrs_jax.prompts import eval_user_prompt, render_prompt
 from openrs_jax.tokenizer import Tokenizer
 
 log = logging.getLogger("openrs_jax.evaluate")
 
 RESULTS_FILE = "results.json"
+OFFLINE_FIX = "give a folder of <task>.jsonl files with --data_dir (eval_data_dir in training)"
 CONFIG_FILE = "eval_config.json"
 
 
@@ -44,7 +47,7 @@ def details_path(out_dir: Path, task: str) -> Path:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How samples are drawn and scored. Defaults are the paper's (RECIPE.md section 7) with K = 1."""
+    """How samples are drawn and scored. Defaults are the paper's (docs/recipe.md section Evaluation) with K = 1."""
 
     num_samples: int = 1
     max_new_tokens: int = 32768
@@ -53,6 +56,11 @@ class EvalSettings:
     seed: int = 0
     scoring: Scoring = "paper"
     batch_size: int = 64  # completions per sampler call (prompts x samples)
+    # The paper's engine (docs/paper-exact.md): "double" tokenizes the templated prompt with special
+    # tokens (a second BOS, as lighteval's vLLM backend did); max_model_length > 0 caps prompt +
+    # completion as vLLM's max_model_len did (new tokens <= max_model_length + 1 - prompt tokens).
+    bos: str = "single"
+    max_model_length: int = 0
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -67,6 +75,21 @@ class EvalSettings:
             raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.scoring not in SCORING_MODES:
             raise UserError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
+        if self.bos not in ("single", "double"):
+            raise UserError(f"bos must be single or double, got {self.bos!r}")
+        if self.max_model_length < 0:
+            raise UserError(f"max_model_length must be >= 0 (0: no cap), got {self.max_model_length}")
+
+    def new_token_cap(self, prompt_tokens: int) -> int:
+        """The most new tokens a prompt of this length gets.
+
+        vLLM 0.7.2 stops a sequence once its length (prompt + output) exceeds max_model_len
+        (`seq.get_len() > max_model_len` after each sampled token), so with the paper's
+        max_model_len = max_new_tokens = 32,768 the output holds at most 32,769 - prompt tokens.
+        """
+        if not self.max_model_length:
+            return self.max_new_tokens
+        return max(1, min(self.max_new_tokens, self.max_model_length + 1 - prompt_tokens))
 
 
 @dataclass(frozen=True)
@@ -115,15 +138,34 @@ def _write_details(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -> bool:
-    """Records the run's settings; returns whether stored samples need rescoring.
+@dataclass
+class SettingsFile:
+    """eval_config.json of an output directory, written once, just before the first sample."""
+
+    path: Path
+    record: dict[str, Any]
+    written: bool = False
+
+    def write(self) -> None:
+        if not self.written:
+            _write_json_atomic(self.path, self.record)
+            self.written = True
+
+
+def _holds_samples(out_dir: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in out_dir.glob("details_*.jsonl"))
+
+
+def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -> tuple[bool, SettingsFile]:
+    """Checks the run's settings against the samples already there; returns whether stored
+    samples need rescoring, and the settings file to write with the first sample.
 
     Samples drawn under other generation settings must not be mixed into one estimate.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CONFIG_FILE
     rescore = False
-    if path.is_file():
+    if path.is_file() and _holds_samples(out_dir):
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -137,8 +179,7 @@ def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -
                 "use another --out directory, or delete its details_*.jsonl and eval_config.json"
             )
         rescore = stored.get("scoring") != scoring
-    _write_json_atomic(path, {"generation": dict(generation), "scoring": scoring})
-    return rescore
+    return rescore, SettingsFile(path, {"generation": dict(generation), "scoring": scoring})
 
 
 def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
@@ -178,6 +219,7 @@ class TaskRun:
     scoring: Scoring
     records: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None  # details file; None keeps everything in memory
+    settings: SettingsFile | None = None  # written before the first sample
     _golds: dict[int, Gold] = field(default_factory=dict)
 
     def gold(self, index: int) -> Gold:
@@ -219,12 +261,16 @@ class TaskRun:
         """Saves finished samples at once, so an interrupted run loses at most one batch."""
         if self.path is None or not recs:
             return
+        if self.settings is not None:
+            self.settings.write()
         with self.path.open("a", encoding="utf-8") as f:
             for rec in recs:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
     def finish(self) -> None:
         if self.path is not None:
+            if self.settings is not None:
+                self.settings.write()
             _write_details(self.path, self.records.values())
 
     def missing(self, k: int) -> dict[int, list[int]]:
@@ -285,6 +331,7 @@ def _stream_task(run: TaskRun, generate: StreamGenerate, tokenizer: Tokenizer, s
         bar.set_postfix(tokens=counts["tokens"], live=counts["slots_live"], refresh=False)
 
     for index, sample, out in generate(ids, requests, _task_seed(settings.seed, run.spec.name), on_progress):
+        out = cap_generation(out, settings.new_token_cap(len(ids[index])))
         text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
         run.append([run.record(index, sample, prompts[index], text, len(out.token_ids), out.truncated)])
         bar.update(1)
@@ -303,7 +350,9 @@ def generate_task(
         return
     prompts = {i: render_prompt(tokenizer, eval_user_prompt(run.problems[i].problem)) for i in todo}
     order = sorted(todo)
-    ids = dict(zip(order, tokenizer.encode_batch([prompts[i] for i in order], add_special_tokens=False)))
+    # The templated text already starts with BOS; "double" adds the tokenizer's own in front too.
+    ids = dict(zip(order, tokenizer.encode_batch([prompts[i] for i in order],
+                                                 add_special_tokens=settings.bos == "double")))
     lengths = {i: len(ids[i]) for i in order}
     # Problems missing the same number of samples go together (usually all: a fresh run, or K raised).
     by_count: dict[int, list[int]] = defaultdict(list)
@@ -325,11 +374,19 @@ def generate_task(
                 recs = []
                 for row, out in enumerate(outs):
                     index = batch[row // count]
+                    out = cap_generation(out, settings.new_token_cap(lengths[index]))
                     text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
                     recs.append(run.record(index, todo[index][row % count], prompts[index], text,
                                            len(out.token_ids), out.truncated))
                 run.append(recs)
                 bar.update(len(outs))
+
+
+def cap_generation(out: Generation, cap: int) -> Generation:
+    """A generation cut to `cap` tokens: what sampling with that limit gives (tokens are causal)."""
+    if len(out.token_ids) <= cap:
+        return out
+    return Generation(list(out.token_ids[:cap]), truncated=True)  # any EOS came after the cap
 
 
 def settings_record(settings: EvalSettings, spec: TaskSpec, data: str, source: Mapping[str, Any]) -> dict[str, Any]:
@@ -369,12 +426,19 @@ def run_model_eval(
         "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
         "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
     }
-    rescore = _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else False
+    # Recorded only when set, so output directories written before these options still resume.
+    generation.update({k: v for k, v in (("bos", settings.bos), ("max_model_length", settings.max_model_length))
+                       if v not in ("single", 0)})
+    if data_dir is None:
+        require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
+    rescore, settings_file = (
+        _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else (False, None)
+    )
     results = {}
     for name in names:
         spec = get_task(name)
         run = TaskRun(spec, load_task(name, data_dir, limit), settings.scoring,
-                      path=details_path(out, name) if out else None)
+                      path=details_path(out, name) if out else None, settings=settings_file)
         run.load(rescore)
         generate_task(run, generate, tokenizer, settings, progress, stream=stream)
         run.finish()
@@ -433,7 +497,11 @@ def run_completions_eval(
     names = parse_task_names(tasks) if tasks else [t for t in TASKS if t in found]
     out = Path(out_dir).expanduser() if out_dir is not None else None
     data = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
-    rescore = _check_out_dir(out, {"source": "completions", "data_dir": data}, settings.scoring) if out else False
+    if data_dir is None:
+        require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
+    rescore, settings_file = (
+        _check_out_dir(out, {"source": "completions", "data_dir": data}, settings.scoring) if out else (False, None)
+    )
     results = {}
     for name in names:
         spec = get_task(name)
@@ -444,7 +512,8 @@ def run_completions_eval(
         beyond = [i for i in by_index if i >= len(problems)]
         if beyond:
             raise UserError(f"{completions_file}: task {name} has {len(problems)} rows, but completions name index {max(beyond)}")
-        run = TaskRun(spec, problems, settings.scoring, path=details_path(out, name) if out else None)
+        run = TaskRun(spec, problems, settings.scoring, path=details_path(out, name) if out else None,
+                      settings=settings_file)
         run.load(rescore)
         kept = {}
         total = sum(len(v) for v in by_index.values())

@@ -1,4 +1,4 @@
-"""Answer checking equivalent to the paper's lighteval extractive match (RECIPE.md section 7).
+"""Answer checking equivalent to the paper's lighteval extractive match (docs/recipe.md section Evaluation).
 
 The paper scored with lighteval's `multilingual_extractive_match_metric` (fallback_mode
 "first_match", precision 5):
@@ -16,7 +16,8 @@ extracts only part of answers such as `M=\\frac{9}{32} \\sqrt{2}` (it finds `\\f
 compares the bare ones as strings, so even the gold itself fails on about 6% of OlympiadBench.
 
 math-verify times out with signal.alarm, which works only in a process's main thread; elsewhere
-it runs without a timeout. Any error or timeout scores the sample wrong.
+it runs without a timeout. Any error or timeout scores the sample wrong. The version plumbing
+(math-verify 0.5.2, the paper's, or >= 0.7) is shared with the rewards (`rewards/verify.py`).
 """
 
 from __future__ import annotations
@@ -47,14 +48,18 @@ def _quiet() -> None:
 
 
 def _timeout() -> int | None:
-    # signal.alarm raises outside the main thread: there math-verify must run without it.
-    return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    # signal.alarm raises outside the main thread: there math-verify must run without it
+    # (math-verify 0.5.2 takes an int and skips the alarm there, see rewards/verify.py).
+    from openrs_jax.rewards.verify import TIMEOUT_OPTIONAL
+
+    on_main = threading.current_thread() is threading.main_thread()
+    return TIMEOUT_S if on_main or not TIMEOUT_OPTIONAL else None
 
 
 def _timeout_error() -> type[BaseException]:
-    from math_verify.errors import TimeoutException
+    from openrs_jax.rewards.verify import TimeoutException
 
-    return TimeoutException  # a BaseException: `except Exception` would let it through
+    return TimeoutException  # >= 0.7: a BaseException, `except Exception` would let it through
 
 
 def prediction_extraction() -> list[Any]:
@@ -131,11 +136,13 @@ def is_correct(gold: Gold, prediction: Sequence[Any]) -> bool:
     """math-verify's comparison at the paper's precision; False on any error or timeout."""
     from math_verify import verify
 
+    from openrs_jax.rewards.verify import rounding_kwargs
+
     if not prediction:
         return False
     _quiet()
     try:
-        return bool(verify(list(gold.parsed), list(prediction), float_rounding=PRECISION,
+        return bool(verify(list(gold.parsed), list(prediction), **rounding_kwargs(PRECISION),
                            timeout_seconds=_timeout()))
     except (Exception, _timeout_error()):
         return False

@@ -5,7 +5,9 @@
 - `token_logprobs(graphdef, params, input_ids, attention_mask, completion_start, chunk)`:
   jitted forward-only log-probs [rows, T] for reference and old-policy passes.
 - `grpo_loss(logps, old_logps, ref_logps, advantages, mask, ...)` with aggregations
-  `group_token_mean` (recipe), `seq_mean`, `token_mean`, `constant_norm` (`AGGREGATIONS`).
+  `group_token_mean` (recipe), `seq_mean`, `token_mean`, `constant_norm` (`AGGREGATIONS`),
+  and the variants of docs/grpo-variants.md: `POLICY_LOSSES` (clip, cispo),
+  `IMPORTANCE_SAMPLING` (token, sequence), `delta`, a `policy_mask` (`high_entropy_mask`).
 - `UpdateConfig`, `TrainState`, `create_train_state(params, config, mesh)`,
   `make_train_step(graphdef, config, mesh) -> step(state, batch) -> (state, metrics)`.
 
@@ -15,7 +17,16 @@ the optimizer and learning-rate schedule in `openrs_jax.optim`.
 
 from openrs_jax.grpo.advantages import group_advantages, reward_std
 from openrs_jax.grpo.logprobs import DEFAULT_CHUNK, chunked_token_logprobs, completion_logprobs, token_logprobs
-from openrs_jax.grpo.loss import AGGREGATIONS, aggregation_weights, grpo_loss, per_token_terms, token_mean_weights
+from openrs_jax.grpo.entropy import high_entropy_mask
+from openrs_jax.grpo.loss import (
+    AGGREGATIONS,
+    IMPORTANCE_SAMPLING,
+    POLICY_LOSSES,
+    aggregation_weights,
+    grpo_loss,
+    per_token_terms,
+    token_mean_weights,
+)
 from openrs_jax.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
 from openrs_jax.grpo.update import (
     BATCH_KEYS,
@@ -27,7 +38,8 @@ from openrs_jax.grpo.update import (
 )
 
 __all__ = [
-    "AGGREGATIONS", "BATCH_KEYS", "DEFAULT_CHUNK", "TrainState", "UpdateConfig",
+    "AGGREGATIONS", "BATCH_KEYS", "DEFAULT_CHUNK", "IMPORTANCE_SAMPLING", "POLICY_LOSSES", "TrainState",
+    "UpdateConfig", "high_entropy_mask",
     "abstract_train_state", "aggregation_weights", "chunked_token_logprobs", "completion_logprobs",
     "create_train_state", "group_advantages", "grpo_loss", "make_train_step", "merge_micro_batches",
     "num_micro_batches", "per_token_terms", "reward_std", "split_micro_batches", "token_logprobs",

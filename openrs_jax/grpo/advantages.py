@@ -1,12 +1,16 @@
-"""Group-relative advantages (RECIPE.md §5).
+"""Group-relative advantages (docs/recipe.md section GRPO update).
 
 Rows are group-major: the `num_generations` completions of one prompt are consecutive.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+
+from openrs_jax.errors import UserError
 
 # Added to the group std so that a group whose rewards are all equal gets advantage 0, not NaN.
 STD_EPS = 1e-4
@@ -20,18 +24,39 @@ def _grouped(rewards: jax.Array, num_generations: int) -> jax.Array:
     return rewards.reshape(-1, num_generations)
 
 
-def group_advantages(rewards: jax.Array, num_generations: int, scale: bool = True) -> jax.Array:
+# scale_rewards values: what the centred rewards are divided by (+ STD_EPS).
+REWARD_SCALINGS = ("group", "batch", "none")
+_BOOLEAN_SCALINGS = {True: "group", False: "none", "true": "group", "false": "none", "1": "group", "0": "none"}
+
+
+def reward_scaling(value: Any) -> str:
+    """"group", "batch" or "none" from a `scale_rewards` value (True/False mean group/none)."""
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, (bool, str)) and key in _BOOLEAN_SCALINGS:
+        return _BOOLEAN_SCALINGS[key]
+    if key in REWARD_SCALINGS:
+        return key
+    raise UserError(f"scale_rewards={value!r}: use one of {', '.join(REWARD_SCALINGS)} (or True/False for group/none)")
+
+
+def group_advantages(rewards: jax.Array, num_generations: int, scale: bool | str = True) -> jax.Array:
     """Per-completion advantages [rows] from rewards [rows].
 
-    A = (r - group mean) / (group std + 1e-4) with the unbiased std (ddof=1), as the recipe;
-    `scale=False` only centres the rewards (Dr. GRPO), which needs no std and so allows G = 1.
+    A = (r - group mean) / (std + 1e-4), unbiased std (ddof=1). `scale` (see `reward_scaling`):
+    "group" (True, the recipe) divides by each group's std; "batch" by the std of all the
+    step's rewards (PPO-Lite); "none" (False, Dr. GRPO) only centres, which allows G = 1.
     """
-    if scale and num_generations < 2:
+    scaling = reward_scaling(scale)
+    if scaling == "group" and num_generations < 2:
         raise ValueError("scaled group advantages need num_generations >= 2 (the std uses ddof=1)")
     r = _grouped(rewards, num_generations)
     centred = r - r.mean(axis=1, keepdims=True)
-    if scale:
+    if scaling == "group":
         centred = centred / (jnp.std(r, axis=1, ddof=1, keepdims=True) + STD_EPS)
+    elif scaling == "batch":
+        if r.size < 2:
+            raise ValueError("batch-scaled advantages need at least 2 rewards (the std uses ddof=1)")
+        centred = centred / (jnp.std(r, ddof=1) + STD_EPS)
     return centred.reshape(-1)
 
 

@@ -22,14 +22,21 @@ Aggregation turns per-token losses into one number. Every variant is a weighted 
 `aggregation_weights` computes them from the whole batch, so that a micro-batch's loss is its
 exact share of the batch loss and gradient accumulation gives the one-batch update. Metrics
 (kl, clip ratios, entropy) are token means over the whole batch, computed the same way.
+
+Variants of the policy term (docs/grpo-variants.md has the formulas and sources), all off by
+default: `delta` (two-sided clipping), `importance_sampling="sequence"` (GSPO: one ratio per
+row), `policy_loss="cispo"` (clipped, stop-gradient importance weight times log-prob), and a
+`policy_mask` (DAPO's truncation masking works on the completion mask instead).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+from openrs_jax.errors import UserError
 
 
 def _group_token_mean(mask: jax.Array, num_generations: int, max_completion_length: int | None) -> jax.Array:
@@ -85,6 +92,96 @@ def token_mean_weights(mask: jax.Array) -> jax.Array:
     return _token_mean(mask.astype(jnp.float32), 1, None)
 
 
+def _token_log_ratio(log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
+    return log_ratio
+
+
+def _sequence_log_ratio(log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
+    # GSPO: one ratio per row, exp of the mean token log-ratio over the row's completion tokens.
+    mean = jnp.sum(log_ratio * mask, axis=1, keepdims=True) / jnp.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+    return jnp.broadcast_to(mean, log_ratio.shape)
+
+
+# name -> f(log_ratio [rows, T], mask [rows, T]) -> log importance weight [rows, T].
+IMPORTANCE_SAMPLING: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "token": _token_log_ratio,
+    "sequence": _sequence_log_ratio,
+}
+
+
+def _clipped_surrogate(
+    ratio: jax.Array, logps: jax.Array, adv: jax.Array, *, epsilon_low: float, epsilon_high: float, delta: float
+) -> dict[str, jax.Array]:
+    clipped = jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    # Two-sided clipping (INTELLECT-2): the unclipped ratio is also capped at delta, which only
+    # binds for negative advantages (delta > 1 + epsilon_high is checked).
+    capped = ratio if not delta else jnp.minimum(ratio, delta)
+    terms = {
+        "loss": -jnp.minimum(capped * adv, clipped * adv),
+        # Where the clipped term is the minimum, the token has no gradient.
+        "clipped_low": ((ratio < 1.0 - epsilon_low) & (adv < 0)).astype(jnp.float32),
+        "clipped_high": ((ratio > 1.0 + epsilon_high) & (adv > 0)).astype(jnp.float32),
+    }
+    if delta:
+        terms["clipped_delta"] = ((ratio > delta) & (adv < 0)).astype(jnp.float32)
+    return terms
+
+
+def _cispo(
+    ratio: jax.Array, logps: jax.Array, adv: jax.Array, *, epsilon_low: float, epsilon_high: float, delta: float
+) -> dict[str, jax.Array]:
+    # MiniMax-M1: clip the importance weight and stop its gradient; every token keeps the
+    # REINFORCE gradient -w * A * grad(logp), however far its ratio has moved.
+    weight = jax.lax.stop_gradient(jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high))
+    return {
+        "loss": -weight * adv * logps,
+        "clipped_low": (ratio < 1.0 - epsilon_low).astype(jnp.float32),
+        "clipped_high": (ratio > 1.0 + epsilon_high).astype(jnp.float32),
+    }
+
+
+# name -> f(ratio, logps, adv, *, epsilon_low, epsilon_high, delta) -> {"loss", "clipped_low",
+# "clipped_high", ...} (all [rows, T]).
+POLICY_LOSSES: dict[str, Callable[..., dict[str, jax.Array]]] = {
+    "clip": _clipped_surrogate,
+    "cispo": _cispo,
+}
+
+
+def check_loss_options(
+    *, policy_loss: str = "clip", importance_sampling: str = "token", delta: float = 0.0,
+    epsilon_low: float = 0.2, epsilon_high: float = 0.2, top_entropy_quantile: float = 1.0,
+) -> None:
+    """Raises `UserError` naming the option and the fix for a combination that makes no sense."""
+    if policy_loss not in POLICY_LOSSES:
+        raise UserError(f"unknown policy_loss {policy_loss!r}; valid: {', '.join(POLICY_LOSSES)}")
+    if importance_sampling not in IMPORTANCE_SAMPLING:
+        raise UserError(
+            f"unknown importance_sampling {importance_sampling!r}; valid: {', '.join(IMPORTANCE_SAMPLING)}"
+        )
+    if epsilon_low < 0 or epsilon_high < 0:
+        raise UserError(f"epsilon_low={epsilon_low} and epsilon_high={epsilon_high} must be >= 0")
+    if delta < 0:
+        raise UserError(f"delta={delta} must be 0 (off) or > 1 + epsilon_high")
+    if delta and policy_loss != "clip":
+        raise UserError(f"delta={delta} bounds the clipped objective; policy_loss={policy_loss!r} has none: set delta=0")
+    if delta and delta <= 1.0 + epsilon_high:
+        raise UserError(
+            f"delta={delta} must be > 1 + epsilon_high = {1.0 + epsilon_high}: a lower cap would also cut "
+            "positive-advantage ratios inside the clip range (a tighter epsilon_high), not bound negative ones"
+        )
+    if not 0.0 <= top_entropy_quantile <= 1.0:
+        raise UserError(
+            f"top_entropy_quantile={top_entropy_quantile} must be in [0, 1] (the fraction of highest-entropy "
+            "tokens kept in the policy loss; 1 keeps all, the paper uses 0.2)"
+        )
+
+
+def truncation_mask(completion_mask: Any, truncated: Any) -> Any:
+    """`completion_mask` [rows, T] with the rows of truncated completions (no EOS) zeroed (DAPO)."""
+    return completion_mask * (~truncated.astype(bool))[:, None]
+
+
 def per_token_terms(
     logps: jax.Array,
     old_logps: jax.Array | None,
@@ -94,21 +191,34 @@ def per_token_terms(
     beta: float,
     epsilon_low: float,
     epsilon_high: float,
+    mask: jax.Array | None = None,
+    policy_loss: str = "clip",
+    importance_sampling: str = "token",
+    delta: float = 0.0,
+    policy_mask: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Per-token loss, k3 KL and clipping indicators, all [rows, T] fp32."""
+    """Per-token loss, k3 KL and clipping indicators, all [rows, T] fp32.
+
+    `mask` (the completion mask) is needed for sequence-level importance sampling;
+    `policy_mask` [rows, T] (e.g. the high-entropy tokens) multiplies the policy term, not the KL.
+    """
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps (the reference model's log-probs)")
+    if importance_sampling != "token" and mask is None:
+        raise ValueError(f"importance_sampling={importance_sampling!r} needs the completion mask")
     logps = logps.astype(jnp.float32)
     old = jax.lax.stop_gradient(logps) if old_logps is None else old_logps.astype(jnp.float32)
     adv = advantages.astype(jnp.float32)[:, None]
-    ratio = jnp.exp(logps - old)
-    clipped = jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
-    loss = -jnp.minimum(ratio * adv, clipped * adv)
-    terms = {
-        # Where the clipped term is the minimum, the token has no gradient.
-        "clipped_low": ((ratio < 1.0 - epsilon_low) & (adv < 0)).astype(jnp.float32),
-        "clipped_high": ((ratio > 1.0 + epsilon_high) & (adv > 0)).astype(jnp.float32),
-    }
+    log_ratio = IMPORTANCE_SAMPLING[importance_sampling](
+        logps - old, None if mask is None else mask.astype(jnp.float32)
+    )
+    ratio = jnp.exp(log_ratio)
+    terms = POLICY_LOSSES[policy_loss](
+        ratio, logps, adv, epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta
+    )
+    loss = terms["loss"]
+    if policy_mask is not None:
+        loss = loss * policy_mask.astype(jnp.float32)
     if ref_logps is not None:
         diff = ref_logps.astype(jnp.float32) - logps
         kl = jnp.exp(diff) - diff - 1.0
@@ -135,6 +245,11 @@ def grpo_loss(
     loss_weights: jax.Array | None = None,
     metric_weights: jax.Array | None = None,
     entropy: jax.Array | None = None,
+    row_weights: jax.Array | None = None,
+    policy_loss: str = "clip",
+    importance_sampling: str = "token",
+    delta: float = 0.0,
+    policy_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The aggregated GRPO loss and token-mean metrics.
 
@@ -143,8 +258,14 @@ def grpo_loss(
     batch, sliced like the micro-batch) and `metric_weights` (`token_mean_weights` likewise):
     the returned values are then this micro-batch's shares, which add up to the batch's.
 
+    Variants (see `POLICY_LOSSES`, `IMPORTANCE_SAMPLING`): `policy_loss`, `importance_sampling`,
+    `delta` (0: off) and `policy_mask` (1 on the tokens that keep their policy term, e.g.
+    `grpo.entropy.high_entropy_mask`; the normalisers still count every completion token).
+
     Metrics: `kl` (when ref_logps is given), `clip_ratio/low`, `clip_ratio/high`,
-    `clip_ratio` (either), `entropy` (when given).
+    `clip_ratio` (either), `clip_ratio/delta` (when delta is set), `entropy` (when given); with
+    `row_weights` (`seq_mean` weights of the whole batch) also `kl/row_mean`, the mean over rows of
+    each row's token-mean KL (TRL's `kl`).
     """
     if loss_weights is None:
         loss_weights = aggregation_weights(
@@ -154,7 +275,9 @@ def grpo_loss(
     if metric_weights is None:
         metric_weights = token_mean_weights(mask)
     terms = per_token_terms(
-        logps, old_logps, ref_logps, advantages, beta=beta, epsilon_low=epsilon_low, epsilon_high=epsilon_high
+        logps, old_logps, ref_logps, advantages, beta=beta, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
+        mask=mask, policy_loss=policy_loss, importance_sampling=importance_sampling, delta=delta,
+        policy_mask=policy_mask,
     )
     loss = jnp.sum(loss_weights * terms["loss"])
 
@@ -166,8 +289,12 @@ def grpo_loss(
         "clip_ratio/high": mean(terms["clipped_high"]),
         "clip_ratio": mean(jnp.maximum(terms["clipped_low"], terms["clipped_high"])),
     }
+    if "clipped_delta" in terms:
+        metrics["clip_ratio/delta"] = mean(terms["clipped_delta"])
     if "kl" in terms:
         metrics["kl"] = mean(terms["kl"])
+        if row_weights is not None:
+            metrics["kl/row_mean"] = jnp.sum(row_weights * jax.lax.stop_gradient(terms["kl"]))
     if entropy is not None:
         metrics["entropy"] = mean(entropy)
     return loss, metrics

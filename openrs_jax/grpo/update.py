@@ -39,8 +39,9 @@ from jax.sharding import Mesh
 
 from openrs_jax import optim
 from openrs_jax.errors import UserError
+from openrs_jax.grpo.entropy import batch_entropies, high_entropy_mask
 from openrs_jax.grpo.logprobs import DEFAULT_CHUNK, completion_logprobs
-from openrs_jax.grpo.loss import AGGREGATIONS, aggregation_weights, grpo_loss, token_mean_weights
+from openrs_jax.grpo.loss import AGGREGATIONS, aggregation_weights, check_loss_options, grpo_loss, token_mean_weights
 from openrs_jax.grpo.microbatch import num_micro_batches, split_micro_batches
 from openrs_jax.sharding import constrain_batch, tree_shardings
 
@@ -70,6 +71,11 @@ class UpdateConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    # Variants (docs/grpo-variants.md); the defaults are the recipe's GRPO.
+    policy_loss: str = "clip"  # or "cispo"
+    importance_sampling: str = "token"  # or "sequence" (GSPO)
+    delta: float = 0.0  # two-sided clipping bound; 0: off
+    top_entropy_quantile: float = 1.0  # < 1: only the highest-entropy tokens keep the policy term
 
     def __post_init__(self) -> None:
         if self.loss_aggregation not in AGGREGATIONS:
@@ -82,6 +88,11 @@ class UpdateConfig:
             raise UserError("beta, epsilon_low and epsilon_high must be >= 0")
         if self.logprob_chunk <= 0 or self.logprob_temperature <= 0:
             raise UserError("logprob_chunk and logprob_temperature must be positive")
+        check_loss_options(
+            policy_loss=self.policy_loss, importance_sampling=self.importance_sampling, delta=self.delta,
+            epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
+            top_entropy_quantile=self.top_entropy_quantile,
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any) -> "UpdateConfig":
@@ -90,6 +101,15 @@ class UpdateConfig:
             return config
         values = {f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config}
         return cls(**values)
+
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword arguments of `grpo_loss` that this config sets (the update passes these)."""
+        return dict(
+            num_generations=self.num_generations, beta=self.beta, epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high, policy_loss=self.policy_loss,
+            importance_sampling=self.importance_sampling, delta=self.delta, aggregation=self.loss_aggregation,
+            max_completion_length=self.max_completion_length,
+        )
 
     def schedule(self) -> optax.Schedule:
         return optim.cosine_with_min_lr(self.learning_rate, self.max_steps, self.warmup_ratio, self.min_lr_rate)
@@ -183,9 +203,8 @@ def make_train_step(
         )
         return grpo_loss(
             logps, mb.get("old_logps"), mb.get("ref_logps"), mb["advantages"], mb["completion_mask"],
-            num_generations=config.num_generations, beta=config.beta, epsilon_low=config.epsilon_low,
-            epsilon_high=config.epsilon_high, loss_weights=mb["loss_weights"],
-            metric_weights=mb["metric_weights"], entropy=entropy,
+            loss_weights=mb["loss_weights"], metric_weights=mb["metric_weights"], entropy=entropy,
+            policy_mask=mb.get("entropy_mask"), row_weights=mb.get("row_weights"), **config.loss_options(),
         )
 
     grad_fn = jax.value_and_grad(micro_batch_loss, has_aux=True)
@@ -201,7 +220,17 @@ def make_train_step(
             max_completion_length=config.max_completion_length,
         )
         data["metric_weights"] = token_mean_weights(mask)
+        # Row-mean weights for TRL's `kl` metric (mean over rows of each row's token mean).
+        data["row_weights"] = aggregation_weights(mask, num_generations=config.num_generations, aggregation="seq_mean")
         n = num_micro_batches(mask.shape[0], config.micro_batch_size)
+        if config.top_entropy_quantile < 1.0:
+            # The entropy threshold is a quantile over the whole batch: one forward pass first.
+            entropy = batch_entropies(
+                graphdef, state.params, data["input_ids"], data["attention_mask"],
+                data["input_ids"].shape[1] - mask.shape[1], num_micro_batches=n, chunk=config.logprob_chunk,
+                temperature=config.logprob_temperature, mesh=mesh,
+            )
+            data["entropy_mask"] = high_entropy_mask(entropy, mask, config.top_entropy_quantile)
 
         if n == 1:
             (loss, metrics), grads = grad_fn(state.params, data)

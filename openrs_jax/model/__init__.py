@@ -35,40 +35,59 @@ __all__ = [
 def read_config(path: str | Path) -> Qwen2Config:
     """The config of a model path (checks the architecture and that weights exist), reading no weights.
 
-    `builtin:tiny` is the offline demo model (random weights, see `openrs_jax.toy`).
+    `path` is any model path `openrs_jax.model.sources` accepts; `builtin:tiny` is the offline
+    demo model (random weights, see `openrs_jax.toy`).
     """
+    from openrs_jax.model import sources
+
     if toy.is_builtin_model(str(path)):
         return Qwen2Config.from_json(toy.resolve(str(path)))
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"model path {p} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
-    config = Qwen2Config.from_json(p)
+    p = _existing(path)
+    ckpt = sources.find_training_checkpoint(p)
+    if ckpt is not None:
+        return sources.checkpoint_config(ckpt)
     if not (is_hf_directory(p) or is_flax_checkpoint(p)):
-        raise UserError(
-            f"{p} has a config.json but no weights (model.safetensors, an index of shards, or an openrs-jax checkpoint)"
-        )
-    return config
+        raise _not_a_model(p)
+    return Qwen2Config.from_json(p)
 
 
 def load_params(path: str | Path, seed: int = 0) -> tuple[dict, Qwen2Config]:
-    """Parameter tree (numpy) and config from a HF directory or an openrs-jax checkpoint.
+    """Parameter tree (numpy) and config from any model path `openrs_jax.model.sources` accepts.
 
-    `builtin:tiny` builds the offline demo model with random weights drawn with `seed`.
+    `builtin:tiny` builds the offline demo model with random weights drawn with `seed`; a
+    training checkpoint (or run folder) gives its parameters only, not the optimizer state.
     """
+    from openrs_jax.model import sources
+
     if toy.is_builtin_model(str(path)):
         config = read_config(path)
         return params_of(init_model(config, seed=seed)), config
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"model path {p} does not exist: give a Hugging Face model directory or an openrs-jax checkpoint")
+    p = _existing(path)
     if is_flax_checkpoint(p):
         return load_flax_checkpoint(p)
-    if p.is_dir() and (p / "config.json").is_file():
+    if is_hf_directory(p):
         return load_hf_params(p)
-    raise UserError(
-        f"{p} is neither a Hugging Face model directory (config.json + safetensors) "
-        "nor an openrs-jax checkpoint (written by `python -m conversion.hf_to_flax`)"
-    )
+    ckpt = sources.find_training_checkpoint(p)
+    if ckpt is not None:
+        return sources.load_checkpoint_params(ckpt)
+    raise _not_a_model(p)
+
+
+def _existing(path: str | Path) -> Path:
+    from openrs_jax.model_paths import ACCEPTED
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"model path {p} does not exist: give {ACCEPTED}")
+    return p
+
+
+def _not_a_model(p: Path) -> UserError:
+    from openrs_jax.model_paths import ACCEPTED
+
+    if p.is_dir() and (p / "config.json").is_file() and not is_hf_directory(p):
+        return UserError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
+    return UserError(f"{p} is not a model: give {ACCEPTED}")
 
 
 def model_from_params(params: Mapping[str, Any], config: Qwen2Config) -> Qwen2ForCausalLM:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrs_jax.rewards.gold import gold_parses, log_unparsable_gold
-from openrs_jax.rewards.registry import BoundReward, bind
+from openrs_jax.rewards.registry import REWARD_FUNCTIONS, BoundReward, bind
 from openrs_jax.rewards.verify import MATH_VERIFY_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,9 @@ class RewardSet:
         """Run every function's per-row phase on one completion; never raises."""
         values: list[Any] = []
         for reward in self.rewards:
+            if reward.spec.uses_length:  # computed from the token counts in combine
+                values.append(0.0)
+                continue
             try:
                 values.append(reward.row(completion, solution))
             except MATH_VERIFY_ERRORS:  # one bad completion must not take the batch down
@@ -129,13 +132,15 @@ class RewardSet:
         return RowResult(tuple(values), unparsable)
 
     def score_in_process(
-        self, completions: Sequence[str], solutions: Sequence[str], num_generations: int
+        self, completions: Sequence[str], solutions: Sequence[str], num_generations: int,
+        lengths: Sequence[int] | None = None,
     ) -> ScoreResult:
         """Score a whole batch in this process: score_row on each row, then combine."""
         check_batch(completions, solutions, num_generations)
         start = time.perf_counter()
         rows = [self.score_row(c, s) for c, s in zip(completions, solutions)]
-        return self.combine(completions, solutions, rows, num_generations, seconds=time.perf_counter() - start)
+        return self.combine(completions, solutions, rows, num_generations, seconds=time.perf_counter() - start,
+                            lengths=lengths)
 
     def combine(
         self,
@@ -148,18 +153,31 @@ class RewardSet:
         lost: Sequence[int] = (),
         worker_restarts: int = 0,
         seconds: float = 0.0,
+        lengths: Sequence[int] | None = None,
     ) -> ScoreResult:
         """Group phases, zeros for failed rows, weighted sum and counters.
 
         ``rows[i]`` is None for a row that timed out (listed in ``timed_out``) or whose worker
-        died (listed in ``lost``): it scores 0 in every function.
+        died (listed in ``lost``): it scores 0 in the rewards that check the answer, while the
+        built-in ones that never look at the gold (format, tag_count, reasoning_steps,
+        repetition_penalty: string counts, no math-verify) are scored here. So a timeout costs
+        only what the original's math-verify timeout cost, not the format reward too.
+        Token-count rewards (``soft_overlong``) come from ``lengths`` (completion token counts),
+        for every row.
         """
         n = len(completions)
         errors = len(lost)
         failed = set(timed_out) | set(lost)
         per_func: dict[str, list[float]] = {}
         for k, reward in enumerate(self.rewards):
+            if reward.spec.uses_length:
+                if lengths is None or len(lengths) != n:
+                    raise ValueError(f"reward {reward.name!r} counts tokens: pass one token length per completion")
+                per_func[reward.name] = reward.from_lengths(lengths)
+                continue
             raw = [None if r is None else r.values[k] for r in rows]
+            if gold_free(reward):
+                raw = [reward.row(completions[i], "") if r is None else v for i, (r, v) in enumerate(zip(rows, raw))]
             bad = {i for i, v in enumerate(raw) if v is None}  # includes rows lost whole
             errors += sum(rows[i] is not None for i in bad)
             failed |= bad
@@ -196,6 +214,11 @@ class RewardSet:
         )
 
 
+def gold_free(reward: BoundReward) -> bool:
+    """A built-in reward that reads only the completion (cheap string work, safe in the caller)."""
+    return not reward.spec.uses_gold and REWARD_FUNCTIONS.get(reward.name) is reward.spec
+
+
 def check_batch(completions: Sequence[str], solutions: Sequence[str], num_generations: int) -> None:
     """Validate a batch: strings, equal lengths, whole groups."""
     if len(completions) != len(solutions):
@@ -218,7 +241,10 @@ def score_batch(
     reward_funcs: Sequence[str] | Mapping[str, float] = ("format", "accuracy"),
     reward_weights: Sequence[float] | None = None,
     reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> ScoreResult:
-    """Score a batch in this process (no per-completion timeout; same logic as the pool)."""
+    """Score a batch in this process (no per-completion timeout; same logic as the pool).
+
+    ``lengths``: completion token counts, needed by token-count rewards (``soft_overlong``)."""
     rset = RewardSet(*normalize_config(reward_funcs, reward_weights, reward_params))
-    return rset.score_in_process(completions, solutions, num_generations)
+    return rset.score_in_process(completions, solutions, num_generations, lengths)

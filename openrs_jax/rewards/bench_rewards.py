@@ -21,6 +21,9 @@ from typing import Any
 
 from openrs_jax.rewards.batch import score_batch
 from openrs_jax.rewards.registry import REWARD_FUNCTIONS
+
+# The rewards computed from the text (token-count ones such as soft_overlong cost nothing).
+TEXT_REWARDS = tuple(name for name, spec in REWARD_FUNCTIONS.items() if not spec.uses_length)
 from openrs_jax.rewards.scorer import RewardScorer
 
 def _answer_forms(rng: random.Random) -> tuple[str, str, str]:
@@ -98,7 +101,7 @@ def run_reward_benchmark(
     chars: int = 3000,
     out: str | Path | None = None,
     *,
-    reward_funcs: tuple[str, ...] = tuple(REWARD_FUNCTIONS),
+    reward_funcs: tuple[str, ...] = tuple(TEXT_REWARDS),
     num_generations: int = 4,
     repeats: int = 3,
     in_process_baseline: bool = True,
@@ -162,7 +165,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--chars", type=int, default=3000)
     p.add_argument("--num-generations", type=int, default=4)
-    p.add_argument("--reward-funcs", default=",".join(REWARD_FUNCTIONS), help="comma-separated names")
+    p.add_argument("--reward-funcs", default=",".join(TEXT_REWARDS), help="comma-separated names")
     p.add_argument("--repeats", type=int, default=3, help="fresh batches to time")
     p.add_argument("--no-baseline", action="store_true", help="skip the single-process timing")
 

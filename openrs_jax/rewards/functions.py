@@ -1,4 +1,4 @@
-"""The recipe's seven reward functions (RECIPE.md section 4), one completion at a time.
+"""The recipe's seven reward functions (docs/recipe.md section Rewards), one completion at a time.
 
 Each ``*_reward`` takes the decoded completion text and the gold solution text and returns a
 float; parameters are keyword-only with the original functions' defaults. ``length`` is the

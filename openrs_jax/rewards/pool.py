@@ -36,6 +36,24 @@ logger = logging.getLogger(__name__)
 PREFETCH_ROWS = 4  # rows in flight per worker, the running one included
 PREFETCH_BYTES = 64 * 1024  # bytes queued behind the running row (socket buffers are ~200 KiB)
 MAX_START_FAILURES = 5  # in a row, with no worker up: then rows score 0 instead of waiting
+# Exit status of a worker that found itself re-running a script with no `__main__` guard.
+MAIN_GUARD_EXIT = 87
+MAIN_GUARD_MESSAGE = (
+    "RewardScorer: its worker processes cannot start because they re-run your script, which creates "
+    "the scorer at top level; put the script's code under `if __name__ == \"__main__\":` "
+    "(or use num_workers=0)"
+)
+
+
+def is_unguarded_import() -> bool:
+    """Whether this process is a spawned child still importing the parent's main script.
+
+    That is the moment multiprocessing refuses to start processes ("bootstrapping phase"):
+    the script runs its top-level code in every worker unless it is under a `__main__` guard.
+    """
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 def worker_main(conn: Connection, config: RewardConfig, weights: tuple[float, ...]) -> None:
@@ -239,6 +257,9 @@ class BatchRun:
             logger.warning("reward worker died while scoring row %d; replacing it", w.inflight[0][0])
             self.lost.append(w.inflight.popleft()[0])  # scores 0, counted as an error
         elif not w.ready:
+            w.process.join(timeout=5)
+            if w.process.exitcode == MAIN_GUARD_EXIT:
+                raise SystemExit(MAIN_GUARD_MESSAGE)  # one line, and every retry would fail alike
             self.start_failures += 1
         self._restart(k, "died")
 

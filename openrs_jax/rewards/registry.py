@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from openrs_jax.rewards import functions as F
+from openrs_jax.rewards.overlong import check_soft_overlong, soft_overlong_reward
 
 RowFn = Callable[..., Any]
 GroupFn = Callable[[list[str], list[Any]], list[float]]
@@ -34,6 +35,9 @@ class RewardSpec:
     uses_gold: bool = False
     check: Callable[..., None] | None = None
     description: str = ""
+    # True: ``row`` is ``f(num_tokens, **params)`` on the completion's token count, computed in
+    # the caller from the sampler's lengths (cheap, and the text does not hold the count).
+    uses_length: bool = False
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -60,6 +64,10 @@ REWARD_FUNCTIONS: dict[str, RewardSpec] = {
         RewardSpec(
             "repetition_penalty", F.repetition_penalty_reward, check=F.check_repetition_penalty,
             description="word n-gram repetition times max_penalty",
+        ),
+        RewardSpec(
+            "soft_overlong", soft_overlong_reward, check=check_soft_overlong, uses_length=True,
+            description="DAPO: 0, then down to -1 over the last cache_len tokens before max_len",
         ),
     )
 }
@@ -124,6 +132,8 @@ class BoundReward:
 
     def row(self, completion: str, solution: str) -> Any:
         """The per-completion phase (the reward itself, as a float, unless there is a group phase)."""
+        if self.spec.uses_length:
+            raise ValueError(f"reward {self.name!r} counts tokens: use from_lengths")
         value = self.spec.row(completion, solution, **self.params)
         return value if self.spec.group is not None else float(value)
 
@@ -133,8 +143,19 @@ class BoundReward:
             return list(values)
         return self.spec.group(completions, values)
 
-    def __call__(self, completions: list[str], solutions: list[str] | None = None) -> list[float]:
-        """Score a list of completions (for ``length``: exactly one group)."""
+    def from_lengths(self, lengths: Sequence[int]) -> list[float]:
+        """A token-count reward (``spec.uses_length``) of completions with these token counts."""
+        if lengths is None:
+            raise ValueError(f"reward {self.name!r} counts tokens: pass the completions' token lengths")
+        return [float(self.spec.row(int(n), **self.params)) for n in lengths]
+
+    def __call__(
+        self, completions: list[str], solutions: list[str] | None = None, lengths: Sequence[int] | None = None
+    ) -> list[float]:
+        """Score a list of completions (for ``length``: exactly one group; for token-count
+        rewards pass ``lengths``)."""
+        if self.spec.uses_length:
+            return self.from_lengths(lengths)
         if solutions is None:
             if self.spec.uses_gold:
                 raise ValueError(f"reward {self.name!r} needs the gold solutions")

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from openrs_jax.rewards.batch import RewardSet, ScoreResult, check_batch, normalize_config
-from openrs_jax.rewards.pool import BatchRun, Worker
+from openrs_jax.rewards.pool import MAIN_GUARD_EXIT, BatchRun, Worker, is_unguarded_import
 
 
 class RewardScorer:
@@ -45,6 +45,10 @@ class RewardScorer:
         mp_context: str = "spawn",
         startup_timeout_s: float = 120.0,
     ):
+        if is_unguarded_import():
+            # This is a worker re-running the caller's unguarded script: leave quietly (no
+            # traceback per worker); the caller sees the exit status and names the fix.
+            raise SystemExit(MAIN_GUARD_EXIT)
         if mp_context not in ("spawn", "forkserver"):
             raise ValueError(f"mp_context must be 'spawn' or 'forkserver', got {mp_context!r}")
         if num_workers < 0 or timeout_s <= 0 or startup_timeout_s <= 0:
@@ -72,16 +76,20 @@ class RewardScorer:
     def _spawn(self) -> Worker:
         return Worker(self._ctx, self._config, self._weights)
 
-    def score(self, completions: Sequence[str], solutions: Sequence[str], num_generations: int = 1) -> ScoreResult:
+    def score(
+        self, completions: Sequence[str], solutions: Sequence[str], num_generations: int = 1,
+        lengths: Sequence[int] | None = None,
+    ) -> ScoreResult:
         """Score a batch: rows are consecutive groups of ``num_generations`` completions.
 
-        ``solutions[i]`` is the gold text of row i (use ``gold_from_row`` for answer-only data).
+        ``solutions[i]`` is the gold text of row i (use ``gold_from_row`` for answer-only data);
+        ``lengths[i]`` its completion's token count (needed by ``soft_overlong``).
         """
         with self._lock:  # one batch at a time: the workers' state is not shared between calls
             if self._closed:
                 raise RuntimeError("RewardScorer is closed")
             if not self._workers:
-                return self.reward_set.score_in_process(completions, solutions, num_generations)
+                return self.reward_set.score_in_process(completions, solutions, num_generations, lengths)
             check_batch(completions, solutions, num_generations)
             start = time.perf_counter()
             run = BatchRun(
@@ -99,6 +107,7 @@ class RewardScorer:
             lost=run.lost,
             worker_restarts=run.restarts,
             seconds=time.perf_counter() - start,
+            lengths=lengths,
         )
 
     def _replace(self, k: int) -> None:
