@@ -258,6 +258,38 @@ class Engine:
 
     # -- public ------------------------------------------------------------------------------
 
+    def _run_shape(self, slots: int, prompt_len: int, sampling: SamplingParams) -> _Shape:
+        m = sampling.max_new_tokens
+        return _Shape(
+            slots=slots, prompt_len=prompt_len, cache_len=self.sampler.cache_length(prompt_len, m),
+            prefill_width=self.prefill_width, chunk=self.chunk, max_new_tokens=m, greedy=sampling.greedy,
+            top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0, eos_ids=sampling.eos_ids,
+            pad_id=sampling.pad_id,
+        )
+
+    def compile(self, params: Any, slots: int, prompt_len: int, sampling: SamplingParams) -> dict[str, Any]:
+        """Compiles, without running, the admission and decode programs of a run (memory planning
+        for a GPU target from any host: `compiled.memory_analysis()`). params may be abstract
+        (jax.ShapeDtypeStruct leaves with shardings); prompt_len is rounded up to the bucket."""
+        shape = self._run_shape(slots, bucket_length(prompt_len, self.sampler.prompt_bucket), sampling)
+        state = self.sampler._state(params)
+        prepare = self.sampler._prepare.lower(state).compile()
+        placed = lambda shapes, shardings: jax.tree.map(  # noqa: E731
+            lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p), shapes, shardings)
+        weights = placed(jax.eval_shape(self.sampler._prepare_impl, state), prepare.output_shardings)
+        one = prepare.output_shardings.embed  # the weights' device(s)
+        st = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+                          jax.eval_shape(lambda: self._empty(shape)))
+        scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=one)  # noqa: E731
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        decode = self._decode.lower(shape, st, weights, key, scalar(jnp.float32), scalar(jnp.float32),
+                                    scalar(jnp.int32)).compile()
+        rows = jax.ShapeDtypeStruct((slots,), jnp.int32, sharding=one)
+        ids = jax.ShapeDtypeStruct((self.prefill_width, shape.prompt_len), jnp.int32, sharding=one)
+        mask = jax.ShapeDtypeStruct((self.prefill_width, shape.prompt_len), jnp.bool_, sharding=one)
+        admit = self._admit.lower(shape, st, weights, ids, mask, rows, rows, rows, rows, rows).compile()
+        return {"prepare": prepare, "admit": admit, "decode": decode}
+
     def run(
         self,
         params: Any,
@@ -292,12 +324,7 @@ class Engine:
         m = sampling.max_new_tokens
         prompt_len = bucket_length(max(prompts[i].size for i in used), self.sampler.prompt_bucket)
         slots = self.slots or self.fit_slots(prompt_len, m)
-        shape = _Shape(
-            slots=slots, prompt_len=prompt_len, cache_len=self.sampler.cache_length(prompt_len, m),
-            prefill_width=self.prefill_width, chunk=self.chunk, max_new_tokens=m, greedy=sampling.greedy,
-            top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0, eos_ids=sampling.eos_ids,
-            pad_id=sampling.pad_id,
-        )
+        shape = self._run_shape(slots, prompt_len, sampling)
         weights = self.sampler.prepare(params)
         key = as_key(key_or_seed)
         temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)

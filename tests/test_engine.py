@@ -147,3 +147,17 @@ def test_curate_difficulty_with_slots_resumes_to_the_same_rates(tmp_path):
     stats, resumed = run(tmp_path / "b", 2)
     assert stats["pass_rates"]["sampled"] == 4 and stats["pass_rates"]["resumed"] == 1
     assert resumed == whole
+
+
+def test_compile_ahead_of_time_from_abstract_params(setup):
+    """`Engine.compile` (memory planning for GPU targets) lowers both programs from shapes alone."""
+    import jax
+
+    config, params, _ = setup
+    engine = Engine(Sampler(config, prompt_bucket=8), slots=3)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=10, eos_ids=(EOS,), pad_id=PAD)
+    programs = engine.compile(abstract, 3, 11, sampling)
+    assert set(programs) == {"prepare", "admit", "decode"} and engine.num_compilations == 2
+    cache_bytes = 2 * config.num_hidden_layers * 3 * config.num_key_value_heads * (16 + 9) * config.head_dim * 4
+    assert programs["decode"].memory_analysis().argument_size_in_bytes > cache_bytes

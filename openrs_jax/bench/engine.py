@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plan_tokens", type=int, default=32768, help="new tokens of the memory estimate")
     parser.add_argument("--plan_prompt_len", type=int, default=1024, help="prompt cap of the memory estimate")
+    parser.add_argument("--gpu_targets", default="", help="also compile the engine's programs (1.5B, bf16, the "
+                        "estimated slot count) for these GPU targets, e.g. h100,a40 (needs jax[cuda12], no GPU)")
+    parser.add_argument("--no_cpu", action="store_true", help="skip the CPU timing (only the memory plan)")
 
 
 def skewed_lengths(rows: int, cap: int, long_fraction: float, short_max: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,8 +74,58 @@ def _slot_plan(plan_prompt_len: int, plan_tokens: int) -> dict[str, Any]:
     return out
 
 
+def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
+    """The engine's programs for the 1.5B model compiled for one GPU target: memory per program."""
+    import jax
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from openrs_jax import sharding
+    from openrs_jax.bench.plan import compile_only_devices, load_target
+    from openrs_jax.bench.shapes import preset_config
+    from openrs_jax.errors import UserError
+
+    target = load_target(target_name)
+    devices, why = compile_only_devices(target, 1)
+    if devices is None:
+        raise UserError(f"cannot compile for {target_name}: {why}")
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
+    config = preset_config("preset:1.5b", dtype="bfloat16", param_dtype="bfloat16")
+    sampler = Sampler(config, mesh=mesh, prompt_bucket=128, check_memory=False)
+    engine = Engine(sampler, slots=slots)
+    placed = NamedSharding(mesh, PartitionSpec())
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed),
+                          nnx.to_pure_dict(nnx.state(abstract_model_of(config))))
+    sampling = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=new_tokens, eos_ids=(151643,), pad_id=0)
+    out: dict[str, Any] = {"target": target_name, "device_kind": target.device_kind, "memory_bytes": target.memory_bytes,
+                           "slots": slots, "decode_attention": sampler.attention.implementation}
+    for name, compiled in engine.compile(params, slots, prompt_len, sampling).items():
+        ma = compiled.memory_analysis()
+        out[name] = {"argument_bytes": ma.argument_size_in_bytes, "output_bytes": ma.output_size_in_bytes,
+                     "alias_bytes": ma.alias_size_in_bytes, "temp_bytes": ma.temp_size_in_bytes}
+    peak = max(p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"]
+               for k, p in out.items() if k in ("admit", "decode"))
+    out["peak_bytes"] = peak
+    out["fits"] = peak <= target.memory_bytes
+    return out
+
+
+def abstract_model_of(config: Any) -> Any:
+    from openrs_jax.model import abstract_model
+
+    return abstract_model(config)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Runs the benchmark; returns the JSON fields (the dispatcher adds date, device, command)."""
+    plan = _slot_plan(args.plan_prompt_len, args.plan_tokens)
+    gpu = {}
+    for name in filter(None, (t.strip() for t in args.gpu_targets.split(","))):
+        key = {"h100": "h100_80gb", "a40": "a40_48gb"}.get(name)
+        slots = plan.get(f"plan_slots_{key}", 16) if key else 16
+        gpu[name] = _gpu_compile(name, slots, args.plan_prompt_len, args.plan_tokens)
+    if args.no_cpu:
+        return {**plan, "gpu_compile": gpu}
     model, random_weights = shapes.load_model(args.model, args.dtype, args.seed)
     config = model.config
     rng = np.random.default_rng(args.seed)
@@ -127,5 +180,5 @@ def run(args: argparse.Namespace) -> dict:
         "static_tokens_per_s": round(static_rate, 1), "engine_tokens_per_s": round(engine_rate, 1),
         "ratio": round(engine_rate / static_rate, 2),
         "engine_compilations": compiled, "engine_compilations_after_timed_runs": engine.num_compilations,
-        **_slot_plan(args.plan_prompt_len, args.plan_tokens),
+        **plan, **({"gpu_compile": gpu} if gpu else {}),
     }
