@@ -10,6 +10,7 @@ from openrs_jax.engine import Engine, Request, generate_all
 from openrs_jax.errors import UserError
 from openrs_jax.model import init_model, params_of, tiny_config
 from openrs_jax.sampling import Sampler, SamplingParams
+from tests.test_paper_exact import bos_tokenizer_dir  # noqa: F401  (fixture)
 
 EOS, PAD = 2, 0
 MAX_NEW = 24
@@ -161,3 +162,42 @@ def test_compile_ahead_of_time_from_abstract_params(setup):
     assert set(programs) == {"prepare", "admit", "decode"} and engine.num_compilations == 2
     cache_bytes = 2 * config.num_hidden_layers * 3 * config.num_key_value_heads * (16 + 9) * config.head_dim * 4
     assert programs["decode"].memory_analysis().argument_size_in_bytes > cache_bytes
+
+
+def test_stream_path_saves_each_sample_and_applies_the_cap(tmp_path, bos_tokenizer_dir):
+    """The runner's queue path: every sample is on disk before the next one is asked for, and
+    the vLLM-style cap (prompt + completion <= max_model_length + 1) applies as in batches."""
+    from openrs_jax.evaluation.runner import EvalSettings, Generation, TaskRun, generate_task
+    from openrs_jax.evaluation.tasks import Problem, get_task
+    from openrs_jax.prompts import eval_user_prompt, render_prompt
+    from openrs_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(bos_tokenizer_dir)
+    problems = [Problem(index=i, problem="1+" * 3 * i + "1=", gold=str(i + 1)) for i in range(3)]
+    path = tmp_path / "details.jsonl"
+    run = TaskRun(get_task("aime24"), problems, "paper", path=path)
+    asked = []
+
+    def stream(prompts, requests, seed, on_progress):
+        asked.append((sorted(prompts), list(requests), seed))
+        for n, (index, sample) in enumerate(requests):
+            assert (path.read_text().count("\n") if path.exists() else 0) == n  # earlier ones are saved
+            on_progress({"requests_done": n, "tokens": 40 * n, "slots_live": 1})
+            yield index, sample, Generation([7] * 40, truncated=True)
+
+    ids = {p.index: len(tok.encode(render_prompt(tok, eval_user_prompt(p.problem)), add_special_tokens=False))
+           for p in problems}
+    longest = max(ids.values()) + 20  # the longest prompt may add 21 tokens, the others more
+    settings = EvalSettings(num_samples=2, max_new_tokens=40, max_model_length=longest)
+    generate_task(run, stream, tok, settings, progress=False, stream=True)
+    (prompts, requests, seed), = asked
+    assert prompts == [0, 1, 2] and sorted(requests) == [(i, s) for i in range(3) for s in range(2)]
+    assert [r[0] for r in requests] == [2, 2, 1, 1, 0, 0]  # longest prompt first, its samples together
+    for (index, _), rec in run.records.items():
+        assert rec["length"] == min(40, longest + 1 - ids[index])
+    assert len({rec["length"] for rec in run.records.values()}) > 1
+    # A rerun asks for nothing; the seed is the task's (stable across runs and batches).
+    run2 = TaskRun(get_task("aime24"), problems, "paper", path=path)
+    run2.load(False)
+    generate_task(run2, stream, tok, settings, progress=False, stream=True)
+    assert len(asked) == 1 and len(run2.records) == 6
