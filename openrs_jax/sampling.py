@@ -647,6 +647,12 @@ class Sampler:
         )
         return -(-total // self.row_devices)
 
+    def prepared_bytes(self) -> int:
+        """Bytes per device of the weights `prepare` makes (compute dtype; split over "tensor")."""
+        count = sum(math.prod(x.shape) for x in jax.tree.leaves(self._param_template))
+        tp = self.mesh.shape.get(TENSOR_AXIS, 1) if self.mesh is not None else 1
+        return count * jnp.dtype(self.config.dtype).itemsize // tp
+
     def _plan(self, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams,
               keep_logits: bool = False) -> _Plan:
         """The decode program's static plan for a call; prompt_len is the bucketed length."""
@@ -746,6 +752,8 @@ class Sampler:
         prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
         if self.check_memory:
             needed = self.memory_needed(num_prompts, num_samples, prompt_len, m)
+            if not isinstance(params, DecodeWeights):  # `prepare` makes a copy for the call
+                needed += self.prepared_bytes()
             self._check_memory(needed, plan.rows, plan.cache_len)
 
         ids = np.full((prompt_rows, prompt_len), sampling.pad_id, np.int32)

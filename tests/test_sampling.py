@@ -270,12 +270,17 @@ def test_four_devices_give_the_single_device_output(eos_model, sampler, shape, a
 
 def test_memory_check_reports_the_bytes_needed(eos_model, sampler, monkeypatch):
     _, _, model, prompts, _ = eos_model
-    needed = sampler.memory_needed(5, 3, 24, MAX_NEW)
+    # The weights' decode layout is a copy for the call unless the caller passes `prepare`'s output.
+    assert sampler.prepared_bytes() == 4 * sum(x.size for x in jax.tree.leaves(params_of(model)))
+    needed = sampler.memory_needed(5, 3, 24, MAX_NEW) + sampler.prepared_bytes()
     monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed - 1)
     with pytest.raises(UserError, match=f"{needed} bytes"):
         sampler.generate(model, prompts, 3, greedy(), 0)
     monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed)
     sampler.generate(model, prompts, 3, greedy(), 0)
+    prepared = sampler.prepare(model)  # passed prepared, the call makes no copy: it fits in less
+    monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed - sampler.prepared_bytes())
+    sampler.generate(prepared, prompts, 3, greedy(), 0)
 
 
 def test_invalid_inputs_are_user_errors(eos_model, sampler):

@@ -166,7 +166,9 @@ def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
     """
     from openrs_jax.sampling import Sampler, SamplingParams
 
-    sampler = Sampler(config, mesh=mesh, check_memory=False)
+    # The trainer's prompt bucket, so that the longest prompt keeps its length.
+    bucket = min(64, -(-cfg.max_prompt_length // 8) * 8)
+    sampler = Sampler(config, mesh=mesh, check_memory=False, prompt_bucket=bucket)
     eos = config.eos_token_id if config.eos_token_id is not None else 0
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
     sampling = SamplingParams(
@@ -177,8 +179,7 @@ def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
     compiled: dict[str, Any] = {}
 
     def program(name: str) -> Any:
-        # One `Sampler.compile` builds all three (each takes the previous one's outputs); the
-        # recipe's 512-token prompts are a multiple of the prompt bucket: the longest bucket.
+        # One `Sampler.compile` builds all three (each takes the previous one's outputs).
         if not compiled:
             compiled.update(sampler.compile(
                 params, cfg.prompts_per_step, cfg.num_generations, cfg.max_prompt_length, sampling))
