@@ -214,7 +214,7 @@ class Engine:
                 out = self.sampler.attention(q[:, 0], ks[i].astype(dtype), vs[i].astype(dtype), start, length)
                 return out.reshape(s, 1, -1)
 
-            h = _decoder_layer(c, h, weights.layers[i], cos, sin, None, attend)
+            h = _decoder_layer(c, h, weights.layers[i], cos, sin, None, attend=attend)
         h = rms_norm(h, weights.norm, c.rms_norm_eps)
         return dataclasses.replace(st, k=tuple(ks), v=tuple(vs), mask=mask, col=st.col + feed,
                                    logits=project_logits(h[:, 0], weights))
