@@ -51,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=0.95, help="default 0.95 (the paper's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="only the first N problems of each task")
-    p.add_argument("--batch_size", type=int, default=64, help="completions per sampler call (default 64)")
+    p.add_argument("--batch_size", type=int, default=64,
+                   help="completions per sampler call with static batches (--slots 0; default 64)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="rows in flight in the slot engine (continuous batching, one device; default: as many "
+                        "as fit in the device's free memory, 8 on a CPU); 0 = static batches of --batch_size, "
+                        "the default on several devices")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype")
     p.add_argument("--scoring", default="paper", choices=SCORING_MODES,
                    help="paper: lighteval's extraction as the paper ran it (default); fixed: answer-only "
@@ -68,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_generate(args: argparse.Namespace, tokenizer):  # -> GenerateFn
-    """Loads the model and the sampler; imported here so --completions never starts JAX."""
+def _model_generate(args: argparse.Namespace, tokenizer):  # -> (GenerateFn | StreamGenerate, stream)
+    """Loads the model and the sampler (and the slot engine unless static batches are asked for
+    or several devices are present); imported here so --completions never starts JAX."""
     from openrs_jax import sharding
+    from openrs_jax.engine import decode_devices
     from openrs_jax.evaluation import sampler_generate_fn
     from openrs_jax.model import load_params
     from openrs_jax.sampling import Sampler
@@ -78,14 +85,31 @@ def _model_generate(args: argparse.Namespace, tokenizer):  # -> GenerateFn
 
     params, config = load_params(args.model)
     config = config.replace(dtype=args.dtype)
+    devices, use_engine = decode_devices(args.slots)
     # Evaluation only decodes: every device takes its own rows with a whole copy of the model.
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
     rollout = sharding.rollout_params(params, mesh, args.dtype)
     sampler = Sampler(config, mesh=mesh, prompt_bucket=PROMPT_BUCKET)
-    return sampler_generate_fn(
-        sampler, rollout, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, eos_ids=stop_token_ids(tokenizer, config.eos_token_id), pad_id=tokenizer.pad_id,
-    )
+    eos_ids = stop_token_ids(tokenizer, config.eos_token_id)
+    if not use_engine:
+        return sampler_generate_fn(
+            sampler, rollout, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_p=args.top_p, eos_ids=eos_ids, pad_id=tokenizer.pad_id,
+        ), False
+    from openrs_jax.engine import Engine, stream_by_index
+    from openrs_jax.evaluation.runner import Generation
+    from openrs_jax.sampling import SamplingParams
+
+    engine = Engine(sampler, slots=args.slots)
+    weights = sampler.prepare(rollout)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                              eos_ids=tuple(eos_ids), pad_id=tokenizer.pad_id)
+
+    def generate(prompts, requests, seed, on_progress):
+        for c in stream_by_index(engine, weights, prompts, requests, sampling, seed, on_progress):
+            yield c.request.prompt, c.request.sample, Generation(c.token_ids, c.truncated)
+
+    return generate, True
 
 
 @exit_on_user_error
@@ -123,11 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model) or args.model)
         if not tokenizer.has_chat_template:
             raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")
-        generate = _model_generate(args, tokenizer)
+        generate, stream = _model_generate(args, tokenizer)
         results = run_model_eval(
             generate, tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,
             limit=args.limit, out_dir=args.out, model=describe(args.model),
-            progress=not args.no_progress,
+            progress=not args.no_progress, stream=stream,
         )
     print(format_table(results))
     print(f"results: {Path(args.out) / 'results.json'}")

@@ -357,6 +357,12 @@ def as_key(key_or_seed: int | jax.Array) -> jax.Array:
     return jax.random.wrap_key_data(key)
 
 
+def sample_key(key: jax.Array, prompt: jax.Array | int, sample: jax.Array | int) -> jax.Array:
+    """The random key of one completion: a function of the run's key and the (prompt index,
+    sample index) only; step t of that completion draws from fold_in(sample_key, t)."""
+    return jax.random.fold_in(jax.random.fold_in(key, prompt), sample)
+
+
 def free_device_bytes(device: jax.Device) -> int | None:
     """Bytes the allocator can still hand out on `device`, or None where it does not say (CPU)."""
     try:
@@ -555,9 +561,11 @@ class Sampler:
         self._note_compile("decode", str(plan))
         n, m = plan.rows, plan.max_new_tokens
         row_ids = jnp.arange(n)
-        # One key per row, derived from its global index: a row's samples do not depend on how
-        # many rows share the batch or how they are split over devices.
-        row_keys = self._constrain(jax.vmap(lambda i: jax.random.fold_in(key, i))(row_ids), 0)
+        # One key per row, derived from its (prompt, sample) indices: a row's samples do not depend
+        # on how many rows share the batch, how they are split over devices, or (the slot engine)
+        # which slot it ran in.
+        g = plan.num_samples
+        row_keys = self._constrain(jax.vmap(lambda i: sample_key(key, i // g, i % g))(row_ids), 0)
         select = functools.partial(
             select_tokens, temperature=temperature, top_p=top_p, greedy=plan.greedy, top_k=plan.top_k,
             use_top_p=plan.use_top_p, top_p_candidates=self.top_p_candidates,

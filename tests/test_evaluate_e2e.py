@@ -43,7 +43,7 @@ def test_tiny_model_end_to_end_and_resume(model_dir, tmp_path, monkeypatch, caps
     out = tmp_path / "out"
     argv = ["--model", str(model_dir), "--tasks", ",".join(TASKS), "--data_dir", str(shared_data("benchmarks")),
             "--limit", "3", "--max_new_tokens", str(MAX_NEW), "--dtype", "float32", "--seed", "3",
-            "--out", str(out), "--no_progress"]
+            "--out", str(out), "--no_progress", "--slots", "0"]  # static batches (the engine: test_engine)
     assert main(argv) == 0
     assert calls == [(3, 1)] * len(TASKS)  # one batch per task
     table = capsys.readouterr().out

@@ -12,4 +12,5 @@ SUBCOMMANDS: dict[str, str] = {
     "memory": "openrs_jax.bench.memory",
     "rewards": "openrs_jax.bench.rewards",
     "plan": "openrs_jax.bench.plan",
+    "engine": "openrs_jax.bench.engine",
 }

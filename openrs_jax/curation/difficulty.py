@@ -6,7 +6,8 @@ rate is the fraction judged correct. GRPO learns nothing from a problem whose G 
 all score the same, so the paper dropped the problems its model always solved (band `[0,1)`,
 the default); `(0,1)` also drops those it never solves.
 
-Pass rates are appended to OUTPUT_DIR/pass_rates.jsonl after every batch: a rerun into the
+Pass rates are appended to OUTPUT_DIR/pass_rates.jsonl after every batch (with the slot engine,
+`--slots`: after every problem whose samples are all done): a rerun into the
 same folder samples only the problems still missing, and `--pass_rates FILE` reuses the rates
 of an earlier run (no model needed when they cover every problem) to choose another band
 without sampling again. A problem is identified by a digest of its problem and gold texts.
@@ -22,7 +23,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ SYSTEM_PROMPTS = ("recipe", "exp3", "none")
 
 # (prompt ids, samples per prompt, seed) -> one completion text per sample, prompt-major.
 GenerateFn = Callable[[list[list[int]], int, int], list[str]]
+# The slot engine's form (`openrs_jax.engine`): (prompt ids by problem index, (index, sample)
+# requests, seed, progress callback) -> (index, sample, completion text) as each one finishes.
+StreamFn = Callable[[Mapping[int, list[int]], list[tuple[int, int]], int, Callable[[Mapping[str, int]], None]],
+                    Iterable[tuple[int, int, str]]]
 # (completions, golds, samples per prompt) -> accuracy per completion (1.0 = correct).
 ScoreFn = Callable[[list[str], list[str], int], list[float]]
 
@@ -50,7 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"{MODEL_HELP} (not needed when --pass_rates covers every problem)")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model's, or the training run's)")
     p.add_argument("--num_samples", type=int, default=8, help="completions per problem (default 8)")
-    p.add_argument("--batch_size", type=int, default=16, help="problems per sampler call (default 16)")
+    p.add_argument("--batch_size", type=int, default=16,
+                   help="problems per sampler call with static batches (--slots 0; default 16)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="rows in flight in the slot engine (continuous batching, one device; default: as many "
+                        "as fit in the device's free memory, 8 on a CPU); 0 = static batches of --batch_size, "
+                        "the default on several devices")
     p.add_argument("--max_new_tokens", type=int, default=3584, help="default 3584 (the recipe's Exp2/3 limit)")
     p.add_argument("--temperature", type=float, default=0.7, help="default 0.7 (the recipe's rollouts)")
     p.add_argument("--top_p", type=float, default=1.0)
@@ -201,11 +211,56 @@ def sample_pass_rates(
     return out
 
 
-def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
-    """Loads the model and the sampler and returns a `GenerateFn` (JAX starts here, not before)."""
+def stream_pass_rates(
+    todo: Sequence[Problem],
+    render: Callable[[list[str]], list[list[int]]],
+    stream: StreamFn,
+    score: ScoreFn,
+    *,
+    num_samples: int,
+    seed: int,
+    append_to: Path,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Pass rates of `todo` through the slot engine: every (problem, sample) is one request, the
+    samples of a problem queued together; a problem is scored and appended to `append_to` as
+    soon as its last sample finishes. A sample depends only on (seed, row index, sample)."""
+    from tqdm import tqdm
+
+    by_index = {p.index: p for p in todo}
+    prompts = dict(zip(by_index, render([p.problem for p in todo])))
+    requests = [(p.index, s) for p in todo for s in range(num_samples)]
+    texts: dict[int, dict[int, str]] = {i: {} for i in by_index}
+    out: list[dict[str, Any]] = []
+    bar = tqdm(total=len(todo), desc="difficulty", unit="problem", dynamic_ncols=True, disable=not show_progress)
+
+    def on_progress(counts: Mapping[str, int]) -> None:
+        bar.set_postfix(samples=counts["requests_done"], tokens=counts["tokens"], refresh=False)
+
+    try:
+        for index, sample, text in stream(prompts, requests, seed, on_progress):
+            texts[index][sample] = text
+            if len(texts[index]) < num_samples:
+                continue
+            done = texts.pop(index)
+            records = pass_rate_records([by_index[index]], [prompts[index]],
+                                        lambda _p, k, _s: [done[s] for s in range(k)], score, num_samples, seed)
+            with append_to.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            out.extend(records)
+            bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> tuple[GenerateFn | StreamFn, bool]:
+    """Loads the model and the sampler (JAX starts here, not before); returns a `GenerateFn`, or
+    with the slot engine (`--slots`, see `engine.decode_devices`) a `StreamFn`, and which it is."""
     import jax
 
     from openrs_jax import sharding
+    from openrs_jax.engine import Engine, decode_devices, stream_by_index
     from openrs_jax.model import load_params
     from openrs_jax.sampling import Sampler, SamplingParams
     from openrs_jax.tokenizer import stop_token_ids
@@ -217,7 +272,8 @@ def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if jax.default_backend() == "gpu" else "float32")
     config = config.replace(dtype=dtype)
     # Only decoding: every device takes its own rows with a whole copy of the model.
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    devices, use_engine = decode_devices(getattr(args, "slots", None))
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
     rollout = sharding.rollout_params(params, mesh, dtype)
     sampler = Sampler(config, mesh=mesh)
     sampling = SamplingParams(
@@ -229,7 +285,16 @@ def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> GenerateFn:
         out = sampler.generate(rollout, prompts, num_samples, sampling, jax.random.key(seed))
         return tokenizer.decode_batch(out.completions())
 
-    return generate
+    if not use_engine:
+        return generate, False
+    engine = Engine(sampler, slots=args.slots)
+    weights = sampler.prepare(rollout)
+
+    def stream(prompts, requests, seed, on_progress):
+        for c in stream_by_index(engine, weights, prompts, requests, sampling, seed, on_progress):
+            yield c.request.prompt, c.request.sample, tokenizer.decode(c.token_ids, skip_special_tokens=True)
+
+    return stream, True
 
 
 def system_prompt_text(choice: str) -> str | None:
@@ -313,18 +378,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer = load_tokenizer(toy.resolve(args.tokenizer) if args.tokenizer
                                    else tokenizer_dir(args.model) or args.model)
         system_prompt = system_prompt_text(args.system_prompt)
-        generate = model_generate_fn(args, tokenizer)
+        generate, streams = model_generate_fn(args, tokenizer)
         log.info("sampling %d problems x %d completions (%d reused, %d resumed)",
                  len(todo), args.num_samples, reused, resumed)
         with RewardScorer(["accuracy"], num_workers=args.reward_workers, timeout_s=args.reward_timeout_s) as scorer:
-            sampled = sample_pass_rates(
-                todo,
-                lambda texts: render_prompts_ids(tokenizer, texts, system_prompt),
-                generate,
-                lambda texts, golds, k: scorer.score(texts, golds, k).rewards["accuracy"],
-                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, append_to=own,
-                show_progress=not args.no_progress,
-            )
+            render = lambda texts: render_prompts_ids(tokenizer, texts, system_prompt)  # noqa: E731
+            score = lambda texts, golds, k: scorer.score(texts, golds, k).rewards["accuracy"]  # noqa: E731
+            if streams:
+                sampled = stream_pass_rates(todo, render, generate, score, num_samples=args.num_samples,
+                                            seed=args.seed, append_to=own, show_progress=not args.no_progress)
+            else:
+                sampled = sample_pass_rates(todo, render, generate, score, num_samples=args.num_samples,
+                                            batch_size=args.batch_size, seed=args.seed, append_to=own,
+                                            show_progress=not args.no_progress)
         known.update({r["key"]: r for r in sampled})
 
     # The complete table, in row order, so that this folder's pass_rates.jsonl serves later reuse.

@@ -5,9 +5,9 @@ prompt, completion, prediction, gold, correct, length = completion tokens with t
 truncated = no EOS within max_new_tokens), plus `results.json` and
 `eval_config.json` (the settings that produced the samples, written with the first of them, so a
 run that stops before any sample leaves nothing to refuse a retry). Details are appended after every
-batch, so a rerun into the same directory only generates the samples that are missing; it
-refuses to mix samples of different generation settings, and rescores stored samples when only
-the scoring mode changed.
+batch (with the slot engine: after every sample), so a rerun into the same directory only
+generates the samples that are missing; it refuses to mix samples of different generation
+settings, and rescores stored samples when only the scoring mode changed.
 
 pass@1 over K samples: each problem scores the mean of its K samples, the task the mean over
 problems; stderr is the standard error of that mean over problems (sample std, ddof=1).
@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.errors import UserError
@@ -103,6 +103,16 @@ class Generation:
 # (prompt ids, samples per prompt, seed) -> len(prompts) * samples generations; the samples of
 # one prompt are consecutive (prompt-major), as the sampler's group rollouts lay them out.
 GenerateFn = Callable[[list[list[int]], int, int], list[Generation]]
+
+
+class StreamGenerate(Protocol):
+    """A generator that takes a whole queue (the slot engine, `openrs_jax.engine`): called with
+    prompt ids by problem index, the (index, sample) requests, a seed and a progress callback;
+    yields (index, sample, Generation) as each request finishes. A request's sample depends only
+    on (seed, index, sample), so a resumed run draws what an uninterrupted one would have."""
+
+    def __call__(self, prompts: Mapping[int, list[int]], requests: list[tuple[int, int]], seed: int,
+                 on_progress: Callable[[Mapping[str, int]], None]) -> Iterable[tuple[int, int, Generation]]: ...
 
 
 # ----------------------------------------------------------------------------- outputs on disk
@@ -306,10 +316,33 @@ def _length_sorted_batches(indices: Sequence[int], lengths: Mapping[int, int], s
     return [ordered[i: i + size] for i in range(0, len(ordered), size)]
 
 
+def _task_seed(seed: int, task: str) -> int:
+    return zlib.crc32(f"{seed}/{task}".encode()) & 0x7FFFFFFF
+
+
+def _stream_task(run: TaskRun, generate: StreamGenerate, tokenizer: Tokenizer, settings: EvalSettings,
+                 prompts: Mapping[int, str], ids: Mapping[int, list[int]], todo: Mapping[int, list[int]],
+                 bar: Any) -> None:
+    """The queue path: every missing sample is one request; each is saved as it finishes."""
+    # Longest prompts first: they set the prompt cap either way, and long rows start early.
+    requests = [(i, s) for i in sorted(todo, key=lambda i: (-len(ids[i]), i)) for s in todo[i]]
+
+    def on_progress(counts: Mapping[str, int]) -> None:
+        bar.set_postfix(tokens=counts["tokens"], live=counts["slots_live"], refresh=False)
+
+    for index, sample, out in generate(ids, requests, _task_seed(settings.seed, run.spec.name), on_progress):
+        out = cap_generation(out, settings.new_token_cap(len(ids[index])))
+        text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        run.append([run.record(index, sample, prompts[index], text, len(out.token_ids), out.truncated)])
+        bar.update(1)
+
+
 def generate_task(
-    run: TaskRun, generate: GenerateFn, tokenizer: Tokenizer, settings: EvalSettings, progress: bool
+    run: TaskRun, generate: GenerateFn | StreamGenerate, tokenizer: Tokenizer, settings: EvalSettings,
+    progress: bool, *, stream: bool = False,
 ) -> None:
-    """Generates and scores every missing sample of one task."""
+    """Generates and scores every missing sample of one task (`stream`: `generate` takes the
+    whole queue, see `StreamGenerate`; otherwise it is called batch by batch)."""
     from tqdm import tqdm
 
     todo = run.missing(settings.num_samples)
@@ -328,6 +361,9 @@ def generate_task(
     total = sum(len(s) for s in todo.values())
     batch_no = 0
     with tqdm(total=total, desc=run.spec.name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+        if stream:
+            _stream_task(run, generate, tokenizer, settings, prompts, ids, todo, bar)  # type: ignore[arg-type]
+            return
         for count, indices in sorted(by_count.items()):
             per_batch = max(1, settings.batch_size // count)
             for batch in _length_sorted_batches(indices, lengths, per_batch):
@@ -369,7 +405,7 @@ def _data_label(spec: TaskSpec, data_dir: str | Path | None) -> str:
 
 
 def run_model_eval(
-    generate: GenerateFn,
+    generate: GenerateFn | StreamGenerate,
     tokenizer: Tokenizer,
     tasks: str | Sequence[str],
     settings: EvalSettings,
@@ -379,8 +415,10 @@ def run_model_eval(
     out_dir: str | Path | None = None,
     model: str | None = None,
     progress: bool = True,
+    stream: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Generates with `generate`, scores, writes outputs; returns {task: metrics and settings}."""
+    """Generates with `generate` (a `StreamGenerate` with `stream`), scores, writes outputs;
+    returns {task: metrics and settings}."""
     names = parse_task_names(tasks)
     out = Path(out_dir).expanduser() if out_dir is not None else None
     generation = {
@@ -402,7 +440,7 @@ def run_model_eval(
         run = TaskRun(spec, load_task(name, data_dir, limit), settings.scoring,
                       path=details_path(out, name) if out else None, settings=settings_file)
         run.load(rescore)
-        generate_task(run, generate, tokenizer, settings, progress)
+        generate_task(run, generate, tokenizer, settings, progress, stream=stream)
         run.finish()
         results[name] = {**run.metrics(settings.num_samples),
                          **settings_record(settings, spec, _data_label(spec, data_dir), {"model": model})}
