@@ -53,3 +53,13 @@ def exit_on_user_error(main: F) -> F:
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def add_slots_argument(p: argparse.ArgumentParser) -> None:
+    """`--slots`: rows in flight in the slot engine (`openrs_jax.engine`), shared by every
+    command whose work is a queue of prompts (evaluate, curate difficulty)."""
+    p.add_argument("--slots", type=int, default=None,
+                   help="rows in flight in the slot engine (continuous batching, one device; default: as many "
+                        "as fit in the device's free memory, 8 on a CPU); 0 = static batches of --batch_size, "
+                        "the default on several devices")
+

@@ -29,7 +29,6 @@ import collections
 import dataclasses
 import functools
 import logging
-import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax

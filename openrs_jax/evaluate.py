@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from openrs_jax.cli import exit_on_user_error
+from openrs_jax.cli import add_slots_argument, exit_on_user_error
 from openrs_jax.errors import UserError
 from openrs_jax.evaluation.runner import EvalSettings, format_table, run_completions_eval, run_model_eval
 from openrs_jax.evaluation.scoring import SCORING_MODES
@@ -53,10 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N problems of each task")
     p.add_argument("--batch_size", type=int, default=64,
                    help="completions per sampler call with static batches (--slots 0; default 64)")
-    p.add_argument("--slots", type=int, default=None,
-                   help="rows in flight in the slot engine (continuous batching, one device; default: as many "
-                        "as fit in the device's free memory, 8 on a CPU); 0 = static batches of --batch_size, "
-                        "the default on several devices")
+    add_slots_argument(p)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype")
     p.add_argument("--scoring", default="paper", choices=SCORING_MODES,
                    help="paper: lighteval's extraction as the paper ran it (default); fixed: answer-only "

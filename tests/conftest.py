@@ -94,3 +94,28 @@ def real_model_config(**overrides: Any) -> dict[str, Any]:
     d = json.loads((shared_data("models", "deepseek-r1-distill-qwen-1.5b") / "config.json").read_text())
     d.update(overrides)
     return d
+
+
+def small_random_qwen2(seed: int) -> tuple[Any, Any]:
+    """(graphdef, fp32 params) of a 2-layer random Qwen2 (vocab 96), drawn in numpy: fast to build.
+
+    Norm weights are near 1, everything else near 0 with std 0.1.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from openrs_jax.model import abstract_model, tiny_config
+
+    config = tiny_config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    graphdef, abstract = nnx.split(abstract_model(config))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        norm = "norm" in jax.tree_util.keystr(path)
+        return jnp.asarray((1.0 if norm else 0.0) + 0.1 * rng.normal(size=s.shape), jnp.float32)
+
+    return graphdef, jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(abstract))
+

@@ -15,7 +15,7 @@ from openrs_jax import sharding
 from openrs_jax.grpo import AGGREGATIONS, UpdateConfig, aggregation_weights, completion_logprobs, create_train_state, grpo_loss
 from openrs_jax.grpo.microbatch import MicroBatch, completion_extent, length_buckets, take_micro_batch
 from openrs_jax.grpo.update import BucketedTrainStep
-from openrs_jax.model import abstract_model, tiny_config
+from tests.conftest import small_random_qwen2
 
 G = 3
 ROWS, P, T = 12, 4, 12  # four groups of three
@@ -23,16 +23,7 @@ ROWS, P, T = 12, 4, 12  # four groups of three
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = tiny_config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    graphdef, abstract = nnx.split(abstract_model(config))
-    rng = np.random.default_rng(7)
-
-    def draw(path, s):
-        norm = "norm" in jax.tree_util.keystr(path)
-        return jnp.asarray((1.0 if norm else 0.0) + 0.1 * rng.normal(size=s.shape), jnp.float32)
-
-    return graphdef, jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(abstract))
+    return small_random_qwen2(seed=7)
 
 
 def ragged_batch(seed: int = 0) -> dict[str, np.ndarray]:

@@ -26,7 +26,8 @@ from openrs_jax.grpo import (
     reward_std,
     token_logprobs,
 )
-from openrs_jax.model import abstract_model, tiny_config
+from openrs_jax.model import tiny_config
+from tests.conftest import small_random_qwen2
 
 G = 4
 ROWS, T = 8, 6  # two groups of four
@@ -186,16 +187,7 @@ def test_aggregation_weights_and_beta_zero():
 @pytest.fixture(scope="module")
 def tiny():
     """(jitted forward, graphdef, params) of a small random Qwen2 (params drawn in numpy: fast)."""
-    config = tiny_config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    graphdef, abstract = nnx.split(abstract_model(config))
-    rng = np.random.default_rng(3)
-
-    def draw(path, s):
-        norm = "norm" in jax.tree_util.keystr(path)
-        return jnp.asarray((1.0 if norm else 0.0) + 0.1 * rng.normal(size=s.shape), jnp.float32)
-
-    params = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(abstract))
+    graphdef, params = small_random_qwen2(seed=3)
     forward = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
     return functools.partial(forward, params), graphdef, params
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from openrs_jax.jsonl import read_keyed_jsonl
+from openrs_jax.cli import add_slots_argument
 from openrs_jax.curation.io import read_rows, write_dataset, write_json, write_jsonl
 from openrs_jax.errors import UserError
 from openrs_jax.model_paths import MODEL_HELP
@@ -57,10 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num_samples", type=int, default=8, help="completions per problem (default 8)")
     p.add_argument("--batch_size", type=int, default=16,
                    help="problems per sampler call with static batches (--slots 0; default 16)")
-    p.add_argument("--slots", type=int, default=None,
-                   help="rows in flight in the slot engine (continuous batching, one device; default: as many "
-                        "as fit in the device's free memory, 8 on a CPU); 0 = static batches of --batch_size, "
-                        "the default on several devices")
+    add_slots_argument(p)
     p.add_argument("--max_new_tokens", type=int, default=3584, help="default 3584 (the recipe's Exp2/3 limit)")
     p.add_argument("--temperature", type=float, default=0.7, help="default 0.7 (the recipe's rollouts)")
     p.add_argument("--top_p", type=float, default=1.0)
