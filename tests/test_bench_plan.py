@@ -203,7 +203,7 @@ def _tiny_config(tmp_path: Path) -> Path:
 def _run_plan(tmp_path: Path, target: str, devices: int) -> dict:
     from openrs_jax.bench.__main__ import main
 
-    return main(["plan", "--config", str(_tiny_config(tmp_path)), "--model_config", "preset:tiny",
+    return main(["plan", "--config", str(_tiny_config(tmp_path)), "--model_config", "builtin:tiny",
                  "--target", target, "--devices", str(devices), "--dump_hlo", str(tmp_path / "hlo"),
                  "--out", str(tmp_path / "plan.json")])
 

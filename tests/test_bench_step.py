@@ -101,22 +101,22 @@ def test_run_config_fills_unset_flags_and_given_flags_win():
 
 def test_step_prompt_len_defaults_fit_the_engine():
     """Real prompts (trainer engine) default to the recipe's max_prompt_length, not 64 tokens."""
-    args = parse(step, ["--model", "preset:tiny", "--dataset", "problems.jsonl"])
+    args = parse(step, ["--model", "builtin:tiny", "--dataset", "problems.jsonl"])
     shapes.apply_run_config(args)
     assert args.prompt_len is None
     assert step.default_prompt_len("trainer") == 512
     assert step.default_prompt_len("synthetic") == step.SYNTHETIC_PROMPT_LEN == 64
     # --config's max_prompt_length and an explicit flag come first.
-    args = parse(step, ["--model", "preset:tiny", "--config", str(REPO_ROOT / "configs" / "tiny.py")])
+    args = parse(step, ["--model", "builtin:tiny", "--config", str(REPO_ROOT / "configs" / "tiny.py")])
     shapes.apply_run_config(args)
     assert args.prompt_len == 16
-    args = parse(step, ["--model", "preset:tiny", "--config", EXP2, "--prompt_len", "100"])
+    args = parse(step, ["--model", "builtin:tiny", "--config", EXP2, "--prompt_len", "100"])
     shapes.apply_run_config(args)
     assert args.prompt_len == 100
 
 
 def test_step_synthetic_engine_defaults_to_short_prompts():
-    args = parse(step, ["--model", "preset:tiny", "--prompts_per_step", "2", "--num_generations", "2",
+    args = parse(step, ["--model", "builtin:tiny", "--prompts_per_step", "2", "--num_generations", "2",
                         "--max_new_tokens", "2", "--steps", "1", "--mesh", "fsdp=1", "--no_copy_bandwidth"])
     result = step.run(args)
     assert args.prompt_len == 64 and result["prompt_len_bucketed"] == 64

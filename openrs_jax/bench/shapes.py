@@ -212,6 +212,8 @@ def _ensure_ml_collections() -> bool:
     except ModuleNotFoundError:
         module = types.ModuleType("ml_collections")
         module.ConfigDict = _ConfigDict  # type: ignore[attr-defined]
+        # A field whose type may change (scale_rewards: "group" or a bool): the stand-in checks no types.
+        module.FieldReference = lambda value, field_type=None: value  # type: ignore[attr-defined]
         module._OPENRS_STAND_IN = True  # type: ignore[attr-defined]
         sys.modules["ml_collections"] = module
         log.warning("ml_collections is not installed: reading run configs with a minimal stand-in")
