@@ -1,10 +1,11 @@
 """The offline default: a tiny random Qwen2 learns one-digit sums on a CPU in about a minute.
 
 A completion is an answer token (`\\boxed{0}` ... `\\boxed{9}`), then EOS. Accuracy starts near
-0.05 (a random answer token) and climbs past 0.5 by step 200; `truncated_fraction` (rows
-without EOS) starts near 0.9 and falls below 0.1 by step 150 once the policy has learnt to
+0.06 (a random answer token) and climbs past 0.7 by step 200; `truncated_fraction` (rows
+without EOS) starts near 0.95 and falls to about 0.1 by step 200 once the policy has learnt to
 stop, which the second reward (`openrs_jax.toy:stop_reward`: the right answer and nothing
-after it) teaches.
+after it) teaches. (Seeds 0, 1 and 2: accuracy 0.81, 0.72, 0.79 and truncation 0.11, 0.16,
+0.09 over the last 20 steps.)
 
 `builtin:tiny` is a 2-layer Qwen2 built at start with random weights and a 29-token tokenizer
 that ships with the package; `builtin:sums` is a toy dataset of 25 sums (a + b, a, b < 5).
@@ -22,7 +23,7 @@ def get_config():
     # accuracy: the answer is right; stop_reward: the right answer, then EOS. Stopping weighs
     # less: at 1.0 the policy learnt to stop well before it learnt the sums.
     c.reward_funcs = ("accuracy", "openrs_jax.toy:stop_reward")
-    c.reward_weights = (1.0, 0.25)
+    c.reward_weights = (1.0, 0.5)
     c.reward_num_workers = 2
     c.num_generations = 8
     c.prompts_per_step = 16
@@ -30,7 +31,7 @@ def get_config():
     c.max_prompt_length = 16
     c.max_completion_length = 2  # an answer token, then EOS
     c.temperature = 1.0
-    c.learning_rate = 3e-3
+    c.learning_rate = 1e-3  # 3e-3 learnt or stalled depending on the sampling stream (seed)
     c.warmup_ratio = 0.0
     c.min_lr_rate = 1.0  # constant learning rate
     c.max_steps = 200

@@ -129,14 +129,14 @@ def test_tiny_config_learns(tmp_path, seed):
 
 @pytest.mark.slow
 def test_tiny_config_learns_to_stop(tmp_path):
-    """The shipped demo config also learns to end its completions after the answer
+    """The shipped demo config, run whole, also learns to end its completions after the answer
     (openrs_jax.toy.stop_reward): rows without EOS stayed at 0.9-0.98 with the accuracy reward
-    alone; here 0.95 -> 0.14 over 100 steps while the accuracy rises 0.07 -> 0.34."""
-    run(tmp_path, "run", "max_steps=100", "save_steps=100", "log_completions=0")
+    alone; here about 0.95 -> 0.1 over the 200 steps while the accuracy rises 0.06 -> 0.8."""
+    run(tmp_path, "run", "save_steps=200", "log_completions=0")
     metrics = read_metrics(tmp_path / "run")
     accuracy = [m["rewards/accuracy"] for m in metrics]
     truncated = [m["truncated_fraction"] for m in metrics]
-    assert np.mean(accuracy[-20:]) - np.mean(accuracy[:20]) >= 0.2
+    assert np.mean(accuracy[-20:]) - np.mean(accuracy[:20]) >= 0.4
     assert np.mean(truncated[:20]) >= 0.8 and np.mean(truncated[-20:]) <= 0.3
 
 
