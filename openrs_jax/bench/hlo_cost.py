@@ -241,7 +241,8 @@ class _Walker:
     def _custom_call_flops(self, comp: str, instr: Instruction) -> float:
         target = instr.attr("custom_call_target") or ""
         config = instr.backend_config()
-        if "gemm" in target.lower() and "gemm_backend_config" in config:
+        # cuBLAS gemms: "__cublas$gemm", and "__cublas$lt$matmul" (the decode's, Triton gemms off).
+        if ("gemm" in target.lower() or "matmul" in target.lower()) and "gemm_backend_config" in config:
             dims = config["gemm_backend_config"].get("dot_dimension_numbers", {})
             lhs = self.by_name[comp].get(instr.operands[0]) if instr.operands else None
             out = shape_elements(instr.shape)
