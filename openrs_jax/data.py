@@ -343,15 +343,3 @@ def make_prompt_order(kind: str, size: int, seed: int, block: int) -> PromptOrde
     raise UserError(f"prompt_order={kind!r}: use {' or '.join(PROMPT_ORDERS)}")
 
 
-def left_pad_prompts(
-    prompts: list[tuple[int, ...]], repeats: int, pad_id: int, bucket: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts left-padded to their longest length rounded up to `bucket` (as the sampler pads them),
-    each repeated `repeats` times: (ids [N, L] int32, mask [N, L] bool), N = len(prompts) x repeats."""
-    width = max(bucket, -(-max(len(p) for p in prompts) // bucket) * bucket)
-    ids = np.full((len(prompts), width), pad_id, np.int32)
-    mask = np.zeros((len(prompts), width), bool)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = p
-        mask[i, width - len(p):] = True
-    return np.repeat(ids, repeats, axis=0), np.repeat(mask, repeats, axis=0)

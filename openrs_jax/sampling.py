@@ -347,6 +347,20 @@ def bucket_length(n: int, bucket: int) -> int:
     return max(bucket, -(-n // bucket) * bucket)
 
 
+def left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int, rows: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts right-aligned in `width` columns, as the sampler feeds them: (ids [rows, width]
+    int32, mask [rows, width] bool). Rows past the prompts (rows > len(prompts)) stay padding."""
+    rows = len(prompts) if rows is None else rows
+    ids = np.full((rows, width), pad_id, np.int32)
+    mask = np.zeros((rows, width), bool)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, width - len(p):] = p
+            mask[i, width - len(p):] = True
+    return ids, mask
+
+
 def as_key(key_or_seed: int | jax.Array) -> jax.Array:
     """A typed PRNG key from an int seed, a typed key, or a raw uint32 key."""
     if isinstance(key_or_seed, (int, np.integer)):
@@ -756,11 +770,7 @@ class Sampler:
                 needed += self.prepared_bytes()
             self._check_memory(needed, plan.rows, plan.cache_len)
 
-        ids = np.full((prompt_rows, prompt_len), sampling.pad_id, np.int32)
-        mask = np.zeros((prompt_rows, prompt_len), bool)
-        for i, p in enumerate(prompts):
-            ids[i, prompt_len - p.size :] = p
-            mask[i, prompt_len - p.size :] = True
+        ids, mask = left_pad(prompts, prompt_len, sampling.pad_id, prompt_rows)
         ids[num_prompts:], mask[num_prompts:] = ids[0], mask[0]  # dummy prompts: copies of the first
 
         compiled_before = self.num_compilations

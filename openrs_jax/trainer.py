@@ -28,7 +28,7 @@ from flax import nnx
 from openrs_jax import distributed, dynamic_sampling, reference, sharding, toy
 from openrs_jax.checkpoint import Checkpointer
 from openrs_jax.config import validate
-from openrs_jax.data import PromptDataset, build_dataset, left_pad_prompts, load_rows, make_prompt_order
+from openrs_jax.data import PromptDataset, build_dataset, load_rows, make_prompt_order
 from openrs_jax.errors import UserError
 from openrs_jax.hub import require_hub
 from openrs_jax.grpo.microbatch import take_micro_batch
@@ -48,7 +48,7 @@ from openrs_jax.model.sources import save_run_tokenizer, tokenizer_dir
 from openrs_jax.model_paths import ACCEPTED
 from openrs_jax.rewards import RewardScorer
 from openrs_jax.run_log import METRICS_FILE, RunLog, outputs_summary
-from openrs_jax.sampling import Sampler, SamplingParams
+from openrs_jax.sampling import Sampler, SamplingParams, bucket_length, left_pad
 from openrs_jax.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
 
 log = logging.getLogger("openrs_jax.trainer")
@@ -319,8 +319,11 @@ class GRPOTrainer:
     def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
         """The prompts as the loss sees them (single BOS, at most max_prompt_length tokens), one row
         per sample, left-padded as the sampler pads; equal to the rollout's prompts in the clean mode."""
-        return left_pad_prompts([e.prompt_ids for e in examples], self.config.num_generations,
-                                self.tokenizer.pad_id, self.sampler.prompt_bucket)
+        prompts = [e.prompt_ids for e in examples]
+        width = bucket_length(max(len(p) for p in prompts), self.sampler.prompt_bucket)
+        ids, mask = left_pad(prompts, width, self.tokenizer.pad_id)
+        g = self.config.num_generations
+        return np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)
 
     def build_batch(
         self, out: Any, prompts: tuple[np.ndarray, np.ndarray], advantages: np.ndarray | None = None
