@@ -505,7 +505,7 @@ class GRPOTrainer:
         from openrs_jax.evaluation import evaluate_tasks, flat_metrics
 
         c = self.config
-        params = sharding.rollout_params(self.state.params, self.mesh, c.compute_dtype)
+        params = self.sampler.prepare(self.state.params)  # as rollouts: one copy of the weights alive
         results = evaluate_tasks(
             self.sampler, params, self.tokenizer, list(c.eval_tasks), data_dir=c.eval_data_dir or None,
             num_samples=c.eval_num_samples, max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
