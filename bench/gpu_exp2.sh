@@ -47,7 +47,7 @@ if [[ "${SMALL:-0}" == 1 ]]; then
   cat > "$CONFIG" <<'EOF'
 """Exp2's settings at tiny shapes: a check of bench/gpu_exp2.sh on a CPU."""
 
-from openrs_jax.config import base_config
+from openrs_jax.recipe.config import base_config
 
 
 def get_config():

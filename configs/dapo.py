@@ -12,7 +12,7 @@ with DAPO's changes switched on (docs/grpo-variants.md has each formula and its 
 
 from pathlib import Path
 
-from openrs_jax.config import load_config_file
+from openrs_jax.recipe.config import load_config_file
 
 
 def apply_dapo(c, overlong_cache_len: int = 512):

@@ -1,6 +1,6 @@
 """Exp1 of the paper: open-s1 (18,615 problems), format + accuracy, 4,096-token completions."""
 
-from openrs_jax.config import base_config
+from openrs_jax.recipe.config import base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Exp2 of the paper: open-rs (7,000 problems), format + accuracy, 3,584-token completions."""
 
-from openrs_jax.config import base_config
+from openrs_jax.recipe.config import base_config
 
 
 def get_config():

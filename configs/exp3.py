@@ -1,6 +1,6 @@
 """Exp3 of the paper: open-rs, format + cosine (length-aware accuracy), English-only system prompt."""
 
-from openrs_jax.config import ENGLISH_ONLY, SYSTEM_PROMPT, base_config
+from openrs_jax.recipe.config import ENGLISH_ONLY, SYSTEM_PROMPT, base_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 A completion is an answer token (`\\boxed{0}` ... `\\boxed{9}`), then EOS. Accuracy starts near
 0.06 (a random answer token) and climbs past 0.7 by step 200; `truncated_fraction` (rows
 without EOS) starts near 0.95 and falls to about 0.1 by step 200 once the policy has learnt to
-stop, which the second reward (`openrs_jax.toy:stop_reward`: the right answer and nothing
+stop, which the second reward (`openrs_jax.recipe.toy:stop_reward`: the right answer and nothing
 after it) teaches. (Seeds 0, 1 and 2: accuracy 0.81, 0.72, 0.79 and truncation 0.11, 0.16,
 0.09 over the last 20 steps.)
 
@@ -12,7 +12,7 @@ that ships with the package; `builtin:sums` is a toy dataset of 25 sums (a + b, 
 Override `model_path`, `tokenizer_path` or `dataset_name` with real paths to use your own.
 """
 
-from openrs_jax.config import base_config
+from openrs_jax.recipe.config import base_config
 
 
 def get_config():
@@ -22,7 +22,7 @@ def get_config():
     c.system_prompt = ""
     # accuracy: the answer is right; stop_reward: the right answer, then EOS. Stopping weighs
     # less: at 1.0 the policy learnt to stop well before it learnt the sums.
-    c.reward_funcs = ("accuracy", "openrs_jax.toy:stop_reward")
+    c.reward_funcs = ("accuracy", "openrs_jax.recipe.toy:stop_reward")
     c.reward_weights = (1.0, 0.5)
     c.reward_num_workers = 2
     c.num_generations = 8

@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 
 from openrs_jax.cli import exit_on_user_error
-from openrs_jax.model import load_params
-from openrs_jax.model.io import DEFAULT_SHARD_BYTES, write_hf_directory
-from openrs_jax.model_paths import MODEL_HELP
+from openrs_jax.core.model import load_params
+from openrs_jax.core.model.io import DEFAULT_SHARD_BYTES, write_hf_directory
+from openrs_jax.core.model_paths import MODEL_HELP
 
 
 def convert(
@@ -26,9 +26,9 @@ def convert(
     dtype: str = "bfloat16",
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
-    """Writes the parameters of `ckpt` (any model path `openrs_jax.model.sources` accepts) as a
+    """Writes the parameters of `ckpt` (any model path `openrs_jax.core.model.sources` accepts) as a
     HF directory, with the tokenizer files of `tokenizer` (default: those that go with `ckpt`)."""
-    from openrs_jax.model.sources import tokenizer_dir
+    from openrs_jax.core.model.sources import tokenizer_dir
 
     params, config = load_params(ckpt)
     return write_hf_directory(

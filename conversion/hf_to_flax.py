@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from openrs_jax.cli import exit_on_user_error
-from openrs_jax.model.io import load_hf_params, save_flax_checkpoint
+from openrs_jax.core.model.io import load_hf_params, save_flax_checkpoint
 
 
 def convert(hf_dir: str | Path, out: str | Path) -> Path:

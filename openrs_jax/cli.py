@@ -56,7 +56,7 @@ def exit_on_user_error(main: F) -> F:
 
 
 def add_slots_argument(p: argparse.ArgumentParser) -> None:
-    """`--slots`: rows in flight in the slot engine (`openrs_jax.engine`), shared by every
+    """`--slots`: rows in flight in the slot engine (`openrs_jax.core.engine`), shared by every
     command whose work is a queue of prompts (evaluate, curate difficulty)."""
     p.add_argument("--slots", type=int, default=None,
                    help="rows in flight in the slot engine (continuous batching, one device; default: as many "

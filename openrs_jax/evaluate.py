@@ -22,7 +22,7 @@ from openrs_jax.errors import UserError
 from openrs_jax.evaluation.runner import EvalSettings, format_table, run_completions_eval, run_model_eval
 from openrs_jax.evaluation.scoring import SCORING_MODES
 from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS
-from openrs_jax.model_paths import MODEL_HELP
+from openrs_jax.core.model_paths import MODEL_HELP
 
 # Prompt lengths are rounded up to this many tokens: the benchmarks' prompts (~100 to ~1,000
 # tokens) then compile only a few sampler programs.
@@ -73,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_generate(args: argparse.Namespace, tokenizer):  # -> (GenerateFn | StreamGenerate, stream)
     """Loads the model and the sampler (and the slot engine unless static batches are asked for
     or several devices are present); imported here so --completions never starts JAX."""
-    from openrs_jax import sharding
-    from openrs_jax.engine import decode_devices
+    from openrs_jax.core import sharding
+    from openrs_jax.core.engine import decode_devices
     from openrs_jax.evaluation import sampler_generate_fn
-    from openrs_jax.model import load_params
-    from openrs_jax.sampling import Sampler
-    from openrs_jax.tokenizer import stop_token_ids
+    from openrs_jax.core.model import load_params
+    from openrs_jax.core.sampling import Sampler
+    from openrs_jax.core.tokenizer import stop_token_ids
 
     params, config = load_params(args.model)
     config = config.replace(dtype=args.dtype)
@@ -93,9 +93,9 @@ def _model_generate(args: argparse.Namespace, tokenizer):  # -> (GenerateFn | St
             sampler, rollout, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_p=args.top_p, eos_ids=eos_ids, pad_id=tokenizer.pad_id,
         ), False
-    from openrs_jax.engine import Engine, stream_by_index
+    from openrs_jax.core.engine import Engine, stream_by_index
     from openrs_jax.evaluation.runner import Generation
-    from openrs_jax.sampling import SamplingParams
+    from openrs_jax.core.sampling import SamplingParams
 
     engine = Engine(sampler, slots=args.slots)
     weights = sampler.prepare(rollout)
@@ -113,7 +113,7 @@ def _model_generate(args: argparse.Namespace, tokenizer):  # -> (GenerateFn | St
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from openrs_jax.tokenizer import load_tokenizer
+    from openrs_jax.core.tokenizer import load_tokenizer
 
     settings = EvalSettings(
         num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer=tokenizer, progress=not args.no_progress,
         )
     else:
-        from openrs_jax import toy
-        from openrs_jax.model.sources import describe, tokenizer_dir
+        from openrs_jax.recipe import toy
+        from openrs_jax.core.model.sources import describe, tokenizer_dir
 
         toy.check_name(args.model, "--model", "model")
         toy.check_name(args.tokenizer or "", "--tokenizer", "model")

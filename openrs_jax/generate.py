@@ -3,7 +3,7 @@
 `python -m openrs_jax.generate --model PATH --prompts FILE.jsonl --out FILE.jsonl [options]`.
 
 Each input line is `{"prompt_ids": [...]}` (token ids, used as given) or `{"prompt": "text"}`
-(rendered by the project's prompt builder, `openrs_jax.prompts`: the tokenizer's chat template
+(rendered by the project's prompt builder, `openrs_jax.recipe.prompts`: the tokenizer's chat template
 with one user turn after an optional --system turn, tokenized without adding special tokens,
 since the template already holds BOS). Each output line is `{"index": i, "sample": g,
 "completion_ids": [...], "finished": bool}` plus `"text"` (decoded with skip_special_tokens)
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from openrs_jax.cli import exit_on_user_error
 from openrs_jax.errors import UserError
-from openrs_jax.model_paths import MODEL_HELP
+from openrs_jax.core.model_paths import MODEL_HELP
 
 log = logging.getLogger("openrs_jax.generate")
 
@@ -42,7 +42,7 @@ def model_defaults(model_path: str | Path) -> dict[str, Any]:
     generation_config.json takes precedence over config.json; pad falls back to the first EOS.
     A training checkpoint has only its model config (EOS and pad ids, no sampling defaults).
     """
-    from openrs_jax.model.sources import generation_files
+    from openrs_jax.core.model.sources import generation_files
 
     gen, config = generation_files(model_path)
     eos = _ids(gen.get("eos_token_id")) or _ids(config.get("eos_token_id"))
@@ -81,7 +81,7 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
 
 def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, where: str) -> list[int]:
     """Token ids of one prompt record (chat template for text prompts); tokenizer is an
-    `openrs_jax.tokenizer.Tokenizer` or None."""
+    `openrs_jax.core.tokenizer.Tokenizer` or None."""
     if "prompt_ids" in record:
         ids = record["prompt_ids"]
         if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
@@ -93,7 +93,7 @@ def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, wh
         raise UserError(f'{where}: "prompt" must be a string')
     if not tokenizer.has_chat_template:
         raise UserError(f"{where}: the tokenizer has no chat template to render text prompts; give prompt_ids")
-    from openrs_jax.prompts import render_prompt_ids
+    from openrs_jax.recipe.prompts import render_prompt_ids
 
     return render_prompt_ids(tokenizer, record["prompt"], system or None)
 
@@ -101,8 +101,8 @@ def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, wh
 def find_tokenizer(path: str | Path | None, model_path: str | Path) -> Any:
     """The tokenizer at `path`, else the one that goes with the model path (its own, or a
     training run's), else None."""
-    from openrs_jax.model.sources import tokenizer_dir
-    from openrs_jax.tokenizer import load_tokenizer
+    from openrs_jax.core.model.sources import tokenizer_dir
+    from openrs_jax.core.tokenizer import load_tokenizer
 
     directory = path or tokenizer_dir(model_path)
     return None if directory is None else load_tokenizer(directory)
@@ -140,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from openrs_jax.model import from_pretrained
-    from openrs_jax.sampling import Sampler, SamplingParams
+    from openrs_jax.core.model import from_pretrained
+    from openrs_jax.core.sampling import Sampler, SamplingParams
 
-    from openrs_jax import toy
+    from openrs_jax.recipe import toy
 
     toy.check_name(args.model, "--model", "model")
     toy.check_name(args.tokenizer or "", "--tokenizer", "model")

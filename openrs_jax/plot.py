@@ -10,7 +10,7 @@ from pathlib import Path
 
 from openrs_jax.cli import exit_on_user_error
 from openrs_jax.errors import UserError
-from openrs_jax.run_log import METRICS_FILE, read_metrics
+from openrs_jax.recipe.run_log import METRICS_FILE, read_metrics
 
 
 # Scorer counters logged under rewards/ that are not reward functions.

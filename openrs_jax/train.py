@@ -43,7 +43,7 @@ def parse_command(argv: list[str]) -> tuple[str | None, list[str], bool]:
 
 def show_config(path: str | None, overrides: list[str]) -> str:
     """Every key with its value in the config at `path` (the defaults without one) and meaning."""
-    from openrs_jax.config import apply_overrides, base_config, format_keys, load_config
+    from openrs_jax.recipe.config import apply_overrides, base_config, format_keys, load_config
 
     config = load_config(path, overrides) if path else apply_overrides(base_config(), overrides)
     return format_keys(config)
@@ -56,17 +56,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(show_config(path, overrides))
         return {}
     setup_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from openrs_jax.config import load_config
+    from openrs_jax.recipe.config import load_config
 
     config = load_config(path, overrides)
-    from openrs_jax import distributed
+    from openrs_jax.core import distributed
 
     # Before anything touches a device: JAX cannot join a job once its backend is up.
     distributed.maybe_initialize(
         config.coordinator_address, config.num_processes, config.process_id,
         heartbeat_timeout_s=config.heartbeat_timeout_s, init_timeout_s=config.init_timeout_s,
     )
-    from openrs_jax.trainer import GRPOTrainer
+    from openrs_jax.recipe.trainer import GRPOTrainer
 
     trainer = None
     try:

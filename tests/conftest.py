@@ -106,7 +106,7 @@ def small_random_qwen2(seed: int) -> tuple[Any, Any]:
     import numpy as np
     from flax import nnx
 
-    from openrs_jax.model import abstract_model, tiny_config
+    from openrs_jax.core.model import abstract_model, tiny_config
 
     config = tiny_config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)

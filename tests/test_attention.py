@@ -1,4 +1,4 @@
-"""Full-sequence attention over right-padded rows (openrs_jax.model.attention) against the
+"""Full-sequence attention over right-padded rows (openrs_jax.core.model.attention) against the
 model's plain masked attention, and the right-padded model against the left-padded one."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from openrs_jax.model import abstract_model, tiny_config
-from openrs_jax.model import attention as fused
-from openrs_jax.model.qwen2 import attention as plain_attention
+from openrs_jax.core.model import abstract_model, tiny_config
+from openrs_jax.core.model import attention as fused
+from openrs_jax.core.model.qwen2 import attention as plain_attention
 
 
 def test_choice_of_implementation():
@@ -91,7 +91,7 @@ def test_update_and_reference_lower_to_cudnn_flash_attention_for_h100(tmp_path):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from openrs_jax.bench.plan import load_target
-    from openrs_jax.grpo import completion_logprobs
+    from openrs_jax.core.grpo import completion_logprobs
 
     target = load_target("h100")
     devices = topologies.get_topology_desc("t", "cuda", topology="1x1x1", target_config=target.text).devices

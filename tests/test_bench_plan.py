@@ -190,7 +190,7 @@ def _tiny_config(tmp_path: Path) -> Path:
     config = tmp_path / "tiny_config.py"
     # bf16 like the real runs (the GPU compiler finds no Triton tiling for some fp32 gemms this small).
     config.write_text(
-        "from openrs_jax.config import base_config\n\n\n"
+        "from openrs_jax.recipe.config import base_config\n\n\n"
         "def get_config():\n"
         "    c = base_config()\n"
         "    c.prompts_per_step, c.num_generations, c.micro_batch_size = 2, 2, 2\n"

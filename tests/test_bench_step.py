@@ -14,7 +14,7 @@ import pytest
 
 from openrs_jax.bench import shapes, step
 from openrs_jax.errors import UserError
-from openrs_jax.model import Qwen2Config
+from openrs_jax.core.model import Qwen2Config
 from tests.conftest import REPO_ROOT
 
 EXP2 = str(REPO_ROOT / "configs" / "exp2.py")
@@ -47,7 +47,7 @@ def test_presets_give_the_recipe_model_and_small_shapes():
 
 def test_builtin_tiny_is_the_same_model_in_the_bench_as_everywhere():
     """One name, one model: `builtin:tiny` is the demo model train, generate and evaluate know."""
-    from openrs_jax.model import read_config
+    from openrs_jax.core.model import read_config
 
     model, random_weights = shapes.load_model("builtin:tiny")
     assert random_weights and model.config.vocab_size == read_config("builtin:tiny").vocab_size == 29
@@ -60,8 +60,8 @@ def test_builtin_tiny_is_the_same_model_in_the_bench_as_everywhere():
 
 
 def test_step_dataset_takes_builtins_and_never_tries_the_hub():
-    from openrs_jax import toy
-    from openrs_jax.tokenizer import load_tokenizer
+    from openrs_jax.recipe import toy
+    from openrs_jax.core.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer("builtin:tiny")
     rows = step._select_rows("builtin:sums", tokenizer, "", 3, 16)
@@ -124,8 +124,8 @@ def test_step_synthetic_engine_defaults_to_short_prompts():
 
 def test_step_trainer_default_fits_real_training_prompts():
     """The real training sample has 4 prompts within the default max_prompt_length (not within 64)."""
-    from openrs_jax.config import SYSTEM_PROMPT
-    from openrs_jax.tokenizer import load_tokenizer
+    from openrs_jax.recipe.config import SYSTEM_PROMPT
+    from openrs_jax.core.tokenizer import load_tokenizer
     from tests.conftest import shared_data
 
     dataset = shared_data("train", "deepscaler_sample.jsonl")

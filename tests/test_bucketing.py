@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from openrs_jax import sharding
-from openrs_jax.grpo import AGGREGATIONS, UpdateConfig, aggregation_weights, completion_logprobs, create_train_state, grpo_loss
-from openrs_jax.grpo.microbatch import MicroBatch, completion_extent, length_buckets, take_micro_batch
-from openrs_jax.grpo.update import BucketedTrainStep
+from openrs_jax.core import sharding
+from openrs_jax.core.grpo import AGGREGATIONS, UpdateConfig, aggregation_weights, completion_logprobs, create_train_state, grpo_loss
+from openrs_jax.core.grpo.microbatch import MicroBatch, completion_extent, length_buckets, take_micro_batch
+from openrs_jax.core.grpo.update import BucketedTrainStep
 from tests.conftest import small_random_qwen2
 
 G = 3
@@ -119,8 +119,8 @@ def test_trainer_step_is_the_same_with_and_without_bucketing(tmp_path):
     same first update; beta = 0 with two updates per rollout runs without a reference pass."""
     import json
 
-    from openrs_jax.config import load_config
-    from openrs_jax.trainer import GRPOTrainer
+    from openrs_jax.recipe.config import load_config
+    from openrs_jax.recipe.trainer import GRPOTrainer
     from tests.conftest import REPO_ROOT
 
     def first_step(name: str, *overrides: str) -> dict:

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from openrs_jax import toy
-from openrs_jax.config import load_config, validate
+from openrs_jax.recipe import toy
+from openrs_jax.recipe.config import load_config, validate
 from openrs_jax.errors import UserError
 from tests.conftest import REPO_ROOT
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from openrs_jax.config import load_config
+from openrs_jax.recipe.config import load_config
 from openrs_jax.errors import UserError
-from openrs_jax.trainer import GRPOTrainer
+from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -58,8 +58,8 @@ def test_step_folder_converts_to_the_trainers_export_at_that_step(run_dir, tmp_p
 
 def test_run_folder_means_its_latest_checkpoint(run_dir, tmp_path):
     from conversion.flax_to_hf import convert
-    from openrs_jax.model import load_params, read_config
-    from openrs_jax.model.sources import describe, find_training_checkpoint
+    from openrs_jax.core.model import load_params, read_config
+    from openrs_jax.core.model.sources import describe, find_training_checkpoint
 
     assert find_training_checkpoint(run_dir).step == 3
     assert describe(run_dir) == str((run_dir / "checkpoints" / "3").resolve())
@@ -105,7 +105,7 @@ def test_evaluate_accepts_the_run_folder(run_dir, tmp_path):
 
 
 def test_training_starts_from_a_checkpoint(run_dir, tmp_path):
-    from openrs_jax.checkpoint import read_step_params
+    from openrs_jax.recipe.checkpoint import read_step_params
 
     step2 = run_dir / "checkpoints" / "2"
     config = load_config(TINY, [f"output_dir={tmp_path / 'next'}", *FAST, f"model_path={step2}", "max_steps=1"])
@@ -133,7 +133,7 @@ def test_curate_difficulty_accepts_the_run_folder(run_dir, tmp_path):
 
 
 def test_folders_that_hold_no_model_are_named_in_the_error(tmp_path):
-    from openrs_jax.model import load_params
+    from openrs_jax.core.model import load_params
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="is not a model: give a Hugging Face model directory .*training run folder"):

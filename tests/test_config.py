@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from openrs_jax.config import ENGLISH_ONLY, SYSTEM_PROMPT, load_config, validate
+from openrs_jax.recipe.config import ENGLISH_ONLY, SYSTEM_PROMPT, load_config, validate
 from openrs_jax.errors import UserError
 from openrs_jax.train import parse_args
 from tests.conftest import REPO_ROOT

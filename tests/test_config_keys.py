@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from openrs_jax import config as config_module
-from openrs_jax.config import README_TABLE_END, README_TABLE_START, base_config, describe_keys, markdown_table
+from openrs_jax.recipe import config as config_module
+from openrs_jax.recipe.config import README_TABLE_END, README_TABLE_START, base_config, describe_keys, markdown_table
 from openrs_jax.train import main as train_main
 from tests.conftest import REPO_ROOT
 
@@ -33,7 +33,7 @@ def test_readme_key_table_is_generated_from_the_declarations():
     readme = (REPO_ROOT / "README.md").read_text()
     assert README_TABLE_START in readme and README_TABLE_END in readme
     table = readme.split(README_TABLE_START, 1)[1].split(README_TABLE_END, 1)[0].strip()
-    assert table == markdown_table(), "README's key table is stale: run python -m openrs_jax.config --write_readme"
+    assert table == markdown_table(), "README's key table is stale: run python -m openrs_jax.recipe.config --write_readme"
     for key in ("seed", "reward_num_workers", "log_completions", "tensorboard", "mesh"):
         assert f"| `{key}` |" in table
 

@@ -13,12 +13,12 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from conversion import flax_to_hf, hf_to_flax
-from openrs_jax.model import from_pretrained
+from openrs_jax.core.model import from_pretrained
 from tests.conftest import REPO_ROOT, make_hf_model
 
 
 def read_all_tensors(d):
-    from openrs_jax.model.io import read_hf_tensors
+    from openrs_jax.core.model.io import read_hf_tensors
 
     return read_hf_tensors(d)
 

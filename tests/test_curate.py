@@ -19,7 +19,7 @@ from openrs_jax.curation.dedup import dedup
 from openrs_jax.curation.format_filter import format_filter
 from openrs_jax.curation.mix import MixSource, mix, parse_source
 from openrs_jax.curation.text import NgramIndex, last_boxed, normalize, normalize_answer, words
-from openrs_jax.data import check_columns, load_rows
+from openrs_jax.recipe.data import check_columns, load_rows
 from openrs_jax.errors import UserError
 
 # Row ranges of the shared training file, by its `source` column.

@@ -9,10 +9,10 @@ import pytest
 
 from openrs_jax import curate
 from openrs_jax.curation.difficulty import PASS_RATES_FILE, Band, Problem, pass_rate_records, read_pass_rates
-from openrs_jax.data import load_rows
+from openrs_jax.recipe.data import load_rows
 from openrs_jax.errors import UserError
-from openrs_jax.rewards import get_reward_function
-from openrs_jax.toy import resolve
+from openrs_jax.recipe.rewards import get_reward_function
+from openrs_jax.recipe.toy import resolve
 
 
 def test_band_parsing():

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from openrs_jax import toy
-from openrs_jax.data import PromptOrder, build_dataset, load_rows
+from openrs_jax.recipe import toy
+from openrs_jax.recipe.data import PromptOrder, build_dataset, load_rows
 from openrs_jax.errors import UserError
-from openrs_jax.tokenizer import load_tokenizer
+from openrs_jax.core.tokenizer import load_tokenizer
 from tests.conftest import shared_data
 
 

@@ -10,7 +10,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from openrs_jax.model.decode_attention import DecodeAttention, kernel_splits, load_kernel, xla_decode_attention
+from openrs_jax.core.model.decode_attention import DecodeAttention, kernel_splits, load_kernel, xla_decode_attention
 
 pytestmark = pytest.mark.skipif(load_kernel() is None, reason="this jax has no Pallas decode-attention kernel")
 
@@ -96,7 +96,7 @@ def test_auto_choice_is_xla_on_cpu():
 
 
 from tests.test_sampling import MAX_NEW, eos_model, greedy, sampled  # noqa: E402,F401  (fixture)
-from openrs_jax.sampling import Sampler  # noqa: E402
+from openrs_jax.core.sampling import Sampler  # noqa: E402
 
 
 def test_sampler_with_the_kernel_equals_xla_and_transformers(eos_model):  # noqa: F811
@@ -149,7 +149,7 @@ def test_kernel_under_a_mesh_equals_one_device(eos_model):  # noqa: F811
 def test_fused_decode_weights_give_the_same_logits(eos_model):  # noqa: F811
     """DecodeWeights with q/k/v and gate/up concatenated and the RMSNorm weights folded into them
     (the GPU layout) reproduce the model's full forward pass, prefill and cached steps."""
-    from openrs_jax.model.qwen2 import KVCache, cached_hidden_states, decode_weights
+    from openrs_jax.core.model.qwen2 import KVCache, cached_hidden_states, decode_weights
 
     model = eos_model[2]
     weights = jax.jit(lambda m: decode_weights(m, fuse=True))(model)

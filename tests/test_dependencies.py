@@ -55,7 +55,7 @@ OPTIONAL_IMPORTS = {
     ("openrs_jax/bench/step.py", "run_trl", "torch"): "test",
     ("openrs_jax/bench/step.py", "_run_trl", "torch"): "test",
     ("openrs_jax/bench/step.py", "_run_trl", "trl"): "test",
-    ("openrs_jax/run_log.py", "_import_wandb", "wandb"): "wandb",  # only with report_to=("wandb",)
+    ("openrs_jax/recipe/run_log.py", "_import_wandb", "wandb"): "wandb",  # only with report_to=("wandb",)
 }
 
 

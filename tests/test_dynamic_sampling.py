@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openrs_jax.dynamic_sampling import Rollout, check_dynamic_sampling, fill_step, informative_groups
+from openrs_jax.recipe.dynamic_sampling import Rollout, check_dynamic_sampling, fill_step, informative_groups
 from openrs_jax.errors import UserError
-from openrs_jax.reference import check_ref_sync, mix_reference, sync_due
-from openrs_jax.rewards import score_batch
-from openrs_jax.rewards.batch import ScoreResult
-from openrs_jax.rewards.overlong import soft_overlong_reward
-from openrs_jax.run_log import RunLog, check_report_to, read_metrics
-from openrs_jax.sampling import SampleOutput
+from openrs_jax.recipe.reference import check_ref_sync, mix_reference, sync_due
+from openrs_jax.recipe.rewards import score_batch
+from openrs_jax.recipe.rewards.batch import ScoreResult
+from openrs_jax.recipe.rewards.overlong import soft_overlong_reward
+from openrs_jax.recipe.run_log import RunLog, check_report_to, read_metrics
+from openrs_jax.core.sampling import SampleOutput
 
 G, PAD = 3, 0
 
@@ -141,7 +141,7 @@ def test_soft_overlong_in_a_weighted_batch_uses_token_lengths():
 
 
 def test_config_validation_of_the_variants():
-    from openrs_jax.config import base_config, validate
+    from openrs_jax.recipe.config import base_config, validate
 
     def check(**values):
         c = base_config()
@@ -151,8 +151,8 @@ def test_config_validation_of_the_variants():
 
     check(scale_rewards="batch", dynamic_sampling=True, policy_loss="cispo", epsilon_low=1.0)
     check(scale_rewards=False)
-    from openrs_jax.config import apply_overrides
-    from openrs_jax.grpo.advantages import reward_scaling
+    from openrs_jax.recipe.config import apply_overrides
+    from openrs_jax.core.grpo.advantages import reward_scaling
 
     for text, want in [("False", "none"), ("true", "group"), ("batch", "batch")]:
         c = apply_overrides(base_config(), [f"scale_rewards={text}"])

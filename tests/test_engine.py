@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openrs_jax.engine import Engine, Request, generate_all
+from openrs_jax.core.engine import Engine, Request, generate_all
 from openrs_jax.errors import UserError
-from openrs_jax.model import init_model, params_of, tiny_config
-from openrs_jax.sampling import Sampler, SamplingParams
+from openrs_jax.core.model import init_model, params_of, tiny_config
+from openrs_jax.core.sampling import Sampler, SamplingParams
 from tests.test_paper_exact import bos_tokenizer_dir  # noqa: F401  (fixture)
 
 EOS, PAD = 2, 0
@@ -127,8 +127,8 @@ def test_curate_difficulty_with_slots_resumes_to_the_same_rates(tmp_path):
 
     from openrs_jax import curate
     from openrs_jax.curation.difficulty import PASS_RATES_FILE, read_pass_rates
-    from openrs_jax.data import load_rows
-    from openrs_jax.toy import resolve
+    from openrs_jax.recipe.data import load_rows
+    from openrs_jax.recipe.toy import resolve
 
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(resolve("builtin:sums"))[:5]))
@@ -169,8 +169,8 @@ def test_stream_path_saves_each_sample_and_applies_the_cap(tmp_path, bos_tokeniz
     the vLLM-style cap (prompt + completion <= max_model_length + 1) applies as in batches."""
     from openrs_jax.evaluation.runner import EvalSettings, Generation, TaskRun, generate_task
     from openrs_jax.evaluation.tasks import Problem, get_task
-    from openrs_jax.prompts import eval_user_prompt, render_prompt
-    from openrs_jax.tokenizer import load_tokenizer
+    from openrs_jax.recipe.prompts import eval_user_prompt, render_prompt
+    from openrs_jax.core.tokenizer import load_tokenizer
 
     tok = load_tokenizer(bos_tokenizer_dir)
     problems = [Problem(index=i, problem="1+" * 3 * i + "1=", gold=str(i + 1)) for i in range(3)]

@@ -30,7 +30,7 @@ def model_dir(tmp_path_factory):
 
 def test_tiny_model_end_to_end_and_resume(model_dir, tmp_path, monkeypatch, capsys):
     from openrs_jax.evaluate import main
-    from openrs_jax.sampling import Sampler
+    from openrs_jax.core.sampling import Sampler
 
     calls = []
     generate = Sampler.generate

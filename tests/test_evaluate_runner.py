@@ -21,8 +21,8 @@ from openrs_jax.evaluate import main as evaluate_main
 from openrs_jax.evaluation import EvalSettings, Generation, flat_metrics, format_table, pass_at_1
 from openrs_jax.evaluation.runner import run_completions_eval, run_model_eval
 from openrs_jax.evaluation.tasks import load_task, parse_task_names
-from openrs_jax.prompts import EVAL_INSTRUCTION
-from openrs_jax.tokenizer import Tokenizer, load_tokenizer
+from openrs_jax.recipe.prompts import EVAL_INSTRUCTION
+from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer
 
 BYTE_SPECIALS = ("<pad>", "<bos>", "<eos>")
 BYTE_ADDED = ("<|User|>", "<|Assistant|>", "<think>", "</think>")

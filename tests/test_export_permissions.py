@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from openrs_jax.model import init_model, params_of, tiny_config, write_hf_directory
+from openrs_jax.core.model import init_model, params_of, tiny_config, write_hf_directory
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["umask022", "umask077", "umask002"])

@@ -77,7 +77,7 @@ def test_prompt_ids_greedy_matches_transformers(hf_model_dir, tmp_path, capsys):
 def test_text_prompts_are_rendered_with_the_chat_template(tmp_path):
     model_dir = make_hf_model(tmp_path / "m")
     save_word_tokenizer(model_dir)  # found there without --tokenizer
-    from openrs_jax.tokenizer import load_tokenizer
+    from openrs_jax.core.tokenizer import load_tokenizer
 
     vocab = {t: i for i, t in enumerate(SPECIAL + WORDS)}
     ids = encode_prompt({"prompt": "w5 w7"}, load_tokenizer(model_dir), "w1", "line 1")

@@ -13,9 +13,9 @@ import optax
 import pytest
 from flax import nnx
 
-from openrs_jax import optim, sharding
+from openrs_jax.core import optim, sharding
 from openrs_jax.errors import UserError
-from openrs_jax.grpo import (
+from openrs_jax.core.grpo import (
     AGGREGATIONS,
     UpdateConfig,
     aggregation_weights,
@@ -26,7 +26,7 @@ from openrs_jax.grpo import (
     reward_std,
     token_logprobs,
 )
-from openrs_jax.model import tiny_config
+from openrs_jax.core.model import tiny_config
 from tests.conftest import small_random_qwen2
 
 G = 4
@@ -214,7 +214,7 @@ def direct_logprobs(model, ids, attn, start, temperature=1.0):
 
 @pytest.mark.parametrize("chunk,temperature,micro", [(4, 1.0, None), (64, 0.7, 2)])
 def test_chunked_logprobs_equal_direct_log_softmax(tiny, chunk, temperature, micro):
-    from openrs_jax.grpo import completion_logprobs
+    from openrs_jax.core.grpo import completion_logprobs
 
     model, graphdef, params = tiny
     ids, attn, _ = tiny_batch()
@@ -233,7 +233,7 @@ def test_chunked_logprobs_equal_direct_log_softmax(tiny, chunk, temperature, mic
 
 def test_chunked_logprob_gradient_equals_direct(tiny):
     """Through the rematerialised chunk loop, parameter gradients match the plain computation."""
-    from openrs_jax.grpo import completion_logprobs
+    from openrs_jax.core.grpo import completion_logprobs
 
     _, graphdef, params = tiny
     ids, attn, completion = tiny_batch(seed=5)
@@ -389,7 +389,7 @@ def test_optimizer_is_clipped_adamw():
 
 
 def test_update_config_from_run_config():
-    from openrs_jax.config import base_config
+    from openrs_jax.recipe.config import base_config
 
     c = base_config()
     config = UpdateConfig.from_config(c)
@@ -414,7 +414,7 @@ def test_memory_plan_on_a_tiny_model(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps(config.to_hf_dict()))
     (tmp_path / "run.py").write_text(
-        "from openrs_jax.config import base_config\n\n"
+        "from openrs_jax.recipe.config import base_config\n\n"
         "def get_config():\n"
         "    c = base_config()\n"
         "    c.prompts_per_step, c.num_generations, c.micro_batch_size = 4, 2, 4\n"

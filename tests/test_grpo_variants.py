@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from openrs_jax.errors import UserError
-from openrs_jax.grpo import UpdateConfig, group_advantages, grpo_loss
-from openrs_jax.grpo.advantages import reward_scaling
-from openrs_jax.grpo.entropy import high_entropy_mask
-from openrs_jax.grpo.loss import check_loss_options, truncation_mask
+from openrs_jax.core.grpo import UpdateConfig, group_advantages, grpo_loss
+from openrs_jax.core.grpo.advantages import reward_scaling
+from openrs_jax.core.grpo.entropy import high_entropy_mask
+from openrs_jax.core.grpo.loss import check_loss_options, truncation_mask
 from tests.test_grpo import G, direct_logprobs, run_update, tiny, update_batch  # noqa: F401 (fixture)
 
 ROWS, T = 12, 7  # three groups of four
@@ -334,7 +334,7 @@ def np_todays_loss(logp, old, ref, adv, mask, *, g, beta, eps_low, eps_high, max
 @pytest.mark.parametrize("config_file", ["base", "exp1.py", "exp2.py", "exp3.py"])
 @pytest.mark.parametrize("with_old", [True, False])
 def test_recipe_configs_compute_todays_loss_and_gradient(config_file, with_old):
-    from openrs_jax.config import base_config, load_config
+    from openrs_jax.recipe.config import base_config, load_config
     from tests.conftest import REPO_ROOT
 
     c = base_config() if config_file == "base" else load_config(REPO_ROOT / "configs" / config_file)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from openrs_jax.errors import UserError
-from openrs_jax.model import KVCache, Qwen2Config, from_pretrained
+from openrs_jax.core.model import KVCache, Qwen2Config, from_pretrained
 from tests.conftest import make_hf_model, real_model_config
 
 TOL = 1e-4

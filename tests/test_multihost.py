@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from openrs_jax.config import load_config
-from openrs_jax.trainer import GRPOTrainer
+from openrs_jax.recipe.config import load_config
+from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -123,7 +123,7 @@ def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
 
 
 def test_incomplete_settings_are_named(monkeypatch):
-    from openrs_jax import distributed
+    from openrs_jax.core import distributed
     from openrs_jax.errors import UserError
 
     for name in (distributed.ENV_ADDRESS, distributed.ENV_NUM, distributed.ENV_ID, "SLURM_STEP_NUM_TASKS"):

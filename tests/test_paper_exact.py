@@ -15,15 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openrs_jax import toy
-from openrs_jax.data import build_dataset, load_rows
+from openrs_jax.recipe import toy
+from openrs_jax.recipe.data import build_dataset, load_rows
 from openrs_jax.evaluation.runner import EvalSettings, Generation, TaskRun, cap_generation, generate_task
 from openrs_jax.evaluation.tasks import Problem, get_task
-from openrs_jax.grpo.loss import aggregation_weights, grpo_loss, token_mean_weights
-from openrs_jax.prompts import eval_user_prompt, render_prompt
-from openrs_jax.rewards import RewardScorer
-from openrs_jax.rewards.batch import RewardSet, normalize_config
-from openrs_jax.tokenizer import load_tokenizer
+from openrs_jax.core.grpo.loss import aggregation_weights, grpo_loss, token_mean_weights
+from openrs_jax.recipe.prompts import eval_user_prompt, render_prompt
+from openrs_jax.recipe.rewards import RewardScorer
+from openrs_jax.recipe.rewards.batch import RewardSet, normalize_config
+from openrs_jax.core.tokenizer import load_tokenizer
 from tests.conftest import REPO_ROOT, shared_data
 
 BOS = 1  # the tiny tokenizer's <bos>
@@ -93,9 +93,9 @@ def test_real_tokenizer_puts_two_bos_before_the_user_turn():
 
 
 def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tmp_path, bos_tokenizer_dir):
-    from openrs_jax.config import load_config
-    from openrs_jax.data import TrlPromptOrder
-    from openrs_jax.trainer import GRPOTrainer
+    from openrs_jax.recipe.config import load_config
+    from openrs_jax.recipe.data import TrlPromptOrder
+    from openrs_jax.recipe.trainer import GRPOTrainer
 
     config = load_config(REPO_ROOT / "configs" / "tiny.py", [
         f"output_dir={tmp_path / 'run'}", f"tokenizer_path={bos_tokenizer_dir}", "reward_num_workers=0",
@@ -131,9 +131,9 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
 
 
 def test_trl_order_refuses_a_filtered_dataset(tmp_path, bos_tokenizer_dir):
-    from openrs_jax.config import load_config
+    from openrs_jax.recipe.config import load_config
     from openrs_jax.errors import UserError
-    from openrs_jax.trainer import GRPOTrainer
+    from openrs_jax.recipe.trainer import GRPOTrainer
 
     rows = sums_rows() + [{"problem": "1+1=" * 20, "answer": "2"}]  # one over-long prompt
     data = tmp_path / "data.jsonl"
@@ -180,7 +180,7 @@ def test_row_mean_kl_matches_trl_and_adds_up_over_micro_batches():
 
 
 def test_trl_named_metrics():
-    from openrs_jax.trainer import trl_named
+    from openrs_jax.recipe.trainer import trl_named
 
     named = trl_named({"kl": 0.1, "kl/row_mean": 0.2, "learning_rate": 1e-6, "loss": 0.5}, 9e-7)
     assert named == {"kl": 0.2, "kl/token_mean": 0.1, "learning_rate": 9e-7, "learning_rate/used": 1e-6, "loss": 0.5}
@@ -258,8 +258,8 @@ def test_generate_task_applies_bos_and_cap(bos_tokenizer_dir):
 
 
 def test_rollout_cap_cuts_completions_of_long_prompts():
-    from openrs_jax.sampling import SampleOutput
-    from openrs_jax.trainer import cap_completions
+    from openrs_jax.core.sampling import SampleOutput
+    from openrs_jax.recipe.trainer import cap_completions
 
     ids = np.array([[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [5, 2, 0, 0, 0]], np.int32)
     lengths = np.array([3, 5, 2], np.int32)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import shared_data
-from openrs_jax import prompts
-from openrs_jax.tokenizer import load_tokenizer
+from openrs_jax.recipe import prompts
+from openrs_jax.core.tokenizer import load_tokenizer
 
 # Typed from docs/recipe.md sections Prompts and Evaluation, independently of the module under test.
 EXP3 = (

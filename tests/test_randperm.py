@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from openrs_jax.data import TorchGenerator, TrlPromptOrder, make_prompt_order, torch_randperm
+from openrs_jax.recipe.data import TorchGenerator, TrlPromptOrder, make_prompt_order, torch_randperm
 from openrs_jax.errors import UserError
 
 torch = pytest.importorskip("torch")  # the reference only; the project itself never imports torch

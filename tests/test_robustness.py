@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from openrs_jax.config import load_config
+from openrs_jax.recipe.config import load_config
 from openrs_jax.errors import UserError
-from openrs_jax.trainer import GRPOTrainer
+from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT, make_hf_model
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -80,7 +80,7 @@ def test_no_space_left_on_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
 @pytest.fixture
 def real_dirs(tmp_path):
     """A tiny HF model directory with the built-in tokenizer, and a small dataset file."""
-    from openrs_jax import toy
+    from openrs_jax.recipe import toy
 
     model = make_hf_model(tmp_path / "model", vocab_size=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     for name in ("tokenizer.json", "tokenizer_config.json"):

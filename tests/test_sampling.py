@@ -15,10 +15,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from scipy import stats
 
 from tests.conftest import make_hf_model
-from openrs_jax import sampling
+from openrs_jax.core import sampling
 from openrs_jax.errors import UserError
-from openrs_jax.model import from_pretrained, params_of
-from openrs_jax.sampling import (
+from openrs_jax.core.model import from_pretrained, params_of
+from openrs_jax.core.sampling import (
     Sampler,
     SamplingParams,
     first_argmax,
@@ -228,7 +228,7 @@ def test_samples_differ_within_a_group_and_repeat_with_the_seed(eos_model, sampl
 def test_programs_are_reused_and_logged(eos_model, caplog):
     _, _, model, prompts, _ = eos_model
     sampler = Sampler(model.config, prompt_bucket=16)
-    with caplog.at_level(logging.DEBUG, logger="openrs_jax.sampling"):
+    with caplog.at_level(logging.DEBUG, logger="openrs_jax.core.sampling"):
         sampler.generate(model, prompts[:2], 2, greedy(4), 0)
         assert sampler.num_compilations == 2
         # Other prompts of lengths in the same bucket, other seed, other params: no new program.

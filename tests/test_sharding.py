@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from openrs_jax import sharding
+from openrs_jax.core import sharding
 from openrs_jax.errors import UserError
-from openrs_jax.grpo import UpdateConfig, abstract_train_state
-from openrs_jax.model import Qwen2Config, abstract_model, tiny_config
+from openrs_jax.core.grpo import UpdateConfig, abstract_train_state
+from openrs_jax.core.model import Qwen2Config, abstract_model, tiny_config
 
 
 def test_make_mesh_sizes_and_errors():

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import shared_data
 from openrs_jax.errors import UserError
-from openrs_jax.tokenizer import load_tokenizer
+from openrs_jax.core.tokenizer import load_tokenizer
 
 TOKENIZER = ("tokenizer", "deepseek-r1-distill-qwen")
 BOS, EOS, THINK, END_THINK = 151646, 151643, 151648, 151649

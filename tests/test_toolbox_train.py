@@ -8,8 +8,8 @@ import importlib.util
 import jax
 import numpy as np
 
-from openrs_jax.config import load_config
-from openrs_jax.trainer import GRPOTrainer
+from openrs_jax.recipe.config import load_config
+from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 from tests.test_train import FAST, TINY, final_params, read_metrics
 

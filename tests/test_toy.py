@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from openrs_jax import toy
-from openrs_jax.config import load_config, validate
-from openrs_jax.rewards.registry import get_reward_function
-from openrs_jax.tokenizer import load_tokenizer
+from openrs_jax.recipe import toy
+from openrs_jax.recipe.config import load_config, validate
+from openrs_jax.recipe.rewards.registry import get_reward_function
+from openrs_jax.core.tokenizer import load_tokenizer
 from tests.conftest import REPO_ROOT
 
-GOLD = "$\\boxed{3}$"  # as openrs_jax.rewards.gold makes it from the answer "3"
+GOLD = "$\\boxed{3}$"  # as openrs_jax.recipe.rewards.gold makes it from the answer "3"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_stop_reward_pays_only_the_right_answer_followed_by_eos(tok):
     }
     texts = [_decoded(tok, list(c)) for c in completions]
     assert toy.stop_reward(texts, [GOLD] * len(texts)) == list(completions.values())
-    assert get_reward_function("openrs_jax.toy:stop_reward")(texts, [GOLD] * len(texts)) == list(completions.values())
+    assert get_reward_function("openrs_jax.recipe.toy:stop_reward")(texts, [GOLD] * len(texts)) == list(completions.values())
 
 
 def test_only_eos_is_skipped_when_decoding(tok):
@@ -55,7 +55,7 @@ def test_only_eos_is_skipped_when_decoding(tok):
 def test_tiny_config_rewards_stopping():
     config = load_config(REPO_ROOT / "configs" / "tiny.py")
     validate(config)
-    assert "openrs_jax.toy:stop_reward" in config.reward_funcs
+    assert "openrs_jax.recipe.toy:stop_reward" in config.reward_funcs
     assert config.max_completion_length == 2  # the answer token, then EOS
 
 
@@ -63,4 +63,4 @@ def test_shipped_assets_are_what_write_assets_writes(tmp_path):
     toy.write_assets(tmp_path)
     for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
         shipped = toy.ASSETS / path.relative_to(tmp_path)
-        assert path.read_text() == shipped.read_text(), f"{shipped} is stale: run python -m openrs_jax.toy"
+        assert path.read_text() == shipped.read_text(), f"{shipped} is stale: run python -m openrs_jax.recipe.toy"

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from openrs_jax.config import load_config
+from openrs_jax.recipe.config import load_config
 from openrs_jax.errors import UserError
-from openrs_jax.trainer import GRPOTrainer
+from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT, make_hf_model
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -92,7 +92,7 @@ def test_four_devices_match_one(tmp_path):
 
 def test_model_and_dataset_paths_override_the_builtins(tmp_path):
     """A real HF directory and a JSONL file go through the same loading and checks."""
-    from openrs_jax import toy
+    from openrs_jax.recipe import toy
 
     model_dir = make_hf_model(tmp_path / "hf", vocab_size=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -130,7 +130,7 @@ def test_tiny_config_learns(tmp_path, seed):
 @pytest.mark.slow
 def test_tiny_config_learns_to_stop(tmp_path):
     """The shipped demo config, run whole, also learns to end its completions after the answer
-    (openrs_jax.toy.stop_reward): rows without EOS stayed at 0.9-0.98 with the accuracy reward
+    (openrs_jax.recipe.toy.stop_reward): rows without EOS stayed at 0.9-0.98 with the accuracy reward
     alone; here about 0.95 -> 0.1 over the 200 steps while the accuracy rises 0.06 -> 0.8."""
     run(tmp_path, "run", "save_steps=200", "log_completions=0")
     metrics = read_metrics(tmp_path / "run")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from openrs_jax.config import load_config
+from openrs_jax.recipe.config import load_config
 from openrs_jax.errors import UserError
-from openrs_jax.trainer import GRPOTrainer
+from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -30,7 +30,7 @@ def tiny(out: Path, *overrides: str) -> GRPOTrainer:
 
 
 SCRIPT = """
-from openrs_jax.rewards import RewardScorer
+from openrs_jax.recipe.rewards import RewardScorer
 
 {indent}scorer = RewardScorer(["accuracy"], num_workers=2, timeout_s=30)
 {indent}result = scorer.score(["\\\\boxed{{2}}", "\\\\boxed{{3}}"], ["$2$", "$2$"], num_generations=2)

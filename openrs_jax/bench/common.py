@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from openrs_jax.errors import UserError
-from openrs_jax.model import Qwen2Config, Qwen2ForCausalLM, from_pretrained, init_model, params_of
-from openrs_jax.model.io import is_flax_checkpoint, is_hf_directory
+from openrs_jax.core.model import Qwen2Config, Qwen2ForCausalLM, from_pretrained, init_model, params_of
+from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
 
 DTYPES = ("float32", "bfloat16")
 
@@ -62,7 +62,7 @@ def torch_twin(model: Qwen2ForCausalLM, dtype: str | None = None) -> Any:
     import torch
     import transformers
 
-    from openrs_jax.model.params import params_to_hf
+    from openrs_jax.core.model.params import params_to_hf
 
     config = model.config
     torch_dtype = getattr(torch, dtype or config.param_dtype)

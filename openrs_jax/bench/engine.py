@@ -22,8 +22,8 @@ import numpy as np
 
 from openrs_jax.bench import shapes
 from openrs_jax.bench.common import describe_model
-from openrs_jax.engine import MEMORY_FRACTION, Engine, Request
-from openrs_jax.sampling import Sampler, SamplingParams
+from openrs_jax.core.engine import MEMORY_FRACTION, Engine, Request
+from openrs_jax.core.sampling import Sampler, SamplingParams
 
 GPU_MEMORY = {"h100_80gb": 80 * 10**9, "a40_48gb": 48 * 10**9}
 
@@ -58,7 +58,7 @@ def skewed_lengths(rows: int, cap: int, long_fraction: float, short_max: int, rn
 
 
 def _slot_plan(plan_prompt_len: int, plan_tokens: int) -> dict[str, Any]:
-    from openrs_jax.model import abstract_model
+    from openrs_jax.core.model import abstract_model
     from openrs_jax.bench.shapes import preset_config
 
     config = preset_config("preset:1.5b", dtype="bfloat16", param_dtype="bfloat16")
@@ -80,7 +80,7 @@ def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int)
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from openrs_jax import sharding
+    from openrs_jax.core import sharding
     from openrs_jax.bench.plan import compile_only_devices, load_target
     from openrs_jax.bench.shapes import preset_config
     from openrs_jax.errors import UserError
@@ -111,7 +111,7 @@ def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int)
 
 
 def abstract_model_of(config: Any) -> Any:
-    from openrs_jax.model import abstract_model
+    from openrs_jax.core.model import abstract_model
 
     return abstract_model(config)
 

@@ -13,7 +13,7 @@ A program's peak is arguments + outputs + temporaries - aliased (donated) bytes.
 estimate adds what stays resident meanwhile: the train state during rollouts and reference
 passes, the frozen reference copy throughout.
 
-The rollout figure is the larger peak of the sampler's two programs (`openrs_jax.sampling`:
+The rollout figure is the larger peak of the sampler's two programs (`openrs_jax.core.sampling`:
 prefill of the distinct prompts, then the decode loop over a KV cache of prompt +
 completion slots for every row), lowered at the config's shapes with the bf16 rollout copy of
 the parameters in its rollout placement. Where the sampler is not installed, a stand-in
@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from openrs_jax import sharding
+from openrs_jax.core import sharding
 from openrs_jax.errors import UserError
-from openrs_jax.grpo import UpdateConfig, abstract_train_state, make_train_step, token_logprobs
-from openrs_jax.model import KVCache, Qwen2Config, abstract_model
+from openrs_jax.core.grpo import UpdateConfig, abstract_train_state, make_train_step, token_logprobs
+from openrs_jax.core.model import KVCache, Qwen2Config, abstract_model
 
 GB = 1e9
 
@@ -134,7 +134,7 @@ def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sha
     """Prefill + greedy decode loop over a KV cache of prompt_len + new_tokens slots (a function
     that lowers it, by name).
 
-    Stands in for the sampler's programs where `openrs_jax.sampling` is not available.
+    Stands in for the sampler's programs where `openrs_jax.core.sampling` is not available.
     """
 
     def rollout(params: Any, prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:
@@ -172,7 +172,7 @@ def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
     The decode function's `tokens_per_iteration` says how many tokens one iteration of its
     token loop generates (the sampler's `check_every`).
     """
-    from openrs_jax.sampling import Sampler, SamplingParams
+    from openrs_jax.core.sampling import Sampler, SamplingParams
 
     # The trainer's prompt bucket, so that the longest prompt keeps its length.
     bucket = min(64, -(-cfg.max_prompt_length // 8) * 8)
@@ -284,9 +284,9 @@ def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
                 "the train state's fp32 parameters cast to the rollout copy")
     try:
         rollout = _sampler_rollout(setup.model_config, mesh, setup.rollout_params, cfg)
-        description = "sampler (openrs_jax.sampling)"
+        description = "sampler (openrs_jax.core.sampling)"
     except ImportError:
-        print("openrs_jax.sampling not found: measuring a stand-in prefill + decode loop", file=sys.stderr)
+        print("openrs_jax.core.sampling not found: measuring a stand-in prefill + decode loop", file=sys.stderr)
         rollout = _fallback_rollout(setup.graphdef, setup.model_config, mesh, setup.rollout_params, setup.rows,
                                     prompt_len, setup.new_tokens)
         description = "stand-in prefill + greedy decode loop (no sampler available)"

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import jax
 
-from openrs_jax import sharding
+from openrs_jax.core import sharding
 from openrs_jax.bench import hlo_cost, memory
 from openrs_jax.errors import UserError
 

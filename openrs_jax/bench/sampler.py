@@ -35,7 +35,7 @@ from openrs_jax.bench.common import (
     DTYPES, copy_bandwidth, decode_bytes_per_step, describe_model, device_memory, time_calls, torch_twin,
 )
 from openrs_jax.errors import UserError
-from openrs_jax.sampling import Sampler, SamplingParams
+from openrs_jax.core.sampling import Sampler, SamplingParams
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from openrs_jax import toy
+from openrs_jax.recipe import toy
 from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.bench")
@@ -81,7 +81,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 def preset_config(spec: str, **runtime: Any) -> Any:
     """The Qwen2Config of `preset:NAME[,key=value,...]` (runtime: dtype, param_dtype, remat)."""
-    from openrs_jax.model import Qwen2Config
+    from openrs_jax.core.model import Qwen2Config
 
     name, *overrides = spec[len(PRESET_PREFIX):].split(",")
     name = PRESET_ALIASES.get(name.strip(), name.strip())
@@ -105,7 +105,7 @@ def preset_config(spec: str, **runtime: Any) -> Any:
 
 def model_config(spec: str | Path, **runtime: Any) -> Any:
     """The Qwen2Config of a model spec (preset, directory or config.json), reading no weights."""
-    from openrs_jax.model import Qwen2Config
+    from openrs_jax.core.model import Qwen2Config
 
     if is_preset(spec):
         return preset_config(str(spec), **runtime)
@@ -124,7 +124,7 @@ def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple
     `common.load_bench_model`.
     """
     from openrs_jax.bench.common import DTYPES, load_bench_model
-    from openrs_jax.model import init_model
+    from openrs_jax.core.model import init_model
 
     if is_preset(spec):
         if dtype not in DTYPES:
@@ -140,7 +140,7 @@ def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple
 
 
 class _ConfigDict(dict):
-    """The part of `ml_collections.ConfigDict` that openrs_jax.config and configs/*.py use:
+    """The part of `ml_collections.ConfigDict` that openrs_jax.recipe.config and configs/*.py use:
     attribute access, nested dicts, lock()/unlocked(), to_dict()."""
 
     def __init__(self, initial: Mapping[str, Any] | None = None, **kwargs: Any):
@@ -221,9 +221,9 @@ def _ensure_ml_collections() -> bool:
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    """`openrs_jax.config.load_config(path, overrides)`, also where ml_collections is absent."""
+    """`openrs_jax.recipe.config.load_config(path, overrides)`, also where ml_collections is absent."""
     _ensure_ml_collections()
-    from openrs_jax.config import load_config
+    from openrs_jax.recipe.config import load_config
 
     return load_config(path, overrides)
 

@@ -262,7 +262,7 @@ def _make_mesh(spec: str) -> Any:
 
     import jax
 
-    from openrs_jax import sharding
+    from openrs_jax.core import sharding
 
     sizes = sharding.parse_mesh_spec(spec)
     devices = jax.devices()
@@ -277,11 +277,11 @@ def run_synthetic(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from openrs_jax import sharding
+    from openrs_jax.core import sharding
     from openrs_jax.bench.common import describe_model
-    from openrs_jax.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step, token_logprobs
-    from openrs_jax.model import abstract_model, params_of
-    from openrs_jax.sampling import Sampler, SamplingParams
+    from openrs_jax.core.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step, token_logprobs
+    from openrs_jax.core.model import abstract_model, params_of
+    from openrs_jax.core.sampling import Sampler, SamplingParams
 
     p, g, n = args.prompts_per_step, args.num_generations, args.max_new_tokens
     rows = p * g
@@ -360,9 +360,9 @@ def run_synthetic(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
 
 def _select_rows(dataset: str, tokenizer: Any, system_prompt: str, count: int, max_prompt_length: int) -> list[dict]:
     """The first `count` rows whose rendered prompt fits `max_prompt_length` tokens."""
-    from openrs_jax import toy
-    from openrs_jax.data import check_columns, load_rows
-    from openrs_jax.prompts import render_prompt_ids
+    from openrs_jax.recipe import toy
+    from openrs_jax.recipe.data import check_columns, load_rows
+    from openrs_jax.recipe.prompts import render_prompt_ids
 
     # A local file or a built-in dataset: the bench never waits on the Hub.
     path = Path(toy.resolve(toy.check_name(dataset, "--dataset", "dataset"))).expanduser()
@@ -382,8 +382,8 @@ def _select_rows(dataset: str, tokenizer: Any, system_prompt: str, count: int, m
 
 def _hf_directory(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
     """A Hugging Face directory with weights for the model spec (random weights written if needed)."""
-    from openrs_jax.model import params_of, write_hf_directory
-    from openrs_jax.model.io import is_hf_directory
+    from openrs_jax.core.model import params_of, write_hf_directory
+    from openrs_jax.core.model.io import is_hf_directory
 
     if not shapes.is_preset(args.model) and is_hf_directory(Path(args.model).expanduser()):
         return str(Path(args.model).expanduser()), False
@@ -399,7 +399,7 @@ def default_prompt_len(engine: str) -> int:
     if engine != "trainer":
         return SYNTHETIC_PROMPT_LEN
     shapes._ensure_ml_collections()
-    from openrs_jax.config import base_config
+    from openrs_jax.recipe.config import base_config
 
     return int(base_config().max_prompt_length)
 
@@ -410,12 +410,12 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
         raise UserError("the trainer engine needs ml_collections (pip install ml-collections); "
                         "without it use the synthetic engine (no --dataset)")
     from openrs_jax.bench.common import describe_model
-    from openrs_jax.config import SYSTEM_PROMPT, base_config
-    from openrs_jax.tokenizer import load_tokenizer
-    from openrs_jax.trainer import GRPOTrainer
+    from openrs_jax.recipe.config import SYSTEM_PROMPT, base_config
+    from openrs_jax.core.tokenizer import load_tokenizer
+    from openrs_jax.recipe.trainer import GRPOTrainer
 
     hf_dir, random_weights = _hf_directory(args, workdir)
-    from openrs_jax import toy
+    from openrs_jax.recipe import toy
 
     # builtin:tiny ships its tokenizer; the random weights written to hf_dir have none.
     tokenizer_dir = toy.resolve(toy.check_name(args.tokenizer, "--tokenizer", "model")) if args.tokenizer else (
@@ -520,7 +520,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
 
 def _trl_reward(name: str) -> Callable[..., list[float]]:
     """One of our reward functions with TRL's calling convention (in-process, as TRL runs them)."""
-    from openrs_jax.rewards import get_reward_function
+    from openrs_jax.recipe.rewards import get_reward_function
 
     fn = get_reward_function(name)
 
@@ -567,9 +567,9 @@ def _run_trl(
     import trl
     from transformers import AutoTokenizer, TrainerCallback
 
-    from openrs_jax.prompts import build_messages, render_prompt_ids
-    from openrs_jax.rewards import gold_from_row
-    from openrs_jax.tokenizer import load_tokenizer
+    from openrs_jax.recipe.prompts import build_messages, render_prompt_ids
+    from openrs_jax.recipe.rewards import gold_from_row
+    from openrs_jax.core.tokenizer import load_tokenizer
 
     rows, system_prompt = ours["_rows"], ours["_system_prompt"]
     g, p, n = args.num_generations, args.prompts_per_step, args.max_new_tokens

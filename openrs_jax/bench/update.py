@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from openrs_jax import sharding
+from openrs_jax.core import sharding
 from openrs_jax.errors import UserError
-from openrs_jax.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
-from openrs_jax.model import abstract_model, params_of
+from openrs_jax.core.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
+from openrs_jax.core.model import abstract_model, params_of
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-kind substring, from the vendors' data sheets.
 PEAK_BF16_FLOPS = {
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _time_reference(args: argparse.Namespace, graphdef: Any, state: Any, batch: dict, mesh: Any, dtype: str,
                     config: Any, seq: int, peak: float | None) -> dict[str, Any]:
     """Median time, FLOPs and MFU of the forward-only log-prob pass (the reference pass)."""
-    from openrs_jax.grpo import token_logprobs
+    from openrs_jax.core.grpo import token_logprobs
 
     ref = sharding.rollout_params(state.params, mesh, dtype)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from openrs_jax.curation.io import row_answer
 from openrs_jax.curation.text import NgramIndex, normalize, normalize_answer
-from openrs_jax.data import load_rows
+from openrs_jax.recipe.data import load_rows
 from openrs_jax.errors import UserError
 
 PROBLEM_FIELDS = ("problem", "question")

@@ -32,8 +32,8 @@ from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.cli import add_slots_argument
 from openrs_jax.curation.io import read_rows, write_dataset, write_json, write_jsonl
 from openrs_jax.errors import UserError
-from openrs_jax.model_paths import MODEL_HELP
-from openrs_jax.rewards.gold import gold_from_row, gold_parses
+from openrs_jax.core.model_paths import MODEL_HELP
+from openrs_jax.recipe.rewards.gold import gold_from_row, gold_parses
 
 log = logging.getLogger("openrs_jax.curate")
 
@@ -43,7 +43,7 @@ SYSTEM_PROMPTS = ("recipe", "exp3", "none")
 
 # (prompt ids, samples per prompt, seed) -> one completion text per sample, prompt-major.
 GenerateFn = Callable[[list[list[int]], int, int], list[str]]
-# The slot engine's form (`openrs_jax.engine`): (prompt ids by problem index, (index, sample)
+# The slot engine's form (`openrs_jax.core.engine`): (prompt ids by problem index, (index, sample)
 # requests, seed, progress callback) -> (index, sample, completion text) as each one finishes.
 StreamFn = Callable[[Mapping[int, list[int]], list[tuple[int, int]], int, Callable[[Mapping[str, int]], None]],
                     Iterable[tuple[int, int, str]]]
@@ -257,11 +257,11 @@ def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> tuple[Generat
     with the slot engine (`--slots`, see `engine.decode_devices`) a `StreamFn`, and which it is."""
     import jax
 
-    from openrs_jax import sharding
-    from openrs_jax.engine import Engine, decode_devices, stream_by_index
-    from openrs_jax.model import load_params
-    from openrs_jax.sampling import Sampler, SamplingParams
-    from openrs_jax.tokenizer import stop_token_ids
+    from openrs_jax.core import sharding
+    from openrs_jax.core.engine import Engine, decode_devices, stream_by_index
+    from openrs_jax.core.model import load_params
+    from openrs_jax.core.sampling import Sampler, SamplingParams
+    from openrs_jax.core.tokenizer import stop_token_ids
 
     params, config = load_params(args.model, seed=args.seed)
     if tokenizer.vocab_size > config.vocab_size:
@@ -297,7 +297,7 @@ def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> tuple[Generat
 
 def system_prompt_text(choice: str) -> str | None:
     """The system prompt for a --system_prompt value: recipe, exp3, none, or literal text."""
-    from openrs_jax.prompts import SYSTEM_PROMPT, SYSTEM_PROMPT_EXP3
+    from openrs_jax.recipe.prompts import SYSTEM_PROMPT, SYSTEM_PROMPT_EXP3
 
     return {"recipe": SYSTEM_PROMPT, "exp3": SYSTEM_PROMPT_EXP3, "none": None}.get(choice, choice)
 
@@ -366,12 +366,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"{len(todo)} of {len(problems)} problems have no pass rate"
                             f"{' in ' + args.pass_rates if args.pass_rates else ''}; give --model to sample them")
         check_settings(output_dir, settings)
-        from openrs_jax import toy
-        from openrs_jax.prompts import render_prompts_ids
-        from openrs_jax.rewards import RewardScorer
-        from openrs_jax.tokenizer import load_tokenizer
+        from openrs_jax.recipe import toy
+        from openrs_jax.recipe.prompts import render_prompts_ids
+        from openrs_jax.recipe.rewards import RewardScorer
+        from openrs_jax.core.tokenizer import load_tokenizer
 
-        from openrs_jax.model.sources import tokenizer_dir
+        from openrs_jax.core.model.sources import tokenizer_dir
 
         tokenizer = load_tokenizer(toy.resolve(args.tokenizer) if args.tokenizer
                                    else tokenizer_dir(args.model) or args.model)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrs_jax.curation.io import progress
-from openrs_jax.rewards.gold import gold_parses, wrap_answer
+from openrs_jax.recipe.rewards.gold import gold_parses, wrap_answer
 
 # Why a row is dropped.
 NO_PROBLEM = "no_problem"  # empty or missing problem text

@@ -2,7 +2,7 @@
 
 Every step writes into its own output folder:
 - `train.jsonl`: the rows kept, one JSON object a line; the folder is a dataset that
-  `openrs_jax.data.load_rows(folder, "train")` (and so `python -m openrs_jax.train`) reads;
+  `openrs_jax.recipe.data.load_rows(folder, "train")` (and so `python -m openrs_jax.train`) reads;
 - a report of what was dropped and why (`dropped.jsonl`, `matches.jsonl`, ...);
 - `stats.json`: counts, settings and timing of the step.
 Files are written to a temporary name and renamed, so an interrupted step never leaves a
@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from openrs_jax import toy
+from openrs_jax.recipe import toy
 from openrs_jax.curation.text import last_boxed
-from openrs_jax.data import check_columns, load_rows
+from openrs_jax.recipe.data import check_columns, load_rows
 
 TRAIN_FILE = "train.jsonl"
 STATS_FILE = "stats.json"

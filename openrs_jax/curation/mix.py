@@ -123,7 +123,7 @@ def save_to_disk(rows: Sequence[Mapping[str, Any]], path: str | Path, show_progr
     """The mix as a Hub-style dataset (`datasets.Dataset.save_to_disk`).
 
     `datasets.load_from_disk(path)` reads it back, `.push_to_hub(...)` publishes it (as the
-    train split), and `openrs_jax.data.load_rows(path)` reads it for the trainer. A plain
+    train split), and `openrs_jax.recipe.data.load_rows(path)` reads it for the trainer. A plain
     Dataset, not a DatasetDict: `load_rows` recognises a folder by its dataset_info.json.
     """
     import datasets

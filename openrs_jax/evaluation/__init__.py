@@ -22,7 +22,7 @@ from openrs_jax.evaluation.runner import (
 )
 from openrs_jax.evaluation.scoring import prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS, TaskSpec, load_task
-from openrs_jax.tokenizer import Tokenizer
+from openrs_jax.core.tokenizer import Tokenizer
 
 __all__ = [
     "EvalSettings", "GenerateFn", "Generation", "PAPER_TASKS", "TASKS", "TaskSpec", "evaluate_tasks",
@@ -36,7 +36,7 @@ def sampler_generate_fn(
     eos_ids: Sequence[int], pad_id: int,
 ) -> GenerateFn:
     """Adapts the project's `Sampler` to the evaluator's `GenerateFn` (both are prompt-major)."""
-    from openrs_jax.sampling import SamplingParams
+    from openrs_jax.core.sampling import SamplingParams
 
     sampling = SamplingParams(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,

@@ -31,8 +31,8 @@ from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
 from openrs_jax.hub import require_hub
-from openrs_jax.prompts import eval_user_prompt, render_prompt
-from openrs_jax.tokenizer import Tokenizer
+from openrs_jax.recipe.prompts import eval_user_prompt, render_prompt
+from openrs_jax.core.tokenizer import Tokenizer
 
 log = logging.getLogger("openrs_jax.evaluate")
 
@@ -106,7 +106,7 @@ GenerateFn = Callable[[list[list[int]], int, int], list[Generation]]
 
 
 class StreamGenerate(Protocol):
-    """A generator that takes a whole queue (the slot engine, `openrs_jax.engine`): called with
+    """A generator that takes a whole queue (the slot engine, `openrs_jax.core.engine`): called with
     prompt ids by problem index, the (index, sample) requests, a seed and a progress callback;
     yields (index, sample, Generation) as each request finishes. A request's sample depends only
     on (seed, index, sample), so a resumed run draws what an uninterrupted one would have."""

@@ -50,14 +50,14 @@ def _quiet() -> None:
 def _timeout() -> int | None:
     # signal.alarm raises outside the main thread: there math-verify must run without it
     # (math-verify 0.5.2 takes an int and skips the alarm there, see rewards/verify.py).
-    from openrs_jax.rewards.verify import TIMEOUT_OPTIONAL
+    from openrs_jax.recipe.rewards.verify import TIMEOUT_OPTIONAL
 
     on_main = threading.current_thread() is threading.main_thread()
     return TIMEOUT_S if on_main or not TIMEOUT_OPTIONAL else None
 
 
 def _timeout_error() -> type[BaseException]:
-    from openrs_jax.rewards.verify import TimeoutException
+    from openrs_jax.recipe.rewards.verify import TimeoutException
 
     return TimeoutException  # >= 0.7: a BaseException, `except Exception` would let it through
 
@@ -136,7 +136,7 @@ def is_correct(gold: Gold, prediction: Sequence[Any]) -> bool:
     """math-verify's comparison at the paper's precision; False on any error or timeout."""
     from math_verify import verify
 
-    from openrs_jax.rewards.verify import rounding_kwargs
+    from openrs_jax.recipe.rewards.verify import rounding_kwargs
 
     if not prediction:
         return False

@@ -1,0 +1,630 @@
+"""One GRPO run end to end: setup, the step loop, logging, checkpoints, exports.
+
+One step (docs/design.md, data flow): draw `prompts_per_step` prompts -> sample `num_generations`
+completions each with the bf16 rollout copy -> dispatch the reference log-probs (skipped when
+beta = 0) and old log-probs (only when num_iterations > 1), which need no rewards, so the devices
+compute them while the host decodes and scores in the reward pool -> group advantages -> jitted
+update(s) with gradient accumulation over length-bucketed micro-batches (`length_bucket`) ->
+metrics, checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from openrs_jax.core import distributed, sharding
+
+from openrs_jax.recipe import dynamic_sampling, reference, toy
+from openrs_jax.recipe.checkpoint import Checkpointer
+from openrs_jax.recipe.config import validate
+from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
+from openrs_jax.errors import UserError
+from openrs_jax.hub import require_hub
+from openrs_jax.core.grpo.microbatch import take_micro_batch
+from openrs_jax.core.grpo import (
+    UpdateConfig,
+    abstract_train_state,
+    create_train_state,
+    group_advantages,
+    BucketedTrainStep,
+    make_train_step,
+    reward_std,
+    token_logprobs,
+)
+from openrs_jax.core.grpo.loss import truncation_mask
+from openrs_jax.core.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
+from openrs_jax.core.model.sources import save_run_tokenizer, tokenizer_dir
+from openrs_jax.core.model_paths import ACCEPTED
+from openrs_jax.recipe.rewards import RewardScorer
+from openrs_jax.recipe.run_log import METRICS_FILE, RunLog, outputs_summary
+from openrs_jax.core.sampling import Sampler, SamplingParams, bucket_length, left_pad
+from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
+
+log = logging.getLogger("openrs_jax.recipe.trainer")
+
+# Completions are trained on their longest length in the batch rounded up to this many tokens,
+# not on max_completion_length: most rows end early, and few buckets mean few compilations.
+COMPLETION_BUCKET = 256
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def resolve_model_path(name: str) -> str:
+    """A local model directory for `name`: itself, a built-in, or a Hub snapshot (org/name)."""
+    if toy.is_builtin_model(name) or Path(name).expanduser().exists():
+        return name
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        require_hub(f"model {name!r}", "download it where the Hub can be reached and set --config.model_path to its directory")
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
+        except Exception as e:  # noqa: BLE001 - offline, gated, misspelt: all mean the same to the user
+            raise UserError(
+                f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
+                f"({type(e).__name__}); download it first and set --config.model_path to its directory"
+            ) from None
+    raise UserError(f"model path {name} does not exist: give {ACCEPTED}")
+
+
+def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """Parameters of the configurable reward functions, from the run config."""
+    params: dict[str, dict[str, Any]] = {}
+    if "soft_overlong" in config.reward_funcs:
+        params["soft_overlong"] = {
+            "max_len": config.soft_overlong_max_len or config.max_completion_length,
+            "cache_len": config.soft_overlong_cache_len,
+        }
+    return params | {
+        "cosine": {
+            "min_value_wrong": config.cosine_min_value_wrong,
+            "max_value_wrong": config.cosine_max_value_wrong,
+            "min_value_correct": config.cosine_min_value_correct,
+            "max_value_correct": config.cosine_max_value_correct,
+            "max_len": config.cosine_max_len,
+        },
+        "repetition_penalty": {
+            "ngram_size": config.repetition_ngram_size,
+            "max_penalty": config.repetition_max_penalty,
+        },
+    }
+
+
+def make_run_mesh(spec: dict[str, int]) -> jax.sharding.Mesh:
+    """The run's mesh; a spec with only fixed sizes may use fewer devices than there are."""
+    devices = jax.devices()
+    if all(size > 0 for size in spec.values()):
+        wanted = math.prod(spec.values())
+        if wanted < len(devices):
+            log.info("mesh %s uses %d of the %d devices", spec, wanted, len(devices))
+            devices = devices[:wanted]
+    return sharding.make_mesh(spec, devices)
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    """Refuses to write a new run over an existing one."""
+    holds_run = (output_dir / METRICS_FILE).is_file() or any((output_dir / "checkpoints").glob("*"))
+    if holds_run and not resume:
+        raise UserError(
+            f"output_dir {output_dir} already holds a run; pass --config.resume=True to continue it "
+            "or choose another --config.output_dir"
+        )
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (then saves and exits)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequested":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop right away
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("received %s: finishing this step, saving a checkpoint, then exiting",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+class GRPOTrainer:
+    """Builds everything a run needs from a validated config; `train()` runs the steps."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = c = config
+        self.output_dir = Path(c.output_dir).expanduser()
+        # In a multi-process job every process runs all of this (the same seeded data order,
+        # the same host arrays each step); only process 0 writes logs, config.json and exports.
+        self.writer = distributed.is_writer()
+        check_output_dir(self.output_dir, c.resume)
+        self.mesh = make_run_mesh(c.mesh.to_dict())
+        validate(c, self.mesh.size)
+
+        # Cheap checks first (model config, tokenizer, data), weights last: a mistake in the
+        # setup stops the run in seconds, not after loading 7 GB.
+        model_path = resolve_model_path(c.model_path)
+        model_config = read_config(model_path)
+        tokenizer_path = model_path if not c.tokenizer_path or c.tokenizer_path == c.model_path else c.tokenizer_path
+        # A model directory's own tokenizer, a built-in's, or a training run's (model_path = RUN).
+        self.tokenizer_dir = tokenizer_dir(tokenizer_path) or Path(toy.resolve(tokenizer_path))
+        self.tokenizer: Tokenizer = load_tokenizer(self.tokenizer_dir)
+        if not self.tokenizer.has_chat_template:
+            raise UserError(
+                f"tokenizer {self.tokenizer_dir} has no chat template; use a chat model's tokenizer "
+                "(tokenizer_config.json with chat_template, or chat_template.jinja)"
+            )
+        if self.tokenizer.vocab_size > model_config.vocab_size:
+            raise UserError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model_config.vocab_size}: "
+                "tokenizer_path does not belong to model_path"
+            )
+        self.model_config = model_config.replace(dtype=c.compute_dtype, param_dtype=c.param_dtype, remat=c.remat)
+        self.graphdef = nnx.split(abstract_model(self.model_config))[0]
+        self.eos_ids = stop_token_ids(self.tokenizer, model_config.eos_token_id)
+
+        self.dataset: PromptDataset = build_dataset(
+            load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
+            c.max_prompt_length, dataset_name=c.dataset_name, long_prompts=c.long_prompts, rollout_bos=c.rollout_bos,
+        )
+        if c.prompt_order == "trl" and self.dataset.dropped_too_long:
+            raise UserError(
+                f"prompt_order='trl' permutes the unfiltered dataset, but {self.dataset.dropped_too_long} prompts "
+                f"longer than max_prompt_length={c.max_prompt_length} were dropped; set "
+                "--config.long_prompts=truncate_left (as the original run) or --config.prompt_order=numpy"
+            )
+        params, _ = load_params(model_path, seed=c.seed)
+        self.order = make_prompt_order(c.prompt_order, len(self.dataset), c.seed, c.prompts_per_step)
+
+        self.update_config = UpdateConfig.from_config(c)
+        self.state = create_train_state(params, self.update_config, self.mesh)
+        # The reference policy: a frozen copy of the initial weights in the compute dtype.
+        self.ref_params = (
+            sharding.rollout_params(self.state.params, self.mesh, c.compute_dtype) if c.beta > 0 else None
+        )
+        # length_bucket > 0: one program per micro-batch length; 0: one program per step.
+        self.train_step = (
+            BucketedTrainStep(self.graphdef, self.update_config, self.mesh)
+            if c.length_bucket and c.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
+            else make_train_step(self.graphdef, self.update_config, self.mesh)
+        )
+        # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
+        self.sampler = Sampler(self.model_config, mesh=self.mesh, prompt_bucket=min(64, round_up(c.max_prompt_length, 8)))
+        self.sampling = SamplingParams(
+            temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_completion_length,
+            eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id,
+        )
+        self.checkpointer = Checkpointer(self.output_dir, keep=c.keep_checkpoints)
+        self.step = 0
+        self.bad_steps = 0
+        if c.resume:
+            self._resume()
+        self.scorer = RewardScorer(
+            list(c.reward_funcs), list(c.reward_weights), reward_params(c),
+            num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
+        )
+        self.run_log = RunLog(
+            self.output_dir, tensorboard=c.tensorboard and "tensorboard" in c.report_to, enabled=self.writer,
+            wandb_project=c.wandb_project if "wandb" in c.report_to else None, wandb_config=c.to_dict(),
+        )
+        self.run_log.truncate_after(self.step)
+        if self.writer:
+            (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
+            save_run_tokenizer(self.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
+        self.rng = jax.random.key(c.seed)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
+                "model_config": self.model_config.to_hf_dict(), "has_reference": self._saves_reference}
+
+    @property
+    def _saves_reference(self) -> bool:
+        """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
+        return self.ref_params is not None and self.config.ref_sync_steps > 0
+
+    def save_checkpoint(self) -> None:
+        extra = {"reference": self.ref_params} if self._saves_reference else None
+        self.checkpointer.save(self.step, self.state, self._metadata(), extra=extra)
+
+    def _resume(self) -> None:
+        """Continues from the latest complete checkpoint, saying in one line what it found."""
+        step = self.checkpointer.latest_step()
+        if step is None:
+            log.warning("resume: no complete checkpoint in %s: starting from step 0", self.checkpointer.directory)
+            return
+        self._restore()
+        if self.step >= self.config.max_steps:
+            log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
+                        "raise --config.max_steps to continue it", self.output_dir, self.step, self.config.max_steps)
+        else:
+            log.info("resuming from step %d (checkpoint %s)", self.step, self.checkpointer.directory / str(self.step))
+
+    def _restore(self) -> None:
+        meta = self.checkpointer.restore_metadata()
+        saved = Qwen2Config.from_hf_dict(meta["model_config"])
+        if saved.to_hf_dict() != self.model_config.to_hf_dict():
+            raise UserError(
+                f"the checkpoint in {self.checkpointer.directory} was written for another model shape; "
+                "resume with the same model_path, or choose another output_dir"
+            )
+        abstract = abstract_train_state(self.state.params, self.update_config, self.mesh)
+        self.state, meta = self.checkpointer.restore(abstract)
+        self.step = int(meta["step"])
+        self.bad_steps = int(meta.get("bad_steps", 0))
+        self.order.restore(meta["data_order"])
+        if self._saves_reference and meta.get("has_reference"):
+            abstract_ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                        self.ref_params)
+            self.ref_params = self.checkpointer.restore_extra("reference", abstract_ref)
+            log.info("reference policy = the refreshed one saved at step %d", self.step)
+        elif self.ref_params is not None:
+            log.info("reference policy = the initial weights of model_path (unchanged by resuming)")
+
+    def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
+        """Writes the current policy as a Hugging Face directory (with the tokenizer files).
+
+        Every process must call it (the parameters are gathered from all); process 0 writes.
+        """
+        params = jax.tree.map(np.asarray, sharding.to_host(self.state.params))
+        if not self.writer:
+            return directory
+        return write_hf_directory(
+            directory, params, self.model_config, dtype=dtype or self.config.export_dtype,
+            tokenizer_dir=self.tokenizer_dir,
+        )
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def rollout(self, examples: list, refill: int = 0) -> tuple[Any, float]:
+        """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
+        start = time.perf_counter()
+        # The decode layout straight from the training parameters: one copy of the weights alive.
+        params = self.sampler.prepare(self.state.params)
+        key = jax.random.fold_in(self.rng, self.step)
+        if refill:
+            key = jax.random.fold_in(key, refill)
+        out = self.sampler.generate(
+            params, [list(e.rollout_ids) for e in examples], self.config.num_generations, self.sampling, key
+        )
+        if self.config.rollout_max_model_length:
+            caps = [self.config.rollout_max_model_length + 1 - len(e.rollout_ids) for e in examples]
+            out = cap_completions(out, np.repeat(caps, self.config.num_generations), self.tokenizer.pad_id)
+        return out, time.perf_counter() - start
+
+    def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts as the loss sees them (single BOS, at most max_prompt_length tokens), one row
+        per sample, left-padded as the sampler pads; equal to the rollout's prompts in the clean mode."""
+        prompts = [e.prompt_ids for e in examples]
+        width = bucket_length(max(len(p) for p in prompts), self.sampler.prompt_bucket)
+        ids, mask = left_pad(prompts, width, self.tokenizer.pad_id)
+        g = self.config.num_generations
+        return np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)
+
+    def build_batch(
+        self, out: Any, prompts: tuple[np.ndarray, np.ndarray], advantages: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Prompt + completion rows, trimmed to the longest completion (bucketed); advantages
+        are added when given."""
+        longest = int(out.lengths.max()) if len(out.lengths) else 1
+        t = min(round_up(max(longest, 1), COMPLETION_BUCKET), out.completion_ids.shape[1])
+        completion_ids = out.completion_ids[:, :t]
+        completion_mask = out.completion_mask[:, :t]
+        prompt_ids, prompt_mask = prompts
+        if self.config.mask_truncated_completions:
+            completion_mask = truncation_mask(completion_mask, out.truncated)
+        return {
+            "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
+            "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1).astype(np.int32),
+            "completion_mask": completion_mask.astype(np.int32),
+            **({} if advantages is None else {"advantages": advantages.astype(np.float32)}),
+        }
+
+    def dispatch_logprobs(self, batch: dict[str, Any], prompt_len: int) -> tuple[Any, list[dict[str, Any]]]:
+        """Starts the reference (beta > 0) and old-policy (num_iterations > 1) log-prob passes
+        without waiting for them (JAX dispatches asynchronously).
+
+        Returns (micro-batch plans or None, one dict of log-probs per plan, or one for the
+        whole batch when length bucketing is off).
+        """
+        c = self.config
+        passes = {}
+        if c.beta > 0:
+            passes["ref_logps"] = self.ref_params
+        if c.num_iterations > 1:
+            passes["old_logps"] = self.state.params
+        bucketed = isinstance(self.train_step, BucketedTrainStep)
+        plans = self.train_step.plan(batch) if bucketed else None
+        if not passes:
+            return plans, [{} for _ in (plans or [None])]
+        inner = None if bucketed else c.micro_batch_size
+        pieces = (
+            [sharding.shard_batch(take_micro_batch(batch, p), self.mesh) for p in plans] if bucketed
+            else [sharding.shard_batch(batch, self.mesh)]
+        )
+        logps = [
+            {key: token_logprobs(self.graphdef, params, piece["input_ids"], piece["attention_mask"], prompt_len,
+                                 c.logprob_chunk, micro_batch_size=inner, mesh=self.mesh)
+             for key, params in passes.items()}
+            for piece in pieces
+        ]
+        return plans, logps
+
+    def _start_logprobs(self, examples: list, out: Any) -> tuple[dict[str, Any], int, Any, list[dict[str, Any]]]:
+        """The host batch of these rows (no advantages yet), its prompt width, and the dispatched
+        log-prob passes (`dispatch_logprobs`)."""
+        prompts = self.loss_prompts(examples)
+        batch = self.build_batch(out, prompts)
+        prompt_len = prompts[0].shape[1]
+        plans, logps = self.dispatch_logprobs(batch, prompt_len)
+        return batch, prompt_len, plans, logps
+
+    def train_one_step(self) -> dict[str, Any]:
+        c = self.config
+        g = c.num_generations
+        t0 = time.perf_counter()
+        indices = self.order.next_indices(c.prompts_per_step)
+        examples = [self.dataset.examples[i] for i in indices]
+        out, rollout_s = self.rollout(examples)
+
+        # The log-prob passes need no rewards: start them, then score on the host meanwhile.
+        dispatch_s = 0.0
+        if not c.dynamic_sampling:
+            t_ref = time.perf_counter()
+            batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
+            dispatch_s = time.perf_counter() - t_ref
+
+        t1 = time.perf_counter()
+        scores, texts, share = self._score(examples, out)
+        sampling_metrics: dict[str, float] = {}
+        if c.dynamic_sampling:
+            ds_start = time.perf_counter()
+            picked, sampling_metrics = dynamic_sampling.fill_step(
+                dynamic_sampling.Rollout(examples, out, scores), self._extra_rollout,
+                prompts_per_step=c.prompts_per_step, num_generations=g,
+                max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+            )
+            examples, out, scores, texts = picked.examples, picked.out, picked.scores, []
+            sampling_metrics["time/dynamic_sampling_s"] = time.perf_counter() - ds_start
+        golds = [e.gold for e in examples for _ in range(g)]
+        rewards = np.asarray(scores.total, np.float32)
+        advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
+        reward_s = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        if c.dynamic_sampling:
+            # The step's rows are known only after scoring and refilling: no overlap here.
+            batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
+        batch["advantages"] = advantages.astype(np.float32)
+        if plans is not None:
+            batch = self.train_step.micro_batches(batch, plans, logps)
+        else:
+            batch = {**sharding.shard_batch(batch, self.mesh), **logps[0]}
+        jax.block_until_ready(logps)
+        # What the log-prob passes cost beyond the reward scoring they overlap with.
+        reference_s = dispatch_s + time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        for _ in range(c.num_iterations):
+            self.state, update_metrics = self.train_step(self.state, batch)
+        update_metrics = trl_named(
+            {k: float(v) for k, v in sharding.to_host(update_metrics).items()},
+            float(self.update_config.schedule()(int(sharding.to_host(self.state.step)))),
+        )
+        update_s = time.perf_counter() - t3
+        self.step += 1
+        if self.ref_params is not None and reference.sync_due(self.step, c.ref_sync_steps):
+            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.ref_mixup_alpha)
+        self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
+        if self.bad_steps:
+            log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
+                        self.step, self.bad_steps)
+
+        lengths = out.lengths
+        step_s = time.perf_counter() - t0
+        metrics = {
+            **scores.metrics(),
+            "reward_std": float(reward_std(jnp.asarray(rewards), g)),
+            "completion_length": float(lengths.mean()),
+            "completion_length_min": int(lengths.min()),
+            "completion_length_max": int(lengths.max()),
+            "truncated_fraction": float(np.mean(out.truncated)),
+            "prompts_truncated": sum(e.truncated for e in examples) * g,  # rows whose loss prompt was cut
+            **update_metrics,
+            **sampling_metrics,
+            "time/rollout_s": rollout_s,
+            "time/reward_s": reward_s,
+            "time/reference_s": reference_s,
+            "time/update_s": update_s,
+            "time/step_s": step_s,
+            "tokens_per_s": float(lengths.sum() + len(lengths) * prompt_len) / step_s,
+            "epoch": self.order.epoch,
+            "bad_steps": self.bad_steps,
+        }
+        if c.log_completions and self.writer:
+            rows = range(min(c.log_completions, len(golds)))
+            texts = texts if share.start == 0 and len(texts) >= len(rows) else self._decode(out, rows)
+            samples = [
+                {"prompt": examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
+                 "gold": golds[r]}
+                for r in rows
+            ]
+            self.run_log.log_completions(self.step, samples)
+        return metrics
+
+    def _score(self, examples: list, out: Any) -> tuple[Any, list[str], range]:
+        """The whole batch's rewards, this process's decoded texts and its share of the rows."""
+        g = self.config.num_generations
+        golds = [e.gold for e in examples for _ in range(g)]
+        # Each process decodes and scores its share of the groups; only the numbers travel.
+        share = distributed.process_rows(len(examples), g)
+        texts = self._decode(out, share)
+        local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
+        return distributed.gather_scores(local, len(examples), g), texts, share
+
+    def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
+        """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
+        examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
+        out, _ = self.rollout(examples, refill)
+        return dynamic_sampling.Rollout(examples, out, self._score(examples, out)[0])
+
+    def _decode(self, out: Any, rows: range) -> list[str]:
+        """Completion texts of sampler output rows `rows`."""
+        ids, lengths = out.completion_ids[rows.start:rows.stop], out.lengths[rows.start:rows.stop]
+        return self.tokenizer.decode_batch([row[:n] for row, n in zip(ids.tolist(), lengths.tolist())])
+
+    def evaluate(self) -> dict[str, float]:
+        """Pass@1 of the current policy on `eval_tasks` (paper prompt and scoring), as log scalars.
+
+        Details go to output_dir/eval/step-<n>/ (details_<task>.jsonl, results.json).
+        """
+        from openrs_jax.evaluation import evaluate_tasks, flat_metrics
+
+        c = self.config
+        params = self.sampler.prepare(self.state.params)  # as rollouts: one copy of the weights alive
+        results = evaluate_tasks(
+            self.sampler, params, self.tokenizer, list(c.eval_tasks), data_dir=c.eval_data_dir or None,
+            num_samples=c.eval_num_samples, max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
+            limit=c.eval_limit or None, eos_ids=self.eos_ids,
+            out_dir=self.output_dir / "eval" / f"step-{self.step}" if self.writer else None,
+        )
+        return flat_metrics(results)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Runs until max_steps (or a stop signal); returns the last step's metrics."""
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        c = self.config
+        metrics: dict[str, Any] = {}
+        if self.step >= c.max_steps:  # a finished run, resumed: its outputs stay as they are
+            self.close()
+            return metrics
+        log.info(
+            "dataset: %d prompts (%d dropped, %d cut on the left for the loss, as longer than %d tokens); "
+            "%d devices; mesh %s",
+            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.max_prompt_length,
+            jax.device_count(),
+            dict(self.mesh.shape),
+        )
+        bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
+                   disable=not self.writer)
+        try:
+            # Log lines go through tqdm.write while the bar is up, so they do not land on the bar's line.
+            with StopRequested() as stop, logging_redirect_tqdm():
+                stopping = False  # a signal on any process stops every process after the same step
+                while self.step < c.max_steps and not stopping:
+                    metrics = self.train_one_step()
+                    if c.eval_every and self.step % c.eval_every == 0:
+                        metrics.update(self.evaluate())
+                    self.run_log.log_metrics(self.step, metrics)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
+                    if self.writer:
+                        bar.write(format_summary(self.step, metrics, c.reward_funcs))
+                    stopping = distributed.any_process(bool(stop))
+                    too_many_bad = self.bad_steps >= c.max_bad_steps
+                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stopping or too_many_bad:
+                        self.save_checkpoint()
+                    if too_many_bad:
+                        raise UserError(
+                            f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
+                            "or gradient and were not applied; the checkpoint just saved holds the last good "
+                            "weights. Lower learning_rate, check the rewards for NaN, or raise max_bad_steps"
+                        )
+                    if self.step in tuple(c.export_steps):
+                        self.export_hf(self.output_dir / f"hf-step-{self.step}")
+                if stopping:
+                    bar.write(f"stopped by signal at step {self.step}; checkpoint saved, resume with "
+                              "--config.resume=True")
+                else:
+                    self.export_hf(self.output_dir / "hf")
+        finally:
+            bar.close()
+            self.close()
+        if self.writer:
+            print(outputs_summary(self.output_dir, self.step, None if stopping else self.output_dir / "hf",
+                                  tensorboard=c.tensorboard))
+        return metrics
+
+    def close(self) -> None:
+        self.scorer.close()
+        self.run_log.close()
+        self.checkpointer.close()
+
+
+def cap_completions(out: Any, caps: np.ndarray, pad_id: int) -> Any:
+    """Sampler output with row i cut to at most caps[i] (>= 1) completion tokens.
+
+    vLLM 0.7.2 ends a sequence once prompt + output exceed its max_model_len, so a long prompt
+    left fewer tokens to its completion (rollout_max_model_length; docs/paper-exact.md). Tokens
+    are causal, so cutting a longer sample is sampling with the shorter limit.
+    """
+    caps = np.maximum(np.asarray(caps, np.int32), 1)
+    keep = np.arange(out.completion_ids.shape[1])[None, :] < caps[:, None]
+    mask = out.completion_mask & keep
+    return dataclasses.replace(
+        out, completion_ids=np.where(keep, out.completion_ids, pad_id).astype(out.completion_ids.dtype),
+        completion_mask=mask, lengths=mask.sum(1).astype(np.int32), truncated=out.truncated | (out.lengths > caps),
+        logprobs=np.where(mask, out.logprobs, 0.0).astype(np.float32),
+    )
+
+
+def trl_named(update_metrics: dict[str, float], lr_after_step: float) -> dict[str, float]:
+    """The update's figures under TRL's names, so curves overlay the original run's.
+
+    `kl`: TRL's, the mean over rows of each row's token-mean KL (`kl/row_mean` of the update);
+    the token mean over the batch stays as `kl/token_mean`. `learning_rate`: the HF Trainer's,
+    read after the scheduler step (the rate of the next update); the rate this update used is
+    `learning_rate/used`.
+    """
+    out = dict(update_metrics)
+    if "kl" in out:
+        out["kl/token_mean"] = out.pop("kl")
+    if "kl/row_mean" in out:
+        out["kl"] = out.pop("kl/row_mean")
+    out["learning_rate/used"] = out.pop("learning_rate")
+    out["learning_rate"] = lr_after_step
+    return out
+
+
+def format_summary(step: int, metrics: dict[str, Any], reward_funcs: Any) -> str:
+    """One console line per step."""
+    parts = [f"step {step}", f"reward {metrics['reward']:.3f}"]
+    parts += [f"{name} {metrics.get(f'rewards/{name}', math.nan):.3f}" for name in reward_funcs]
+    parts += [
+        f"len {metrics['completion_length']:.0f}",
+        f"kl {metrics.get('kl', 0.0):.4f}",
+        f"loss {metrics['loss']:.4f}",
+        f"lr {metrics['learning_rate']:.2e}",
+        f"{metrics['time/step_s']:.1f}s",
+    ]
+    return " | ".join(parts)
