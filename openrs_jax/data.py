@@ -64,7 +64,7 @@ class PromptDataset:
 
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     """A JSON list of rows, or JSON lines (whatever the suffix)."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     return json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
 
 

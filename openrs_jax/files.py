@@ -47,13 +47,15 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[tuple[in
     file an interrupted run appended to) is skipped.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
+    # Bytes, decoded line by line: a line cut inside a UTF-8 character (a killed append) is one
+    # bad line, not an error for the whole file; a byte-order mark is accepted.
+    with path.open("rb") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                value = json.loads(line.rstrip("\r\n"))  # so an error's column counts on this line
-            except json.JSONDecodeError as e:
+                value = json.loads(line.rstrip(b"\r\n"))  # so an error's column counts on this line
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 if skip_bad:
                     continue
                 raise UserError(f"{path}:{line_no} is not valid JSON ({e})") from None

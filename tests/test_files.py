@@ -16,6 +16,7 @@ from openrs_jax.files import (
     atomic_write_json,
     atomic_write_text,
     iter_jsonl,
+    json_line,
     read_jsonl,
     read_keyed_jsonl,
     write_jsonl,
@@ -51,10 +52,21 @@ def test_a_bad_line_names_file_and_line_or_is_skipped(tmp_path):
     assert read_jsonl(path, skip_bad=True) == [{"a": 1}, {"a": 3}]
 
 
+def test_a_line_cut_inside_a_character_is_one_bad_line(tmp_path):
+    path = tmp_path / "details.jsonl"
+    whole = json_line({"completion": "√2"}).encode("utf-8")
+    path.write_bytes(b"\xef\xbb\xbf" + whole + whole[:-5])  # a byte-order mark; the last line torn inside "√"
+    with pytest.raises(UserError, match=r"details\.jsonl:2 is not valid JSON \('utf-8' codec can't decode"):
+        read_jsonl(path)
+    assert read_jsonl(path, skip_bad=True) == [{"completion": "√2"}]
+    assert read_keyed_jsonl(path, lambda r: r["completion"]) == {"√2": {"completion": "√2"}}
+
+
 def test_keyed_records_skip_torn_and_foreign_lines_later_lines_win(tmp_path):
     path = tmp_path / "rates.jsonl"
     assert read_keyed_jsonl(path, lambda r: r["key"]) == {}  # no file yet
-    path.write_text('{"key": "a", "v": 1}\n[1, 2]\n{"other": 1}\n{"key": "b", "v": 2}\n{"key": "a", "v": 3}\n{"key": "c", "v')
+    path.write_text('{"key": "a", "v": 1}\n[1, 2]\n{"other": 1}\n{"key": "b", "v": 2}\n{"key": "a", "v": 3}\n'
+                    '{"key": "c", "v')
     assert read_keyed_jsonl(path, lambda r: r["key"]) == {"a": {"key": "a", "v": 3}, "b": {"key": "b", "v": 2}}
     # A key that cannot be computed (here int("x")) skips the line too.
     path.write_text('{"i": "1"}\n{"i": "x"}\n')
@@ -134,3 +146,20 @@ def test_new_and_replaced_files_get_the_mode_open_gives(tmp_path, umask, mode):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "reference").stat().st_mode) == mode
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in paths} == {p.name: oct(mode) for p in paths}
+
+
+def test_a_resumed_run_log_keeps_the_steps_up_to_its_checkpoint(tmp_path):
+    from openrs_jax.run_log import COMPLETIONS_FILE, METRICS_FILE, RunLog, read_metrics
+
+    log = RunLog(tmp_path, tensorboard=False)
+    for step in (1, 2, 3):
+        log.log_metrics(step, {"reward": step / 10})
+        log.log_completions(step, [{"completion": f"√{step}"}])
+    with (tmp_path / METRICS_FILE).open("ab") as f:
+        f.write(b'{"step": 4, "rew')  # killed mid-line
+    assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3]  # a plot of a live run skips it
+    log.truncate_after(2)
+    log.log_metrics(3, {"reward": 0.5})
+    assert read_metrics(tmp_path) == [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2},
+                                      {"step": 3, "reward": 0.5}]
+    assert read_jsonl(tmp_path / COMPLETIONS_FILE) == [{"step": s, "completion": f"√{s}"} for s in (1, 2)]
