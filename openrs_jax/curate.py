@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from openrs_jax.cli import exit_on_user_error
-from openrs_jax.curation.io import progress, read_rows, write_dataset, write_jsonl, write_stats
+from openrs_jax.curation.io import progress, read_rows, write_dataset, write_stats
 from openrs_jax.errors import UserError
+from openrs_jax.files import write_jsonl
 
 log = logging.getLogger("openrs_jax.curate")
 

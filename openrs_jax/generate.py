@@ -15,7 +15,6 @@ generation_config.json, then config.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Sequence
 
 from openrs_jax.cli import exit_on_user_error
 from openrs_jax.errors import UserError
+from openrs_jax.files import iter_jsonl, json_line
 from openrs_jax.core.model_paths import MODEL_HELP
 
 log = logging.getLogger("openrs_jax.generate")
@@ -64,13 +64,7 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     if not p.is_file():
         raise UserError(f"prompts file {p} does not exist")
     records = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}:{n} is not valid JSON ({e})") from None
+    for n, record in iter_jsonl(p):
         if not isinstance(record, dict) or not ("prompt_ids" in record or "prompt" in record):
             raise UserError(f'{p}:{n}: each line must be an object with "prompt_ids" (list of ints) or "prompt" (text)')
         records.append(record)
@@ -180,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     key = jax.random.key(args.seed)
-    with out_path.open("w") as f:
+    with out_path.open("w", encoding="utf-8") as f:
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start : start + args.batch_size]
             result = sampler.generate(state, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
@@ -193,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 }
                 if tokenizer is not None:
                     record["text"] = tokenizer.decode(ids, skip_special_tokens=True)
-                f.write(json.dumps(record) + "\n")
+                f.write(json_line(record))
                 written.append(record)
             done = min(start + args.batch_size, len(prompts))
             rate = int(np.sum(result.lengths)) / max(result.timings["total_s"], 1e-9)

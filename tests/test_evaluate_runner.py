@@ -251,7 +251,7 @@ def test_completions_mode_errors(tmp_path, capsys):
     data = str(shared_data("benchmarks"))
     out = str(tmp_path / "out")
     bad = [
-        ("not json\n", "expected a JSON object"),
+        ("not json\n", "bad.jsonl:1 is not valid JSON"),
         ('{"task": "gsm8k", "index": 0, "completion": "x"}\n', "unknown task"),
         ('{"task": "aime24", "index": -1, "completion": "x"}\n', "index must be"),
         ('{"task": "aime24", "index": 30, "completion": "x"}\n', "has 30 rows"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import json
 import platform
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from openrs_jax.bench import SUBCOMMANDS
 from openrs_jax.bench.summary import summarize
 from openrs_jax.cli import exit_on_user_error
+from openrs_jax.files import atomic_write_json
 
 
 def _environment() -> dict:
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.add_argument("--out", type=Path, required=True, help="JSON file to write the results to")
     args = parser.parse_args(argv)
     result = {"benchmark": args.command, **_environment(), **modules[args.command].run(args)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    atomic_write_json(args.out, result)
     # The console gets the figures that matter; every field stays in the JSON.
     print(summarize(result, args.out))
     return result

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.cli import add_slots_argument
-from openrs_jax.curation.io import read_rows, write_dataset, write_json, write_jsonl
+from openrs_jax.curation.io import read_rows, write_dataset
 from openrs_jax.errors import UserError
+from openrs_jax.files import append_jsonl, atomic_write_json, read_keyed_jsonl, write_jsonl
 from openrs_jax.core.model_paths import MODEL_HELP
 from openrs_jax.recipe.rewards.gold import gold_from_row, gold_parses
 
@@ -141,7 +141,7 @@ def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
                 f"{output_dir} holds pass rates sampled with other settings ({'; '.join(diff)}); use another "
                 f"--output_dir (reusing the old rates with --pass_rates {output_dir / PASS_RATES_FILE} if wanted)"
             )
-    write_json(path, dict(settings))
+    atomic_write_json(path, dict(settings))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -199,8 +199,7 @@ def sample_pass_rates(
             # The seed follows the batch's first problem, so a fresh run is reproducible.
             records = pass_rate_records(batch, render([p.problem for p in batch]), generate, score,
                                         num_samples, seed * 1_000_003 + batch[0].index)
-            with append_to.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+            append_jsonl(append_to, records)
             out.extend(records)
             bar.update(len(batch))
             bar.set_postfix(mean_pass_rate=f"{sum(r['pass_rate'] for r in out) / len(out):.3f}")
@@ -243,8 +242,7 @@ def stream_pass_rates(
             done = texts.pop(index)
             records = pass_rate_records([by_index[index]], [prompts[index]],
                                         lambda _p, k, _s: [done[s] for s in range(k)], score, num_samples, seed)
-            with append_to.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+            append_jsonl(append_to, records)
             out.extend(records)
             bar.update(1)
     finally:

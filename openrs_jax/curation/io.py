@@ -5,14 +5,12 @@ Every step writes into its own output folder:
   `openrs_jax.recipe.data.load_rows(folder, "train")` (and so `python -m openrs_jax.train`) reads;
 - a report of what was dropped and why (`dropped.jsonl`, `matches.jsonl`, ...);
 - `stats.json`: counts, settings and timing of the step.
-Files are written to a temporary name and renamed, so an interrupted step never leaves a
+Files are replaced atomically (`openrs_jax.files`), so an interrupted step never leaves a
 half-written dataset behind.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from openrs_jax.recipe import toy
 from openrs_jax.curation.text import last_boxed
 from openrs_jax.recipe.data import check_columns, load_rows
+from openrs_jax.files import atomic_write_json, write_jsonl
 
 TRAIN_FILE = "train.jsonl"
 STATS_FILE = "stats.json"
@@ -41,33 +40,6 @@ def row_answer(row: Mapping[str, Any]) -> str | None:
     return last_boxed(solution) if isinstance(solution, str) else None
 
 
-def _json_line(obj: Any) -> str:
-    # default=str: values from parquet or `datasets` (dates, numpy scalars) still serialise.
-    return json.dumps(obj, ensure_ascii=False, default=str)
-
-
-def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
-    """Writes records atomically (temp file + rename); returns how many."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(_json_line(record) + "\n")
-            count += 1
-    os.replace(tmp, path)
-    return count
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Writes one JSON document atomically, indented for reading."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def write_dataset(output_dir: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """`output_dir/train.jsonl`: the folder then loads as a dataset with a train split."""
     path = Path(output_dir) / TRAIN_FILE
@@ -77,7 +49,7 @@ def write_dataset(output_dir: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 
 def write_stats(output_dir: Path, stats: Mapping[str, Any]) -> Path:
     """`output_dir/stats.json`."""
-    return write_json(Path(output_dir) / STATS_FILE, stats)
+    return atomic_write_json(Path(output_dir) / STATS_FILE, stats)
 
 
 def progress(iterable: Iterable[Any], enabled: bool, desc: str, total: int | None = None) -> Iterable[Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from openrs_jax.jsonl import read_keyed_jsonl
 from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
+from openrs_jax.files import append_jsonl, atomic_write_json, iter_jsonl, read_keyed_jsonl, write_jsonl
 from openrs_jax.hub import require_hub
 from openrs_jax.recipe.prompts import eval_user_prompt, render_prompt
 from openrs_jax.core.tokenizer import Tokenizer
@@ -123,19 +122,9 @@ def _read_details(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
     return read_keyed_jsonl(path, lambda rec: (int(rec["index"]), int(rec["sample"])))
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_details(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Rewrites the details file sorted by (index, sample), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in sorted(records, key=lambda r: (r["index"], r["sample"])):
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, sorted(records, key=lambda r: (r["index"], r["sample"])))
 
 
 @dataclass
@@ -148,7 +137,7 @@ class SettingsFile:
 
     def write(self) -> None:
         if not self.written:
-            _write_json_atomic(self.path, self.record)
+            atomic_write_json(self.path, self.record)
             self.written = True
 
 
@@ -192,7 +181,7 @@ def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
         except json.JSONDecodeError:
             merged = {}
     merged.update(results)
-    _write_json_atomic(path, merged)
+    atomic_write_json(path, merged)
 
 
 # ----------------------------------------------------------------------------- one task
@@ -263,9 +252,7 @@ class TaskRun:
             return
         if self.settings is not None:
             self.settings.write()
-        with self.path.open("a", encoding="utf-8") as f:
-            for rec in recs:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        append_jsonl(self.path, recs)
 
     def finish(self) -> None:
         if self.path is not None:
@@ -458,23 +445,19 @@ def read_completions(path: str | Path) -> dict[str, dict[int, list[dict[str, Any
     if not p.is_file():
         raise UserError(f"completions file {p} does not exist")
     found: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    with p.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                task, index, completion = row["task"], row["index"], row["completion"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise UserError(
-                    f"{p}:{line_no}: expected a JSON object with task, index and completion ({type(e).__name__}: {e})"
-                ) from e
-            get_task(task)
-            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-                raise UserError(f"{p}:{line_no}: index must be a row number (int >= 0), got {index!r}")
-            if not isinstance(completion, str):
-                raise UserError(f"{p}:{line_no}: completion must be a string")
-            found[task][index].append(row)
+    for line_no, row in iter_jsonl(p):
+        try:
+            task, index, completion = row["task"], row["index"], row["completion"]
+        except (KeyError, TypeError) as e:
+            raise UserError(
+                f"{p}:{line_no}: expected a JSON object with task, index and completion ({type(e).__name__}: {e})"
+            ) from e
+        get_task(task)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise UserError(f"{p}:{line_no}: index must be a row number (int >= 0), got {index!r}")
+        if not isinstance(completion, str):
+            raise UserError(f"{p}:{line_no}: completion must be a string")
+        found[task][index].append(row)
     if not found:
         raise UserError(f"{p} holds no completions")
     return found

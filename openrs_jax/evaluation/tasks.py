@@ -7,7 +7,6 @@ shared benchmark files have exactly this layout).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import GoldKind
+from openrs_jax.files import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -86,19 +86,6 @@ def _problems_from_rows(spec: TaskSpec, rows: Iterable[Mapping[str, Any]], where
     return problems
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{line_no} is not valid JSON: {e}") from e
-    return rows
-
-
 def _load_hub(spec: TaskSpec) -> list[dict[str, Any]]:
     try:
         import datasets
@@ -124,7 +111,7 @@ def load_task(name: str, data_dir: str | Path | None = None, limit: int | None =
         path = Path(data_dir).expanduser() / f"{name}.jsonl"
         if not path.is_file():
             raise UserError(f"{path} not found: --data_dir must hold <task>.jsonl files ({name}.jsonl for {name})")
-        rows, where = _read_jsonl(path), str(path)
+        rows, where = read_jsonl(path), str(path)
     else:
         rows, where = _load_hub(spec), f"{spec.hub_id} ({spec.split})"
     if limit is not None:

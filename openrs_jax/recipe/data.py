@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from openrs_jax.errors import UserError
+from openrs_jax.files import read_jsonl
 from openrs_jax.hub import require_hub
 
 log = logging.getLogger("openrs_jax.recipe.data")
@@ -62,18 +63,9 @@ class PromptDataset:
 
 
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        return json.loads(text)
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n} is not valid JSON ({e})") from None
-    return rows
+    """A JSON list of rows, or JSON lines (whatever the suffix)."""
+    text = path.read_text(encoding="utf-8-sig")
+    return json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
 
 
 def _read_local(path: Path, split: str) -> list[dict[str, Any]]:

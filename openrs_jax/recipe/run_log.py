@@ -3,12 +3,12 @@ and optionally Weights & Biases (`report_to` includes "wandb"; same metric names
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from openrs_jax.errors import UserError
+from openrs_jax.files import append_jsonl, read_jsonl, write_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
@@ -70,9 +70,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _step_of(line: str) -> int | None:
+def _step_of(record: Any) -> int | None:
     try:
-        return int(json.loads(line)["step"])
+        return int(record["step"])
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -106,16 +106,14 @@ class RunLog:
         for name in (METRICS_FILE, COMPLETIONS_FILE):
             path = self.dir / name
             if path.is_file():
-                keep = [line for line in path.read_text().splitlines() if _step_of(line) is not None
-                        and _step_of(line) <= step]
-                path.write_text("".join(line + "\n" for line in keep))
+                keep = [r for r in read_jsonl(path, skip_bad=True) if _step_of(r) is not None and _step_of(r) <= step]
+                write_jsonl(path, keep)
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with open(self.dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.dir / METRICS_FILE, [record])
         scalars = {key: value for key, value in record.items()
                    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
         if self._tb is not None:
@@ -128,9 +126,8 @@ class RunLog:
     def log_completions(self, step: int, samples: Sequence[Mapping[str, Any]]) -> None:
         if not self.enabled:
             return
-        with open(self.dir / COMPLETIONS_FILE, "a") as f:
-            for sample in samples:
-                f.write(json.dumps({"step": step, **{k: _jsonable(v) for k, v in sample.items()}}) + "\n")
+        append_jsonl(self.dir / COMPLETIONS_FILE,
+                     [{"step": step, **{k: _jsonable(v) for k, v in sample.items()}} for sample in samples])
 
     def close(self) -> None:
         if self._tb is not None:
@@ -157,6 +154,6 @@ def outputs_summary(output_dir: str | Path, step: int, exported: str | Path | No
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's metrics.jsonl."""
+    """All records of a run's metrics.jsonl (of a run still going: but the line being written)."""
     path = Path(output_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_jsonl(path, skip_bad=True) if path.is_file() else []

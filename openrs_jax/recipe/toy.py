@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from openrs_jax.errors import UserError
+from openrs_jax.files import write_jsonl
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BUILTIN_PREFIX = "builtin:"
@@ -117,10 +118,8 @@ def write_assets(root: Path = ASSETS) -> None:
     (tiny / "config.json").write_text(json.dumps(config, indent=2))
     (tiny / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": vocab["<bos>"], "eos_token_id": vocab["<eos>"], "pad_token_id": vocab["<pad>"]}, indent=2))
-    with open(root / "sums.jsonl", "w") as f:
-        for a in range(5):
-            for b in range(5):
-                f.write(json.dumps({"problem": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+    sums = [{"problem": f"{a}+{b}=", "answer": str(a + b)} for a in range(5) for b in range(5)]
+    write_jsonl(root / "sums.jsonl", sums)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from openrs_jax.errors import UserError
+from openrs_jax.files import atomic_write_json, new_file_mode
 from openrs_jax.core.model.config import Qwen2Config
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of, hf_to_params, params_to_hf
 
@@ -117,15 +117,15 @@ def write_hf_directory(
             _save_safetensors(shard, out / fname)
             weight_map.update({name: fname for name in shard})
         total = sum(v.nbytes for v in tensors.values())
-        (out / HF_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        atomic_write_json(out / HF_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
 
     hf_config = config.to_hf_dict()
     hf_config["torch_dtype"] = dtype
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2))
+    atomic_write_json(out / "config.json", hf_config)
     gen = dict(generation_config or {})
     gen.setdefault("bos_token_id", config.bos_token_id)
     gen.setdefault("eos_token_id", config.eos_token_id)
-    (out / "generation_config.json").write_text(json.dumps({k: v for k, v in gen.items() if v is not None}, indent=2))
+    atomic_write_json(out / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, out)
     return out
@@ -138,9 +138,7 @@ def _save_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
     from safetensors.numpy import save_file
 
     save_file(dict(tensors), str(path), metadata={"format": "pt"})
-    umask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
+    path.chmod(new_file_mode())
 
 
 def copy_tokenizer_files(tokenizer_dir: str | Path, out_dir: str | Path) -> list[str]:
@@ -165,8 +163,8 @@ def save_flax_checkpoint(out_dir: str | Path, params: Mapping[str, Any], config:
         shutil.rmtree(target)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(target, dict(params))
-    (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
-    (out / FLAX_MARKER).write_text(json.dumps({"format": "openrs-jax params", "version": 1}))
+    atomic_write_json(out / "config.json", config.to_hf_dict())
+    atomic_write_json(out / FLAX_MARKER, {"format": "openrs-jax params", "version": 1}, indent=None)
     return out
 
 

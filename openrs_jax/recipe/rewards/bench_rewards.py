@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openrs_jax.files import atomic_write_json
 from openrs_jax.recipe.rewards.batch import score_batch
 from openrs_jax.recipe.rewards.registry import REWARD_FUNCTIONS
 
@@ -155,7 +156,7 @@ def run_reward_benchmark(
         result["same_as_in_process"] = base.total == first.total
     result["load_avg_1m_after"] = os.getloadavg()[0]
     if out is not None:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(out, result)
     return result
 
 
