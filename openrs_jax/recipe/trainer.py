@@ -369,10 +369,10 @@ class GRPOTrainer:
             rewards = np.asarray(scored.scores.total, np.float32)
             advantages = self.advantages(rewards)
 
+        # time/reference_s: what the log-prob passes cost beyond the reward scoring they overlap with.
         with clock("reference"):
             if pending is None:  # dynamic sampling: the step's rows are known only after scoring
                 pending = self.start_logprob_passes(scored.examples, scored.out)
-            # What the log-prob passes cost beyond the reward scoring they overlap with.
             batch = self.finish_batch(pending, advantages)
 
         with clock("update"):
