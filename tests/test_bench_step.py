@@ -264,7 +264,7 @@ def test_gpu_script_small_shapes_without_gpu_only_packages(tmp_path):
         (hide / name / "__init__.py").write_text(
             f'raise ModuleNotFoundError("No module named {name} (hidden by the test)", name={name!r})\n')
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(SMALL="1", STEPS="1", PYTHONPATH=f"{hide}{os.pathsep}{REPO_ROOT}", JAX_PLATFORMS="cpu",
+    env.update(SMALL="1", STEPS="1", PYTHON=sys.executable, PYTHONPATH=f"{hide}{os.pathsep}{REPO_ROOT}", JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "results"
     proc = subprocess.run(["bash", str(REPO_ROOT / "bench" / "gpu_exp2.sh"), str(out)], cwd=REPO_ROOT, env=env,

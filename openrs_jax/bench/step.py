@@ -488,8 +488,7 @@ def _run_trl(
     dataset = datasets.Dataset.from_list([{"prompt": m, "gold": gold_from_row(r)} for m, r in zip(messages, ours.rows)])
     settings = _trl_settings(args, ours, workdir)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[ours.dtype]
-    # The reference model TRL loads itself (beta > 0) takes its dtype from here.
-    config = trl.GRPOConfig(**settings, model_init_kwargs={"dtype": torch_dtype})
+    config = trl.GRPOConfig(**settings)  # TRL loads its reference model (beta > 0) in the policy's dtype
     generate_times, reward_times = _CallTimes(), _CallTimes()
 
     class TimedGenerate(transformers.Qwen2ForCausalLM):
