@@ -5,11 +5,11 @@
 #   SMALL=1 bash bench/gpu_exp2.sh /tmp/check   # tiny shapes: checks the script on a CPU in about a minute
 #
 # Shapes (configs/exp2.py + preset:deepseek-r1-distill-qwen-1.5b): DeepSeek-R1-Distill-Qwen-1.5B
-# (1.78 B parameters), 12 prompts x 6 samples = 72 rows, prompts of 512 random tokens, 3,584 new
+# (1.78 B parameters), 12 prompts x 6 samples = 72 rows, generated prompts of 512 tokens, 3,584 new
 # tokens per row with EOS ignored, bf16 compute, fp32 master weights and AdamW, remat "full",
 # micro-batch 6, beta 0.04 (reference pass). Runs, each writing RESULTS_DIR/<name>.json (+ .log):
-#   step    warm-up + STEPS full GRPO steps (synthetic engine: random prompts, a host-side reward
-#           of token ids, so no tokenizer, datasets or math-verify are needed), split into rollout,
+#   step    warm-up + STEPS steps of the real GRPOTrainer (exp2's run config, the bench's cheap
+#           custom reward), split by the trainer into rollout (the sampler's prefill and decode),
 #           reward, reference and update; decode bandwidth use against the copy bandwidth measured
 #           in the same process; update and reference MFU; the runtime's peak device memory.
 #   memory  the ahead-of-time memory plan of the same programs for 1 device (PLAN=0 skips it).
@@ -22,7 +22,12 @@
 # 72 rows, update MFU >= 40%, a whole step < 60 s).
 #
 # Environment: STEPS (timed steps, default 2), PYTHON (default python), XLA_PYTHON_CLIENT_MEM_FRACTION
-# (default 0.92), JAX_COMPILATION_CACHE_DIR (default /tmp/openrs-jax-cache: runs share compiled programs).
+# (default 0.92), JAX_COMPILATION_CACHE_DIR (default /tmp/openrs-jax-cache: runs share compiled programs),
+# WHEELS (default .whl): pure-Python wheels installed first when the directory holds any, for a machine
+# that cannot reach a package index and lacks some of the project's dependencies (a GPU image without
+# ml-collections and math-verify). Fetch them where pip works, e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections math-verify \
+#     latex2sympy2_extended antlr4-python3-runtime==4.13.2
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,6 +40,12 @@ REALISTIC=${REALISTIC:-1}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/openrs-jax-cache}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+WHEELS=${WHEELS:-.whl}
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  site=$(mktemp -d /tmp/openrs-wheels.XXXXXX)
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$WHEELS"/*.whl
+  export PYTHONPATH="$PYTHONPATH:$site"  # after the repository and the image's own packages' paths
+fi
 
 device=$("$PYTHON" -c "import jax; d = jax.devices()[0]; print(d.device_kind if d.platform != 'cpu' else 'cpu')" \
   | tr -c 'A-Za-z0-9.\n-' '-' | tr -s '-' | sed 's/^-//; s/-$//')
@@ -64,7 +75,7 @@ else
 fi
 
 # `python -m openrs_jax.bench`, minus the subcommands whose optional dependencies this machine
-# lacks (the GPU image has no math-verify, which the rewards subcommand imports).
+# lacks.
 bench() {
   local name=$1
   shift
@@ -92,7 +103,8 @@ EOF
 }
 
 status=0
-bench step step --config "$CONFIG" --model "$MODEL" --steps "$STEPS" || status=1
+# No system prompt: the preset's built-in tokenizer knows no English; the 512 prompt tokens are the sums.
+bench step step --config "$CONFIG" --model "$MODEL" --steps "$STEPS" --system_prompt "" || status=1
 if [[ "$PLAN" == 1 ]]; then
   bench memory memory --config "$CONFIG" --model "$MODEL" --devices 1 || status=1
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from openrs_jax.core.model import Qwen2Config
 from tests.conftest import REPO_ROOT
 
 EXP2 = str(REPO_ROOT / "configs" / "exp2.py")
-TINY_SHAPES = ["--prompts_per_step", "2", "--num_generations", "2", "--max_new_tokens", "4", "--prompt_len", "8"]
+TINY_SHAPES = ["--prompts_per_step", "2", "--num_generations", "2", "--max_new_tokens", "4", "--prompt_len", "16"]
 
 
 def parse(module, argv: list[str]) -> argparse.Namespace:
@@ -99,14 +100,8 @@ def test_run_config_fills_unset_flags_and_given_flags_win():
     assert (args.prompts_per_step, args.max_new_tokens, args.dtype, args.micro_batch_size) == (4, 64, None, None)
 
 
-def test_step_prompt_len_defaults_fit_the_engine():
-    """Real prompts (trainer engine) default to the recipe's max_prompt_length, not 64 tokens."""
-    args = parse(step, ["--model", "builtin:tiny", "--dataset", "problems.jsonl"])
-    shapes.apply_run_config(args)
-    assert args.prompt_len is None
-    assert step.default_prompt_len("trainer") == 512
-    assert step.default_prompt_len("synthetic") == step.SYNTHETIC_PROMPT_LEN == 64
-    # --config's max_prompt_length and an explicit flag come first.
+def test_step_prompt_len_defaults_to_the_run_config():
+    """--prompt_len is the run's max_prompt_length: the config's unless given."""
     args = parse(step, ["--model", "builtin:tiny", "--config", str(REPO_ROOT / "configs" / "tiny.py")])
     shapes.apply_run_config(args)
     assert args.prompt_len == 16
@@ -115,22 +110,38 @@ def test_step_prompt_len_defaults_fit_the_engine():
     assert args.prompt_len == 100
 
 
-def test_step_synthetic_engine_defaults_to_short_prompts():
-    args = parse(step, ["--model", "builtin:tiny", "--prompts_per_step", "2", "--num_generations", "2",
-                        "--max_new_tokens", "2", "--steps", "1", "--mesh", "fsdp=1", "--no_copy_bandwidth"])
-    result = step.run(args)
-    assert args.prompt_len == 64 and result["prompt_len_bucketed"] == 64
-
-
-def test_step_trainer_default_fits_real_training_prompts():
-    """The real training sample has 4 prompts within the default max_prompt_length (not within 64)."""
-    from openrs_jax.recipe.config import SYSTEM_PROMPT
+def test_generated_prompts_fill_prompt_len_with_any_tokenizer():
     from openrs_jax.core.tokenizer import load_tokenizer
+    from openrs_jax.recipe.config import SYSTEM_PROMPT
+    from openrs_jax.recipe.prompts import render_prompt_ids
+    from tests.conftest import shared_data
+
+    for tokenizer, system_prompt, prompt_len in (
+        (load_tokenizer("builtin:tiny"), "", 40),
+        (load_tokenizer(shared_data("tokenizer", "deepseek-r1-distill-qwen")), SYSTEM_PROMPT, 512),
+    ):
+        rows = step.filled_rows(tokenizer, system_prompt, 3, prompt_len, seed=1)
+        assert len({r["problem"] for r in rows}) == 3  # distinct prompts, same length budget
+        for row in rows:
+            terms = row["problem"][:-1].split("+")
+            assert row["answer"] == str(sum(map(int, terms)))
+            n = len(render_prompt_ids(tokenizer, row["problem"], system_prompt))
+            longer = len(render_prompt_ids(tokenizer, row["problem"][:-1] + "+99=", system_prompt))
+            assert n <= prompt_len < longer + 3  # as long as fits (one more term would not, or only just)
+            assert n >= prompt_len - 4
+    with pytest.raises(UserError, match="--prompt_len 4 is shorter than the rendered prompt"):
+        step.filled_rows(load_tokenizer("builtin:tiny"), "", 1, 4)
+
+
+def test_step_dataset_rows_fit_real_training_prompts():
+    """The real training sample has 4 prompts within the recipe's max_prompt_length (not within 64)."""
+    from openrs_jax.core.tokenizer import load_tokenizer
+    from openrs_jax.recipe.config import SYSTEM_PROMPT, base_config
     from tests.conftest import shared_data
 
     dataset = shared_data("train", "deepscaler_sample.jsonl")
     tokenizer = load_tokenizer(shared_data("tokenizer", "deepseek-r1-distill-qwen"))
-    rows = step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, step.default_prompt_len("trainer"))
+    rows = step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, base_config().max_prompt_length)
     assert len(rows) == 4
     with pytest.raises(UserError, match="fewer than 4 prompts of at most 64 tokens"):
         step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, 64)
@@ -146,36 +157,6 @@ def test_sampler_and_update_take_the_same_config():
     shapes.apply_run_config(args)
     assert (args.rows, args.num_generations, args.completion_len, args.micro_batch_size, args.remat) == (
         72, 6, 3584, 6, "full")
-
-
-def test_run_configs_load_without_ml_collections():
-    """The GPU image has no ml_collections: configs/*.py load through the stand-in ConfigDict."""
-    code = (
-        "import sys; sys.modules['ml_collections'] = None\n"  # makes `import ml_collections` fail
-        "from openrs_jax.bench.shapes import RunShapes, load_run_config\n"
-        "from openrs_jax.errors import UserError\n"
-        f"c = load_run_config({EXP2!r}, ['beta=0.1', 'mesh.fsdp=2'])\n"
-        "assert type(c).__module__ == 'openrs_jax.bench.shapes', type(c)\n"
-        "s = RunShapes.from_config(c)\n"
-        "assert (s.rows, s.max_completion_length, s.beta, s.mesh) == (72, 3584, 0.1, 'data=1,fsdp=2,tensor=1'), s\n"
-        "assert c.model_path == c.tokenizer_path and c.reward_weights == (1.0, 2.0)\n"
-        "try:\n"
-        f"    load_run_config({EXP2!r}, ['betta=1'])\n"
-        "except UserError as e:\n"
-        "    assert 'beta' in str(e), e\n"
-        "else:\n"
-        "    raise AssertionError('a misspelt key was accepted')\n"
-        "try:\n"
-        "    c.new_key = 1\n"
-        "except AttributeError:\n"
-        "    pass\n"
-        "else:\n"
-        "    raise AssertionError('a locked config took a new key')\n"
-        "print('ok')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().endswith("ok")
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -209,26 +190,33 @@ def test_forward_flops_are_a_third_of_training_flops():
     assert train_flops_per_token(c, 0) == pytest.approx(6 * (1_777_088_000 - 151936 * 1536 - 1536))
 
 
-def test_synthetic_rewards_vary_within_groups_and_cost_nothing():
-    import numpy as np
+def test_bench_reward_is_a_custom_reward_of_the_trainer():
+    """The default reward goes through the trainer's 'package.module:function' mechanism."""
+    from openrs_jax.recipe.rewards import get_reward_function
 
-    ids = np.array([[2, 4, 6, 1], [1, 3, 5, 2], [3, 2, 2, 2], [5, 1, 1, 1]])
-    rewards = step.synthetic_rewards(ids, np.array([4, 4, 4, 2]))
-    assert rewards.tolist() == [2.0, 0.0, 3.0, 0.0]
+    assert step.parity_reward(["0246", "1357", "02x", ""], ["", "", "", ""]) == [1.0, 0.0, 1.0, 0.0]
+    assert get_reward_function(step.BENCH_REWARD)(["0246", "13"], ["1", "1"]) == [1.0, 0.0]
 
 
 # --- runs ---------------------------------------------------------------------------------------
 
 
-def test_step_synthetic_engine_times_every_phase():
-    args = parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--steps", "1", "--mesh", "fsdp=1"])
+def test_step_times_the_real_trainer():
+    """`bench step` runs GRPOTrainer.train_one_step on builtin:tiny and reads the trainer's own times."""
+    args = parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--system_prompt", "", "--steps", "1",
+                        "--mesh", "fsdp=1", "--reward_num_workers", "0"])
     result = step.run(args)
-    assert result["engine"] == "synthetic" and result["random_weights"] and result["eos_ignored"]
-    assert result["rows"] == 4 and result["completion_tokens_per_step"] == 4 * 4
+    assert result["random_weights"] and result["eos_ignored"] and result["reward_funcs"] == [step.BENCH_REWARD]
+    assert result["dataset"] == "generated" and max(result["prompt_tokens"]) <= 16
+    assert min(result["prompt_tokens"]) >= 12  # generated prompts fill --prompt_len
+    assert result["rows"] == 4 and result["completion_tokens_per_step"] == 4 * 4  # ignore_eos: every token
+    assert result["completion_len_trained"] == 4 and result["prompt_len_bucketed"] == 16
     assert len(result["step_times_s"]) == 1 and result["first_step_s"] > 0
     parts = sum(result[k] for k in ("rollout_s", "reward_s", "reference_s", "update_s"))
     assert parts <= result["step_time_s"] + 1e-6 and result["other_s"] >= -1e-6
-    assert result["decode_s"] <= result["rollout_s"]
+    assert 0 < result["decode_s"] <= result["rollout_s"] and result["prefill_s"] > 0  # the sampler's own split
+    step_record = result["per_step"][0]
+    assert math.isfinite(step_record["loss"]) and step_record["kl"] >= 0 and step_record["completion_length"] == 4
     assert result["update_model_tflops"] > 0 and result["reference_model_tflops"] == pytest.approx(
         result["update_model_tflops"] / 3)
     assert result["update_mfu"] is None  # no known peak on a CPU in fp32
@@ -241,14 +229,12 @@ def test_step_synthetic_engine_times_every_phase():
 def test_step_refuses_bad_requests():
     with pytest.raises(UserError, match="micro_batch_size"):
         step.run(parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--micro_batch_size", "3"]))
-    with pytest.raises(UserError, match="compare_trl"):
-        step.run(parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--compare_trl"]))
     with pytest.raises(UserError, match="num_generations"):
         step.run(parse(step, ["--model", "builtin:tiny", "--num_generations", "1"]))
 
 
 @pytest.mark.slow
-def test_step_trainer_engine_against_trl(tmp_path):
+def test_step_against_trl(tmp_path):
     """The product's trainer and TRL's GRPOTrainer on the same tiny weights, prompts and lengths."""
     pytest.importorskip("trl")
     args = parse(step, [
@@ -257,7 +243,7 @@ def test_step_trainer_engine_against_trl(tmp_path):
         "--no_copy_bandwidth", "--compare_trl", "--trl_threads", "1",
     ])
     result = step.run(args)
-    assert result["engine"] == "trainer" and result["reward_funcs"] == ["accuracy"]
+    assert result["reward_funcs"] == ["accuracy"] and result["dataset"] == "builtin:sums"
     assert result["completion_tokens_per_step"] == 4 * 4  # EOS ignored: every row has max_new_tokens
     assert result["trl_prompts_match_ours"] and result["torch_threads"] == 1
     assert result["trl_completion_mean_length"] and set(result["trl_completion_mean_length"]) == {4.0}
@@ -270,15 +256,15 @@ def test_step_trainer_engine_against_trl(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_script_small_shapes_without_gpu_only_packages(tmp_path):
-    """bench/gpu_exp2.sh end to end at tiny shapes, on a Python that cannot import math-verify,
-    ml_collections or datasets (as on the GPU image)."""
+    """bench/gpu_exp2.sh end to end at tiny shapes, on a Python that cannot import datasets (TRL's
+    dependency, absent from the GPU image; ml-collections and math-verify travel there as wheels)."""
     hide = tmp_path / "hide"
-    for name in ("math_verify", "ml_collections", "datasets"):
+    for name in ("datasets",):
         (hide / name).mkdir(parents=True)
         (hide / name / "__init__.py").write_text(
             f'raise ModuleNotFoundError("No module named {name} (hidden by the test)", name={name!r})\n')
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(SMALL="1", STEPS="1", PYTHONPATH=f"{hide}{os.pathsep}{REPO_ROOT}", JAX_PLATFORMS="cpu",
+    env.update(SMALL="1", STEPS="1", PYTHON=sys.executable, PYTHONPATH=f"{hide}{os.pathsep}{REPO_ROOT}", JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "results"
     proc = subprocess.run(["bash", str(REPO_ROOT / "bench" / "gpu_exp2.sh"), str(out)], cwd=REPO_ROOT, env=env,
@@ -287,10 +273,10 @@ def test_gpu_script_small_shapes_without_gpu_only_packages(tmp_path):
         p.read_text()[-3000:] for p in Path(out).glob("*.log"))
     step_result = json.loads((out / "step.json").read_text())
     memory_result = json.loads((out / "memory.json").read_text())
-    assert step_result["benchmark"] == "step" and step_result["engine"] == "synthetic"
+    assert step_result["benchmark"] == "step" and step_result["reward_funcs"] == [step.BENCH_REWARD]
     assert step_result["rows"] == 4 and step_result["max_new_tokens"] == 8 and step_result["run_config"]
+    assert step_result["completion_tokens_per_step"] == 4 * 8 and max(step_result["prompt_tokens"]) <= 16
     assert memory_result["update_peak_bytes_per_device"] > 0 and memory_result["devices"] == 1
-    assert "bench rewards is unavailable" in (out / "step.log").read_text()
     assert "step time (median of 1)" in proc.stdout and "update MFU" in proc.stdout
     realistic = json.loads((out / "decode_realistic.json").read_text())
     assert realistic["stop_lengths"] == "realistic" and realistic["mean_completion_length"] < realistic["new_tokens"]

@@ -81,7 +81,7 @@ def test_bench_flags_use_underscores_and_keep_the_old_spellings_hidden():
     import argparse
 
     from openrs_jax.bench import memory
-    from openrs_jax.recipe.rewards import bench_rewards
+    from openrs_jax.bench import rewards as bench_rewards
 
     p = argparse.ArgumentParser()
     bench_rewards.add_arguments(p)

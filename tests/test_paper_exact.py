@@ -110,7 +110,7 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
     examples = [trainer.dataset.examples[i] for i in block]
     full = [tok.encode(render_prompt(tok, e.problem, ""), add_special_tokens=False) for e in examples]
 
-    out, _ = trainer.rollout(examples)
+    out = trainer.rollout(examples)
     for r in range(0, len(examples) * g, g):
         seen = out.prompt_ids[r][out.prompt_mask[r]].tolist()
         assert seen == [BOS] + full[r // g]  # two BOS, nothing cut

@@ -429,7 +429,7 @@ def test_in_process_scorer_and_close() -> None:
 
 
 def test_reward_benchmark_runs(tmp_path: Path) -> None:
-    from openrs_jax.recipe.rewards.bench_rewards import run_reward_benchmark
+    from openrs_jax.bench.rewards import run_reward_benchmark
 
     out = tmp_path / "rewards.json"
     res = run_reward_benchmark(8, 1, 500, out, reward_funcs=("format", "accuracy"), repeats=1)

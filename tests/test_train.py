@@ -42,7 +42,7 @@ def test_outputs_of_a_short_run(tmp_path):
     required = ["reward", "reward_std", "rewards/accuracy", "completion_length",
                 "completion_length_min", "completion_length_max", "truncated_fraction", "kl", "clip_ratio",
                 "loss", "grad_norm", "learning_rate", "time/rollout_s", "time/reward_s", "time/reference_s",
-                "time/update_s", "tokens_per_s"]
+                "time/update_s", "time/prefill_s", "time/decode_s", "tokens_per_s"]
     for key in required:
         assert all(np.isfinite(m[key]) for m in metrics), key
     assert metrics[0]["learning_rate"] == pytest.approx(1e-3)  # no warmup in the tiny config

@@ -338,7 +338,7 @@ def memory_plan(args: argparse.Namespace, devices: Sequence[jax.Device] | None =
         raise UserError(f"{args.devices} devices requested but only {len(devices)} are visible")
     from openrs_jax.bench import shapes
 
-    cfg = shapes.load_run_config(args.config)  # works without ml_collections too (the GPU image)
+    cfg = shapes.load_run_config(args.config)
     model_config = shapes.model_config(
         args.model_config, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat
     )

@@ -6,8 +6,8 @@ Two sources, usable together:
   batch shapes a subcommand needs (prompts per step, generations, prompt and completion
   lengths, micro-batch, beta, loss aggregation, remat, compute dtype, sampling settings,
   mesh). A flag given on the command line wins over the config; the config wins over the
-  flag's default. Where `ml_collections` is not installed (the GPU image), config files are
-  read through a small stand-in for its `ConfigDict` (`load_run_config`).
+  flag's default. It needs `ml_collections` as training does (bench/gpu_exp2.sh installs it
+  from carried wheels on a machine that lacks it).
 - `--model SPEC`: the model. A Hugging Face directory or openrs-jax checkpoint (its weights),
   a directory holding only a config.json or a config.json file (random weights of that
   shape), the built-in demo model `builtin:tiny` (random weights, the shape every other
@@ -25,11 +25,8 @@ Two sources, usable together:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
-import sys
-import types
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -135,94 +132,12 @@ def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple
 
 
 # ---------------------------------------------------------------------------------------------
-# Run configs (with a stand-in for ml_collections where it is absent)
+# Run configs
 # ---------------------------------------------------------------------------------------------
 
 
-class _ConfigDict(dict):
-    """The part of `ml_collections.ConfigDict` that openrs_jax.recipe.config and configs/*.py use:
-    attribute access, nested dicts, lock()/unlocked(), to_dict()."""
-
-    def __init__(self, initial: Mapping[str, Any] | None = None, **kwargs: Any):
-        super().__init__()
-        object.__setattr__(self, "_locked", False)
-        for key, value in {**dict(initial or {}), **kwargs}.items():
-            self[key] = value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if self._locked and key not in self:
-            raise KeyError(f"key {key!r} does not exist and the config is locked")
-        if isinstance(value, dict) and not isinstance(value, _ConfigDict):
-            value = _ConfigDict(value)
-        super().__setitem__(key, value)
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        try:
-            self[key] = value
-        except KeyError as e:
-            raise AttributeError(str(e)) from None
-
-    def lock(self) -> "_ConfigDict":
-        object.__setattr__(self, "_locked", True)
-        for value in self.values():
-            if isinstance(value, _ConfigDict):
-                value.lock()
-        return self
-
-    def _set_locked(self, locked: bool) -> None:
-        object.__setattr__(self, "_locked", locked)
-        for value in self.values():
-            if isinstance(value, _ConfigDict):
-                value._set_locked(locked)
-
-    @contextlib.contextmanager
-    def unlocked(self):
-        was = self._locked
-        self._set_locked(False)
-        try:
-            yield self
-        finally:
-            self._set_locked(was)
-
-    @property
-    def is_locked(self) -> bool:
-        return self._locked
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v.to_dict() if isinstance(v, _ConfigDict) else v for k, v in self.items()}
-
-    def to_json_best_effort(self, **kwargs: Any) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), default=str, **kwargs)
-
-
-def _ensure_ml_collections() -> bool:
-    """Imports ml_collections, or installs the stand-in module; returns whether it is the real one."""
-    try:
-        import ml_collections  # noqa: F401
-
-        return not getattr(ml_collections, "_OPENRS_STAND_IN", False)
-    except ModuleNotFoundError:
-        module = types.ModuleType("ml_collections")
-        module.ConfigDict = _ConfigDict  # type: ignore[attr-defined]
-        # A field whose type may change (scale_rewards: "group" or a bool): the stand-in checks no types.
-        module.FieldReference = lambda value, field_type=None: value  # type: ignore[attr-defined]
-        module._OPENRS_STAND_IN = True  # type: ignore[attr-defined]
-        sys.modules["ml_collections"] = module
-        log.warning("ml_collections is not installed: reading run configs with a minimal stand-in")
-        return False
-
-
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    """`openrs_jax.recipe.config.load_config(path, overrides)`, also where ml_collections is absent."""
-    _ensure_ml_collections()
+    """A run config as `python -m openrs_jax.train` reads it (`openrs_jax.recipe.config.load_config`)."""
     from openrs_jax.recipe.config import load_config
 
     return load_config(path, overrides)

@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.temperature = 0.7  # sampling temperature (0: greedy)
     c.top_p = 1.0  # nucleus sampling: smallest set of tokens with this much probability (1.0: off)
     c.top_k = 0  # sample among the k most likely tokens (0: off)
+    c.ignore_eos = False  # benchmarks: every completion runs to max_completion_length (no stop at EOS), as vLLM's ignore_eos
     # Update (docs/recipe.md section GRPO update).
     c.micro_batch_size = 6  # rows per gradient-accumulation step; divides prompts_per_step x num_generations
     c.learning_rate = 1e-6  # peak AdamW learning rate

@@ -10,6 +10,7 @@ metrics, checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -17,7 +18,7 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,9 @@ from openrs_jax.core.grpo.loss import truncation_mask
 from openrs_jax.core.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
 from openrs_jax.core.model.sources import save_run_tokenizer, tokenizer_dir
 from openrs_jax.core.model_paths import ACCEPTED
-from openrs_jax.recipe.rewards import RewardScorer
+from openrs_jax.recipe.rewards import RewardScorer, ScoreResult
 from openrs_jax.recipe.run_log import METRICS_FILE, RunLog, outputs_summary
-from openrs_jax.core.sampling import Sampler, SamplingParams, bucket_length, left_pad
+from openrs_jax.core.sampling import SampleOutput, Sampler, SamplingParams, bucket_length, left_pad
 from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
 
 log = logging.getLogger("openrs_jax.recipe.trainer")
@@ -153,6 +154,46 @@ class StopRequested:
         return self.signal is not None
 
 
+@dataclasses.dataclass
+class PendingBatch:
+    """A step's host batch (no advantages yet) and the log-prob passes already dispatched on it."""
+
+    batch: dict[str, np.ndarray]
+    prompt_len: int  # prompt columns of `batch` (the loss-side prompt bucket)
+    plans: Any  # the micro-batch plans of length bucketing, or None
+    logps: list[dict[str, Any]]  # per plan (or for the whole batch): ref_logps / old_logps on the devices
+
+
+@dataclasses.dataclass
+class ScoredRollout:
+    """The step's sampled groups with their rewards (rows group-major)."""
+
+    examples: list
+    out: SampleOutput
+    scores: ScoreResult
+    texts: list[str]  # this process's decoded completions (rows `share`); empty when not kept
+    share: range
+
+
+class StepClock:
+    """Wall time of a step's parts: `with clock("rollout"):` adds to that part."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
 class GRPOTrainer:
     """Builds everything a run needs from a validated config; `train()` runs the steps."""
 
@@ -217,7 +258,7 @@ class GRPOTrainer:
         self.sampler = Sampler(self.model_config, mesh=self.mesh, prompt_bucket=min(64, round_up(c.max_prompt_length, 8)))
         self.sampling = SamplingParams(
             temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_completion_length,
-            eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id,
+            eos_ids=() if c.ignore_eos else self.eos_ids, pad_id=self.tokenizer.pad_id,
         )
         self.checkpointer = Checkpointer(self.output_dir, keep=c.keep_checkpoints)
         self.step = 0
@@ -301,10 +342,58 @@ class GRPOTrainer:
         )
 
     # --- one step ----------------------------------------------------------------------------
+    # train_one_step reads top to bottom; each part below is a method a caller (the benchmark)
+    # can time on its own, and the step reports the wall time of each part as time/*.
 
-    def rollout(self, examples: list, refill: int = 0) -> tuple[Any, float]:
+    def train_one_step(self) -> dict[str, Any]:
+        """One optimizer step: draw prompts -> rollout -> start the log-prob passes -> score
+        (and refill, with dynamic sampling) -> advantages -> update -> metrics."""
+        c = self.config
+        clock = StepClock()
+        examples = self.draw_prompts()
+        with clock("rollout"):
+            out = self.rollout(examples)
+        sampler_timings = out.timings  # the sampler's own prefill / decode split of the rollout
+
+        # The log-prob passes need no rewards: start them, then score on the host meanwhile.
+        pending = None
+        if not c.dynamic_sampling:
+            with clock("reference"):
+                pending = self.start_logprob_passes(examples, out)
+
+        sampling_metrics: dict[str, float] = {}
+        with clock("reward"):
+            scored = self.score(examples, out)
+            if c.dynamic_sampling:
+                scored, sampling_metrics = self.fill_informative_groups(scored)
+            rewards = np.asarray(scored.scores.total, np.float32)
+            advantages = self.advantages(rewards)
+
+        # time/reference_s: what the log-prob passes cost beyond the reward scoring they overlap with.
+        with clock("reference"):
+            if pending is None:  # dynamic sampling: the step's rows are known only after scoring
+                pending = self.start_logprob_passes(scored.examples, scored.out)
+            batch = self.finish_batch(pending, advantages)
+
+        with clock("update"):
+            update_metrics = self.update(batch)
+        self.end_step(update_metrics)
+
+        metrics = {
+            **self.step_metrics(scored, rewards, update_metrics, pending.prompt_len, clock),
+            **sampling_metrics,
+            **{f"time/{k}": v for k, v in sampler_timings.items() if k in ("prefill_s", "decode_s")},
+        }
+        if c.log_completions and self.writer:
+            self.log_samples(scored, rewards)
+        return metrics
+
+    def draw_prompts(self) -> list:
+        """The next `prompts_per_step` examples of the data order."""
+        return [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
+
+    def rollout(self, examples: list, refill: int = 0) -> SampleOutput:
         """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
-        start = time.perf_counter()
         # The decode layout straight from the training parameters: one copy of the weights alive.
         params = self.sampler.prepare(self.state.params)
         key = jax.random.fold_in(self.rng, self.step)
@@ -316,7 +405,7 @@ class GRPOTrainer:
         if self.config.rollout_max_model_length:
             caps = [self.config.rollout_max_model_length + 1 - len(e.rollout_ids) for e in examples]
             out = cap_completions(out, np.repeat(caps, self.config.num_generations), self.tokenizer.pad_id)
-        return out, time.perf_counter() - start
+        return out
 
     def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
         """The prompts as the loss sees them (single BOS, at most max_prompt_length tokens), one row
@@ -376,68 +465,71 @@ class GRPOTrainer:
         ]
         return plans, logps
 
-    def _start_logprobs(self, examples: list, out: Any) -> tuple[dict[str, Any], int, Any, list[dict[str, Any]]]:
-        """The host batch of these rows (no advantages yet), its prompt width, and the dispatched
-        log-prob passes (`dispatch_logprobs`)."""
+    def start_logprob_passes(self, examples: list, out: SampleOutput) -> "PendingBatch":
+        """The host batch of these rows (no advantages yet) with its log-prob passes dispatched."""
         prompts = self.loss_prompts(examples)
         batch = self.build_batch(out, prompts)
         prompt_len = prompts[0].shape[1]
         plans, logps = self.dispatch_logprobs(batch, prompt_len)
-        return batch, prompt_len, plans, logps
+        return PendingBatch(batch, prompt_len, plans, logps)
 
-    def train_one_step(self) -> dict[str, Any]:
-        c = self.config
-        g = c.num_generations
-        t0 = time.perf_counter()
-        indices = self.order.next_indices(c.prompts_per_step)
-        examples = [self.dataset.examples[i] for i in indices]
-        out, rollout_s = self.rollout(examples)
-
-        # The log-prob passes need no rewards: start them, then score on the host meanwhile.
-        dispatch_s = 0.0
-        if not c.dynamic_sampling:
-            t_ref = time.perf_counter()
-            batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
-            dispatch_s = time.perf_counter() - t_ref
-
-        t1 = time.perf_counter()
-        scores, texts, share = self._score(examples, out)
-        sampling_metrics: dict[str, float] = {}
-        if c.dynamic_sampling:
-            ds_start = time.perf_counter()
-            picked, sampling_metrics = dynamic_sampling.fill_step(
-                dynamic_sampling.Rollout(examples, out, scores), self._extra_rollout,
-                prompts_per_step=c.prompts_per_step, num_generations=g,
-                max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
-            )
-            examples, out, scores, texts = picked.examples, picked.out, picked.scores, []
-            sampling_metrics["time/dynamic_sampling_s"] = time.perf_counter() - ds_start
+    def score(self, examples: list, out: SampleOutput) -> "ScoredRollout":
+        """The whole batch's rewards; this process decodes and scores its share of the groups
+        and only the numbers travel between processes."""
+        g = self.config.num_generations
         golds = [e.gold for e in examples for _ in range(g)]
-        rewards = np.asarray(scores.total, np.float32)
-        advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
-        reward_s = time.perf_counter() - t1
+        share = distributed.process_rows(len(examples), g)
+        texts = self._completion_texts(out, share)
+        local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
+        return ScoredRollout(examples, out, distributed.gather_scores(local, len(examples), g), texts, share)
 
-        t2 = time.perf_counter()
-        if c.dynamic_sampling:
-            # The step's rows are known only after scoring and refilling: no overlap here.
-            batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
-        batch["advantages"] = advantages.astype(np.float32)
-        if plans is not None:
-            batch = self.train_step.micro_batches(batch, plans, logps)
+    def fill_informative_groups(self, scored: "ScoredRollout") -> tuple["ScoredRollout", dict[str, float]]:
+        """Dynamic sampling: drops equal-reward groups and refills the step from extra rounds."""
+        c = self.config
+        start = time.perf_counter()
+        picked, metrics = dynamic_sampling.fill_step(
+            dynamic_sampling.Rollout(scored.examples, scored.out, scored.scores), self._extra_rollout,
+            prompts_per_step=c.prompts_per_step, num_generations=c.num_generations,
+            max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+        )
+        metrics["time/dynamic_sampling_s"] = time.perf_counter() - start
+        # Texts are decoded again for the logged samples (the picked rows are a new batch).
+        return ScoredRollout(picked.examples, picked.out, picked.scores, [], range(0)), metrics
+
+    def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
+        """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
+        examples = self.draw_prompts()
+        out = self.rollout(examples, refill)
+        return dynamic_sampling.Rollout(examples, out, self.score(examples, out).scores)
+
+    def advantages(self, rewards: np.ndarray) -> np.ndarray:
+        """Group-relative advantages of the step's rewards (rows group-major)."""
+        c = self.config
+        return np.asarray(group_advantages(jnp.asarray(rewards), c.num_generations, scale=c.scale_rewards))
+
+    def finish_batch(self, pending: "PendingBatch", advantages: np.ndarray) -> Any:
+        """The update's device batch: the pending rows with their advantages and log-probs
+        (waits for the log-prob passes)."""
+        batch = {**pending.batch, "advantages": advantages.astype(np.float32)}
+        if pending.plans is not None:
+            batch = self.train_step.micro_batches(batch, pending.plans, pending.logps)
         else:
-            batch = {**sharding.shard_batch(batch, self.mesh), **logps[0]}
-        jax.block_until_ready(logps)
-        # What the log-prob passes cost beyond the reward scoring they overlap with.
-        reference_s = dispatch_s + time.perf_counter() - t2
+            batch = {**sharding.shard_batch(batch, self.mesh), **pending.logps[0]}
+        jax.block_until_ready(pending.logps)
+        return batch
 
-        t3 = time.perf_counter()
-        for _ in range(c.num_iterations):
+    def update(self, batch: Any) -> dict[str, float]:
+        """The jitted update(s) on `batch` (num_iterations of them); the figures under TRL's names."""
+        for _ in range(self.config.num_iterations):
             self.state, update_metrics = self.train_step(self.state, batch)
-        update_metrics = trl_named(
+        return trl_named(
             {k: float(v) for k, v in sharding.to_host(update_metrics).items()},
             float(self.update_config.schedule()(int(sharding.to_host(self.state.step)))),
         )
-        update_s = time.perf_counter() - t3
+
+    def end_step(self, update_metrics: dict[str, float]) -> None:
+        """Counts the step, refreshes the reference when due, and counts non-finite updates."""
+        c = self.config
         self.step += 1
         if self.ref_params is not None and reference.sync_due(self.step, c.ref_sync_steps):
             self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.ref_mixup_alpha)
@@ -446,55 +538,44 @@ class GRPOTrainer:
             log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
                         self.step, self.bad_steps)
 
-        lengths = out.lengths
-        step_s = time.perf_counter() - t0
-        metrics = {
-            **scores.metrics(),
+    def step_metrics(self, scored: "ScoredRollout", rewards: np.ndarray, update_metrics: dict[str, float],
+                     prompt_len: int, clock: "StepClock") -> dict[str, Any]:
+        """The step's log scalars: rewards, lengths, the update's figures, the parts' times."""
+        g = self.config.num_generations
+        lengths = scored.out.lengths
+        step_s = clock.elapsed()
+        return {
+            **scored.scores.metrics(),
             "reward_std": float(reward_std(jnp.asarray(rewards), g)),
             "completion_length": float(lengths.mean()),
             "completion_length_min": int(lengths.min()),
             "completion_length_max": int(lengths.max()),
-            "truncated_fraction": float(np.mean(out.truncated)),
-            "prompts_truncated": sum(e.truncated for e in examples) * g,  # rows whose loss prompt was cut
+            "truncated_fraction": float(np.mean(scored.out.truncated)),
+            "prompts_truncated": sum(e.truncated for e in scored.examples) * g,  # rows whose loss prompt was cut
             **update_metrics,
-            **sampling_metrics,
-            "time/rollout_s": rollout_s,
-            "time/reward_s": reward_s,
-            "time/reference_s": reference_s,
-            "time/update_s": update_s,
+            **{f"time/{part}_s": clock.parts.get(part, 0.0) for part in ("rollout", "reward", "reference", "update")},
             "time/step_s": step_s,
             "tokens_per_s": float(lengths.sum() + len(lengths) * prompt_len) / step_s,
             "epoch": self.order.epoch,
             "bad_steps": self.bad_steps,
         }
-        if c.log_completions and self.writer:
-            rows = range(min(c.log_completions, len(golds)))
-            texts = texts if share.start == 0 and len(texts) >= len(rows) else self._decode(out, rows)
-            samples = [
-                {"prompt": examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
-                 "gold": golds[r]}
-                for r in rows
-            ]
-            self.run_log.log_completions(self.step, samples)
-        return metrics
 
-    def _score(self, examples: list, out: Any) -> tuple[Any, list[str], range]:
-        """The whole batch's rewards, this process's decoded texts and its share of the rows."""
+    def log_samples(self, scored: "ScoredRollout", rewards: np.ndarray) -> None:
+        """Writes the first `log_completions` rows (prompt, completion, reward, gold) to the run log."""
         g = self.config.num_generations
-        golds = [e.gold for e in examples for _ in range(g)]
-        # Each process decodes and scores its share of the groups; only the numbers travel.
-        share = distributed.process_rows(len(examples), g)
-        texts = self._decode(out, share)
-        local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
-        return distributed.gather_scores(local, len(examples), g), texts, share
+        golds = [e.gold for e in scored.examples for _ in range(g)]
+        rows = range(min(self.config.log_completions, len(golds)))
+        texts = scored.texts
+        if not (scored.share.start == 0 and len(texts) >= len(rows)):
+            texts = self._completion_texts(scored.out, rows)
+        samples = [
+            {"prompt": scored.examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
+             "gold": golds[r]}
+            for r in rows
+        ]
+        self.run_log.log_completions(self.step, samples)
 
-    def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
-        """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
-        examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
-        out, _ = self.rollout(examples, refill)
-        return dynamic_sampling.Rollout(examples, out, self._score(examples, out)[0])
-
-    def _decode(self, out: Any, rows: range) -> list[str]:
+    def _completion_texts(self, out: SampleOutput, rows: range) -> list[str]:
         """Completion texts of sampler output rows `rows`."""
         ids, lengths = out.completion_ids[rows.start:rows.stop], out.lengths[rows.start:rows.stop]
         return self.tokenizer.decode_batch([row[:n] for row, n in zip(ids.tolist(), lengths.tolist())])
