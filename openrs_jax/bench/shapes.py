@@ -60,15 +60,16 @@ def model_config(spec: str | Path, **runtime: Any) -> Any:
 
 
 def load_policy(spec: str | Path, dtype: str = "float32", **options: Any) -> Any:
-    """The `Policy` of a model spec on one device, with parameters and compute in `dtype`;
-    a config without weights gets random ones (options: more `Policy.load` arguments)."""
+    """The `Policy` of a model spec, by default on one device with parameters and compute in
+    `dtype`; a config without weights gets random ones (options: other `Policy.load` arguments)."""
     import jax
 
     from openrs_jax.core.policy import DECODE_MESH, Policy
 
-    options = {"mesh": DECODE_MESH, "devices": jax.devices()[:1], **options}
-    return Policy.load(_check_name(spec), compute_dtype=dtype, param_dtype=dtype, remat="none",
-                       need_tokenizer=False, allow_config_only=True, flags=("--model", "--tokenizer"), **options)
+    options = {"compute_dtype": dtype, "param_dtype": dtype, "remat": "none", "mesh": DECODE_MESH,
+               "devices": jax.devices()[:1], "need_tokenizer": False, "allow_config_only": True,
+               "flags": ("--model", "--tokenizer"), **options}
+    return Policy.load(_check_name(spec), **options)
 
 
 def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple[Any, bool]:

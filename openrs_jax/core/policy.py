@@ -72,8 +72,8 @@ def build_mesh(spec: Mapping[str, int] | str | None = None, devices: Sequence[ja
 
 def resolve_model_path(name: str, flag: str = "--config.model_path") -> str:
     """A local model for `name`: itself (a path, a built-in, a preset) or a Hub snapshot (org/name)."""
-    if is_builtin_model(name) or is_preset(name) or Path(name).expanduser().exists():
-        return name
+    if is_builtin_model(name) or is_preset(name) or Path(resolve_builtin(name)).expanduser().exists():
+        return name  # (resolve_builtin refuses an unknown built-in name, naming those that exist)
     if HUB_ID.fullmatch(name) and not name.startswith((".", "/")):
         from openrs_jax.hub import require_hub
 
