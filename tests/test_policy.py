@@ -134,3 +134,13 @@ def test_tokenizer_checks_name_the_flags(tmp_path):
         Policy.load(str(model_dir), tokenizer_path="builtin:tiny", flags=("--model", "--tokenizer"))
     with pytest.raises(UserError, match="has no tokenizer.json"):
         Policy.load(str(model_dir))
+
+
+def test_stop_ids_join_tokenizer_model_config_and_generation_config(tmp_path):
+    import json
+
+    model_dir = make_hf_model(tmp_path / "hf", eos_token_id=3)
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 7]}))
+    assert Policy.load(str(model_dir), need_tokenizer=False).eos_ids == (3, 5, 7)
+    # The demo tokenizer's EOS (2) joins them.
+    assert Policy.load(str(model_dir), tokenizer_path="builtin:tiny").eos_ids == (2, 3, 5, 7)

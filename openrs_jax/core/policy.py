@@ -28,8 +28,7 @@ from openrs_jax.core.model import Qwen2Config, abstract_model, init_model, param
 from openrs_jax.core.model import load_params as read_params
 from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
 from openrs_jax.core.model.sources import find_training_checkpoint, tokenizer_dir
-from openrs_jax.core.model_paths import ACCEPTED, BUILTIN_MODELS, PRESET_PREFIX, is_builtin_model, is_preset
-from openrs_jax.core.model_paths import resolve_builtin
+from openrs_jax.core.model_paths import ACCEPTED, BUILTIN_MODELS, is_builtin_model, is_preset, resolve_builtin
 from openrs_jax.core.sampling import Sampler
 from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
 from openrs_jax.errors import UserError
@@ -128,6 +127,17 @@ def find_tokenizer_dir(model_dir: str, tokenizer_path: str = "") -> Path | None:
     return tokenizer_dir(model_dir)
 
 
+def _model_eos_ids(model_dir: str, config: Qwen2Config) -> list[int]:
+    """The EOS ids of the model config and of its generation_config.json (vLLM stops at both)."""
+    from openrs_jax.core.model.sources import generation_files
+
+    generation = {} if is_preset(model_dir) else generation_files(model_dir)[0]
+    ids = []
+    for value in (config.eos_token_id, generation.get("eos_token_id")):
+        ids += [] if value is None else [value] if isinstance(value, int) else list(value)
+    return [int(i) for i in ids]
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """A model ready to sample and train: everything resolved from one model path."""
@@ -190,10 +200,8 @@ class Policy:
                     f"tokenizer has {tokenizer.vocab_size} tokens but the model only {base.vocab_size}: "
                     f"{tokenizer_flag} does not belong to {model_flag}"
                 )
-            eos_ids = stop_token_ids(tokenizer, base.eos_token_id)
-        else:
-            eos = base.eos_token_id
-            eos_ids = tuple(sorted({int(e) for e in ([] if eos is None else [eos] if isinstance(eos, int) else eos)}))
+        model_eos = _model_eos_ids(model_dir, base)
+        eos_ids = stop_token_ids(tokenizer, model_eos) if tokenizer is not None else tuple(sorted(set(model_eos)))
         model_config = base.replace(dtype=resolve_dtype(compute_dtype), param_dtype=resolve_dtype(param_dtype),
                                     remat=remat)
         if not isinstance(mesh, Mesh):
@@ -233,5 +241,5 @@ class Policy:
         return self.source if is_preset(self.source) else describe(self.model_dir)
 
 
-__all__ = ["DECODE_MESH", "Policy", "PRESET_PREFIX", "build_mesh", "default_compute_dtype", "resolve_dtype",
+__all__ = ["DECODE_MESH", "Policy", "build_mesh", "default_compute_dtype", "resolve_dtype",
            "resolve_model_path"]
