@@ -70,43 +70,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_generate(args: argparse.Namespace, tokenizer):  # -> (GenerateFn | StreamGenerate, stream)
-    """Loads the model and the sampler (and the slot engine unless static batches are asked for
-    or several devices are present); imported here so --completions never starts JAX."""
-    from openrs_jax.core import sharding
+def _model_generate(args: argparse.Namespace):  # -> (Policy, GenerateFn | StreamGenerate, stream)
+    """The model's policy and its generate function: static sampler batches, or the slot engine
+    unless static batches are asked for or several devices are present. Imported here so
+    --completions never starts JAX."""
     from openrs_jax.core.engine import decode_devices
+    from openrs_jax.core.policy import DECODE_MESH, Policy
     from openrs_jax.evaluation import sampler_generate_fn
-    from openrs_jax.core.model import load_params
-    from openrs_jax.core.sampling import Sampler
-    from openrs_jax.core.tokenizer import stop_token_ids
 
-    params, config = load_params(args.model)
-    config = config.replace(dtype=args.dtype)
     devices, use_engine = decode_devices(args.slots)
-    # Evaluation only decodes: every device takes its own rows with a whole copy of the model.
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    rollout = sharding.rollout_params(params, mesh, args.dtype)
-    sampler = Sampler(config, mesh=mesh, prompt_bucket=PROMPT_BUCKET)
-    eos_ids = stop_token_ids(tokenizer, config.eos_token_id)
+    policy = Policy.load(
+        args.model, tokenizer_path=args.tokenizer or "", mesh=DECODE_MESH, devices=devices,
+        compute_dtype=args.dtype, param_dtype=args.dtype, prompt_bucket=PROMPT_BUCKET,
+        require_chat_template=True, flags=("--model", "--tokenizer"),
+    )
+    weights = policy.rollout_params(policy.load_params())
+    pad_id = policy.tokenizer.pad_id
     if not use_engine:
-        return sampler_generate_fn(
-            sampler, rollout, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_p=args.top_p, eos_ids=eos_ids, pad_id=tokenizer.pad_id,
+        return policy, sampler_generate_fn(
+            policy.sampler, weights, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_p=args.top_p, eos_ids=policy.eos_ids, pad_id=pad_id,
         ), False
     from openrs_jax.core.engine import Engine, stream_by_index
     from openrs_jax.evaluation.runner import Generation
     from openrs_jax.core.sampling import SamplingParams
 
-    engine = Engine(sampler, slots=args.slots)
-    weights = sampler.prepare(rollout)
+    engine = Engine(policy.sampler, slots=args.slots)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                              eos_ids=tuple(eos_ids), pad_id=tokenizer.pad_id)
+                              eos_ids=policy.eos_ids, pad_id=pad_id)
 
     def generate(prompts, requests, seed, on_progress):
         for c in stream_by_index(engine, weights, prompts, requests, sampling, seed, on_progress):
             yield c.request.prompt, c.request.sample, Generation(c.token_ids, c.truncated)
 
-    return generate, True
+    return policy, generate, True
 
 
 @exit_on_user_error
@@ -137,17 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         from openrs_jax.recipe import toy
-        from openrs_jax.core.model.sources import describe, tokenizer_dir
 
         toy.check_name(args.model, "--model", "model")
         toy.check_name(args.tokenizer or "", "--tokenizer", "model")
-        tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model) or args.model)
-        if not tokenizer.has_chat_template:
-            raise UserError(f"the tokenizer in {tokenizer.path} has no chat template: the paper's prompt needs one")
-        generate, stream = _model_generate(args, tokenizer)
+        policy, generate, stream = _model_generate(args)
         results = run_model_eval(
-            generate, tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,
-            limit=args.limit, out_dir=args.out, model=describe(args.model),
+            generate, policy.tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,
+            limit=args.limit, out_dir=args.out, model=policy.describe(),
             progress=not args.no_progress, stream=stream,
         )
     print(format_table(results))

@@ -92,16 +92,6 @@ def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, wh
     return render_prompt_ids(tokenizer, record["prompt"], system or None)
 
 
-def find_tokenizer(path: str | Path | None, model_path: str | Path) -> Any:
-    """The tokenizer at `path`, else the one that goes with the model path (its own, or a
-    training run's), else None."""
-    from openrs_jax.core.model.sources import tokenizer_dir
-    from openrs_jax.core.tokenizer import load_tokenizer
-
-    directory = path or tokenizer_dir(model_path)
-    return None if directory is None else load_tokenizer(directory)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m openrs_jax.generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help=MODEL_HELP)
@@ -132,23 +122,25 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise UserError("--batch_size must be >= 1")
     import jax
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    from openrs_jax.core.model import from_pretrained
-    from openrs_jax.core.sampling import Sampler, SamplingParams
-
+    from openrs_jax.core.policy import DECODE_MESH, Policy
+    from openrs_jax.core.sampling import SamplingParams
     from openrs_jax.recipe import toy
 
     toy.check_name(args.model, "--model", "model")
     toy.check_name(args.tokenizer or "", "--tokenizer", "model")
-    model_dir = args.model
-    defaults = model_defaults(model_dir)
-    tokenizer = find_tokenizer(args.tokenizer, model_dir)
+    policy = Policy.load(  # a tokenizer only where one is known: prompt_ids need none
+        args.model, tokenizer_path=args.tokenizer or "", mesh=DECODE_MESH, compute_dtype=args.dtype or "auto",
+        param_dtype=args.dtype or "auto", prompt_bucket=args.prompt_bucket, need_tokenizer=bool(args.tokenizer),
+        flags=("--model", "--tokenizer"),
+    )
+    tokenizer = policy.tokenizer
+    defaults = model_defaults(policy.model_dir)
     records = read_prompts(args.prompts)
     prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
 
-    dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
-    model = from_pretrained(model_dir, dtype=dtype, param_dtype=dtype)  # any path model.sources accepts
+    weights = policy.rollout_params(policy.load_params())
+    sampler = policy.sampler
     sampling = SamplingParams(
         temperature=defaults["temperature"] if args.temperature is None else args.temperature,
         top_p=defaults["top_p"] if args.top_p is None else args.top_p,
@@ -158,17 +150,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         pad_id=defaults["pad_id"] if args.pad_id is None else args.pad_id,
     )
     if not sampling.eos_ids:
-        log.warning("no EOS id known for %s: every completion runs to --max_new_tokens", model_dir)
-
-    from flax import nnx
-
-    state = nnx.state(model)
-    mesh = None
-    if jax.device_count() > 1:
-        # Rows split over all devices, parameters replicated (the decoding placement for a 1.5B model).
-        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    sampler = Sampler(model.config, mesh=mesh, prompt_bucket=args.prompt_bucket)
+        log.warning("no EOS id known for %s: every completion runs to --max_new_tokens", args.model)
 
     out_path = Path(args.out).expanduser()
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with out_path.open("w", encoding="utf-8") as f:
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start : start + args.batch_size]
-            result = sampler.generate(state, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
+            result = sampler.generate(weights, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
             for row, ids in enumerate(result.completions()):
                 record: dict[str, Any] = {
                     "index": start + row // args.num_samples,

@@ -23,8 +23,9 @@ import numpy as np
 from openrs_jax.bench import shapes
 from openrs_jax.bench.common import describe_model
 from openrs_jax.core.engine import MEMORY_FRACTION, Engine, Request
-from openrs_jax.core.sampling import Sampler, SamplingParams
+from openrs_jax.core.sampling import SamplingParams
 
+PLAN_MODEL = "preset:1.5b"  # the recipe's model: the slot plan's shapes
 GPU_MEMORY = {"h100_80gb": 80 * 10**9, "a40_48gb": 48 * 10**9}
 
 
@@ -58,14 +59,14 @@ def skewed_lengths(rows: int, cap: int, long_fraction: float, short_max: int, rn
 
 
 def _slot_plan(plan_prompt_len: int, plan_tokens: int) -> dict[str, Any]:
-    from openrs_jax.core.model import abstract_model
-    from openrs_jax.bench.shapes import preset_config
-
-    config = preset_config("preset:1.5b", dtype="bfloat16", param_dtype="bfloat16")
-    engine = Engine(Sampler(config, check_memory=False, decode_attention="xla"), slots=1)
-    per_slot = engine.slot_bytes(plan_prompt_len, plan_tokens)
     import jax
 
+    from openrs_jax.core.model import abstract_model
+
+    policy = shapes.load_policy(PLAN_MODEL, "bfloat16", sampler_options={"check_memory": False,
+                                                                          "decode_attention": "xla"})
+    config = policy.model_config
+    per_slot = Engine(policy.sampler, slots=1).slot_bytes(plan_prompt_len, plan_tokens)
     weights = sum(x.size * 2 for x in jax.tree.leaves(abstract_model(config)))
     out: dict[str, Any] = {"plan_prompt_len": plan_prompt_len, "plan_tokens": plan_tokens,
                            "plan_slot_bytes_1.5b_bf16": per_slot, "plan_weights_bytes_1.5b_bf16": weights}
@@ -80,18 +81,16 @@ def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int)
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from openrs_jax.core import sharding
     from openrs_jax.bench.plan import compile_only_devices, load_target
-    from openrs_jax.bench.shapes import preset_config
     from openrs_jax.errors import UserError
 
     target = load_target(target_name)
     devices, why = compile_only_devices(target, 1)
     if devices is None:
         raise UserError(f"cannot compile for {target_name}: {why}")
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    config = preset_config("preset:1.5b", dtype="bfloat16", param_dtype="bfloat16")
-    sampler = Sampler(config, mesh=mesh, prompt_bucket=128, check_memory=False)
+    policy = shapes.load_policy(PLAN_MODEL, "bfloat16", devices=devices, prompt_bucket=128,
+                                sampler_options={"check_memory": False})
+    config, mesh, sampler = policy.model_config, policy.mesh, policy.sampler
     engine = Engine(sampler, slots=slots)
     placed = NamedSharding(mesh, PartitionSpec())
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed),
@@ -126,8 +125,8 @@ def run(args: argparse.Namespace) -> dict:
         gpu[name] = _gpu_compile(name, slots, args.plan_prompt_len, args.plan_tokens)
     if args.no_cpu:
         return {**plan, "gpu_compile": gpu}
-    model, random_weights = shapes.load_model(args.model, args.dtype, args.seed)
-    config = model.config
+    policy = shapes.load_policy(args.model, args.dtype, prompt_bucket=args.prompt_len)
+    config, sampler = policy.model_config, policy.sampler
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(3, config.vocab_size, size=(args.prompts, args.prompt_len)).tolist()
     g, rows = args.num_samples, args.prompts * args.num_samples
@@ -135,9 +134,8 @@ def run(args: argparse.Namespace) -> dict:
     stops = skewed_lengths(rows, args.cap, args.long_fraction, short_max, rng)
     eos = config.eos_token_id if isinstance(config.eos_token_id, int) else 2
     sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.cap, eos_ids=(eos,), pad_id=0)
-    sampler = Sampler(config, prompt_bucket=args.prompt_len)
     engine = Engine(sampler, slots=args.slots, chunk=args.chunk)
-    weights = sampler.prepare(model)
+    weights = policy.rollout_params(policy.load_params(args.seed))
     per_batch = max(1, args.slots // g)  # prompts per static batch: slots rows in flight
 
     def static() -> int:
@@ -170,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
     static_rate = tokens_static / min(static_s)
     engine_rate = tokens_engine / min(engine_s)
     return {
-        "model": str(args.model), "random_weights": random_weights, **describe_model(config),
+        "model": str(args.model), "random_weights": policy.random_weights, **describe_model(config),
         "prompts": args.prompts, "num_samples": g, "rows": rows, "prompt_len": args.prompt_len, "cap": args.cap,
         "long_fraction": args.long_fraction, "short_max": short_max, "slots": args.slots, "chunk": args.chunk,
         "temperature": args.temperature, "dtype": args.dtype, "repeats": args.repeats,

@@ -164,19 +164,16 @@ def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sha
     return {"rollout": lambda: jax.jit(rollout).lower(params, ids, mask)}
 
 
-def _sampler_rollout(config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
-                     cfg: Any) -> dict[str, Callable[[], Any]]:
+def _sampler_rollout(sampler: Any, params: Any, cfg: Any) -> dict[str, Callable[[], Any]]:
     """The sampler's own programs at the run's shapes (`Sampler.compile`: the weights' layout,
     prefill, decode), as functions that compile them, by name, as `Sampler.generate` calls them
     for `prompts_per_step` prompts x `num_generations` samples of the longest prompt bucket.
     The decode function's `tokens_per_iteration` says how many tokens one iteration of its
     token loop generates (the sampler's `check_every`).
     """
-    from openrs_jax.core.sampling import Sampler, SamplingParams
+    from openrs_jax.core.sampling import SamplingParams
 
-    # The trainer's prompt bucket, so that the longest prompt keeps its length.
-    bucket = min(64, -(-cfg.max_prompt_length // 8) * 8)
-    sampler = Sampler(config, mesh=mesh, check_memory=False, prompt_bucket=bucket)
+    config = sampler.config
     eos = config.eos_token_id if config.eos_token_id is not None else 0
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
     sampling = SamplingParams(
@@ -214,6 +211,7 @@ class StepSetup:
     state: Any  # TrainState of ShapeDtypeStructs
     batch: dict[str, Any]
     rollout_params: Any  # the bf16 rollout / reference copy
+    sampler: Any  # the policy's Sampler (openrs_jax.core.sampling)
 
     @property
     def train_state_bytes(self) -> int:
@@ -224,9 +222,22 @@ class StepSetup:
         return _bytes_per_device(self.rollout_params) if self.cfg.beta > 0 else 0
 
 
-def step_setup(cfg: Any, model_config: Qwen2Config, mesh: jax.sharding.Mesh,
-               micro_batch_size: int | None = None) -> StepSetup:
-    """The abstract train state, batch and rollout copy of one step of run config `cfg`."""
+def run_policy(cfg: Any, model_spec: str, devices: Sequence[jax.Device]) -> Any:
+    """The `Policy` of a run config `cfg` (its dtypes, remat and mesh over `devices`) for the
+    model spec; no weights are loaded."""
+    from openrs_jax.bench import shapes
+
+    # The trainer's prompt bucket, so that the longest prompt keeps its length.
+    bucket = min(64, -(-cfg.max_prompt_length // 8) * 8)
+    return shapes.load_policy(model_spec, cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat,
+                              mesh=cfg.mesh.to_dict(), devices=list(devices), prompt_bucket=bucket,
+                              sampler_options={"check_memory": False})
+
+
+def step_setup(cfg: Any, policy: Any, micro_batch_size: int | None = None) -> StepSetup:
+    """The abstract train state, batch and rollout copy of one step of run config `cfg` with
+    `policy` (`run_policy`)."""
+    model_config, mesh = policy.model_config, policy.mesh
     dp = sharding.data_parallel_size(mesh)
     rows = cfg.prompts_per_step * cfg.num_generations
     prompt_len, new_tokens = cfg.max_prompt_length, cfg.max_completion_length
@@ -249,7 +260,7 @@ def step_setup(cfg: Any, model_config: Qwen2Config, mesh: jax.sharding.Mesh,
         cfg=cfg, model_config=model_config, mesh=mesh, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens,
         micro_batch_size=mb, update_config=update_config, graphdef=graphdef,
         state=abstract_train_state(param_shapes, update_config, mesh), batch=batch,
-        rollout_params=_rollout_params(param_shapes, mesh, cfg.compute_dtype),
+        rollout_params=_rollout_params(param_shapes, mesh, cfg.compute_dtype), sampler=policy.sampler,
     )
 
 
@@ -283,7 +294,7 @@ def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
     yield timed("rollout_params", "rollout", 1, lambda: cast.lower(setup.state.params, mesh, cfg.compute_dtype),
                 "the train state's fp32 parameters cast to the rollout copy")
     try:
-        rollout = _sampler_rollout(setup.model_config, mesh, setup.rollout_params, cfg)
+        rollout = _sampler_rollout(setup.sampler, setup.rollout_params, cfg)
         description = "sampler (openrs_jax.core.sampling)"
     except ImportError:
         print("openrs_jax.core.sampling not found: measuring a stand-in prefill + decode loop", file=sys.stderr)
@@ -339,11 +350,8 @@ def memory_plan(args: argparse.Namespace, devices: Sequence[jax.Device] | None =
     from openrs_jax.bench import shapes
 
     cfg = shapes.load_run_config(args.config)
-    model_config = shapes.model_config(
-        args.model_config, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat
-    )
-    mesh = sharding.make_mesh(cfg.mesh.to_dict(), devices[: args.devices])
-    setup = step_setup(cfg, model_config, mesh, args.micro_batch_size)
+    setup = step_setup(cfg, run_policy(cfg, args.model_config, devices[: args.devices]), args.micro_batch_size)
+    model_config, mesh = setup.model_config, setup.mesh
     mb, dp = setup.micro_batch_size, sharding.data_parallel_size(mesh)
     result: dict[str, Any] = {
         "devices": args.devices,

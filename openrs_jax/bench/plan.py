@@ -30,7 +30,6 @@ from typing import Any, Sequence
 
 import jax
 
-from openrs_jax.core import sharding
 from openrs_jax.bench import hlo_cost, memory
 from openrs_jax.errors import UserError
 
@@ -213,11 +212,9 @@ def gpu_plan(args: argparse.Namespace, target: Target, devices: Sequence[Any], c
     from openrs_jax.bench import shapes
 
     cfg = shapes.load_run_config(args.config)
-    model_config = shapes.model_config(
-        args.model_config, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat
-    )
-    mesh = sharding.make_mesh(cfg.mesh.to_dict(), list(devices)[: args.devices])
-    setup = memory.step_setup(cfg, model_config, mesh, args.micro_batch_size)
+    setup = memory.step_setup(cfg, memory.run_policy(cfg, args.model_config, list(devices)[: args.devices]),
+                              args.micro_batch_size)
+    model_config, mesh = setup.model_config, setup.mesh
     if args.dump_hlo is not None:
         args.dump_hlo.mkdir(parents=True, exist_ok=True)
     programs: dict[str, dict[str, Any]] = {}

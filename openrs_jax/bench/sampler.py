@@ -35,6 +35,7 @@ from openrs_jax.bench.common import (
     DTYPES, copy_bandwidth, decode_bytes_per_step, describe_model, device_memory, time_calls, torch_twin,
 )
 from openrs_jax.errors import UserError
+from openrs_jax.core.model import model_from_params
 from openrs_jax.core.sampling import Sampler, SamplingParams
 
 
@@ -114,8 +115,11 @@ def run(args: argparse.Namespace) -> dict:
     """Runs the benchmark; returns the JSON fields (the dispatcher adds date, device, command)."""
     shapes.apply_run_config(args)
     copy = None if getattr(args, "no_copy_bandwidth", False) else copy_bandwidth()
-    model, random_weights = shapes.load_model(args.model, args.dtype, args.seed)
-    config = model.config
+    policy = shapes.load_policy(args.model, args.dtype, prompt_bucket=args.prompt_len,
+                                sampler_options={"cache_dtype": getattr(args, "cache_dtype", None)})
+    config, sampler, random_weights = policy.model_config, policy.sampler, policy.random_weights
+    # The module, not the decode layout: each call pays its cast and layout as a rollout does.
+    model = model_from_params(policy.load_params(args.seed), config)
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(0, config.vocab_size, size=(args.prompts, args.prompt_len), dtype=np.int64)
     rows, n = args.prompts * args.num_samples, args.new_tokens
@@ -128,7 +132,6 @@ def run(args: argparse.Namespace) -> dict:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=n,
         eos_ids=(eos,) if realistic else (), pad_id=0,
     )
-    sampler = Sampler(config, prompt_bucket=args.prompt_len, cache_dtype=getattr(args, "cache_dtype", None))
     outputs = []
 
     def call() -> None:

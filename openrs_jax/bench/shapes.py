@@ -12,7 +12,8 @@ Two sources, usable together:
   a directory holding only a config.json or a config.json file (random weights of that
   shape), the built-in demo model `builtin:tiny` (random weights, the shape every other
   command knows by that name), or a benchmark shape `preset:NAME[,key=value,...]` (random
-  weights, no files, no tokenizer; only the bench takes these):
+  weights, no files; `Qwen2Config.preset`, resolved with every other model name by
+  `openrs_jax.core.policy`; of the commands only the bench takes these):
 
   | preset | shape |
   |---|---|
@@ -30,105 +31,51 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from openrs_jax.core.model_paths import is_preset
 from openrs_jax.recipe import toy
-from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.bench")
 
-PRESET_PREFIX = "preset:"
-
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # DeepSeek-R1-Distill-Qwen-1.5B's config.json (on the Hub), which Qwen2Config's
-    # defaults already follow; token ids as in that file.
-    "deepseek-r1-distill-qwen-1.5b": dict(
-        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-        num_attention_heads=12, num_key_value_heads=2, head_dim=128, rope_theta=10000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=131072,
-        bos_token_id=151643, eos_token_id=151643,
-    ),
-    "20m": dict(
-        vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=32, max_position_embeddings=8192,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    ),
-}
-PRESET_ALIASES = {"1.5b": "deepseek-r1-distill-qwen-1.5b"}
-
 
 # ---------------------------------------------------------------------------------------------
-# Models
+# Models (resolved by the policy layer, openrs_jax.core.policy)
 # ---------------------------------------------------------------------------------------------
 
 
-def is_preset(spec: str | Path) -> bool:
-    return str(spec).startswith(PRESET_PREFIX)
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    import ast
-
-    if "=" not in text:
-        raise UserError(f"preset override {text!r} must look like key=value")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        return key.strip(), value.strip()
-
-
-def preset_config(spec: str, **runtime: Any) -> Any:
-    """The Qwen2Config of `preset:NAME[,key=value,...]` (runtime: dtype, param_dtype, remat)."""
-    from openrs_jax.core.model import Qwen2Config
-
-    name, *overrides = spec[len(PRESET_PREFIX):].split(",")
-    name = PRESET_ALIASES.get(name.strip(), name.strip())
-    if name not in MODEL_PRESETS:
-        raise UserError(
-            f"--model {spec}: unknown model preset {name!r}; valid: "
-            f"{', '.join(PRESET_PREFIX + n for n in sorted({**MODEL_PRESETS, **PRESET_ALIASES}))}, "
-            f"or the built-in demo model {', '.join(toy.BUILTIN_MODELS)}"
-        )
-    fields = dict(MODEL_PRESETS[name])
-    valid = {f.name for f in dataclasses.fields(Qwen2Config)}
-    for text in overrides:
-        if not text.strip():
-            continue
-        key, value = _parse_override(text)
-        if key not in valid:
-            raise UserError(f"preset override {key!r} is not a Qwen2Config field; valid: {', '.join(sorted(valid))}")
-        fields[key] = value
-    return Qwen2Config(**{**fields, **runtime})
+def _check_name(spec: str | Path) -> str:
+    """Refuses a built-in dataset name for --model; presets and paths pass."""
+    return str(spec) if is_preset(spec) else toy.check_name(str(spec), "--model", "model")
 
 
 def model_config(spec: str | Path, **runtime: Any) -> Any:
-    """The Qwen2Config of a model spec (preset, directory or config.json), reading no weights."""
-    from openrs_jax.core.model import Qwen2Config
+    """The Qwen2Config of a model spec (preset, directory or config.json), reading no weights
+    (runtime: dtype, param_dtype, remat)."""
+    from openrs_jax.core.policy import model_shape, resolve_model_path
 
-    if is_preset(spec):
-        return preset_config(str(spec), **runtime)
-    p = Path(toy.resolve(toy.check_name(str(spec), "--model", "model"))).expanduser()
-    if not p.exists():
-        raise UserError(f"--model {p} does not exist: give a model directory, a config.json, a preset "
-                        f"({', '.join(PRESET_PREFIX + n for n in MODEL_PRESETS)}) or "
-                        f"{', '.join(toy.BUILTIN_MODELS)}")
-    return Qwen2Config.from_json(p, **runtime)
+    config, _ = model_shape(resolve_model_path(_check_name(spec), "--model"), allow_config_only=True)
+    return config.replace(**runtime)
+
+
+def load_policy(spec: str | Path, dtype: str = "float32", **options: Any) -> Any:
+    """The `Policy` of a model spec, by default on one device with parameters and compute in
+    `dtype`; a config without weights gets random ones (options: other `Policy.load` arguments)."""
+    import jax
+
+    from openrs_jax.core.policy import DECODE_MESH, Policy
+
+    options = {"compute_dtype": dtype, "param_dtype": dtype, "remat": "none", "mesh": DECODE_MESH,
+               "devices": jax.devices()[:1], "need_tokenizer": False, "allow_config_only": True,
+               "flags": ("--model", "--tokenizer"), **options}
+    return Policy.load(_check_name(spec), **options)
 
 
 def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple[Any, bool]:
-    """The model of `spec` with parameters and compute in `dtype`, and whether its weights are random.
+    """The model of `spec` with parameters and compute in `dtype`, and whether its weights are
+    random (presets, `builtin:tiny` and config-only models: drawn from `seed`)."""
+    from openrs_jax.core.model import model_from_params
 
-    Presets and `builtin:tiny` get random weights from `seed`; paths go through
-    `common.load_bench_model`.
-    """
-    from openrs_jax.bench.common import DTYPES, load_bench_model
-    from openrs_jax.core.model import init_model
-
-    if is_preset(spec):
-        if dtype not in DTYPES:
-            raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-        return init_model(preset_config(str(spec), dtype=dtype, param_dtype=dtype), seed), True
-    # builtin:tiny is a directory with a config.json and no weights: random weights from `seed`.
-    return load_bench_model(toy.resolve(toy.check_name(str(spec), "--model", "model")), dtype, seed)
+    policy = load_policy(spec, dtype)
+    return model_from_params(policy.load_params(seed), policy.model_config), policy.random_weights
 
 
 # ---------------------------------------------------------------------------------------------

@@ -206,17 +206,9 @@ def run_config(args: argparse.Namespace, dtype: str, data_file: Path, output_dir
 
 def _prompt_rows(args: argparse.Namespace, c: Any) -> list[dict]:
     """One step's prompts (see the module's docstring)."""
-    from openrs_jax.core.model.sources import tokenizer_dir
-    from openrs_jax.core.tokenizer import load_tokenizer
-    from openrs_jax.recipe import toy
+    from openrs_jax.core.policy import Policy
 
-    try:
-        from openrs_jax.core.policy import Policy
-    except ImportError:  # before the policy layer (issue 18): the trainer's own resolution, without presets
-        tokenizer_path = c.tokenizer_path or c.model_path
-        tokenizer = load_tokenizer(tokenizer_dir(tokenizer_path) or toy.resolve(tokenizer_path))
-    else:
-        tokenizer = Policy.load(c.model_path, tokenizer_path=c.tokenizer_path).tokenizer
+    tokenizer = Policy.load(c.model_path, tokenizer_path=c.tokenizer_path).tokenizer
     if args.dataset:
         return _select_rows(args.dataset, tokenizer, c.system_prompt, args.prompts_per_step, args.prompt_len)
     return filled_rows(tokenizer, c.system_prompt, args.prompts_per_step, args.prompt_len, args.seed)

@@ -25,12 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from openrs_jax.core import sharding
 from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
-from openrs_jax.core.model import abstract_model, params_of
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-kind substring, from the vendors' data sheets.
 PEAK_BF16_FLOPS = {
@@ -125,16 +123,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     shapes.apply_run_config(args)
 
-    platform = jax.devices()[0].platform
-    dtype = args.dtype or ("bfloat16" if platform == "gpu" else "float32")
     if args.rows % args.num_generations:
         raise UserError(f"--rows {args.rows} must be a multiple of --num_generations {args.num_generations}")
-    model, random_weights = shapes.load_model(args.model, dtype="float32")
-    config = model.config.replace(dtype=dtype, param_dtype="float32", remat=args.remat)
-    params = params_of(model)
-    del model
-    graphdef, _ = nnx.split(abstract_model(config))
-    mesh = sharding.make_mesh(args.mesh)
+    policy = shapes.load_policy(args.model, args.dtype or "auto", param_dtype="float32", remat=args.remat,
+                                mesh=args.mesh, devices=jax.devices())
+    config, graphdef, mesh, random_weights = policy.model_config, policy.graphdef, policy.mesh, policy.random_weights
+    dtype = config.dtype
+    params = policy.load_params()
     update_config = UpdateConfig(
         num_generations=args.num_generations, micro_batch_size=args.micro_batch_size, beta=args.beta,
         loss_aggregation=args.loss_aggregation, max_completion_length=args.completion_len,

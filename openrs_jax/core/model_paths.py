@@ -1,8 +1,19 @@
-"""The kinds of folders a model argument may name: the words every help text and error uses.
+"""The names a model argument may take, and the words every help text and error uses.
 
-Kept apart from `openrs_jax.core.model.sources` (which resolves them) so command-line parsers can
-show them without importing JAX.
+JAX-free, so command-line parsers can show them without starting JAX. The names that ship with
+the package are resolved here and nowhere else:
+
+- `builtin:tiny`: the offline demo model (a config and a tokenizer in openrs_jax/assets/tiny,
+  random weights drawn from a seed);
+- `preset:NAME[,key=value,...]`: a model shape for benchmarks (`Qwen2Config.preset`), random
+  weights and the demo model's tokenizer, no files.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from openrs_jax.errors import UserError
 
 # Named by every "this is not a model" error, so the user sees what would have worked.
 ACCEPTED = (
@@ -15,3 +26,26 @@ MODEL_HELP = (
     "Hugging Face model directory (e.g. RUN/hf), training run folder RUN (its latest checkpoint), "
     "RUN/checkpoints/N, openrs-jax checkpoint or builtin:tiny"
 )
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+BUILTIN_PREFIX = "builtin:"
+PRESET_PREFIX = "preset:"
+BUILTIN_MODELS = {"builtin:tiny": ASSETS / "tiny"}
+
+
+def is_builtin_model(name: str | Path) -> bool:
+    return str(name) in BUILTIN_MODELS
+
+
+def is_preset(name: str | Path) -> bool:
+    return str(name).startswith(PRESET_PREFIX)
+
+
+def resolve_builtin(name: str | Path) -> str:
+    """The shipped folder of a built-in model name; any other name unchanged."""
+    text = str(name)
+    if is_builtin_model(text):
+        return str(BUILTIN_MODELS[text])
+    if text.startswith(BUILTIN_PREFIX):
+        raise UserError(f"unknown built-in model {text!r}; valid: {', '.join(BUILTIN_MODELS)}")
+    return text

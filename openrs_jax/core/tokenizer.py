@@ -161,13 +161,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     Special tokens come from tokenizer_config.json, overridden by special_tokens_map.json as
     transformers does; pad falls back to eos. Raises UserError for a missing directory, a
     missing tokenizer.json or a tokenizer without an EOS token. `builtin:tiny` is the demo
-    model's tokenizer (`openrs_jax.recipe.toy`).
+    model's tokenizer (`openrs_jax.core.model_paths`).
     """
     from tokenizers import Tokenizer as Backend
 
-    from openrs_jax.recipe import toy
+    from openrs_jax.core.model_paths import resolve_builtin
 
-    directory = Path(toy.resolve(str(path))).expanduser()
+    directory = Path(resolve_builtin(path)).expanduser()
     if not directory.is_dir():
         raise UserError(f"tokenizer directory {directory} does not exist: give a Hugging Face model or tokenizer directory")
     tokenizer_file = directory / "tokenizer.json"

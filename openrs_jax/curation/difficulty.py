@@ -250,47 +250,40 @@ def stream_pass_rates(
     return out
 
 
-def model_generate_fn(args: argparse.Namespace, tokenizer: Any) -> tuple[GenerateFn | StreamFn, bool]:
-    """Loads the model and the sampler (JAX starts here, not before); returns a `GenerateFn`, or
-    with the slot engine (`--slots`, see `engine.decode_devices`) a `StreamFn`, and which it is."""
+def model_generate_fn(args: argparse.Namespace) -> tuple[Any, GenerateFn | StreamFn, bool]:
+    """The model's policy (JAX starts here, not before) and a `GenerateFn`, or with the slot
+    engine (`--slots`, see `engine.decode_devices`) a `StreamFn`, and which it is."""
     import jax
 
-    from openrs_jax.core import sharding
     from openrs_jax.core.engine import Engine, decode_devices, stream_by_index
-    from openrs_jax.core.model import load_params
-    from openrs_jax.core.sampling import Sampler, SamplingParams
-    from openrs_jax.core.tokenizer import stop_token_ids
+    from openrs_jax.core.policy import DECODE_MESH, Policy
+    from openrs_jax.core.sampling import SamplingParams
 
-    params, config = load_params(args.model, seed=args.seed)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise UserError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: "
-                        "--tokenizer does not belong to --model")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if jax.default_backend() == "gpu" else "float32")
-    config = config.replace(dtype=dtype)
-    # Only decoding: every device takes its own rows with a whole copy of the model.
     devices, use_engine = decode_devices(getattr(args, "slots", None))
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    rollout = sharding.rollout_params(params, mesh, dtype)
-    sampler = Sampler(config, mesh=mesh)
+    policy = Policy.load(
+        args.model, tokenizer_path=args.tokenizer or "", mesh=DECODE_MESH, devices=devices,
+        compute_dtype=args.dtype, param_dtype=args.dtype, prompt_bucket=64, flags=("--model", "--tokenizer"),
+    )
+    tokenizer, sampler = policy.tokenizer, policy.sampler
+    weights = policy.rollout_params(policy.load_params(args.seed))
     sampling = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-        eos_ids=stop_token_ids(tokenizer, config.eos_token_id), pad_id=tokenizer.pad_id,
+        eos_ids=policy.eos_ids, pad_id=tokenizer.pad_id,
     )
 
     def generate(prompts: list[list[int]], num_samples: int, seed: int) -> list[str]:
-        out = sampler.generate(rollout, prompts, num_samples, sampling, jax.random.key(seed))
+        out = sampler.generate(weights, prompts, num_samples, sampling, jax.random.key(seed))
         return tokenizer.decode_batch(out.completions())
 
     if not use_engine:
-        return generate, False
+        return policy, generate, False
     engine = Engine(sampler, slots=args.slots)
-    weights = sampler.prepare(rollout)
 
     def stream(prompts, requests, seed, on_progress):
         for c in stream_by_index(engine, weights, prompts, requests, sampling, seed, on_progress):
             yield c.request.prompt, c.request.sample, tokenizer.decode(c.token_ids, skip_special_tokens=True)
 
-    return stream, True
+    return policy, stream, True
 
 
 def system_prompt_text(choice: str) -> str | None:
@@ -364,17 +357,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"{len(todo)} of {len(problems)} problems have no pass rate"
                             f"{' in ' + args.pass_rates if args.pass_rates else ''}; give --model to sample them")
         check_settings(output_dir, settings)
-        from openrs_jax.recipe import toy
         from openrs_jax.recipe.prompts import render_prompts_ids
         from openrs_jax.recipe.rewards import RewardScorer
-        from openrs_jax.core.tokenizer import load_tokenizer
 
-        from openrs_jax.core.model.sources import tokenizer_dir
-
-        tokenizer = load_tokenizer(toy.resolve(args.tokenizer) if args.tokenizer
-                                   else tokenizer_dir(args.model) or args.model)
         system_prompt = system_prompt_text(args.system_prompt)
-        generate, streams = model_generate_fn(args, tokenizer)
+        policy, generate, streams = model_generate_fn(args)
+        tokenizer = policy.tokenizer
         log.info("sampling %d problems x %d completions (%d reused, %d resumed)",
                  len(todo), args.num_samples, reused, resumed)
         with RewardScorer(["accuracy"], num_workers=args.reward_workers, timeout_s=args.reward_timeout_s) as scorer:

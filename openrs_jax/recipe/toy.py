@@ -12,18 +12,15 @@ import json
 import re
 from pathlib import Path
 
+from openrs_jax.core.model_paths import ASSETS, BUILTIN_MODELS, BUILTIN_PREFIX, PRESET_PREFIX
 from openrs_jax.errors import UserError
 from openrs_jax.files import write_jsonl
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-BUILTIN_PREFIX = "builtin:"
 # One naming scheme for everything that ships with the package, taken by every command (train,
-# generate, evaluate, curate, bench): a model (with its tokenizer) and a dataset.
-BUILTIN_MODELS = {"builtin:tiny": ASSETS / "tiny"}
+# generate, evaluate, curate, bench): a model with its tokenizer (resolved by
+# openrs_jax.core.model_paths) and a dataset (here).
 BUILTIN_DATASETS = {"builtin:sums": ASSETS / "sums.jsonl"}
 BUILTINS = {**BUILTIN_MODELS, **BUILTIN_DATASETS}
-# Benchmark-only model shapes (random weights, no tokenizer): `python -m openrs_jax.bench` alone.
-BENCH_PRESET_PREFIX = "preset:"
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 ADDED_TOKENS = ("<User>", "<Assistant>", "<think>\n", "\n</think>\n") + tuple(f"\\boxed{{{d}}}" for d in range(10))
@@ -37,16 +34,12 @@ CHAT_TEMPLATE = (
 
 
 def resolve(name: str) -> str:
-    """Maps a `builtin:` name to its shipped path; returns other names unchanged."""
+    """Maps a `builtin:` name (dataset or model) to its shipped path; returns other names unchanged."""
     if not name.startswith(BUILTIN_PREFIX):
         return name
     if name not in BUILTINS:
         raise UserError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
     return str(BUILTINS[name])
-
-
-def is_builtin_model(path: str) -> bool:
-    return str(path) in BUILTIN_MODELS
 
 
 def check_name(value: str, flag: str, kind: str) -> str:
@@ -57,7 +50,7 @@ def check_name(value: str, flag: str, kind: str) -> str:
     """
     names = BUILTIN_DATASETS if kind == "dataset" else BUILTIN_MODELS
     text = str(value)
-    if text.startswith(BENCH_PRESET_PREFIX) and kind == "model":
+    if text.startswith(PRESET_PREFIX) and kind == "model":
         raise UserError(
             f"{flag}={text}: preset: names are model shapes for `python -m openrs_jax.bench` only (random "
             f"weights, no tokenizer); give a model directory, or {', '.join(names)} for the built-in demo model"

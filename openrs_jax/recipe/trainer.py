@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import re
 import signal
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from openrs_jax.core import distributed, sharding
 
@@ -33,7 +31,6 @@ from openrs_jax.recipe.checkpoint import Checkpointer
 from openrs_jax.recipe.config import validate
 from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
 from openrs_jax.errors import UserError
-from openrs_jax.hub import require_hub
 from openrs_jax.core.grpo.microbatch import take_micro_batch
 from openrs_jax.core.grpo import (
     UpdateConfig,
@@ -46,13 +43,12 @@ from openrs_jax.core.grpo import (
     token_logprobs,
 )
 from openrs_jax.core.grpo.loss import truncation_mask
-from openrs_jax.core.model import Qwen2Config, abstract_model, load_params, read_config, write_hf_directory
-from openrs_jax.core.model.sources import save_run_tokenizer, tokenizer_dir
-from openrs_jax.core.model_paths import ACCEPTED
+from openrs_jax.core.model import Qwen2Config, write_hf_directory
+from openrs_jax.core.model.sources import save_run_tokenizer
+from openrs_jax.core.policy import Policy, build_mesh
 from openrs_jax.recipe.rewards import RewardScorer, ScoreResult
 from openrs_jax.recipe.run_log import METRICS_FILE, RunLog, outputs_summary
-from openrs_jax.core.sampling import SampleOutput, Sampler, SamplingParams, bucket_length, left_pad
-from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
+from openrs_jax.core.sampling import SampleOutput, SamplingParams, bucket_length, left_pad
 
 log = logging.getLogger("openrs_jax.recipe.trainer")
 
@@ -63,24 +59,6 @@ COMPLETION_BUCKET = 256
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
-
-
-def resolve_model_path(name: str) -> str:
-    """A local model directory for `name`: itself, a built-in, or a Hub snapshot (org/name)."""
-    if toy.is_builtin_model(name) or Path(name).expanduser().exists():
-        return name
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
-        require_hub(f"model {name!r}", "download it where the Hub can be reached and set --config.model_path to its directory")
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
-        except Exception as e:  # noqa: BLE001 - offline, gated, misspelt: all mean the same to the user
-            raise UserError(
-                f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
-                f"({type(e).__name__}); download it first and set --config.model_path to its directory"
-            ) from None
-    raise UserError(f"model path {name} does not exist: give {ACCEPTED}")
 
 
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
@@ -104,17 +82,6 @@ def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]
             "max_penalty": config.repetition_max_penalty,
         },
     }
-
-
-def make_run_mesh(spec: dict[str, int]) -> jax.sharding.Mesh:
-    """The run's mesh; a spec with only fixed sizes may use fewer devices than there are."""
-    devices = jax.devices()
-    if all(size > 0 for size in spec.values()):
-        wanted = math.prod(spec.values())
-        if wanted < len(devices):
-            log.info("mesh %s uses %d of the %d devices", spec, wanted, len(devices))
-            devices = devices[:wanted]
-    return sharding.make_mesh(spec, devices)
 
 
 def check_output_dir(output_dir: Path, resume: bool) -> None:
@@ -204,30 +171,20 @@ class GRPOTrainer:
         # the same host arrays each step); only process 0 writes logs, config.json and exports.
         self.writer = distributed.is_writer()
         check_output_dir(self.output_dir, c.resume)
-        self.mesh = make_run_mesh(c.mesh.to_dict())
+        self.mesh = build_mesh(c.mesh.to_dict())
         validate(c, self.mesh.size)
 
         # Cheap checks first (model config, tokenizer, data), weights last: a mistake in the
         # setup stops the run in seconds, not after loading 7 GB.
-        model_path = resolve_model_path(c.model_path)
-        model_config = read_config(model_path)
-        tokenizer_path = model_path if not c.tokenizer_path or c.tokenizer_path == c.model_path else c.tokenizer_path
-        # A model directory's own tokenizer, a built-in's, or a training run's (model_path = RUN).
-        self.tokenizer_dir = tokenizer_dir(tokenizer_path) or Path(toy.resolve(tokenizer_path))
-        self.tokenizer: Tokenizer = load_tokenizer(self.tokenizer_dir)
-        if not self.tokenizer.has_chat_template:
-            raise UserError(
-                f"tokenizer {self.tokenizer_dir} has no chat template; use a chat model's tokenizer "
-                "(tokenizer_config.json with chat_template, or chat_template.jinja)"
-            )
-        if self.tokenizer.vocab_size > model_config.vocab_size:
-            raise UserError(
-                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model_config.vocab_size}: "
-                "tokenizer_path does not belong to model_path"
-            )
-        self.model_config = model_config.replace(dtype=c.compute_dtype, param_dtype=c.param_dtype, remat=c.remat)
-        self.graphdef = nnx.split(abstract_model(self.model_config))[0]
-        self.eos_ids = stop_token_ids(self.tokenizer, model_config.eos_token_id)
+        self.policy = Policy.load(
+            c.model_path, tokenizer_path=c.tokenizer_path, mesh=self.mesh, compute_dtype=c.compute_dtype,
+            param_dtype=c.param_dtype, remat=c.remat, require_chat_template=True,
+            # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
+            prompt_bucket=min(64, round_up(c.max_prompt_length, 8)),
+        )
+        p = self.policy
+        self.model_config, self.graphdef, self.sampler = p.model_config, p.graphdef, p.sampler
+        self.tokenizer, self.tokenizer_dir, self.eos_ids = p.tokenizer, p.tokenizer_dir, p.eos_ids
 
         self.dataset: PromptDataset = build_dataset(
             load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
@@ -239,7 +196,7 @@ class GRPOTrainer:
                 f"longer than max_prompt_length={c.max_prompt_length} were dropped; set "
                 "--config.long_prompts=truncate_left (as the original run) or --config.prompt_order=numpy"
             )
-        params, _ = load_params(model_path, seed=c.seed)
+        params = self.policy.load_params(c.seed)
         self.order = make_prompt_order(c.prompt_order, len(self.dataset), c.seed, c.prompts_per_step)
 
         self.update_config = UpdateConfig.from_config(c)
@@ -254,8 +211,6 @@ class GRPOTrainer:
             if c.length_bucket and c.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
             else make_train_step(self.graphdef, self.update_config, self.mesh)
         )
-        # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
-        self.sampler = Sampler(self.model_config, mesh=self.mesh, prompt_bucket=min(64, round_up(c.max_prompt_length, 8)))
         self.sampling = SamplingParams(
             temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_completion_length,
             eos_ids=() if c.ignore_eos else self.eos_ids, pad_id=self.tokenizer.pad_id,
@@ -588,7 +543,7 @@ class GRPOTrainer:
         from openrs_jax.evaluation import evaluate_tasks, flat_metrics
 
         c = self.config
-        params = self.sampler.prepare(self.state.params)  # as rollouts: one copy of the weights alive
+        params = self.policy.rollout_params(self.state.params)  # as rollouts: one copy of the weights alive
         results = evaluate_tasks(
             self.sampler, params, self.tokenizer, list(c.eval_tasks), data_dir=c.eval_data_dir or None,
             num_samples=c.eval_num_samples, max_new_tokens=c.eval_max_new_tokens, seed=c.seed,

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from openrs_jax.recipe import toy
 from openrs_jax.errors import UserError
 from openrs_jax.core.model.config import Qwen2Config, tiny_config
 from openrs_jax.core.model.io import (
@@ -23,6 +22,7 @@ from openrs_jax.core.model.io import (
     save_flax_checkpoint,
     write_hf_directory,
 )
+from openrs_jax.core.model_paths import ACCEPTED, is_builtin_model, resolve_builtin
 from openrs_jax.core.model.qwen2 import KVCache, Qwen2ForCausalLM, abstract_model, init_model
 
 __all__ = [
@@ -36,12 +36,12 @@ def read_config(path: str | Path) -> Qwen2Config:
     """The config of a model path (checks the architecture and that weights exist), reading no weights.
 
     `path` is any model path `openrs_jax.core.model.sources` accepts; `builtin:tiny` is the offline
-    demo model (random weights, see `openrs_jax.recipe.toy`).
+    demo model (random weights, see `openrs_jax.core.model_paths`).
     """
     from openrs_jax.core.model import sources
 
-    if toy.is_builtin_model(str(path)):
-        return Qwen2Config.from_json(toy.resolve(str(path)))
+    if is_builtin_model(path):
+        return Qwen2Config.from_json(resolve_builtin(path))
     p = _existing(path)
     ckpt = sources.find_training_checkpoint(p)
     if ckpt is not None:
@@ -59,7 +59,7 @@ def load_params(path: str | Path, seed: int = 0) -> tuple[dict, Qwen2Config]:
     """
     from openrs_jax.core.model import sources
 
-    if toy.is_builtin_model(str(path)):
+    if is_builtin_model(path):
         config = read_config(path)
         return params_of(init_model(config, seed=seed)), config
     p = _existing(path)
@@ -74,8 +74,6 @@ def load_params(path: str | Path, seed: int = 0) -> tuple[dict, Qwen2Config]:
 
 
 def _existing(path: str | Path) -> Path:
-    from openrs_jax.core.model_paths import ACCEPTED
-
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"model path {p} does not exist: give {ACCEPTED}")
@@ -83,8 +81,6 @@ def _existing(path: str | Path) -> Path:
 
 
 def _not_a_model(p: Path) -> UserError:
-    from openrs_jax.core.model_paths import ACCEPTED
-
     if p.is_dir() and (p / "config.json").is_file() and not is_hf_directory(p):
         return UserError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
     return UserError(f"{p} is not a model: give {ACCEPTED}")

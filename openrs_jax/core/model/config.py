@@ -11,6 +11,24 @@ from openrs_jax.errors import UserError
 
 REMAT_POLICIES = ("none", "full", "dots")
 
+# Model shapes by name, for benchmarks (`preset:NAME`): random weights, no files.
+PRESETS: dict[str, dict[str, Any]] = {
+    # DeepSeek-R1-Distill-Qwen-1.5B's config.json (on the Hub), which the defaults below already
+    # follow; token ids as in that file.
+    "deepseek-r1-distill-qwen-1.5b": dict(
+        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+        num_attention_heads=12, num_key_value_heads=2, head_dim=128, rope_theta=10000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=131072,
+        bos_token_id=151643, eos_token_id=151643,
+    ),
+    "20m": dict(
+        vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=32, max_position_embeddings=8192,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    ),
+}
+PRESET_ALIASES = {"1.5b": "deepseek-r1-distill-qwen-1.5b"}
+
 
 @dataclasses.dataclass(frozen=True)
 class Qwen2Config:
@@ -109,6 +127,29 @@ class Qwen2Config:
             raise UserError(f"{path} is not valid JSON ({e})") from None
         return cls.from_hf_dict(d, **runtime)
 
+    @classmethod
+    def preset(cls, spec: str, **runtime: Any) -> "Qwen2Config":
+        """The shape named `[preset:]NAME[,key=value,...]` (`PRESETS`); pairs override fields,
+        e.g. `preset:20m,vocab_size=151936`. runtime: dtype, param_dtype, remat."""
+        from openrs_jax.core.model_paths import BUILTIN_MODELS, PRESET_PREFIX
+
+        name, *overrides = spec.removeprefix(PRESET_PREFIX).split(",")
+        name = PRESET_ALIASES.get(name.strip(), name.strip())
+        if name not in PRESETS:
+            raise UserError(
+                f"--model {spec}: unknown model preset {name!r}; valid: "
+                f"{', '.join(PRESET_PREFIX + n for n in sorted({**PRESETS, **PRESET_ALIASES}))}, "
+                f"or the built-in demo model {', '.join(BUILTIN_MODELS)}"
+            )
+        fields = dict(PRESETS[name])
+        valid = {f.name for f in dataclasses.fields(cls)}
+        for text in filter(str.strip, overrides):
+            key, value = _parse_override(text)
+            if key not in valid:
+                raise UserError(f"preset override {key!r} is not a Qwen2Config field; valid: {', '.join(sorted(valid))}")
+            fields[key] = value
+        return cls(**{**fields, **runtime})
+
     def to_hf_dict(self) -> dict[str, Any]:
         """The Hugging Face `config.json` content for this model."""
         d: dict[str, Any] = {
@@ -143,6 +184,19 @@ class Qwen2Config:
         layer = attn + 3 * d * f + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return self.num_hidden_layers * layer + emb + d
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` of a preset spec, the value read as a Python literal where it is one."""
+    import ast
+
+    if "=" not in text:
+        raise UserError(f"preset override {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
 
 
 def tiny_config(**overrides: Any) -> Qwen2Config:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.recipe import toy
 from openrs_jax.recipe.checkpoint import (
     CHECKPOINTS,
     PARTIAL_MARK,
@@ -31,7 +30,7 @@ from openrs_jax.errors import UserError
 from openrs_jax.core.model.config import Qwen2Config
 from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of
-from openrs_jax.core.model_paths import ACCEPTED
+from openrs_jax.core.model_paths import ACCEPTED, is_builtin_model, resolve_builtin
 
 RUN_CONFIG = "config.json"  # the run's settings, written by the trainer at start
 RUN_TOKENIZER = "tokenizer"  # the run's tokenizer files, written by the trainer at start
@@ -117,8 +116,8 @@ def tokenizer_dir(model_path: str | Path) -> Path | None:
     A model directory holds its own; a training checkpoint uses its run's `tokenizer/` (saved
     by the trainer), else the run's tokenizer_path / model_path when they are local folders.
     """
-    if toy.is_builtin_model(str(model_path)):
-        return Path(toy.resolve(str(model_path)))
+    if is_builtin_model(model_path):
+        return Path(resolve_builtin(model_path))
     ckpt = find_training_checkpoint(model_path)
     if ckpt is None:
         p = Path(model_path).expanduser()
@@ -128,7 +127,7 @@ def tokenizer_dir(model_path: str | Path) -> Path | None:
     run = ckpt.run_config()
     for name in (run.get("tokenizer_path"), run.get("model_path")):
         if name:
-            candidate = Path(toy.resolve(name)).expanduser()
+            candidate = Path(resolve_builtin(name)).expanduser()
             if (candidate / "tokenizer.json").is_file():
                 return candidate
     return None
@@ -153,7 +152,7 @@ def generation_files(model_path: str | Path) -> tuple[dict[str, Any], dict[str, 
     ckpt = find_training_checkpoint(model_path)
     if ckpt is not None:
         return {}, checkpoint_config(ckpt).to_hf_dict()
-    d = Path(toy.resolve(str(model_path))).expanduser()
+    d = Path(resolve_builtin(model_path)).expanduser()
     read = []
     for name in ("generation_config.json", "config.json"):
         f = d / name
@@ -166,7 +165,7 @@ def generation_files(model_path: str | Path) -> tuple[dict[str, Any], dict[str, 
 
 def describe(model_path: str | Path) -> str:
     """The model a path stands for, as recorded in outputs: a run folder becomes its step folder."""
-    if toy.is_builtin_model(str(model_path)):
+    if is_builtin_model(model_path):
         return str(model_path)
     ckpt = find_training_checkpoint(model_path)
     return str(ckpt.step_dir if ckpt else Path(model_path).expanduser().resolve())
