@@ -33,6 +33,33 @@ PROMPT_ORDERS = ("numpy", "trl")
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The run config's `data` section, checked: where the prompts come from and how they are fed."""
+
+    dataset: str
+    split: str = "train"
+    system_prompt: str = ""
+    max_prompt_length: int = 512
+    prompt_order: str = "numpy"
+    long_prompts: str = "drop"
+
+    def __post_init__(self) -> None:
+        from openrs_jax.recipe import toy
+
+        toy.check_name(self.dataset, "--config.data.dataset", "dataset")
+        if self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length={self.max_prompt_length} must be >= 1")
+        check_choice("prompt_order", self.prompt_order, PROMPT_ORDERS)
+        check_choice("long_prompts", self.long_prompts, LONG_PROMPTS)
+
+
+def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    """Refuses a value of `key` outside `valid`, naming them."""
+    if value not in valid:
+        raise ValueError(f"{key}={value!r}: use {' or '.join(valid)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Example:
     """One training problem: its text, its gold (for rewards), and its tokenized prompt."""
 
@@ -158,10 +185,8 @@ def build_dataset(
     """
     from openrs_jax.recipe.prompts import render_prompt
 
-    if long_prompts not in LONG_PROMPTS:
-        raise UserError(f"long_prompts={long_prompts!r}: use {' or '.join(LONG_PROMPTS)}")
-    if rollout_bos not in ROLLOUT_BOS:
-        raise UserError(f"rollout_bos={rollout_bos!r}: use {' or '.join(ROLLOUT_BOS)}")
+    check_choice("long_prompts", long_prompts, LONG_PROMPTS)
+    check_choice("rollout_bos", rollout_bos, ROLLOUT_BOS)
     from openrs_jax.recipe.rewards.gold import gold_from_row
 
     rows = list(rows)
@@ -336,10 +361,7 @@ class TrlPromptOrder:
 
 def make_prompt_order(kind: str, size: int, seed: int, block: int) -> PromptOrder | TrlPromptOrder:
     """The prompt order of config `prompt_order` over `size` prompts."""
-    if kind == "numpy":
-        return PromptOrder(size, seed=seed)
-    if kind == "trl":
-        return TrlPromptOrder(size, seed=seed, block=block)
-    raise UserError(f"prompt_order={kind!r}: use {' or '.join(PROMPT_ORDERS)}")
+    check_choice("prompt_order", kind, PROMPT_ORDERS)
+    return PromptOrder(size, seed=seed) if kind == "numpy" else TrlPromptOrder(size, seed=seed, block=block)
 
 

@@ -10,6 +10,16 @@ from typing import Any
 from openrs_jax.errors import UserError
 
 REMAT_POLICIES = ("none", "full", "dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_numerics(dtype: str, param_dtype: str, remat: str) -> None:
+    """Refuses a dtype or remat policy the model cannot run (the compute dtype, the weights' dtype)."""
+    for name, value in (("compute_dtype", dtype), ("param_dtype", param_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f"{name}={value!r}: use float32 or bfloat16")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; valid: {', '.join(REMAT_POLICIES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +56,7 @@ class Qwen2Config:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        if self.remat not in REMAT_POLICIES:
-            raise UserError(f"unknown remat policy {self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+        check_numerics(self.dtype, self.param_dtype, self.remat)
 
     @property
     def num_query_groups(self) -> int:
