@@ -11,7 +11,7 @@ OUTPUT_DIR/stats.json:
     mix            seeded draw of given counts from several sources
 
 An output folder is itself a dataset: give it to the next step, or to
-`python -m openrs_jax.train --config.dataset_name=OUTPUT_DIR`.
+`python -m openrs_jax.train --config.data.dataset=OUTPUT_DIR`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train with GRPO: `python -m openrs_jax.train --config configs/exp2.py [--config.key=value ...]`.
 
 Every key of the config can be overridden on the command line as --config.SECTION.KEY=VALUE, e.g.
-`--config.model_path=/models/r1-1.5b --config.learning_rate=2e-6 --config.resume=True`.
+`--config.model.path=/models/r1-1.5b --config.grpo.learning_rate=2e-6 --config.run.resume=True`.
 `--show_config` lists every key with its value, default and meaning, and exits.
 """
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Before anything touches a device: JAX cannot join a job once its backend is up.
     distributed.maybe_initialize(
-        config.coordinator_address, config.num_processes, config.process_id,
-        heartbeat_timeout_s=config.heartbeat_timeout_s, init_timeout_s=config.init_timeout_s,
+        config.distributed.coordinator_address, config.distributed.num_processes, config.distributed.process_id,
+        heartbeat_timeout_s=config.distributed.heartbeat_timeout_s, init_timeout_s=config.distributed.init_timeout_s,
     )
     from openrs_jax.recipe.trainer import GRPOTrainer
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         # A collective that failed in a multi-process job means a peer is gone: say so and exit
         # now (a user error is raised by every process alike and exits the usual way).
         if distributed.is_multiprocess() and not isinstance(e, USER_ERRORS):
-            distributed.abort(e, output_dir=config.output_dir, step=trainer.step if trainer else None)
+            distributed.abort(e, output_dir=config.run.output_dir, step=trainer.step if trainer else None)
         raise
 
 

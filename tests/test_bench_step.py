@@ -154,11 +154,11 @@ def test_run_configs_load_without_ml_collections():
         "import sys; sys.modules['ml_collections'] = None\n"  # makes `import ml_collections` fail
         "from openrs_jax.bench.shapes import RunShapes, load_run_config\n"
         "from openrs_jax.errors import UserError\n"
-        f"c = load_run_config({EXP2!r}, ['beta=0.1', 'mesh.fsdp=2'])\n"
+        f"c = load_run_config({EXP2!r}, ['grpo.beta=0.1', 'mesh.fsdp=2'])\n"
         "assert type(c).__module__ == 'openrs_jax.bench.shapes', type(c)\n"
         "s = RunShapes.from_config(c)\n"
         "assert (s.rows, s.max_completion_length, s.beta, s.mesh) == (72, 3584, 0.1, 'data=1,fsdp=2,tensor=1'), s\n"
-        "assert c.model_path == c.tokenizer_path and c.reward_weights == (1.0, 2.0)\n"
+        "assert c.model.path == c.model.tokenizer_path and c.rewards.weights == (1.0, 2.0)\n"
         "try:\n"
         f"    load_run_config({EXP2!r}, ['betta=1'])\n"
         "except UserError as e:\n"

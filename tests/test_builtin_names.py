@@ -22,14 +22,14 @@ TINY = REPO_ROOT / "configs" / "tiny.py"
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model_path=preset:tiny", r"--config.model_path=preset:tiny: preset: names are model shapes for "
+        ("model.path=preset:tiny", r"--config.model.path=preset:tiny: preset: names are model shapes for "
                                    r"`python -m openrs_jax.bench` only .* builtin:tiny"),
-        ("tokenizer_path=preset:1.5b", r"--config.tokenizer_path=preset:1.5b: preset: names"),
-        ("model_path=builtin:sums", r"--config.model_path=builtin:sums: a built-in dataset, not a model; "
+        ("model.tokenizer_path=preset:1.5b", r"--config.model.tokenizer_path=preset:1.5b: preset: names"),
+        ("model.path=builtin:sums", r"--config.model.path=builtin:sums: a built-in dataset, not a model; "
                                     r"built-in models: builtin:tiny"),
-        ("dataset_name=builtin:tiny", r"--config.dataset_name=builtin:tiny: a built-in model, not a dataset; "
+        ("data.dataset=builtin:tiny", r"--config.data.dataset=builtin:tiny: a built-in model, not a dataset; "
                                       r"built-in datasets: builtin:sums"),
-        ("dataset_name=builtin:primes", r"--config.dataset_name=builtin:primes: not a built-in; built-in datasets"),
+        ("data.dataset=builtin:primes", r"--config.data.dataset=builtin:primes: not a built-in; built-in datasets"),
     ],
 )
 def test_train_refuses_names_it_cannot_take_naming_the_key(override, message):

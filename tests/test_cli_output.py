@@ -48,8 +48,8 @@ def test_train_log_lines_stay_off_the_bar_and_the_end_says_where_outputs_are(tmp
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "openrs_jax.train", "--config", "configs/tiny.py", "--config.max_steps=2",
-         "--config.save_steps=1", "--config.tensorboard=False", f"--config.output_dir={out}"],
+        [sys.executable, "-m", "openrs_jax.train", "--config", "configs/tiny.py", "--config.grpo.max_steps=2",
+         "--config.run.save_steps=1", "--config.run.tensorboard=False", f"--config.run.output_dir={out}"],
         capture_output=True, text=True, env=env, timeout=600, cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -47,7 +47,7 @@ def test_write_readme_table_rewrites_only_the_block(tmp_path):
 
 
 def test_show_config_lists_values_defaults_and_meanings(capsys):
-    assert train_main(["--config", TINY, "--show_config", "--config.seed=7"]) == {}
+    assert train_main(["--config", TINY, "--show_config", "--config.run.seed=7"]) == {}
     out = capsys.readouterr().out
     lines = {line.split(" = ")[0]: line for line in out.splitlines() if " = " in line}
     assert sorted(lines) == sorted(_flat(base_config()))

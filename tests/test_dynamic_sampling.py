@@ -103,7 +103,7 @@ def test_fill_step_stops_at_the_cap_and_fills_with_equal_groups():
 
 
 def test_dynamic_sampling_cap_is_validated():
-    with pytest.raises(UserError, match="dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
+    with pytest.raises(UserError, match="rollout.dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
         check_dynamic_sampling(True, -1)
 
 
@@ -157,16 +157,16 @@ def test_config_validation_of_the_variants():
     for text, want in [("False", "none"), ("true", "group"), ("batch", "batch")]:
         c = apply_overrides(base_config(), [f"scale_rewards={text}"])
         validate(c)
-        assert reward_scaling(c.scale_rewards) == want
+        assert reward_scaling(c.grpo.scale_rewards) == want
     for values, message in [
-        (dict(scale_rewards="std"), "scale_rewards='std'"),
-        (dict(delta=1.1), "delta=1.1 must be > 1 \\+ epsilon_high"),
+        (dict(scale_rewards="std"), "grpo.scale_rewards='std'"),
+        (dict(delta=1.1), "grpo.delta=1.1 must be > 1 \\+ epsilon_high"),
         (dict(reward_funcs=("format", "soft_overlong"), reward_weights=(1.0, 1.0), soft_overlong_cache_len=4000),
          "soft_overlong: cache_len=4000 must be in \\[1, max_len=3584\\]"),
-        (dict(ref_sync_steps=10, beta=0.0), "ref_sync_steps=10 refreshes the KL reference, but beta=0"),
-        (dict(ref_mixup_alpha=0.0), "ref_mixup_alpha=0.0 must be in \\(0, 1\\]"),
+        (dict(ref_sync_steps=10, beta=0.0), "grpo.ref_sync_steps=10 refreshes the KL reference, but beta=0"),
+        (dict(ref_mixup_alpha=0.0), "grpo.ref_mixup_alpha=0.0 must be in \\(0, 1\\]"),
         (dict(report_to=("tensorboard", "mlflow")), "report_to: unknown \\['mlflow'\\]"),
-        (dict(top_entropy_quantile=-0.1), "top_entropy_quantile=-0.1"),
+        (dict(top_entropy_quantile=-0.1), "grpo.top_entropy_quantile=-0.1"),
     ]:
         with pytest.raises(UserError, match=message):
             check(**values)
@@ -191,7 +191,7 @@ def test_reference_mix_matches_numpy():
     for g, w in zip(jax.tree.leaves(copied), jax.tree.leaves(policy)):
         np.testing.assert_array_equal(np.asarray(g), w)
     assert [s for s in range(1, 11) if sync_due(s, 4)] == [4, 8] and not sync_due(4, 0)
-    with pytest.raises(UserError, match="ref_sync_steps=-1"):
+    with pytest.raises(UserError, match="grpo.ref_sync_steps=-1"):
         check_ref_sync(-1, 0.5, 0.04)
 
 

@@ -393,11 +393,11 @@ def test_update_config_from_run_config():
 
     c = base_config()
     config = UpdateConfig.from_config(c)
-    assert (config.num_generations, config.micro_batch_size, config.beta, config.loss_aggregation) == (
+    assert (config.rollout.num_generations, config.grpo.micro_batch_size, config.grpo.beta, config.grpo.loss_aggregation) == (
         6, 6, 0.04, "group_token_mean")
-    assert (config.learning_rate, config.warmup_ratio, config.min_lr_rate, config.max_steps) == (1e-6, 0.1, 0.1, 500)
-    assert (config.epsilon_low, config.epsilon_high, config.max_grad_norm, config.weight_decay) == (0.2, 0.2, 1.0, 0.0)
-    assert config.max_completion_length == 3584 and config.logprob_temperature == 1.0
+    assert (config.grpo.learning_rate, config.grpo.warmup_ratio, config.grpo.min_lr_rate, config.grpo.max_steps) == (1e-6, 0.1, 0.1, 500)
+    assert (config.grpo.epsilon_low, config.grpo.epsilon_high, config.grpo.max_grad_norm, config.grpo.weight_decay) == (0.2, 0.2, 1.0, 0.0)
+    assert config.rollout.max_completion_length == 3584 and config.logprob_temperature == 1.0
     with pytest.raises(UserError, match="loss_aggregation"):
         UpdateConfig(loss_aggregation="mean")
 
@@ -417,8 +417,8 @@ def test_memory_plan_on_a_tiny_model(tmp_path):
         "from openrs_jax.recipe.config import base_config\n\n"
         "def get_config():\n"
         "    c = base_config()\n"
-        "    c.prompts_per_step, c.num_generations, c.micro_batch_size = 4, 2, 4\n"
-        "    c.max_prompt_length, c.max_completion_length = 64, 32\n"
+        "    c.rollout.prompts_per_step, c.rollout.num_generations, c.grpo.micro_batch_size = 4, 2, 4\n"
+        "    c.data.max_prompt_length, c.rollout.max_completion_length = 64, 32\n"
         "    return c\n"
     )
     args = argparse.Namespace(config=str(tmp_path / "run.py"), model_config=str(tmp_path / "model"), devices=4,

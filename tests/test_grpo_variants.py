@@ -231,7 +231,7 @@ def test_reward_scaling_matches_numpy(value, scaling):
 
 
 def test_reward_scaling_is_validated():
-    with pytest.raises(UserError, match="scale_rewards='sequence': use one of group, batch, none"):
+    with pytest.raises(UserError, match="grpo.scale_rewards='sequence': use one of group, batch, none"):
         reward_scaling("sequence")
     with pytest.raises(ValueError, match="at least 2 rewards"):
         group_advantages(jnp.asarray([1.0]), 1, scale="batch")
@@ -254,8 +254,8 @@ def test_truncation_mask_zeroes_truncated_rows_only():
 
 @pytest.mark.parametrize("options,message", [
     (dict(delta=1.2, epsilon_high=0.28), r"delta=1.2 must be > 1 \+ epsilon_high = 1.28: a lower cap would also cut"),
-    (dict(delta=-1.0), "delta=-1.0 must be 0 \\(off\\) or > 1 \\+ epsilon_high"),
-    (dict(delta=2.0, policy_loss="cispo"), "policy_loss='cispo' has none: set delta=0"),
+    (dict(delta=-1.0), "grpo.delta=-1.0 must be 0 \\(off\\) or > 1 \\+ epsilon_high"),
+    (dict(delta=2.0, policy_loss="cispo"), "grpo.policy_loss='cispo' has none: set delta=0"),
     (dict(policy_loss="ppo"), "unknown policy_loss 'ppo'; valid: clip, cispo"),
     (dict(importance_sampling="row"), "unknown importance_sampling 'row'; valid: token, sequence"),
     (dict(top_entropy_quantile=1.5), r"top_entropy_quantile=1.5 must be in \[0, 1\]"),
@@ -303,8 +303,8 @@ def test_micro_batch_invariance_of_new_losses(tiny, name):  # noqa: F811
     logp, entropy = direct_logprobs(tiny[0], batch["input_ids"], batch["attention_mask"], 4)
     mask = batch["completion_mask"].astype(np.float32)
     config = UpdateConfig(num_generations=G, max_completion_length=mask.shape[1], **options)
-    policy_mask = (np_high_entropy_mask(entropy, mask, config.top_entropy_quantile)
-                   if config.top_entropy_quantile < 1 else None)
+    policy_mask = (np_high_entropy_mask(entropy, mask, config.grpo.top_entropy_quantile)
+                   if config.grpo.top_entropy_quantile < 1 else None)
     want, _ = grpo_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(batch["old_logps"]),
                         jnp.asarray(batch["ref_logps"]), jnp.asarray(batch["advantages"]), jnp.asarray(mask),
                         policy_mask=None if policy_mask is None else jnp.asarray(policy_mask),
@@ -339,13 +339,13 @@ def test_recipe_configs_compute_todays_loss_and_gradient(config_file, with_old):
 
     c = base_config() if config_file == "base" else load_config(REPO_ROOT / "configs" / config_file)
     config = UpdateConfig.from_config(c)
-    g = c.num_generations
-    assert (g, config.loss_aggregation, config.top_entropy_quantile) == (6, "group_token_mean", 1.0)
+    g = c.rollout.num_generations
+    assert (g, config.grpo.loss_aggregation, config.grpo.top_entropy_quantile) == (6, "group_token_mean", 1.0)
     rng = np.random.default_rng(11)
     rows, t = 2 * g, 9
     rewards = rng.integers(0, 3, rows).astype(np.float32)
     rewards[:g] = 1.0
-    adv = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards), np.float32)
+    adv = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.grpo.scale_rewards), np.float32)
     want_adv = np.zeros(rows)
     for s in (0, g):
         r = rewards[s : s + g].astype(np.float64)
@@ -356,7 +356,7 @@ def test_recipe_configs_compute_todays_loss_and_gradient(config_file, with_old):
     ref = (logp + rng.normal(0, 0.3, (rows, t))).astype(np.float32)
     mask = (np.arange(t)[None, :] < rng.integers(1, t + 1, rows)[:, None]).astype(np.float32)
     want, want_grad = np_todays_loss(logp, old, ref, adv, mask, g=g, beta=0.04, eps_low=0.2, eps_high=0.2,
-                                     max_len=c.max_completion_length, aggregation="group_token_mean")
+                                     max_len=c.rollout.max_completion_length, aggregation="group_token_mean")
 
     def fn(lp):
         return grpo_loss(lp, jnp.asarray(old) if with_old else None, jnp.asarray(ref), jnp.asarray(adv),

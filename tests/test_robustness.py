@@ -21,7 +21,7 @@ from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT, make_hf_model
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
-FAST = ["reward_num_workers=0", "tensorboard=False", "log_completions=0"]
+FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=0"]
 
 
 def trainer(tmp_path: Path, *overrides: str) -> GRPOTrainer:
@@ -35,8 +35,8 @@ def metrics_of(out: Path) -> list[dict]:
 # --- non-finite steps and failing rewards -------------------------------------------------------
 
 def test_non_finite_steps_are_not_applied_and_stop_the_run(tmp_path):
-    t = trainer(tmp_path, "reward_funcs=tests.faulty_rewards:nan_reward", "reward_weights=(1.0,)",
-                "max_bad_steps=2", "max_steps=10")
+    t = trainer(tmp_path, "rewards.funcs=tests.faulty_rewards:nan_reward", "rewards.weights=(1.0,)",
+                "run.max_bad_steps=2", "grpo.max_steps=10")
     before = jax.tree.map(np.asarray, jax.device_get(t.state.params))
     with pytest.raises(UserError, match="stopping at step 2: 2 steps in a row had a non-finite loss"):
         t.train()
@@ -48,8 +48,8 @@ def test_non_finite_steps_are_not_applied_and_stop_the_run(tmp_path):
 
 
 def test_a_raising_reward_scores_zero_and_is_counted(tmp_path):
-    t = trainer(tmp_path, "reward_funcs=accuracy,tests.faulty_rewards:raising_reward",
-                "reward_weights=(1.0,1.0)", "max_steps=1")
+    t = trainer(tmp_path, "rewards.funcs=accuracy,tests.faulty_rewards:raising_reward",
+                "rewards.weights=(1.0,1.0)", "grpo.max_steps=1")
     t.train()
     (m,) = metrics_of(tmp_path / "run")
     assert m["rewards/errors"] == 128 and m["rewards/tests.faulty_rewards:raising_reward"] == 0.0
@@ -57,7 +57,7 @@ def test_a_raising_reward_scores_zero_and_is_counted(tmp_path):
 
 
 def test_no_space_left_on_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    t = trainer(tmp_path, "max_steps=2", "save_steps=1")
+    t = trainer(tmp_path, "grpo.max_steps=2", "run.save_steps=1")
     t.train_one_step()
     t.save_checkpoint()
     t.train_one_step()
@@ -70,7 +70,7 @@ def test_no_space_left_on_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
         t.save_checkpoint()
     monkeypatch.undo()
     t.close()
-    resumed = trainer(tmp_path, "max_steps=2", "resume=True")
+    resumed = trainer(tmp_path, "grpo.max_steps=2", "run.resume=True")
     assert resumed.step == 1
     resumed.close()
 
@@ -135,21 +135,21 @@ def test_dataset_problems(tmp_path, real_dirs):
     expect_error(tmp_path, "is empty", f"dataset_name={tmp_path / 'empty.jsonl'}")
     (tmp_path / "cols.jsonl").write_text(json.dumps({"question": "1+1="}) + "\n")
     expect_error(tmp_path, "lacks the column", f"dataset_name={tmp_path / 'cols.jsonl'}")
-    expect_error(tmp_path, "every prompt .* longer than max_prompt_length=3", "max_prompt_length=3")
+    expect_error(tmp_path, "every prompt .* longer than max_prompt_length=3", "data.max_prompt_length=3")
 
 
 def test_checkpoint_of_another_model_shape(tmp_path, real_dirs):
-    t = trainer(tmp_path, "max_steps=1")
+    t = trainer(tmp_path, "grpo.max_steps=1")
     t.train()
     model, data = real_dirs
-    expect_error(tmp_path, "written for another model shape", "resume=True", f"model_path={model}",
-                 f"dataset_name={data}", "prompts_per_step=4", "num_generations=4", "micro_batch_size=8")
+    expect_error(tmp_path, "written for another model shape", "run.resume=True", f"model_path={model}",
+                 f"dataset_name={data}", "rollout.prompts_per_step=4", "rollout.num_generations=4", "grpo.micro_batch_size=8")
 
 
 # --- interruptions ------------------------------------------------------------------------------
 
 def start_cli(out: Path, *overrides: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), f"--config.output_dir={out}",
+    args = [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), f"--config.run.output_dir={out}",
             *(f"--config.{o}" for o in FAST), *(f"--config.{o}" for o in overrides)]
     return subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -175,7 +175,7 @@ def final_tensors(out: Path) -> dict:
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
-    proc = start_cli(out, "max_steps=1000", "save_steps=1000")
+    proc = start_cli(out, "grpo.max_steps=1000", "run.save_steps=1000")
     wait_for_steps(out, 2, proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
@@ -187,20 +187,20 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
-    steps = ["max_steps=6", "save_steps=2"]
+    steps = ["grpo.max_steps=6", "run.save_steps=2"]
     # The uninterrupted run in this process: the same XLA programs as the CLI's.
     GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'straight'}", *FAST, *steps])).train()
 
     out = tmp_path / "killed"
     rng = random.Random(0)
     for attempt in range(2):
-        proc = start_cli(out, *steps, *(["resume=True"] if attempt else []))
+        proc = start_cli(out, *steps, *(["run.resume=True"] if attempt else []))
         done_before = len(metrics_of(out)) if (out / "metrics.jsonl").is_file() else 0
         wait_for_steps(out, min(done_before + 1, 5), proc)
         time.sleep(rng.uniform(0.0, 1.5))  # lands in steps, saves, or log writes
         proc.kill()
         proc.wait()
-    proc = start_cli(out, *steps, "resume=True")
+    proc = start_cli(out, *steps, "run.resume=True")
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
 
     a, b = final_tensors(tmp_path / "straight"), final_tensors(out)

@@ -429,21 +429,21 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     funcs = tuple(f.strip() for f in args.reward_funcs.split(",") if f.strip())
     weights = tuple(float(w) for w in args.reward_weights.split(",") if w.strip())
     c = base_config()
-    c.model_path, c.tokenizer_path, c.dataset_name = hf_dir, tokenizer_dir, str(data_file)
-    c.system_prompt = system_prompt
-    c.reward_funcs, c.reward_weights, c.reward_num_workers = funcs, weights, args.reward_num_workers
-    c.prompts_per_step, c.num_generations = args.prompts_per_step, args.num_generations
-    c.micro_batch_size = args.micro_batch_size or args.prompts_per_step * args.num_generations
-    c.max_prompt_length, c.max_completion_length = args.prompt_len, args.max_new_tokens
-    c.temperature, c.top_p, c.top_k = args.temperature, args.top_p, args.top_k
-    c.learning_rate, c.beta, c.loss_aggregation = args.learning_rate, args.beta, args.loss_aggregation
-    c.max_steps = args.steps + 1
-    c.compute_dtype, c.param_dtype, c.remat = dtype, "float32", args.remat
-    c.logprob_chunk = args.logprob_chunk
+    c.model.path, c.model.tokenizer_path, c.data.dataset = hf_dir, tokenizer_dir, str(data_file)
+    c.data.system_prompt = system_prompt
+    c.rewards.funcs, c.rewards.weights, c.rewards.num_workers = funcs, weights, args.reward_num_workers
+    c.rollout.prompts_per_step, c.rollout.num_generations = args.prompts_per_step, args.num_generations
+    c.grpo.micro_batch_size = args.micro_batch_size or args.prompts_per_step * args.num_generations
+    c.data.max_prompt_length, c.rollout.max_completion_length = args.prompt_len, args.max_new_tokens
+    c.rollout.temperature, c.rollout.top_p, c.rollout.top_k = args.temperature, args.top_p, args.top_k
+    c.grpo.learning_rate, c.grpo.beta, c.grpo.loss_aggregation = args.learning_rate, args.beta, args.loss_aggregation
+    c.grpo.max_steps = args.steps + 1
+    c.model.compute_dtype, c.model.param_dtype, c.model.remat = dtype, "float32", args.remat
+    c.grpo.logprob_chunk = args.logprob_chunk
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-    c.seed = args.seed
-    c.output_dir = str(workdir / "run")
-    c.tensorboard, c.log_completions, c.save_steps = False, 0, 10**6
+    c.run.seed = args.seed
+    c.run.output_dir = str(workdir / "run")
+    c.run.tensorboard, c.run.log_completions, c.run.save_steps = False, 0, 10**6
     c.lock()
     trainer = GRPOTrainer(c)
     try:

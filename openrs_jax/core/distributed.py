@@ -189,7 +189,7 @@ def abort(error: BaseException, *, output_dir: str = "", step: int | None = None
     print(
         f"error: process {jax.process_index()} of {jax.process_count()} lost the other processes of this job{where} "
         f"({type(error).__name__}: {first}); another process stopped or died (see its log). "
-        f"Rerun all processes with --config.resume=True to continue from the last checkpoint{resume}",
+        f"Rerun all processes with --config.run.resume=True to continue from the last checkpoint{resume}",
         file=sys.stderr, flush=True,
     )
     logging.shutdown()

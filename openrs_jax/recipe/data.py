@@ -264,7 +264,7 @@ class PromptOrder:
         if saved != self.kind:
             raise UserError(
                 f"the checkpoint was written with prompt_order={saved!r} but this run uses {self.kind!r}; "
-                f"resume with --config.prompt_order={saved}, or choose another output_dir"
+                f"resume with --config.data.prompt_order={saved}, or choose another output_dir"
             )
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 

@@ -52,7 +52,7 @@ def check_name(value: str, flag: str, kind: str) -> str:
     """Refuses a built-in or preset name that `flag` cannot take; returns `value` unchanged.
 
     kind: "model" (also tokenizers: a built-in model ships its tokenizer) or "dataset". The
-    error names `flag` as the user typed it (e.g. `--model`, `--config.dataset_name`).
+    error names `flag` as the user typed it (e.g. `--model`, `--config.data.dataset`).
     """
     names = BUILTIN_DATASETS if kind == "dataset" else BUILTIN_MODELS
     text = str(value)

@@ -69,7 +69,7 @@ def resolve_model_path(name: str) -> str:
     if toy.is_builtin_model(name) or Path(name).expanduser().exists():
         return name
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
-        require_hub(f"model {name!r}", "download it where the Hub can be reached and set --config.model_path to its directory")
+        require_hub(f"model {name!r}", "download it where the Hub can be reached and set --config.model.path to its directory")
         try:
             from huggingface_hub import snapshot_download
 
@@ -77,7 +77,7 @@ def resolve_model_path(name: str) -> str:
         except Exception as e:  # noqa: BLE001 - offline, gated, misspelt: all mean the same to the user
             raise UserError(
                 f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
-                f"({type(e).__name__}); download it first and set --config.model_path to its directory"
+                f"({type(e).__name__}); download it first and set --config.model.path to its directory"
             ) from None
     raise UserError(f"model path {name} does not exist: give {ACCEPTED}")
 
@@ -85,22 +85,22 @@ def resolve_model_path(name: str) -> str:
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Parameters of the configurable reward functions, from the run config."""
     params: dict[str, dict[str, Any]] = {}
-    if "soft_overlong" in config.reward_funcs:
+    if "soft_overlong" in config.rewards.funcs:
         params["soft_overlong"] = {
-            "max_len": config.soft_overlong_max_len or config.max_completion_length,
-            "cache_len": config.soft_overlong_cache_len,
+            "max_len": config.rewards.soft_overlong_max_len or config.rollout.max_completion_length,
+            "cache_len": config.rewards.soft_overlong_cache_len,
         }
     return params | {
         "cosine": {
-            "min_value_wrong": config.cosine_min_value_wrong,
-            "max_value_wrong": config.cosine_max_value_wrong,
-            "min_value_correct": config.cosine_min_value_correct,
-            "max_value_correct": config.cosine_max_value_correct,
-            "max_len": config.cosine_max_len,
+            "min_value_wrong": config.rewards.cosine_min_value_wrong,
+            "max_value_wrong": config.rewards.cosine_max_value_wrong,
+            "min_value_correct": config.rewards.cosine_min_value_correct,
+            "max_value_correct": config.rewards.cosine_max_value_correct,
+            "max_len": config.rewards.cosine_max_len,
         },
         "repetition_penalty": {
-            "ngram_size": config.repetition_ngram_size,
-            "max_penalty": config.repetition_max_penalty,
+            "ngram_size": config.rewards.repetition_ngram_size,
+            "max_penalty": config.rewards.repetition_max_penalty,
         },
     }
 
@@ -121,8 +121,8 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     holds_run = (output_dir / METRICS_FILE).is_file() or any((output_dir / "checkpoints").glob("*"))
     if holds_run and not resume:
         raise UserError(
-            f"output_dir {output_dir} already holds a run; pass --config.resume=True to continue it "
-            "or choose another --config.output_dir"
+            f"output_dir {output_dir} already holds a run; pass --config.run.resume=True to continue it "
+            "or choose another --config.run.output_dir"
         )
 
 
@@ -158,19 +158,19 @@ class GRPOTrainer:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = c = config
-        self.output_dir = Path(c.output_dir).expanduser()
+        self.output_dir = Path(c.run.output_dir).expanduser()
         # In a multi-process job every process runs all of this (the same seeded data order,
         # the same host arrays each step); only process 0 writes logs, config.json and exports.
         self.writer = distributed.is_writer()
-        check_output_dir(self.output_dir, c.resume)
+        check_output_dir(self.output_dir, c.run.resume)
         self.mesh = make_run_mesh(c.mesh.to_dict())
         validate(c, self.mesh.size)
 
         # Cheap checks first (model config, tokenizer, data), weights last: a mistake in the
         # setup stops the run in seconds, not after loading 7 GB.
-        model_path = resolve_model_path(c.model_path)
+        model_path = resolve_model_path(c.model.path)
         model_config = read_config(model_path)
-        tokenizer_path = model_path if not c.tokenizer_path or c.tokenizer_path == c.model_path else c.tokenizer_path
+        tokenizer_path = model_path if not c.model.tokenizer_path or c.model.tokenizer_path == c.model.path else c.model.tokenizer_path
         # A model directory's own tokenizer, a built-in's, or a training run's (model_path = RUN).
         self.tokenizer_dir = tokenizer_dir(tokenizer_path) or Path(toy.resolve(tokenizer_path))
         self.tokenizer: Tokenizer = load_tokenizer(self.tokenizer_dir)
@@ -184,59 +184,59 @@ class GRPOTrainer:
                 f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model_config.vocab_size}: "
                 "tokenizer_path does not belong to model_path"
             )
-        self.model_config = model_config.replace(dtype=c.compute_dtype, param_dtype=c.param_dtype, remat=c.remat)
+        self.model_config = model_config.replace(dtype=c.model.compute_dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
         self.graphdef = nnx.split(abstract_model(self.model_config))[0]
         self.eos_ids = stop_token_ids(self.tokenizer, model_config.eos_token_id)
 
         self.dataset: PromptDataset = build_dataset(
-            load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
-            c.max_prompt_length, dataset_name=c.dataset_name, long_prompts=c.long_prompts, rollout_bos=c.rollout_bos,
+            load_rows(toy.resolve(c.data.dataset), c.data.split), self.tokenizer, c.data.system_prompt,
+            c.data.max_prompt_length, dataset_name=c.data.dataset, long_prompts=c.data.long_prompts, rollout_bos=c.rollout.bos,
         )
-        if c.prompt_order == "trl" and self.dataset.dropped_too_long:
+        if c.data.prompt_order == "trl" and self.dataset.dropped_too_long:
             raise UserError(
                 f"prompt_order='trl' permutes the unfiltered dataset, but {self.dataset.dropped_too_long} prompts "
-                f"longer than max_prompt_length={c.max_prompt_length} were dropped; set "
-                "--config.long_prompts=truncate_left (as the original run) or --config.prompt_order=numpy"
+                f"longer than max_prompt_length={c.data.max_prompt_length} were dropped; set "
+                "--config.data.long_prompts=truncate_left (as the original run) or --config.data.prompt_order=numpy"
             )
-        params, _ = load_params(model_path, seed=c.seed)
-        self.order = make_prompt_order(c.prompt_order, len(self.dataset), c.seed, c.prompts_per_step)
+        params, _ = load_params(model_path, seed=c.run.seed)
+        self.order = make_prompt_order(c.data.prompt_order, len(self.dataset), c.run.seed, c.rollout.prompts_per_step)
 
         self.update_config = UpdateConfig.from_config(c)
         self.state = create_train_state(params, self.update_config, self.mesh)
         # The reference policy: a frozen copy of the initial weights in the compute dtype.
         self.ref_params = (
-            sharding.rollout_params(self.state.params, self.mesh, c.compute_dtype) if c.beta > 0 else None
+            sharding.rollout_params(self.state.params, self.mesh, c.model.compute_dtype) if c.grpo.beta > 0 else None
         )
         # length_bucket > 0: one program per micro-batch length; 0: one program per step.
         self.train_step = (
             BucketedTrainStep(self.graphdef, self.update_config, self.mesh)
-            if c.length_bucket and c.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
+            if c.grpo.length_bucket and c.grpo.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
             else make_train_step(self.graphdef, self.update_config, self.mesh)
         )
         # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
-        self.sampler = Sampler(self.model_config, mesh=self.mesh, prompt_bucket=min(64, round_up(c.max_prompt_length, 8)))
+        self.sampler = Sampler(self.model_config, mesh=self.mesh, prompt_bucket=min(64, round_up(c.data.max_prompt_length, 8)))
         self.sampling = SamplingParams(
-            temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_completion_length,
+            temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k, max_new_tokens=c.rollout.max_completion_length,
             eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_id,
         )
-        self.checkpointer = Checkpointer(self.output_dir, keep=c.keep_checkpoints)
+        self.checkpointer = Checkpointer(self.output_dir, keep=c.run.keep_checkpoints)
         self.step = 0
         self.bad_steps = 0
-        if c.resume:
+        if c.run.resume:
             self._resume()
         self.scorer = RewardScorer(
-            list(c.reward_funcs), list(c.reward_weights), reward_params(c),
-            num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
+            list(c.rewards.funcs), list(c.rewards.weights), reward_params(c),
+            num_workers=c.rewards.num_workers, timeout_s=c.rewards.timeout_s,
         )
         self.run_log = RunLog(
-            self.output_dir, tensorboard=c.tensorboard and "tensorboard" in c.report_to, enabled=self.writer,
-            wandb_project=c.wandb_project if "wandb" in c.report_to else None, wandb_config=c.to_dict(),
+            self.output_dir, tensorboard=c.run.tensorboard and "tensorboard" in c.run.report_to, enabled=self.writer,
+            wandb_project=c.run.wandb_project if "wandb" in c.run.report_to else None, wandb_config=c.to_dict(),
         )
         self.run_log.truncate_after(self.step)
         if self.writer:
             (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
             save_run_tokenizer(self.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
-        self.rng = jax.random.key(c.seed)
+        self.rng = jax.random.key(c.run.seed)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class GRPOTrainer:
     @property
     def _saves_reference(self) -> bool:
         """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
-        return self.ref_params is not None and self.config.ref_sync_steps > 0
+        return self.ref_params is not None and self.config.grpo.ref_sync_steps > 0
 
     def save_checkpoint(self) -> None:
         extra = {"reference": self.ref_params} if self._saves_reference else None
@@ -260,9 +260,9 @@ class GRPOTrainer:
             log.warning("resume: no complete checkpoint in %s: starting from step 0", self.checkpointer.directory)
             return
         self._restore()
-        if self.step >= self.config.max_steps:
+        if self.step >= self.config.grpo.max_steps:
             log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
-                        "raise --config.max_steps to continue it", self.output_dir, self.step, self.config.max_steps)
+                        "raise --config.grpo.max_steps to continue it", self.output_dir, self.step, self.config.grpo.max_steps)
         else:
             log.info("resuming from step %d (checkpoint %s)", self.step, self.checkpointer.directory / str(self.step))
 
@@ -296,7 +296,7 @@ class GRPOTrainer:
         if not self.writer:
             return directory
         return write_hf_directory(
-            directory, params, self.model_config, dtype=dtype or self.config.export_dtype,
+            directory, params, self.model_config, dtype=dtype or self.config.run.export_dtype,
             tokenizer_dir=self.tokenizer_dir,
         )
 
@@ -311,11 +311,11 @@ class GRPOTrainer:
         if refill:
             key = jax.random.fold_in(key, refill)
         out = self.sampler.generate(
-            params, [list(e.rollout_ids) for e in examples], self.config.num_generations, self.sampling, key
+            params, [list(e.rollout_ids) for e in examples], self.config.rollout.num_generations, self.sampling, key
         )
-        if self.config.rollout_max_model_length:
-            caps = [self.config.rollout_max_model_length + 1 - len(e.rollout_ids) for e in examples]
-            out = cap_completions(out, np.repeat(caps, self.config.num_generations), self.tokenizer.pad_id)
+        if self.config.rollout.max_model_length:
+            caps = [self.config.rollout.max_model_length + 1 - len(e.rollout_ids) for e in examples]
+            out = cap_completions(out, np.repeat(caps, self.config.rollout.num_generations), self.tokenizer.pad_id)
         return out, time.perf_counter() - start
 
     def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +324,7 @@ class GRPOTrainer:
         prompts = [e.prompt_ids for e in examples]
         width = bucket_length(max(len(p) for p in prompts), self.sampler.prompt_bucket)
         ids, mask = left_pad(prompts, width, self.tokenizer.pad_id)
-        g = self.config.num_generations
+        g = self.config.rollout.num_generations
         return np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)
 
     def build_batch(
@@ -337,7 +337,7 @@ class GRPOTrainer:
         completion_ids = out.completion_ids[:, :t]
         completion_mask = out.completion_mask[:, :t]
         prompt_ids, prompt_mask = prompts
-        if self.config.mask_truncated_completions:
+        if self.config.grpo.mask_truncated_completions:
             completion_mask = truncation_mask(completion_mask, out.truncated)
         return {
             "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
@@ -355,22 +355,22 @@ class GRPOTrainer:
         """
         c = self.config
         passes = {}
-        if c.beta > 0:
+        if c.grpo.beta > 0:
             passes["ref_logps"] = self.ref_params
-        if c.num_iterations > 1:
+        if c.grpo.num_iterations > 1:
             passes["old_logps"] = self.state.params
         bucketed = isinstance(self.train_step, BucketedTrainStep)
         plans = self.train_step.plan(batch) if bucketed else None
         if not passes:
             return plans, [{} for _ in (plans or [None])]
-        inner = None if bucketed else c.micro_batch_size
+        inner = None if bucketed else c.grpo.micro_batch_size
         pieces = (
             [sharding.shard_batch(take_micro_batch(batch, p), self.mesh) for p in plans] if bucketed
             else [sharding.shard_batch(batch, self.mesh)]
         )
         logps = [
             {key: token_logprobs(self.graphdef, params, piece["input_ids"], piece["attention_mask"], prompt_len,
-                                 c.logprob_chunk, micro_batch_size=inner, mesh=self.mesh)
+                                 c.grpo.logprob_chunk, micro_batch_size=inner, mesh=self.mesh)
              for key, params in passes.items()}
             for piece in pieces
         ]
@@ -387,15 +387,15 @@ class GRPOTrainer:
 
     def train_one_step(self) -> dict[str, Any]:
         c = self.config
-        g = c.num_generations
+        g = c.rollout.num_generations
         t0 = time.perf_counter()
-        indices = self.order.next_indices(c.prompts_per_step)
+        indices = self.order.next_indices(c.rollout.prompts_per_step)
         examples = [self.dataset.examples[i] for i in indices]
         out, rollout_s = self.rollout(examples)
 
         # The log-prob passes need no rewards: start them, then score on the host meanwhile.
         dispatch_s = 0.0
-        if not c.dynamic_sampling:
+        if not c.rollout.dynamic_sampling:
             t_ref = time.perf_counter()
             batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
             dispatch_s = time.perf_counter() - t_ref
@@ -403,22 +403,22 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         scores, texts, share = self._score(examples, out)
         sampling_metrics: dict[str, float] = {}
-        if c.dynamic_sampling:
+        if c.rollout.dynamic_sampling:
             ds_start = time.perf_counter()
             picked, sampling_metrics = dynamic_sampling.fill_step(
                 dynamic_sampling.Rollout(examples, out, scores), self._extra_rollout,
-                prompts_per_step=c.prompts_per_step, num_generations=g,
-                max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+                prompts_per_step=c.rollout.prompts_per_step, num_generations=g,
+                max_rounds=c.rollout.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
             )
             examples, out, scores, texts = picked.examples, picked.out, picked.scores, []
             sampling_metrics["time/dynamic_sampling_s"] = time.perf_counter() - ds_start
         golds = [e.gold for e in examples for _ in range(g)]
         rewards = np.asarray(scores.total, np.float32)
-        advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards))
+        advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.grpo.scale_rewards))
         reward_s = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        if c.dynamic_sampling:
+        if c.rollout.dynamic_sampling:
             # The step's rows are known only after scoring and refilling: no overlap here.
             batch, prompt_len, plans, logps = self._start_logprobs(examples, out)
         batch["advantages"] = advantages.astype(np.float32)
@@ -431,7 +431,7 @@ class GRPOTrainer:
         reference_s = dispatch_s + time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        for _ in range(c.num_iterations):
+        for _ in range(c.grpo.num_iterations):
             self.state, update_metrics = self.train_step(self.state, batch)
         update_metrics = trl_named(
             {k: float(v) for k, v in sharding.to_host(update_metrics).items()},
@@ -439,8 +439,8 @@ class GRPOTrainer:
         )
         update_s = time.perf_counter() - t3
         self.step += 1
-        if self.ref_params is not None and reference.sync_due(self.step, c.ref_sync_steps):
-            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.ref_mixup_alpha)
+        if self.ref_params is not None and reference.sync_due(self.step, c.grpo.ref_sync_steps):
+            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.grpo.ref_mixup_alpha)
         self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
         if self.bad_steps:
             log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
@@ -467,8 +467,8 @@ class GRPOTrainer:
             "epoch": self.order.epoch,
             "bad_steps": self.bad_steps,
         }
-        if c.log_completions and self.writer:
-            rows = range(min(c.log_completions, len(golds)))
+        if c.run.log_completions and self.writer:
+            rows = range(min(c.run.log_completions, len(golds)))
             texts = texts if share.start == 0 and len(texts) >= len(rows) else self._decode(out, rows)
             samples = [
                 {"prompt": examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
@@ -480,7 +480,7 @@ class GRPOTrainer:
 
     def _score(self, examples: list, out: Any) -> tuple[Any, list[str], range]:
         """The whole batch's rewards, this process's decoded texts and its share of the rows."""
-        g = self.config.num_generations
+        g = self.config.rollout.num_generations
         golds = [e.gold for e in examples for _ in range(g)]
         # Each process decodes and scores its share of the groups; only the numbers travel.
         share = distributed.process_rows(len(examples), g)
@@ -490,7 +490,7 @@ class GRPOTrainer:
 
     def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
         """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
-        examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
+        examples = [self.dataset.examples[i] for i in self.order.next_indices(self.config.rollout.prompts_per_step)]
         out, _ = self.rollout(examples, refill)
         return dynamic_sampling.Rollout(examples, out, self._score(examples, out)[0])
 
@@ -509,9 +509,9 @@ class GRPOTrainer:
         c = self.config
         params = self.sampler.prepare(self.state.params)  # as rollouts: one copy of the weights alive
         results = evaluate_tasks(
-            self.sampler, params, self.tokenizer, list(c.eval_tasks), data_dir=c.eval_data_dir or None,
-            num_samples=c.eval_num_samples, max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
-            limit=c.eval_limit or None, eos_ids=self.eos_ids,
+            self.sampler, params, self.tokenizer, list(c.eval.tasks), data_dir=c.eval.data_dir or None,
+            num_samples=c.eval.num_samples, max_new_tokens=c.eval.max_new_tokens, seed=c.run.seed,
+            limit=c.eval.limit or None, eos_ids=self.eos_ids,
             out_dir=self.output_dir / "eval" / f"step-{self.step}" if self.writer else None,
         )
         return flat_metrics(results)
@@ -525,34 +525,34 @@ class GRPOTrainer:
 
         c = self.config
         metrics: dict[str, Any] = {}
-        if self.step >= c.max_steps:  # a finished run, resumed: its outputs stay as they are
+        if self.step >= c.grpo.max_steps:  # a finished run, resumed: its outputs stay as they are
             self.close()
             return metrics
         log.info(
             "dataset: %d prompts (%d dropped, %d cut on the left for the loss, as longer than %d tokens); "
             "%d devices; mesh %s",
-            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.max_prompt_length,
+            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.data.max_prompt_length,
             jax.device_count(),
             dict(self.mesh.shape),
         )
-        bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
+        bar = tqdm(total=c.grpo.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
                    disable=not self.writer)
         try:
             # Log lines go through tqdm.write while the bar is up, so they do not land on the bar's line.
             with StopRequested() as stop, logging_redirect_tqdm():
                 stopping = False  # a signal on any process stops every process after the same step
-                while self.step < c.max_steps and not stopping:
+                while self.step < c.grpo.max_steps and not stopping:
                     metrics = self.train_one_step()
-                    if c.eval_every and self.step % c.eval_every == 0:
+                    if c.eval.every and self.step % c.eval.every == 0:
                         metrics.update(self.evaluate())
                     self.run_log.log_metrics(self.step, metrics)
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
                     if self.writer:
-                        bar.write(format_summary(self.step, metrics, c.reward_funcs))
+                        bar.write(format_summary(self.step, metrics, c.rewards.funcs))
                     stopping = distributed.any_process(bool(stop))
-                    too_many_bad = self.bad_steps >= c.max_bad_steps
-                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stopping or too_many_bad:
+                    too_many_bad = self.bad_steps >= c.run.max_bad_steps
+                    if self.step % c.run.save_steps == 0 or self.step == c.grpo.max_steps or stopping or too_many_bad:
                         self.save_checkpoint()
                     if too_many_bad:
                         raise UserError(
@@ -560,11 +560,11 @@ class GRPOTrainer:
                             "or gradient and were not applied; the checkpoint just saved holds the last good "
                             "weights. Lower learning_rate, check the rewards for NaN, or raise max_bad_steps"
                         )
-                    if self.step in tuple(c.export_steps):
+                    if self.step in tuple(c.run.export_steps):
                         self.export_hf(self.output_dir / f"hf-step-{self.step}")
                 if stopping:
                     bar.write(f"stopped by signal at step {self.step}; checkpoint saved, resume with "
-                              "--config.resume=True")
+                              "--config.run.resume=True")
                 else:
                     self.export_hf(self.output_dir / "hf")
         finally:
@@ -572,7 +572,7 @@ class GRPOTrainer:
             self.close()
         if self.writer:
             print(outputs_summary(self.output_dir, self.step, None if stopping else self.output_dir / "hf",
-                                  tensorboard=c.tensorboard))
+                                  tensorboard=c.run.tensorboard))
         return metrics
 
     def close(self) -> None:
