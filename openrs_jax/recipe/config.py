@@ -103,7 +103,7 @@ SECTIONS: dict[str, tuple[str, dict[str, tuple[Any, str]]]] = {
         "ref_sync_steps": (0, "> 0: every this many steps the reference becomes a mix with the policy (TR-DPO)"),
         "ref_mixup_alpha": (0.6, "reference <- alpha * policy + (1 - alpha) * reference"),
     }),
-    "eval": ("Periodic evaluation during training (0 = off)", {
+    "eval": ("Periodic evaluation during training (every 0: off)", {
         "every": (0, "evaluate every this many steps (0: never)"),
         "tasks": (("aime24",), "benchmarks to evaluate (as python -m openrs_jax.evaluate --tasks)"),
         "data_dir": ("", "folder with the benchmark files; empty: the Hugging Face Hub"),
