@@ -125,7 +125,7 @@ def test_trainer_step_is_the_same_with_and_without_bucketing(tmp_path):
 
     def first_step(name: str, *overrides: str) -> dict:
         config = load_config(REPO_ROOT / "configs" / "tiny.py", [
-            f"output_dir={tmp_path / name}", "rewards.num_workers=0", "run.tensorboard=False", "grpo.max_steps=1",
+            f"run.output_dir={tmp_path / name}", "rewards.num_workers=0", "run.tensorboard=False", "grpo.max_steps=1",
             *overrides,
         ])
         GRPOTrainer(config).train()

@@ -26,7 +26,7 @@ FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=0
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    config = load_config(TINY, [f"output_dir={out}", *FAST, "grpo.max_steps=3", "run.save_steps=2", "run.export_steps=(2,)"])
+    config = load_config(TINY, [f"run.output_dir={out}", *FAST, "grpo.max_steps=3", "run.save_steps=2", "run.export_steps=(2,)"])
     GRPOTrainer(config).train()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "3"]
     return out
@@ -108,7 +108,7 @@ def test_training_starts_from_a_checkpoint(run_dir, tmp_path):
     from openrs_jax.recipe.checkpoint import read_step_params
 
     step2 = run_dir / "checkpoints" / "2"
-    config = load_config(TINY, [f"output_dir={tmp_path / 'next'}", *FAST, f"model_path={step2}", "grpo.max_steps=1"])
+    config = load_config(TINY, [f"run.output_dir={tmp_path / 'next'}", *FAST, f"model.path={step2}", "grpo.max_steps=1"])
     trainer = GRPOTrainer(config)
     try:
         got = jax.tree.map(np.asarray, jax.device_get(trainer.state.params))

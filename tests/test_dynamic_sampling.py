@@ -155,7 +155,7 @@ def test_config_validation_of_the_variants():
     from openrs_jax.core.grpo.advantages import reward_scaling
 
     for text, want in [("False", "none"), ("true", "group"), ("batch", "batch")]:
-        c = apply_overrides(base_config(), [f"scale_rewards={text}"])
+        c = apply_overrides(base_config(), [f"grpo.scale_rewards={text}"])
         validate(c)
         assert reward_scaling(c.grpo.scale_rewards) == want
     for values, message in [

@@ -75,7 +75,7 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     procs = start_job(tmp_path / "job", *steps)
     # Meanwhile, the reference in this process: one process, 4 devices, the same (data=4) mesh.
     assert jax.device_count() == 4
-    GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'one'}", *FAST, *steps])).train()
+    GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'one'}", *FAST, *steps])).train()
     logs = finish(procs)
 
     job, one = tmp_path / "job", tmp_path / "one"
@@ -116,7 +116,7 @@ def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
     assert "Traceback" not in text
 
     last = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
-    logs = finish(start_job(out, f"max_steps={last + 1}", "run.save_steps=1", "run.resume=True", *light))
+    logs = finish(start_job(out, f"grpo.max_steps={last + 1}", "run.save_steps=1", "run.resume=True", *light))
     assert f"resuming from step {last} " in logs[0] and f"resuming from step {last} " in logs[1]
     assert [m["step"] for m in metrics_of(out)] == list(range(1, last + 2))
     assert (out / "hf" / "model.safetensors").is_file()

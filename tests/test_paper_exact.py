@@ -98,7 +98,7 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
     from openrs_jax.recipe.trainer import GRPOTrainer
 
     config = load_config(REPO_ROOT / "configs" / "tiny.py", [
-        f"output_dir={tmp_path / 'run'}", f"tokenizer_path={bos_tokenizer_dir}", "rewards.num_workers=0",
+        f"run.output_dir={tmp_path / 'run'}", f"model.tokenizer_path={bos_tokenizer_dir}", "rewards.num_workers=0",
         "run.tensorboard=False", "run.log_completions=0", "grpo.max_steps=2", "data.max_prompt_length=6",
         "data.prompt_order=trl", "data.long_prompts=truncate_left", "rollout.bos=double",
         "rollout.max_model_length=9",  # the 9-token rollout prompts leave room for 1 completion token
@@ -139,7 +139,7 @@ def test_trl_order_refuses_a_filtered_dataset(tmp_path, bos_tokenizer_dir):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(REPO_ROOT / "configs" / "tiny.py", [
-        f"output_dir={tmp_path / 'run'}", f"dataset_name={data}", "rewards.num_workers=0", "data.prompt_order=trl",
+        f"run.output_dir={tmp_path / 'run'}", f"data.dataset={data}", "rewards.num_workers=0", "data.prompt_order=trl",
     ])
     with pytest.raises(UserError, match="data.prompt_order='trl' permutes the unfiltered dataset.*truncate_left"):
         GRPOTrainer(config)

@@ -25,7 +25,7 @@ FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=0
 
 
 def trainer(tmp_path: Path, *overrides: str) -> GRPOTrainer:
-    return GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'run'}", *FAST, *overrides]))
+    return GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'run'}", *FAST, *overrides]))
 
 
 def metrics_of(out: Path) -> list[dict]:
@@ -96,7 +96,7 @@ def expect_error(tmp_path, message: str, *overrides: str) -> None:
 
 
 def test_missing_model_path(tmp_path):
-    expect_error(tmp_path, "model path .*nope does not exist", f"model_path={tmp_path / 'nope'}")
+    expect_error(tmp_path, "model path .*nope does not exist", f"model.path={tmp_path / 'nope'}")
 
 
 def test_model_of_another_architecture(tmp_path, real_dirs):
@@ -104,13 +104,13 @@ def test_model_of_another_architecture(tmp_path, real_dirs):
     cfg = json.loads((model / "config.json").read_text())
     cfg["model_type"] = "llama"
     (model / "config.json").write_text(json.dumps(cfg))
-    expect_error(tmp_path, "model_type='llama'", f"model_path={model}")
+    expect_error(tmp_path, "model_type='llama'", f"model.path={model}")
 
 
 def test_model_directory_without_weights(tmp_path, real_dirs):
     model, _ = real_dirs
     (model / "model.safetensors").unlink()
-    expect_error(tmp_path, "has a config.json but no weights", f"model_path={model}")
+    expect_error(tmp_path, "has a config.json but no weights", f"model.path={model}")
 
 
 def test_tokenizer_without_chat_template(tmp_path, real_dirs):
@@ -118,7 +118,7 @@ def test_tokenizer_without_chat_template(tmp_path, real_dirs):
     cfg = json.loads((model / "tokenizer_config.json").read_text())
     del cfg["chat_template"]
     (model / "tokenizer_config.json").write_text(json.dumps(cfg))
-    expect_error(tmp_path, "has no chat template", f"model_path={model}")
+    expect_error(tmp_path, "has no chat template", f"model.path={model}")
 
 
 def test_tokenizer_without_eos(tmp_path, real_dirs):
@@ -126,15 +126,15 @@ def test_tokenizer_without_eos(tmp_path, real_dirs):
     cfg = json.loads((model / "tokenizer_config.json").read_text())
     del cfg["eos_token"]
     (model / "tokenizer_config.json").write_text(json.dumps(cfg))
-    expect_error(tmp_path, "defines no eos_token", f"model_path={model}")
+    expect_error(tmp_path, "defines no eos_token", f"model.path={model}")
 
 
 def test_dataset_problems(tmp_path, real_dirs):
-    expect_error(tmp_path, "dataset file .*missing.jsonl does not exist", f"dataset_name={tmp_path / 'missing.jsonl'}")
+    expect_error(tmp_path, "dataset file .*missing.jsonl does not exist", f"data.dataset={tmp_path / 'missing.jsonl'}")
     (tmp_path / "empty.jsonl").write_text("")
-    expect_error(tmp_path, "is empty", f"dataset_name={tmp_path / 'empty.jsonl'}")
+    expect_error(tmp_path, "is empty", f"data.dataset={tmp_path / 'empty.jsonl'}")
     (tmp_path / "cols.jsonl").write_text(json.dumps({"question": "1+1="}) + "\n")
-    expect_error(tmp_path, "lacks the column", f"dataset_name={tmp_path / 'cols.jsonl'}")
+    expect_error(tmp_path, "lacks the column", f"data.dataset={tmp_path / 'cols.jsonl'}")
     expect_error(tmp_path, "every prompt .* longer than max_prompt_length=3", "data.max_prompt_length=3")
 
 
@@ -142,8 +142,8 @@ def test_checkpoint_of_another_model_shape(tmp_path, real_dirs):
     t = trainer(tmp_path, "grpo.max_steps=1")
     t.train()
     model, data = real_dirs
-    expect_error(tmp_path, "written for another model shape", "run.resume=True", f"model_path={model}",
-                 f"dataset_name={data}", "rollout.prompts_per_step=4", "rollout.num_generations=4", "grpo.micro_batch_size=8")
+    expect_error(tmp_path, "written for another model shape", "run.resume=True", f"model.path={model}",
+                 f"data.dataset={data}", "rollout.prompts_per_step=4", "rollout.num_generations=4", "grpo.micro_batch_size=8")
 
 
 # --- interruptions ------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     steps = ["grpo.max_steps=6", "run.save_steps=2"]
     # The uninterrupted run in this process: the same XLA programs as the CLI's.
-    GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'straight'}", *FAST, *steps])).train()
+    GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'straight'}", *FAST, *steps])).train()
 
     out = tmp_path / "killed"
     rng = random.Random(0)

@@ -22,7 +22,7 @@ def dapo_module():
 
 
 def run(tmp_path, name: str, *overrides: str, dapo: bool = False) -> GRPOTrainer:
-    config = load_config(TINY, [f"output_dir={tmp_path / name}", *FAST, *overrides])
+    config = load_config(TINY, [f"run.output_dir={tmp_path / name}", *FAST, *overrides])
     if dapo:
         with config.unlocked():
             # Three tokens: an answer token and EOS fit, the soft punishment hits the third.

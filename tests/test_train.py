@@ -20,7 +20,7 @@ FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=2
 
 
 def run(tmp_path, name: str, *overrides: str) -> GRPOTrainer:
-    config = load_config(TINY, [f"output_dir={tmp_path / name}", *FAST, *overrides])
+    config = load_config(TINY, [f"run.output_dir={tmp_path / name}", *FAST, *overrides])
     trainer = GRPOTrainer(config)
     trainer.train()
     return trainer
@@ -73,7 +73,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
 def test_existing_run_is_refused_without_resume(tmp_path):
     run(tmp_path, "run", "grpo.max_steps=1")
     with pytest.raises(UserError, match="already holds a run; pass --config.run.resume=True"):
-        GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'run'}", *FAST]))
+        GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'run'}", *FAST]))
 
 
 def test_four_devices_match_one(tmp_path):
@@ -100,7 +100,7 @@ def test_model_and_dataset_paths_override_the_builtins(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"problem": f"{i}+1=", "solution": f"$\\boxed{{{i + 1}}}$"}) + "\n"
                             for i in range(4)))
-    trainer = run(tmp_path, "run", f"model_path={model_dir}", f"dataset_name={data}", "grpo.max_steps=1",
+    trainer = run(tmp_path, "run", f"model.path={model_dir}", f"data.dataset={data}", "grpo.max_steps=1",
                   "rollout.prompts_per_step=4", "rollout.num_generations=4", "grpo.micro_batch_size=8")
     assert len(trainer.dataset) == 4 and trainer.model_config.vocab_size == 32
 
@@ -119,7 +119,7 @@ def test_cli_error_is_one_line(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tiny_config_learns(tmp_path, seed):
     """The accuracy reward rises: this proves the whole loop, signs included (accuracy alone)."""
-    run(tmp_path, "run", f"seed={seed}", "grpo.max_steps=100", "run.save_steps=100", "run.log_completions=0",
+    run(tmp_path, "run", f"run.seed={seed}", "grpo.max_steps=100", "run.save_steps=100", "run.log_completions=0",
         "rewards.funcs=accuracy", "rewards.weights=(1.0,)")
     accuracy = [m["rewards/accuracy"] for m in read_metrics(tmp_path / "run")]
     first, last = np.mean(accuracy[:20]), np.mean(accuracy[-20:])
@@ -145,7 +145,7 @@ def test_periodic_evaluation_is_logged(tmp_path):
     data.mkdir()
     (data / "aime24.jsonl").write_text("".join(
         json.dumps({"id": i, "problem": f"{i}+1=", "solution": "", "answer": str(i + 1)}) + "\n" for i in range(3)))
-    run(tmp_path, "run", "grpo.max_steps=2", "eval.every=2", "eval.tasks=aime24", f"eval_data_dir={data}", "eval.limit=2")
+    run(tmp_path, "run", "grpo.max_steps=2", "eval.every=2", "eval.tasks=aime24", f"eval.data_dir={data}", "eval.limit=2")
     metrics = read_metrics(tmp_path / "run")
     assert "eval/aime24/accuracy" not in metrics[0]
     assert 0.0 <= metrics[1]["eval/aime24/accuracy"] <= 1.0

@@ -23,7 +23,7 @@ REFUSED = "http://127.0.0.1:9"  # the discard port: nothing listens, the connect
 
 
 def tiny(out: Path, *overrides: str) -> GRPOTrainer:
-    return GRPOTrainer(load_config(TINY, [f"output_dir={out}", *FAST, *overrides]))
+    return GRPOTrainer(load_config(TINY, [f"run.output_dir={out}", *FAST, *overrides]))
 
 
 # ----------------------------------------------------------------------------- reward workers
