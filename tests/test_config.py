@@ -93,7 +93,7 @@ def test_old_flat_key_in_a_config_file_names_the_new_key(tmp_path, line):
 
 
 def test_wrong_type_is_refused():
-    with pytest.raises(ValueError, match="grpo.max_steps=ten: invalid literal for int"):
+    with pytest.raises(ValueError, match="max_steps=ten: invalid literal for int"):
         load_config(CONFIGS / "tiny.py", ["grpo.max_steps=ten"])
 
 
@@ -105,16 +105,16 @@ def test_missing_config_file():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("rollout.num_generations=1", "--config.rollout: num_generations=1 must be >= 2"),
+        ("rollout.num_generations=1", "--config.rollout.num_generations=1 must be >= 2"),
         ("grpo.micro_batch_size=5", "must divide rollout.prompts_per_step x rollout.num_generations"),
         ("rewards.funcs=accuracy,speling", "--config.rewards: unknown reward function"),
-        ("grpo.loss_aggregation=mean", "--config.grpo: unknown loss_aggregation"),
+        ("grpo.loss_aggregation=mean", "--config.grpo.loss_aggregation: unknown loss_aggregation 'mean'"),
         ("rewards.weights=(1.0,2.0,3.0)", "--config.rewards: 2 reward functions but 3 weights"),
-        ("rollout.top_p=0.0", "--config.rollout: top_p must be in"),
-        ("grpo.warmup_ratio=1.5", "--config.grpo: warmup_ratio must be in"),
-        ("model.remat=some", "--config.model: unknown remat policy 'some'"),
-        ("data.prompt_order=random", "--config.data: prompt_order='random': use numpy or trl"),
-        ("run.export_dtype=int8", "--config.run: export_dtype='int8'"),
+        ("rollout.top_p=0.0", "--config.rollout.top_p must be in"),
+        ("grpo.warmup_ratio=1.5", "--config.grpo.warmup_ratio must be in"),
+        ("model.remat=some", "--config.model.remat: unknown remat policy 'some'"),
+        ("data.prompt_order=random", "--config.data.prompt_order='random': use numpy or trl"),
+        ("run.export_dtype=int8", "--config.run.export_dtype='int8'"),
     ],
 )
 def test_bad_values_are_refused(override, message):

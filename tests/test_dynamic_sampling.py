@@ -103,7 +103,7 @@ def test_fill_step_stops_at_the_cap_and_fills_with_equal_groups():
 
 
 def test_dynamic_sampling_cap_is_validated():
-    with pytest.raises(UserError, match="rollout.dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
+    with pytest.raises(UserError, match="dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
         check_dynamic_sampling(True, -1)
 
 
@@ -141,30 +141,32 @@ def test_soft_overlong_in_a_weighted_batch_uses_token_lengths():
 
 
 def test_config_validation_of_the_variants():
-    from openrs_jax.recipe.config import base_config, validate
+    from openrs_jax.recipe.config import FLAT_KEYS, base_config, validate
 
-    def check(**values):
+    def check(**values):  # flat key names, placed in their sections
         c = base_config()
         for k, v in values.items():
-            c[k] = v
+            section, key = FLAT_KEYS[k].split(".")
+            c[section][key] = v
         validate(c)
 
     check(scale_rewards="batch", dynamic_sampling=True, policy_loss="cispo", epsilon_low=1.0)
     check(scale_rewards=False)
-    from openrs_jax.recipe.config import apply_overrides
     from openrs_jax.core.grpo.advantages import reward_scaling
+    from openrs_jax.recipe.config import load_config
+    from tests.conftest import REPO_ROOT
 
     for text, want in [("False", "none"), ("true", "group"), ("batch", "batch")]:
-        c = apply_overrides(base_config(), [f"grpo.scale_rewards={text}"])
+        c = load_config(REPO_ROOT / "configs" / "exp2.py", [f"grpo.scale_rewards={text}"])
         validate(c)
         assert reward_scaling(c.grpo.scale_rewards) == want
     for values, message in [
-        (dict(scale_rewards="std"), "grpo.scale_rewards='std'"),
-        (dict(delta=1.1), "grpo.delta=1.1 must be > 1 \\+ epsilon_high"),
+        (dict(scale_rewards="std"), "scale_rewards='std'"),
+        (dict(delta=1.1), "delta=1.1 must be > 1 \\+ epsilon_high"),
         (dict(reward_funcs=("format", "soft_overlong"), reward_weights=(1.0, 1.0), soft_overlong_cache_len=4000),
          "soft_overlong: cache_len=4000 must be in \\[1, max_len=3584\\]"),
-        (dict(ref_sync_steps=10, beta=0.0), "grpo.ref_sync_steps=10 refreshes the KL reference, but beta=0"),
-        (dict(ref_mixup_alpha=0.0), "grpo.ref_mixup_alpha=0.0 must be in \\(0, 1\\]"),
+        (dict(ref_sync_steps=10, beta=0.0), "ref_sync_steps=10 refreshes the KL reference, but beta=0"),
+        (dict(ref_mixup_alpha=0.0), "ref_mixup_alpha=0.0 must be in \\(0, 1\\]"),
         (dict(report_to=("tensorboard", "mlflow")), "report_to: unknown \\['mlflow'\\]"),
         (dict(top_entropy_quantile=-0.1), "grpo.top_entropy_quantile=-0.1"),
     ]:

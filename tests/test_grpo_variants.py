@@ -231,7 +231,7 @@ def test_reward_scaling_matches_numpy(value, scaling):
 
 
 def test_reward_scaling_is_validated():
-    with pytest.raises(UserError, match="grpo.scale_rewards='sequence': use one of group, batch, none"):
+    with pytest.raises(UserError, match="scale_rewards='sequence': use one of group, batch, none"):
         reward_scaling("sequence")
     with pytest.raises(ValueError, match="at least 2 rewards"):
         group_advantages(jnp.asarray([1.0]), 1, scale="batch")
@@ -254,8 +254,8 @@ def test_truncation_mask_zeroes_truncated_rows_only():
 
 @pytest.mark.parametrize("options,message", [
     (dict(delta=1.2, epsilon_high=0.28), r"delta=1.2 must be > 1 \+ epsilon_high = 1.28: a lower cap would also cut"),
-    (dict(delta=-1.0), "grpo.delta=-1.0 must be 0 \\(off\\) or > 1 \\+ epsilon_high"),
-    (dict(delta=2.0, policy_loss="cispo"), "grpo.policy_loss='cispo' has none: set delta=0"),
+    (dict(delta=-1.0), "delta=-1.0 must be 0 \\(off\\) or > 1 \\+ epsilon_high"),
+    (dict(delta=2.0, policy_loss="cispo"), "policy_loss='cispo' has none: set delta=0"),
     (dict(policy_loss="ppo"), "unknown policy_loss 'ppo'; valid: clip, cispo"),
     (dict(importance_sampling="row"), "unknown importance_sampling 'row'; valid: token, sequence"),
     (dict(top_entropy_quantile=1.5), r"top_entropy_quantile=1.5 must be in \[0, 1\]"),

@@ -132,5 +132,5 @@ def test_incomplete_settings_are_named(monkeypatch):
     monkeypatch.setenv(distributed.ENV_NUM, "2")
     with pytest.raises(UserError, match="incomplete multi-process settings: coordinator_address=''"):
         distributed.maybe_initialize()
-    with pytest.raises(UserError, match="distributed.process_id=2; give all three"):
+    with pytest.raises(UserError, match="process_id=2; give all three"):
         distributed.maybe_initialize("127.0.0.1:1234", process_id=2)

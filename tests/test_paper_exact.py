@@ -141,7 +141,7 @@ def test_trl_order_refuses_a_filtered_dataset(tmp_path, bos_tokenizer_dir):
     config = load_config(REPO_ROOT / "configs" / "tiny.py", [
         f"run.output_dir={tmp_path / 'run'}", f"data.dataset={data}", "rewards.num_workers=0", "data.prompt_order=trl",
     ])
-    with pytest.raises(UserError, match="data.prompt_order='trl' permutes the unfiltered dataset.*truncate_left"):
+    with pytest.raises(UserError, match="prompt_order='trl' permutes the unfiltered dataset.*truncate_left"):
         GRPOTrainer(config)
 
 

@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -418,7 +419,12 @@ def _check(section: str, build: Callable[[], Any]) -> Any:
     try:
         return build()
     except (ValueError, TypeError) as e:
-        raise type(e)(f"--config.{section}: {e}") from None
+        text = str(e)
+        key = re.match(r"(?:unknown )?(\w+)", text)
+        if key and key.group(1) in SECTIONS[section][1]:  # "delta=1.1 must ..." -> "--config.grpo.delta=1.1 must ..."
+            raise type(e)(f"--config.{section}.{text.removeprefix('unknown ')}"
+                          if not text.startswith("unknown ") else f"--config.{section}.{key.group(1)}: {text}") from None
+        raise type(e)(f"--config.{section}: {text}") from None
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
