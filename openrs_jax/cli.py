@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from openrs_jax.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -48,7 +47,7 @@ def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argpar
 
 
 # What a user can fix: bad values (ValueError, TypeError), files (OSError: missing, unreadable, full).
-USER_ERRORS = (ValueError, TypeError, OSError, UserError)
+USER_ERRORS = (ValueError, TypeError, OSError, ValueError)
 TRACEBACK_ENV = "OPENRS_TRACEBACK"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 

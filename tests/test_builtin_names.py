@@ -13,7 +13,6 @@ import pytest
 
 from openrs_jax.recipe import toy
 from openrs_jax.recipe.config import load_config, validate
-from openrs_jax.errors import UserError
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -34,7 +33,7 @@ TINY = REPO_ROOT / "configs" / "tiny.py"
 )
 def test_train_refuses_names_it_cannot_take_naming_the_key(override, message):
     config = load_config(TINY, [override])
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         validate(config)
 
 
@@ -44,7 +43,7 @@ def test_train_takes_the_builtins():
 
 def test_resolve_refuses_unknown_builtins_with_a_user_error():
     assert toy.resolve("builtin:tiny").endswith("tiny") and toy.resolve("/a/path") == "/a/path"
-    with pytest.raises(UserError, match="unknown built-in 'builtin:huge'; valid: builtin:tiny, builtin:sums"):
+    with pytest.raises(ValueError, match="unknown built-in 'builtin:huge'; valid: builtin:tiny, builtin:sums"):
         toy.resolve("builtin:huge")
 
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 
@@ -136,11 +135,11 @@ def test_folders_that_hold_no_model_are_named_in_the_error(tmp_path):
     from openrs_jax.core.model import load_params
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="is not a model: give a Hugging Face model directory .*training run folder"):
+    with pytest.raises(ValueError, match="is not a model: give a Hugging Face model directory .*training run folder"):
         load_params(tmp_path / "empty")
     partial = tmp_path / "interrupted" / "checkpoints" / "4.orbax-checkpoint-tmp-1733000000"
     partial.mkdir(parents=True)
-    with pytest.raises(UserError, match=r"holds no complete checkpoint .*only incomplete saves: 4\.orbax"):
+    with pytest.raises(ValueError, match=r"holds no complete checkpoint .*only incomplete saves: 4\.orbax"):
         load_params(tmp_path / "interrupted")
-    with pytest.raises(UserError, match="is an incomplete checkpoint"):
+    with pytest.raises(ValueError, match="is an incomplete checkpoint"):
         load_params(partial)

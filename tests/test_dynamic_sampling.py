@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from openrs_jax.recipe.dynamic_sampling import Rollout, check_dynamic_sampling, fill_step, informative_groups
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.reference import check_ref_sync, mix_reference, sync_due
 from openrs_jax.recipe.rewards import score_batch
 from openrs_jax.recipe.rewards.batch import ScoreResult
@@ -103,7 +102,7 @@ def test_fill_step_stops_at_the_cap_and_fills_with_equal_groups():
 
 
 def test_dynamic_sampling_cap_is_validated():
-    with pytest.raises(UserError, match="dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
+    with pytest.raises(ValueError, match="dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
         check_dynamic_sampling(True, -1)
 
 
@@ -170,7 +169,7 @@ def test_config_validation_of_the_variants():
         (dict(report_to=("tensorboard", "mlflow")), "report_to: unknown \\['mlflow'\\]"),
         (dict(top_entropy_quantile=-0.1), "grpo.top_entropy_quantile=-0.1"),
     ]:
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(ValueError, match=message):
             check(**values)
 
 
@@ -193,7 +192,7 @@ def test_reference_mix_matches_numpy():
     for g, w in zip(jax.tree.leaves(copied), jax.tree.leaves(policy)):
         np.testing.assert_array_equal(np.asarray(g), w)
     assert [s for s in range(1, 11) if sync_due(s, 4)] == [4, 8] and not sync_due(4, 0)
-    with pytest.raises(UserError, match="grpo.ref_sync_steps=-1"):
+    with pytest.raises(ValueError, match="grpo.ref_sync_steps=-1"):
         check_ref_sync(-1, 0.5, 0.04)
 
 
@@ -203,7 +202,7 @@ def test_reference_mix_matches_numpy():
 
 def test_wandb_missing_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    with pytest.raises(UserError, match=r"report_to includes 'wandb' but the wandb package is not installed: pip"):
+    with pytest.raises(ValueError, match=r"report_to includes 'wandb' but the wandb package is not installed: pip"):
         check_report_to(("tensorboard", "wandb"))
     check_report_to(("tensorboard",))  # not asked for: never imported
 
@@ -239,6 +238,6 @@ def test_wandb_gets_the_same_metric_names(monkeypatch, tmp_path):
         raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=...)\nmore")
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=refuse))
-    with pytest.raises(UserError, match=r"wandb could not start a run \(RuntimeError: api_key not configured .*"
+    with pytest.raises(ValueError, match=r"wandb could not start a run \(RuntimeError: api_key not configured .*"
                                         r"run `wandb login`, set WANDB_API_KEY"):
         RunLog(tmp_path / "other", tensorboard=False, wandb_project="proj")

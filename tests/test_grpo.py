@@ -14,7 +14,6 @@ import pytest
 from flax import nnx
 
 from openrs_jax.core import optim, sharding
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import (
     AGGREGATIONS,
     UpdateConfig,
@@ -358,7 +357,7 @@ def test_schedule_values_worked_by_hand():
     for step, want in [(0, 0.0), (25, 5e-7), (50, 1e-6), (275, 5.5e-7), (500, 1e-7)]:
         assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-13), step
     assert optim.warmup_steps_of(500, 0.1) == 50
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         optim.cosine_with_min_lr(1e-6, 0)
 
 
@@ -398,7 +397,7 @@ def test_update_config_from_run_config():
     assert (config.grpo.learning_rate, config.grpo.warmup_ratio, config.grpo.min_lr_rate, config.grpo.max_steps) == (1e-6, 0.1, 0.1, 500)
     assert (config.grpo.epsilon_low, config.grpo.epsilon_high, config.grpo.max_grad_norm, config.grpo.weight_decay) == (0.2, 0.2, 1.0, 0.0)
     assert config.rollout.max_completion_length == 3584 and config.logprob_temperature == 1.0
-    with pytest.raises(UserError, match="loss_aggregation"):
+    with pytest.raises(ValueError, match="loss_aggregation"):
         UpdateConfig(loss_aggregation="mean")
 
 

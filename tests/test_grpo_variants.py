@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, group_advantages, grpo_loss
 from openrs_jax.core.grpo.advantages import reward_scaling
 from openrs_jax.core.grpo.entropy import high_entropy_mask
@@ -231,7 +230,7 @@ def test_reward_scaling_matches_numpy(value, scaling):
 
 
 def test_reward_scaling_is_validated():
-    with pytest.raises(UserError, match="scale_rewards='sequence': use one of group, batch, none"):
+    with pytest.raises(ValueError, match="scale_rewards='sequence': use one of group, batch, none"):
         reward_scaling("sequence")
     with pytest.raises(ValueError, match="at least 2 rewards"):
         group_advantages(jnp.asarray([1.0]), 1, scale="batch")
@@ -261,9 +260,9 @@ def test_truncation_mask_zeroes_truncated_rows_only():
     (dict(top_entropy_quantile=1.5), r"top_entropy_quantile=1.5 must be in \[0, 1\]"),
 ])
 def test_loss_options_are_validated(options, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         check_loss_options(**options)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         UpdateConfig(**options)
 
 

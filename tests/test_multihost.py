@@ -124,13 +124,12 @@ def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
 
 def test_incomplete_settings_are_named(monkeypatch):
     from openrs_jax.core import distributed
-    from openrs_jax.errors import UserError
 
     for name in (distributed.ENV_ADDRESS, distributed.ENV_NUM, distributed.ENV_ID, "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(name, raising=False)
     assert distributed.maybe_initialize() is False  # nothing configured: one process
     monkeypatch.setenv(distributed.ENV_NUM, "2")
-    with pytest.raises(UserError, match="incomplete multi-process settings: coordinator_address=''"):
+    with pytest.raises(ValueError, match="incomplete multi-process settings: coordinator_address=''"):
         distributed.maybe_initialize()
-    with pytest.raises(UserError, match="process_id=2; give all three"):
+    with pytest.raises(ValueError, match="process_id=2; give all three"):
         distributed.maybe_initialize("127.0.0.1:1234", process_id=2)

@@ -132,7 +132,6 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
 
 def test_trl_order_refuses_a_filtered_dataset(tmp_path, bos_tokenizer_dir):
     from openrs_jax.recipe.config import load_config
-    from openrs_jax.errors import UserError
     from openrs_jax.recipe.trainer import GRPOTrainer
 
     rows = sums_rows() + [{"problem": "1+1=" * 20, "answer": "2"}]  # one over-long prompt
@@ -141,7 +140,7 @@ def test_trl_order_refuses_a_filtered_dataset(tmp_path, bos_tokenizer_dir):
     config = load_config(REPO_ROOT / "configs" / "tiny.py", [
         f"run.output_dir={tmp_path / 'run'}", f"data.dataset={data}", "rewards.num_workers=0", "data.prompt_order=trl",
     ])
-    with pytest.raises(UserError, match="prompt_order='trl' permutes the unfiltered dataset.*truncate_left"):
+    with pytest.raises(ValueError, match="prompt_order='trl' permutes the unfiltered dataset.*truncate_left"):
         GRPOTrainer(config)
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT, make_hf_model
 
@@ -38,7 +37,7 @@ def test_non_finite_steps_are_not_applied_and_stop_the_run(tmp_path):
     t = trainer(tmp_path, "rewards.funcs=tests.faulty_rewards:nan_reward", "rewards.weights=(1.0,)",
                 "run.max_bad_steps=2", "grpo.max_steps=10")
     before = jax.tree.map(np.asarray, jax.device_get(t.state.params))
-    with pytest.raises(UserError, match="stopping at step 2: 2 steps in a row had a non-finite loss"):
+    with pytest.raises(ValueError, match="stopping at step 2: 2 steps in a row had a non-finite loss"):
         t.train()
     after = jax.tree.map(np.asarray, jax.device_get(t.state.params))
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
@@ -66,7 +65,7 @@ def test_no_space_left_on_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(t.checkpointer.manager, "save", full_disk)
-    with pytest.raises(UserError, match="could not save checkpoint 2 .*No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(ValueError, match="could not save checkpoint 2 .*No space left on device.*previous checkpoint is intact"):
         t.save_checkpoint()
     monkeypatch.undo()
     t.close()
@@ -91,7 +90,7 @@ def real_dirs(tmp_path):
 
 
 def expect_error(tmp_path, message: str, *overrides: str) -> None:
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         trainer(tmp_path, *overrides)
 
 

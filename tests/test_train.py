@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT, make_hf_model
 
@@ -72,7 +71,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
 
 def test_existing_run_is_refused_without_resume(tmp_path):
     run(tmp_path, "run", "grpo.max_steps=1")
-    with pytest.raises(UserError, match="already holds a run; pass --config.run.resume=True"):
+    with pytest.raises(ValueError, match="already holds a run; pass --config.run.resume=True"):
         GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'run'}", *FAST]))
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 
@@ -133,14 +132,14 @@ def test_evaluate_still_refuses_to_mix_samples_of_other_settings(tmp_path):
 @pytest.mark.parametrize("override, what", [("data.dataset=nobody/problems", "dataset 'nobody/problems'"),
                                              ("model.path=nobody/model", "model 'nobody/model'")])
 def test_train_with_hub_names_offline_fails_fast(hub_unreachable, tmp_path, override, what):
-    with pytest.raises(UserError, match=f"{what} would be downloaded .* cannot be reached .*HF_HUB_OFFLINE=1"):
+    with pytest.raises(ValueError, match=f"{what} would be downloaded .* cannot be reached .*HF_HUB_OFFLINE=1"):
         tiny(tmp_path / "run", override)
 
 
 def test_decontaminate_without_a_benchmarks_folder_offline_fails_fast(hub_unreachable):
     from openrs_jax.curation.decontaminate import load_benchmarks
 
-    with pytest.raises(UserError, match=r"the benchmarks \(aime24\) would be downloaded .*--benchmarks_dir"):
+    with pytest.raises(ValueError, match=r"the benchmarks \(aime24\) would be downloaded .*--benchmarks_dir"):
         load_benchmarks(None, ["aime24"])
 
 
@@ -164,7 +163,7 @@ def test_resume_with_only_an_interrupted_save_says_so_and_starts_at_0(tmp_path, 
     partial = out / "checkpoints" / "2.orbax-checkpoint-tmp-1733000000"
     (partial / "state").mkdir(parents=True)
     (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.0}) + "\n")
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a run"):
         tiny(out)  # without resume: refused as before
     caplog.set_level(logging.INFO)
     trainer = tiny(out, "run.resume=True", "grpo.max_steps=1")

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import Qwen2Config, Qwen2ForCausalLM, from_pretrained, init_model, params_of
 from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
 
@@ -22,18 +21,18 @@ def load_bench_model(path: str | Path, dtype: str = "float32", seed: int = 0) ->
     benchmarks need the shape, not trained values).
     """
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     p = Path(path).expanduser()
     if p.is_file():
         if p.suffix != ".json":
-            raise UserError(f"{p} is a file but not a config.json; give a model directory or its config.json")
+            raise ValueError(f"{p} is a file but not a config.json; give a model directory or its config.json")
         config_file = p
     elif is_hf_directory(p) or is_flax_checkpoint(p):
         return from_pretrained(p, dtype=dtype, param_dtype=dtype), False
     elif (p / "config.json").is_file():
         config_file = p / "config.json"
     else:
-        raise UserError(f"{p} holds neither model weights nor a config.json; give a model directory")
+        raise ValueError(f"{p} holds neither model weights nor a config.json; give a model directory")
     config = Qwen2Config.from_json(config_file, dtype=dtype, param_dtype=dtype)
     return init_model(config, seed), True
 

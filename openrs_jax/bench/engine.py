@@ -83,12 +83,11 @@ def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int)
     from openrs_jax.core import sharding
     from openrs_jax.bench.plan import compile_only_devices, load_target
     from openrs_jax.bench.shapes import preset_config
-    from openrs_jax.errors import UserError
 
     target = load_target(target_name)
     devices, why = compile_only_devices(target, 1)
     if devices is None:
-        raise UserError(f"cannot compile for {target_name}: {why}")
+        raise ValueError(f"cannot compile for {target_name}: {why}")
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
     config = preset_config("preset:1.5b", dtype="bfloat16", param_dtype="bfloat16")
     sampler = Sampler(config, mesh=mesh, prompt_bucket=128, check_memory=False)

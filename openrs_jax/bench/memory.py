@@ -39,7 +39,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from openrs_jax.core import sharding
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, abstract_train_state, make_train_step, token_logprobs
 from openrs_jax.core.model import KVCache, Qwen2Config, abstract_model
 
@@ -67,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.model_config is None:
-        raise UserError("bench memory needs --model (a model directory, config.json, builtin:tiny or preset:1.5b)")
+        raise ValueError("bench memory needs --model (a model directory, config.json, builtin:tiny or preset:1.5b)")
     if args.devices < 1:
-        raise UserError(f"--devices must be >= 1, got {args.devices}")
+        raise ValueError(f"--devices must be >= 1, got {args.devices}")
     if jax.device_count() < args.devices:
         return _run_emulated(args)
     return memory_plan(args)
@@ -89,7 +88,7 @@ def _run_emulated(args: argparse.Namespace) -> dict[str, Any]:
           f"{args.devices} emulated CPU devices in a child process", file=sys.stderr)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
-        raise UserError(f"the emulated-device memory plan failed (exit {proc.returncode}); see the messages above")
+        raise ValueError(f"the emulated-device memory plan failed (exit {proc.returncode}); see the messages above")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["emulated_devices"] = True
     return result
@@ -232,7 +231,7 @@ def step_setup(cfg: Any, model_config: Qwen2Config, mesh: jax.sharding.Mesh,
     prompt_len, new_tokens = cfg.data.max_prompt_length, cfg.rollout.max_completion_length
     seq = prompt_len + new_tokens
     if rows % dp:
-        raise UserError(f"{rows} rows per step do not split over {dp} data-parallel devices")
+        raise ValueError(f"{rows} rows per step do not split over {dp} data-parallel devices")
     mb = micro_batch_size or _valid_micro_batch(cfg.grpo.micro_batch_size, rows, dp)
     update_config = dataclasses.replace(UpdateConfig.from_config(cfg), micro_batch_size=mb)
     graphdef, abstract_params = nnx.split(abstract_model(model_config))
@@ -335,7 +334,7 @@ def memory_plan(args: argparse.Namespace, devices: Sequence[jax.Device] | None =
     """Compiles the step's programs for `args.devices` devices and reads their memory."""
     devices = list(devices if devices is not None else jax.devices())
     if len(devices) < args.devices:
-        raise UserError(f"{args.devices} devices requested but only {len(devices)} are visible")
+        raise ValueError(f"{args.devices} devices requested but only {len(devices)} are visible")
     from openrs_jax.bench import shapes
 
     cfg = shapes.load_run_config(args.config)  # works without ml_collections too (the GPU image)

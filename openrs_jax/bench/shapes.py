@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from openrs_jax.recipe import toy
-from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.bench")
 
@@ -71,7 +70,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
     import ast
 
     if "=" not in text:
-        raise UserError(f"preset override {text!r} must look like key=value")
+        raise ValueError(f"preset override {text!r} must look like key=value")
     key, value = text.split("=", 1)
     try:
         return key.strip(), ast.literal_eval(value.strip())
@@ -86,7 +85,7 @@ def preset_config(spec: str, **runtime: Any) -> Any:
     name, *overrides = spec[len(PRESET_PREFIX):].split(",")
     name = PRESET_ALIASES.get(name.strip(), name.strip())
     if name not in MODEL_PRESETS:
-        raise UserError(
+        raise ValueError(
             f"--model {spec}: unknown model preset {name!r}; valid: "
             f"{', '.join(PRESET_PREFIX + n for n in sorted({**MODEL_PRESETS, **PRESET_ALIASES}))}, "
             f"or the built-in demo model {', '.join(toy.BUILTIN_MODELS)}"
@@ -98,7 +97,7 @@ def preset_config(spec: str, **runtime: Any) -> Any:
             continue
         key, value = _parse_override(text)
         if key not in valid:
-            raise UserError(f"preset override {key!r} is not a Qwen2Config field; valid: {', '.join(sorted(valid))}")
+            raise ValueError(f"preset override {key!r} is not a Qwen2Config field; valid: {', '.join(sorted(valid))}")
         fields[key] = value
     return Qwen2Config(**{**fields, **runtime})
 
@@ -111,7 +110,7 @@ def model_config(spec: str | Path, **runtime: Any) -> Any:
         return preset_config(str(spec), **runtime)
     p = Path(toy.resolve(toy.check_name(str(spec), "--model", "model"))).expanduser()
     if not p.exists():
-        raise UserError(f"--model {p} does not exist: give a model directory, a config.json, a preset "
+        raise ValueError(f"--model {p} does not exist: give a model directory, a config.json, a preset "
                         f"({', '.join(PRESET_PREFIX + n for n in MODEL_PRESETS)}) or "
                         f"{', '.join(toy.BUILTIN_MODELS)}")
     return Qwen2Config.from_json(p, **runtime)
@@ -128,7 +127,7 @@ def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple
 
     if is_preset(spec):
         if dtype not in DTYPES:
-            raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
         return init_model(preset_config(str(spec), dtype=dtype, param_dtype=dtype), seed), True
     # builtin:tiny is a directory with a config.json and no weights: random weights from `seed`.
     return load_bench_model(toy.resolve(toy.check_name(str(spec), "--model", "model")), dtype, seed)

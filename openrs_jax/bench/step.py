@@ -56,7 +56,6 @@ from typing import Any, Callable
 import numpy as np
 
 from openrs_jax.bench import shapes
-from openrs_jax.errors import UserError
 
 # Completions are trained on their longest length rounded up to this (as the trainer does).
 COMPLETION_BUCKET = 256
@@ -292,7 +291,7 @@ def run_synthetic(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     graphdef = nnx.split(abstract_model(config))[0]
     mesh = _make_mesh(args.mesh)
     if rows % sharding.data_parallel_size(mesh):
-        raise UserError(f"{rows} rows do not split over {sharding.data_parallel_size(mesh)} data-parallel devices")
+        raise ValueError(f"{rows} rows do not split over {sharding.data_parallel_size(mesh)} data-parallel devices")
     update_config = UpdateConfig(
         num_generations=g, micro_batch_size=args.micro_batch_size, beta=args.beta,
         loss_aggregation=args.loss_aggregation, max_completion_length=n, logprob_chunk=args.logprob_chunk,
@@ -367,7 +366,7 @@ def _select_rows(dataset: str, tokenizer: Any, system_prompt: str, count: int, m
     # A local file or a built-in dataset: the bench never waits on the Hub.
     path = Path(toy.resolve(toy.check_name(dataset, "--dataset", "dataset"))).expanduser()
     if not path.exists():
-        raise UserError(f"--dataset {dataset} does not exist: give a JSON/JSONL/parquet file of problems "
+        raise ValueError(f"--dataset {dataset} does not exist: give a JSON/JSONL/parquet file of problems "
                         f"or {', '.join(toy.BUILTIN_DATASETS)}")
     rows = load_rows(str(path))
     check_columns(rows, dataset)
@@ -377,7 +376,7 @@ def _select_rows(dataset: str, tokenizer: Any, system_prompt: str, count: int, m
             chosen.append(row)
             if len(chosen) == count:
                 return chosen
-    raise UserError(f"{dataset} has fewer than {count} prompts of at most {max_prompt_length} tokens")
+    raise ValueError(f"{dataset} has fewer than {count} prompts of at most {max_prompt_length} tokens")
 
 
 def _hf_directory(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
@@ -407,7 +406,7 @@ def default_prompt_len(engine: str) -> int:
 def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str, Any]:
     """Steps of the product's GRPOTrainer on the first prompts of a dataset."""
     if not shapes._ensure_ml_collections():
-        raise UserError("the trainer engine needs ml_collections (pip install ml-collections); "
+        raise ValueError("the trainer engine needs ml_collections (pip install ml-collections); "
                         "without it use the synthetic engine (no --dataset)")
     from openrs_jax.bench.common import describe_model
     from openrs_jax.recipe.config import SYSTEM_PROMPT, base_config
@@ -708,17 +707,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     shapes.apply_run_config(args)
     if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.num_generations < 2:
-        raise UserError("--num_generations must be >= 2 (GRPO compares completions of one prompt)")
+        raise ValueError("--num_generations must be >= 2 (GRPO compares completions of one prompt)")
     rows = args.prompts_per_step * args.num_generations
     if args.micro_batch_size is not None and rows % args.micro_batch_size:
-        raise UserError(f"--micro_batch_size {args.micro_batch_size} must divide {rows} rows")
+        raise ValueError(f"--micro_batch_size {args.micro_batch_size} must divide {rows} rows")
     engine = args.engine if args.engine != "auto" else ("trainer" if args.dataset else "synthetic")
     if engine == "trainer" and not args.dataset:
-        raise UserError("the trainer engine needs --dataset (a JSON/JSONL/parquet file of problems)")
+        raise ValueError("the trainer engine needs --dataset (a JSON/JSONL/parquet file of problems)")
     if args.compare_trl and engine != "trainer":
-        raise UserError("--compare_trl needs the trainer engine: give --dataset and --tokenizer")
+        raise ValueError("--compare_trl needs the trainer engine: give --dataset and --tokenizer")
     if args.prompt_len is None:
         args.prompt_len = default_prompt_len(engine)
     platform = jax.devices()[0].platform

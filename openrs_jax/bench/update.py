@@ -28,7 +28,6 @@ import numpy as np
 from flax import nnx
 
 from openrs_jax.core import sharding
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
 from openrs_jax.core.model import abstract_model, params_of
 
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     platform = jax.devices()[0].platform
     dtype = args.dtype or ("bfloat16" if platform == "gpu" else "float32")
     if args.rows % args.num_generations:
-        raise UserError(f"--rows {args.rows} must be a multiple of --num_generations {args.num_generations}")
+        raise ValueError(f"--rows {args.rows} must be a multiple of --num_generations {args.num_generations}")
     model, random_weights = shapes.load_model(args.model, dtype="float32")
     config = model.config.replace(dtype=dtype, param_dtype="float32", remat=args.remat)
     params = params_of(model)

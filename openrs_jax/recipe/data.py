@@ -21,7 +21,6 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from openrs_jax.errors import UserError
 from openrs_jax.hub import require_hub
 
 log = logging.getLogger("openrs_jax.recipe.data")
@@ -99,7 +98,7 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n} is not valid JSON ({e})") from None
+                raise ValueError(f"{path}:{n} is not valid JSON ({e})") from None
     return rows
 
 
@@ -111,20 +110,20 @@ def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
-                    raise UserError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
+                    raise ValueError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
                 ds = ds[split]
             return [dict(r) for r in ds]
         for name in (f"{split}.jsonl", f"{split}.json", f"{split}.parquet", "data.jsonl"):
             if (path / name).is_file():
                 return _read_local(path / name, split)
-        raise UserError(f"dataset folder {path} holds no {split}.jsonl, {split}.json, {split}.parquet or data.jsonl")
+        raise ValueError(f"dataset folder {path} holds no {split}.jsonl, {split}.json, {split}.parquet or data.jsonl")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
     if path.suffix in (".json", ".jsonl"):
         return _read_json_rows(path)
-    raise UserError(f"dataset file {path} must end in {', '.join(LOCAL_SUFFIXES)}")
+    raise ValueError(f"dataset file {path} must end in {', '.join(LOCAL_SUFFIXES)}")
 
 
 def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
@@ -133,7 +132,7 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
     if path.exists():
         rows = _read_local(path, split)
     elif path.suffix in LOCAL_SUFFIXES or dataset_name.startswith((".", "/", "~")):
-        raise UserError(f"dataset file {path} does not exist: check dataset_name")
+        raise ValueError(f"dataset file {path} does not exist: check dataset_name")
     else:
         require_hub(f"dataset {dataset_name!r}", "give a local copy: a JSON/JSONL/parquet file or a folder with "
                     f"{split}.jsonl (dataset_name in training, --input in curate)")
@@ -142,13 +141,13 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
 
             rows = [dict(r) for r in datasets.load_dataset(dataset_name, split=split)]
         except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-            raise UserError(
+            raise ValueError(
                 f"could not load dataset {dataset_name!r} split {split!r} from the Hugging Face Hub "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "check the name, or give a local JSON/JSONL/parquet path as dataset_name"
             ) from None
     if not rows:
-        raise UserError(f"dataset {dataset_name!r} (split {split!r}) is empty")
+        raise ValueError(f"dataset {dataset_name!r} (split {split!r}) is empty")
     return rows
 
 
@@ -159,7 +158,7 @@ def check_columns(rows: list[Mapping[str, Any]], dataset_name: str) -> None:
         need = ["problem"] if "problem" not in columns else []
         if not ({"solution", "answer"} & columns):
             need.append("solution or answer")
-        raise UserError(
+        raise ValueError(
             f"dataset {dataset_name!r} lacks the column(s) {' and '.join(need)} "
             f"(it has: {', '.join(sorted(columns))}); rename its columns to problem and solution/answer"
         )
@@ -214,7 +213,7 @@ def build_dataset(
                     "their last %d tokens (long_prompts=truncate_left)", truncated, len(rows), max_prompt_length,
                     max_prompt_length)
     if not examples:
-        raise UserError(
+        raise ValueError(
             f"every prompt of {dataset_name!r} is longer than max_prompt_length={max_prompt_length} tokens; "
             "raise max_prompt_length or shorten the system prompt"
         )
@@ -262,7 +261,7 @@ class PromptOrder:
     def restore(self, state: Mapping[str, Any]) -> None:
         saved = state.get("kind", "numpy")  # checkpoints older than prompt_order hold a numpy order
         if saved != self.kind:
-            raise UserError(
+            raise ValueError(
                 f"the checkpoint was written with prompt_order={saved!r} but this run uses {self.kind!r}; "
                 f"resume with --config.data.prompt_order={saved}, or choose another output_dir"
             )
@@ -284,7 +283,7 @@ class TorchGenerator:
 
     def __init__(self, seed: int):
         if not 0 <= seed < 2**32:
-            raise UserError(f"seed={seed}: the trl prompt order needs a seed in [0, 2**32)")
+            raise ValueError(f"seed={seed}: the trl prompt order needs a seed in [0, 2**32)")
         key, pos = np.random.RandomState(seed).get_state()[1:3]
         self.bits = np.random.MT19937()
         self.bits.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": pos}}
@@ -303,7 +302,7 @@ def torch_randperm(n: int, generator: TorchGenerator) -> np.ndarray:
     one generator continue its stream, as torch's do.
     """
     if n >= TORCH_RANDPERM_LIMIT:
-        raise UserError(f"a dataset of {n} rows is too large for the trl prompt order (limit {TORCH_RANDPERM_LIMIT - 1})")
+        raise ValueError(f"a dataset of {n} rows is too large for the trl prompt order (limit {TORCH_RANDPERM_LIMIT - 1})")
     steps = max(n - 1, 0)
     offsets = generator.random(steps) % (n - np.arange(steps, dtype=np.int64))
     perm = list(range(n))
@@ -333,7 +332,7 @@ class TrlPromptOrder:
 
     def __post_init__(self) -> None:
         if self.size < self.block:
-            raise UserError(
+            raise ValueError(
                 f"the dataset has {self.size} prompts, fewer than prompts_per_step={self.block}: "
                 "the trl prompt order draws whole blocks"
             )

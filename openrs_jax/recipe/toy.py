@@ -12,7 +12,6 @@ import json
 import re
 from pathlib import Path
 
-from openrs_jax.errors import UserError
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BUILTIN_PREFIX = "builtin:"
@@ -40,7 +39,7 @@ def resolve(name: str) -> str:
     if not name.startswith(BUILTIN_PREFIX):
         return name
     if name not in BUILTINS:
-        raise UserError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
+        raise ValueError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
     return str(BUILTINS[name])
 
 
@@ -57,14 +56,14 @@ def check_name(value: str, flag: str, kind: str) -> str:
     names = BUILTIN_DATASETS if kind == "dataset" else BUILTIN_MODELS
     text = str(value)
     if text.startswith(BENCH_PRESET_PREFIX) and kind == "model":
-        raise UserError(
+        raise ValueError(
             f"{flag}={text}: preset: names are model shapes for `python -m openrs_jax.bench` only (random "
             f"weights, no tokenizer); give a model directory, or {', '.join(names)} for the built-in demo model"
         )
     if text.startswith(BUILTIN_PREFIX) and text not in names:
         other = "dataset" if kind == "model" else "model"
         what = f"a built-in {other}, not a {kind}" if text in BUILTINS else "not a built-in"
-        raise UserError(f"{flag}={text}: {what}; built-in {kind}s: {', '.join(names)}")
+        raise ValueError(f"{flag}={text}: {what}; built-in {kind}s: {', '.join(names)}")
     return value
 
 

@@ -31,7 +31,6 @@ from openrs_jax.recipe import dynamic_sampling, reference, toy
 from openrs_jax.recipe.checkpoint import Checkpointer
 from openrs_jax.recipe.config import validate
 from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
-from openrs_jax.errors import UserError
 from openrs_jax.hub import require_hub
 from openrs_jax.core.grpo.microbatch import take_micro_batch
 from openrs_jax.core.grpo import (
@@ -75,11 +74,11 @@ def resolve_model_path(name: str) -> str:
 
             return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
         except Exception as e:  # noqa: BLE001 - offline, gated, misspelt: all mean the same to the user
-            raise UserError(
+            raise ValueError(
                 f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
                 f"({type(e).__name__}); download it first and set --config.model.path to its directory"
             ) from None
-    raise UserError(f"model path {name} does not exist: give {ACCEPTED}")
+    raise ValueError(f"model path {name} does not exist: give {ACCEPTED}")
 
 
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
@@ -120,7 +119,7 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     """Refuses to write a new run over an existing one."""
     holds_run = (output_dir / METRICS_FILE).is_file() or any((output_dir / "checkpoints").glob("*"))
     if holds_run and not resume:
-        raise UserError(
+        raise ValueError(
             f"output_dir {output_dir} already holds a run; pass --config.run.resume=True to continue it "
             "or choose another --config.run.output_dir"
         )
@@ -175,12 +174,12 @@ class GRPOTrainer:
         self.tokenizer_dir = tokenizer_dir(tokenizer_path) or Path(toy.resolve(tokenizer_path))
         self.tokenizer: Tokenizer = load_tokenizer(self.tokenizer_dir)
         if not self.tokenizer.has_chat_template:
-            raise UserError(
+            raise ValueError(
                 f"tokenizer {self.tokenizer_dir} has no chat template; use a chat model's tokenizer "
                 "(tokenizer_config.json with chat_template, or chat_template.jinja)"
             )
         if self.tokenizer.vocab_size > model_config.vocab_size:
-            raise UserError(
+            raise ValueError(
                 f"tokenizer has {self.tokenizer.vocab_size} tokens but the model only {model_config.vocab_size}: "
                 "tokenizer_path does not belong to model_path"
             )
@@ -193,7 +192,7 @@ class GRPOTrainer:
             c.data.max_prompt_length, dataset_name=c.data.dataset, long_prompts=c.data.long_prompts, rollout_bos=c.rollout.bos,
         )
         if c.data.prompt_order == "trl" and self.dataset.dropped_too_long:
-            raise UserError(
+            raise ValueError(
                 f"prompt_order='trl' permutes the unfiltered dataset, but {self.dataset.dropped_too_long} prompts "
                 f"longer than max_prompt_length={c.data.max_prompt_length} were dropped; set "
                 "--config.data.long_prompts=truncate_left (as the original run) or --config.data.prompt_order=numpy"
@@ -270,7 +269,7 @@ class GRPOTrainer:
         meta = self.checkpointer.restore_metadata()
         saved = Qwen2Config.from_hf_dict(meta["model_config"])
         if saved.to_hf_dict() != self.model_config.to_hf_dict():
-            raise UserError(
+            raise ValueError(
                 f"the checkpoint in {self.checkpointer.directory} was written for another model shape; "
                 "resume with the same model_path, or choose another output_dir"
             )
@@ -555,7 +554,7 @@ class GRPOTrainer:
                     if self.step % c.run.save_steps == 0 or self.step == c.grpo.max_steps or stopping or too_many_bad:
                         self.save_checkpoint()
                     if too_many_bad:
-                        raise UserError(
+                        raise ValueError(
                             f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
                             "or gradient and were not applied; the checkpoint just saved holds the last good "
                             "weights. Lower learning_rate, check the rewards for NaN, or raise max_bad_steps"

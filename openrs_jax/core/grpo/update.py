@@ -39,7 +39,6 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from openrs_jax.core import optim
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo.entropy import batch_entropies, high_entropy_mask
 from openrs_jax.core.grpo.logprobs import DEFAULT_CHUNK, completion_logprobs
 from openrs_jax.core.grpo.loss import AGGREGATIONS, aggregation_weights, check_loss_options, grpo_loss, token_mean_weights

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from openrs_jax.recipe import toy
-from openrs_jax.errors import UserError
 from openrs_jax.core.model.config import Qwen2Config, tiny_config
 from openrs_jax.core.model.io import (
     is_flax_checkpoint,
@@ -78,16 +77,16 @@ def _existing(path: str | Path) -> Path:
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise UserError(f"model path {p} does not exist: give {ACCEPTED}")
+        raise ValueError(f"model path {p} does not exist: give {ACCEPTED}")
     return p
 
 
-def _not_a_model(p: Path) -> UserError:
+def _not_a_model(p: Path) -> ValueError:
     from openrs_jax.core.model_paths import ACCEPTED
 
     if p.is_dir() and (p / "config.json").is_file() and not is_hf_directory(p):
-        return UserError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
-    return UserError(f"{p} is not a model: give {ACCEPTED}")
+        return ValueError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
+    return ValueError(f"{p} is not a model: give {ACCEPTED}")
 
 
 def model_from_params(params: Mapping[str, Any], config: Qwen2Config) -> Qwen2ForCausalLM:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.errors import UserError
 
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -52,7 +51,7 @@ class Qwen2Config:
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
-            raise UserError(
+            raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
@@ -71,19 +70,19 @@ class Qwen2Config:
         """Builds a config from a Hugging Face Qwen2 config dict (transformers 4 or 5 layout)."""
         model_type = d.get("model_type")
         if model_type != "qwen2":
-            raise UserError(
+            raise ValueError(
                 f"config has model_type={model_type!r}, but openrs-jax implements 'qwen2' "
                 "(Qwen2ForCausalLM, e.g. DeepSeek-R1-Distill-Qwen-1.5B); use a Qwen2 checkpoint"
             )
         if d.get("hidden_act", "silu") != "silu":
-            raise UserError(f"hidden_act={d['hidden_act']!r} is not supported (Qwen2 uses 'silu')")
+            raise ValueError(f"hidden_act={d['hidden_act']!r} is not supported (Qwen2 uses 'silu')")
         rope_theta = d.get("rope_theta")
         rope_params = d.get("rope_parameters") or {}
         if rope_theta is None:
             rope_theta = rope_params.get("rope_theta", 10000.0)
         rope_type = rope_params.get("rope_type", (d.get("rope_scaling") or {}).get("rope_type", "default"))
         if rope_type not in ("default", None):
-            raise UserError(f"rope_type={rope_type!r} is not supported; only default RoPE is implemented")
+            raise ValueError(f"rope_type={rope_type!r} is not supported; only default RoPE is implemented")
         heads = d["num_attention_heads"]
         return cls(
             vocab_size=d["vocab_size"],
@@ -111,11 +110,11 @@ class Qwen2Config:
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
-            raise UserError(f"no config.json at {path}: give a Hugging Face model directory")
+            raise ValueError(f"no config.json at {path}: give a Hugging Face model directory")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e})") from None
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
         return cls.from_hf_dict(d, **runtime)
 
     def to_hf_dict(self) -> dict[str, Any]:
