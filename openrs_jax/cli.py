@@ -46,8 +46,8 @@ def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argpar
         parser.add_argument(alias, type=action.type, choices=action.choices, nargs=action.nargs, **kwargs)
 
 
-# What a user can fix: bad values (ValueError, TypeError), files (OSError: missing, unreadable, full).
-USER_ERRORS = (ValueError, TypeError, OSError, ValueError)
+# What a user can fix: bad values (ValueError), files (OSError: missing, unreadable, disk full).
+USER_ERRORS = (ValueError, OSError)
 TRACEBACK_ENV = "OPENRS_TRACEBACK"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 

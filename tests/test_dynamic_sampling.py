@@ -192,7 +192,7 @@ def test_reference_mix_matches_numpy():
     for g, w in zip(jax.tree.leaves(copied), jax.tree.leaves(policy)):
         np.testing.assert_array_equal(np.asarray(g), w)
     assert [s for s in range(1, 11) if sync_due(s, 4)] == [4, 8] and not sync_due(4, 0)
-    with pytest.raises(ValueError, match="grpo.ref_sync_steps=-1"):
+    with pytest.raises(ValueError, match="ref_sync_steps=-1"):
         check_ref_sync(-1, 0.5, 0.04)
 
 

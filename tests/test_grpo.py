@@ -392,11 +392,11 @@ def test_update_config_from_run_config():
 
     c = base_config()
     config = UpdateConfig.from_config(c)
-    assert (config.rollout.num_generations, config.grpo.micro_batch_size, config.grpo.beta, config.grpo.loss_aggregation) == (
+    assert (config.num_generations, config.micro_batch_size, config.beta, config.loss_aggregation) == (
         6, 6, 0.04, "group_token_mean")
-    assert (config.grpo.learning_rate, config.grpo.warmup_ratio, config.grpo.min_lr_rate, config.grpo.max_steps) == (1e-6, 0.1, 0.1, 500)
-    assert (config.grpo.epsilon_low, config.grpo.epsilon_high, config.grpo.max_grad_norm, config.grpo.weight_decay) == (0.2, 0.2, 1.0, 0.0)
-    assert config.rollout.max_completion_length == 3584 and config.logprob_temperature == 1.0
+    assert (config.learning_rate, config.warmup_ratio, config.min_lr_rate, config.max_steps) == (1e-6, 0.1, 0.1, 500)
+    assert (config.epsilon_low, config.epsilon_high, config.max_grad_norm, config.weight_decay) == (0.2, 0.2, 1.0, 0.0)
+    assert config.max_completion_length == 3584 and config.logprob_temperature == 1.0
     with pytest.raises(ValueError, match="loss_aggregation"):
         UpdateConfig(loss_aggregation="mean")
 

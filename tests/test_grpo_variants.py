@@ -302,8 +302,8 @@ def test_micro_batch_invariance_of_new_losses(tiny, name):  # noqa: F811
     logp, entropy = direct_logprobs(tiny[0], batch["input_ids"], batch["attention_mask"], 4)
     mask = batch["completion_mask"].astype(np.float32)
     config = UpdateConfig(num_generations=G, max_completion_length=mask.shape[1], **options)
-    policy_mask = (np_high_entropy_mask(entropy, mask, config.grpo.top_entropy_quantile)
-                   if config.grpo.top_entropy_quantile < 1 else None)
+    policy_mask = (np_high_entropy_mask(entropy, mask, config.top_entropy_quantile)
+                   if config.top_entropy_quantile < 1 else None)
     want, _ = grpo_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(batch["old_logps"]),
                         jnp.asarray(batch["ref_logps"]), jnp.asarray(batch["advantages"]), jnp.asarray(mask),
                         policy_mask=None if policy_mask is None else jnp.asarray(policy_mask),
@@ -339,7 +339,7 @@ def test_recipe_configs_compute_todays_loss_and_gradient(config_file, with_old):
     c = base_config() if config_file == "base" else load_config(REPO_ROOT / "configs" / config_file)
     config = UpdateConfig.from_config(c)
     g = c.rollout.num_generations
-    assert (g, config.grpo.loss_aggregation, config.grpo.top_entropy_quantile) == (6, "group_token_mean", 1.0)
+    assert (g, config.loss_aggregation, config.top_entropy_quantile) == (6, "group_token_mean", 1.0)
     rng = np.random.default_rng(11)
     rows, t = 2 * g, 9
     rewards = rng.integers(0, 3, rows).astype(np.float32)

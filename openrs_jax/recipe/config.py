@@ -334,7 +334,7 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
             raise
         raise moved_key_error(name, str(p)) from None
     if not isinstance(config, ml_collections.ConfigDict):
-        raise TypeError(f"get_config() in {p} must return an ml_collections.ConfigDict")
+        raise ValueError(f"get_config() in {p} must return an ml_collections.ConfigDict")
     check_known_keys(config, str(p))
     return config
 
@@ -422,9 +422,9 @@ def _check(section: str, build: Callable[[], Any]) -> Any:
         text = str(e)
         key = re.match(r"(?:unknown )?(\w+)", text)
         if key and key.group(1) in SECTIONS[section][1]:  # "delta=1.1 must ..." -> "--config.grpo.delta=1.1 must ..."
-            raise type(e)(f"--config.{section}.{text.removeprefix('unknown ')}"
-                          if not text.startswith("unknown ") else f"--config.{section}.{key.group(1)}: {text}") from None
-        raise type(e)(f"--config.{section}: {text}") from None
+            raise ValueError(f"--config.{section}.{text.removeprefix('unknown ')}"
+                             if not text.startswith("unknown ") else f"--config.{section}.{key.group(1)}: {text}") from None
+        raise ValueError(f"--config.{section}: {text}") from None
 
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
