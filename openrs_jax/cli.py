@@ -49,7 +49,7 @@ def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argpar
 # What a user can fix: bad values (ValueError), files (OSError: missing, unreadable, disk full).
 USER_ERRORS = (ValueError, OSError)
 TRACEBACK_ENV = "OPENRS_TRACEBACK"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+OUR_CODE = tuple(Path(__file__).resolve().parent.parent / name for name in ("openrs_jax", "conversion"))
 
 
 def error_line(e: BaseException) -> str:
@@ -59,8 +59,8 @@ def error_line(e: BaseException) -> str:
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    where = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else PACKAGE_ROOT
-    if PACKAGE_ROOT not in where.parents or "site-packages" in where.parts:
+    where = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else OUR_CODE[0]
+    if not any(root in where.parents for root in OUR_CODE):
         text += f" ({type(e).__name__} in {where.name}; {TRACEBACK_ENV}=1 prints the traceback)"
     return f"error: {text}"
 
