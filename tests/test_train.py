@@ -106,11 +106,11 @@ def test_model_and_dataset_paths_override_the_builtins(tmp_path):
 
 def test_cli_error_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), "--config.learnig_rate=1"],
+        [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), "--config.grpo.learnig_rate=1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2
-    assert "unknown config key 'learnig_rate'; did you mean 'learning_rate'" in proc.stderr
+    assert "unknown config key 'grpo.learnig_rate'; did you mean 'grpo.learning_rate'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
