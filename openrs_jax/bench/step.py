@@ -400,7 +400,7 @@ def default_prompt_len(engine: str) -> int:
     shapes._ensure_ml_collections()
     from openrs_jax.recipe.config import base_config
 
-    return int(base_config().max_prompt_length)
+    return int(base_config().data.max_prompt_length)
 
 
 def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str, Any]:
