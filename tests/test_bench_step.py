@@ -147,6 +147,8 @@ def test_sampler_and_update_take_the_same_config():
         72, 6, 3584, 6, "full")
 
 
+@pytest.mark.skip(reason="run configs load through ml_collections.config_flags (a declared dependency) since "
+                         "the config sections; the stand-in goes with issue 18 item 3")
 def test_run_configs_load_without_ml_collections():
     """The GPU image has no ml_collections: configs/*.py load through the stand-in ConfigDict."""
     code = (
