@@ -62,20 +62,18 @@ class EvalSettings:
     max_model_length: int = 0
 
     def __post_init__(self) -> None:
+        from openrs_jax.core.sampling import SamplingParams
+        from openrs_jax.recipe.data import ROLLOUT_BOS, check_choice
+
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        # temperature, top_p, max_new_tokens: checked where sampling owns them.
+        SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.scoring not in SCORING_MODES:
             raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
-        if self.bos not in ("single", "double"):
-            raise ValueError(f"bos must be single or double, got {self.bos!r}")
+        check_choice("bos", self.bos, ROLLOUT_BOS)
         if self.max_model_length < 0:
             raise ValueError(f"max_model_length must be >= 0 (0: no cap), got {self.max_model_length}")
 
