@@ -316,30 +316,21 @@ def check_known_keys(config: ml_collections.ConfigDict, where: str) -> None:
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """Runs `get_config()` of a Python config file; an old flat key in it is named with its new place."""
+    """Runs `get_config()` of another config file, for a config that builds on it (configs/dapo.py
+    on exp2.py); `--config` itself loads through `config_flags`, whose errors `parse_flags` words."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist (e.g. --config configs/exp2.py)")
+        raise FileNotFoundError(f"config file {p} does not exist")
     spec = importlib.util.spec_from_file_location(f"openrs_config_{p.stem}", p)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {p} defines no get_config()")
-    try:
-        config = module.get_config()
-    except (AttributeError, KeyError) as e:  # a file reading a key of the flat layout, e.g. `c.max_steps * 2`
-        name = next((k for k in FLAT_KEYS if repr(k) in str(e) or f"'{k}'" in str(e)), None)
-        if name is None:
-            raise
-        raise moved_key_error(name, str(p)) from None
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"get_config() in {p} must return an ml_collections.ConfigDict")
-    check_known_keys(config, str(p))
-    return config
+    return module.get_config()
 
 
 def _finish(config: ml_collections.ConfigDict, where: str) -> ml_collections.ConfigDict:
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"get_config() in {where} must return an ml_collections.ConfigDict (from base_config())")
     check_known_keys(config, where)
     config.lock()
     return config
@@ -384,7 +375,7 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]
         return flag_values(list(argv))
     except flags.Error as e:
         raise ValueError(str(e)) from None
-    except (AttributeError, KeyError) as e:  # raised by the file's get_config()
+    except (AttributeError, KeyError) as e:  # raised by the file's get_config(), e.g. reading `c.max_steps`
         if "get_config" in str(e):
             raise ValueError(f"config file {path} defines no get_config()") from None
         name = next((k for k in FLAT_KEYS if f"'{k}'" in str(e)), None)
