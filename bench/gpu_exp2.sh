@@ -63,9 +63,9 @@ from openrs_jax.recipe.config import base_config
 
 def get_config():
     c = base_config()
-    c.prompts_per_step, c.num_generations, c.micro_batch_size = 2, 2, 2
-    c.max_prompt_length, c.max_completion_length = 16, 8
-    c.compute_dtype, c.remat = "float32", "none"
+    c.rollout.prompts_per_step, c.rollout.num_generations, c.grpo.micro_batch_size = 2, 2, 2
+    c.data.max_prompt_length, c.rollout.max_completion_length = 16, 8
+    c.model.compute_dtype, c.model.remat = "float32", "none"
     c.mesh.fsdp = 1
     return c
 EOF

@@ -17,22 +17,22 @@ from openrs_jax.recipe.config import load_config_file
 
 def apply_dapo(c, overlong_cache_len: int = 512):
     """Switches on DAPO's options in config `c` (returned)."""
-    c.epsilon_low = 0.2
-    c.epsilon_high = 0.28
-    c.beta = 0.0
-    c.loss_aggregation = "token_mean"
-    c.dynamic_sampling = True
-    c.dynamic_sampling_max_rounds = 4
-    c.mask_truncated_completions = True
-    if "soft_overlong" not in c.reward_funcs:
-        c.reward_funcs = tuple(c.reward_funcs) + ("soft_overlong",)
-        c.reward_weights = tuple(c.reward_weights) + (1.0,)
-    c.soft_overlong_max_len = 0  # = max_completion_length
-    c.soft_overlong_cache_len = overlong_cache_len
+    c.grpo.epsilon_low = 0.2
+    c.grpo.epsilon_high = 0.28
+    c.grpo.beta = 0.0
+    c.grpo.loss_aggregation = "token_mean"
+    c.rollout.dynamic_sampling = True
+    c.rollout.dynamic_sampling_max_rounds = 4
+    c.grpo.mask_truncated_completions = True
+    if "soft_overlong" not in c.rewards.funcs:
+        c.rewards.funcs = tuple(c.rewards.funcs) + ("soft_overlong",)
+        c.rewards.weights = tuple(c.rewards.weights) + (1.0,)
+    c.rewards.soft_overlong_max_len = 0  # = max_completion_length
+    c.rewards.soft_overlong_cache_len = overlong_cache_len
     return c
 
 
 def get_config():
     c = load_config_file(Path(__file__).with_name("exp2.py"))
-    c.output_dir = "runs/dapo"
+    c.run.output_dir = "runs/dapo"
     return apply_dapo(c)

@@ -1,26 +1,27 @@
 """Exp3 of the paper: open-rs, format + cosine (length-aware accuracy), English-only system prompt."""
 
-from openrs_jax.recipe.config import ENGLISH_ONLY, SYSTEM_PROMPT, base_config
+from openrs_jax.recipe.config import base_config
+from openrs_jax.recipe.prompts import SYSTEM_PROMPT_EXP3
 
 
 def get_config():
     c = base_config()
-    c.model_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
-    c.dataset_name = "knoveleng/open-rs"
-    c.system_prompt = SYSTEM_PROMPT + ENGLISH_ONLY
-    c.reward_funcs = ("format", "cosine")
-    c.reward_weights = (1.0, 2.0)
-    c.cosine_min_value_wrong = 0.0
-    c.cosine_max_value_wrong = -0.5
-    c.cosine_min_value_correct = 0.5
-    c.cosine_max_value_correct = 1.0
-    c.cosine_max_len = 3584
-    c.max_completion_length = 3584
+    c.model.path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    c.data.dataset = "knoveleng/open-rs"
+    c.data.system_prompt = SYSTEM_PROMPT_EXP3  # the recipe's, plus an English-only sentence
+    c.rewards.funcs = ("format", "cosine")
+    c.rewards.weights = (1.0, 2.0)
+    c.rewards.cosine_min_value_wrong = 0.0
+    c.rewards.cosine_max_value_wrong = -0.5
+    c.rewards.cosine_min_value_correct = 0.5
+    c.rewards.cosine_max_value_correct = 1.0
+    c.rewards.cosine_max_len = 3584
+    c.rollout.max_completion_length = 3584
     # The original run's input quirks (docs/paper-exact.md): TRL's prompt order over the
     # unfiltered dataset, over-long prompts truncated on the left for the loss, two BOS in rollouts.
-    c.prompt_order = "trl"
-    c.long_prompts = "truncate_left"
-    c.rollout_bos = "double"
-    c.rollout_max_model_length = 4608  # the recipe's vllm_max_model_len: long prompts get shorter completions
-    c.output_dir = "runs/exp3"
+    c.data.prompt_order = "trl"
+    c.data.long_prompts = "truncate_left"
+    c.rollout.bos = "double"
+    c.rollout.max_model_length = 4608  # the recipe's vllm_max_model_len: long prompts get shorter completions
+    c.run.output_dir = "runs/exp3"
     return c

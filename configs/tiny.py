@@ -17,33 +17,33 @@ from openrs_jax.recipe.config import base_config
 
 def get_config():
     c = base_config()
-    c.model_path = "builtin:tiny"
-    c.dataset_name = "builtin:sums"
-    c.system_prompt = ""
+    c.model.path = "builtin:tiny"
+    c.data.dataset = "builtin:sums"
+    c.data.system_prompt = ""
     # accuracy: the answer is right; stop_reward: the right answer, then EOS. Stopping weighs
     # less: at 1.0 the policy learnt to stop well before it learnt the sums.
-    c.reward_funcs = ("accuracy", "openrs_jax.recipe.toy:stop_reward")
-    c.reward_weights = (1.0, 0.5)
-    c.reward_num_workers = 2
-    c.num_generations = 8
-    c.prompts_per_step = 16
-    c.micro_batch_size = 64
-    c.max_prompt_length = 16
-    c.max_completion_length = 2  # an answer token, then EOS
-    c.temperature = 1.0
-    c.learning_rate = 1e-3  # 3e-3 learnt or stalled depending on the sampling stream (seed)
-    c.warmup_ratio = 0.0
-    c.min_lr_rate = 1.0  # constant learning rate
-    c.max_steps = 200
-    c.beta = 0.04
-    c.compute_dtype = "float32"
-    c.remat = "none"
+    c.rewards.funcs = ("accuracy", "openrs_jax.recipe.toy:stop_reward")
+    c.rewards.weights = (1.0, 0.5)
+    c.rewards.num_workers = 2
+    c.rollout.num_generations = 8
+    c.rollout.prompts_per_step = 16
+    c.grpo.micro_batch_size = 64
+    c.data.max_prompt_length = 16
+    c.rollout.max_completion_length = 2  # an answer token, then EOS
+    c.rollout.temperature = 1.0
+    c.grpo.learning_rate = 1e-3  # 3e-3 learnt or stalled depending on the sampling stream (seed)
+    c.grpo.warmup_ratio = 0.0
+    c.grpo.min_lr_rate = 1.0  # constant learning rate
+    c.grpo.max_steps = 200
+    c.grpo.beta = 0.04
+    c.model.compute_dtype = "float32"
+    c.model.remat = "none"
     c.mesh.fsdp = 1
     c.mesh.data = -1
-    c.seed = 0
-    c.save_steps = 50
-    c.export_dtype = "float32"
-    c.logprob_chunk = 64
-    c.eval_max_new_tokens = 2
-    c.output_dir = "runs/tiny"
+    c.run.seed = 0
+    c.run.save_steps = 50
+    c.run.export_dtype = "float32"
+    c.grpo.logprob_chunk = 64
+    c.eval.max_new_tokens = 2
+    c.run.output_dir = "runs/tiny"
     return c

@@ -1,14 +1,21 @@
-"""Shared command-line plumbing: one-line errors instead of tracebacks, quiet library logs."""
+"""Shared command-line plumbing: one-line errors instead of tracebacks, quiet library logs.
+
+Library code raises ordinary exceptions with messages that name the problem and the fix
+(ValueError for a bad value, FileNotFoundError for a missing file, ...); `exit_on_user_error`,
+the one wrapper of every command-line entry point, prints them as `error: ...` on one line.
+`OPENRS_TRACEBACK=1` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Callable, TypeVar
 
-from openrs_jax.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -39,17 +46,39 @@ def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argpar
         parser.add_argument(alias, type=action.type, choices=action.choices, nargs=action.nargs, **kwargs)
 
 
+# What a user can fix: bad values (ValueError), files (OSError: missing, unreadable, disk full).
+USER_ERRORS = (ValueError, OSError)
+TRACEBACK_ENV = "OPENRS_TRACEBACK"
+OUR_CODE = tuple(Path(__file__).resolve().parent.parent / name for name in ("openrs_jax", "conversion"))
+
+
+def error_line(e: BaseException) -> str:
+    """`e` as one line; an error raised outside this project's code (a library's) says where it came
+    from and how to see the traceback, for a bug report."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else OUR_CODE[0]
+    if not any(root in where.parents for root in OUR_CODE):
+        text += f" ({type(e).__name__} in {where.name}; {TRACEBACK_ENV}=1 prints the traceback)"
+    return f"error: {text}"
+
+
 def exit_on_user_error(main: F) -> F:
-    """Wraps a CLI entry point: library logs are quieted (`quiet_library_logs`) and a `UserError`
-    prints `error: ...` and exits with status 2."""
+    """Wraps a CLI entry point: library logs are quieted (`quiet_library_logs`) and an error the
+    user can fix (`USER_ERRORS`) prints one `error: ...` line and exits with status 2
+    (`OPENRS_TRACEBACK=1`: the traceback instead)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         quiet_library_logs()
         try:
             return main(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except USER_ERRORS as e:
+            if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+                raise
+            print(error_line(e), file=sys.stderr)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

@@ -11,7 +11,7 @@ OUTPUT_DIR/stats.json:
     mix            seeded draw of given counts from several sources
 
 An output folder is itself a dataset: give it to the next step, or to
-`python -m openrs_jax.train --config.dataset_name=OUTPUT_DIR`.
+`python -m openrs_jax.train --config.data.dataset=OUTPUT_DIR`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from typing import Any
 
 from openrs_jax.cli import exit_on_user_error
 from openrs_jax.curation.io import progress, read_rows, write_dataset, write_stats
-from openrs_jax.errors import UserError
 from openrs_jax.files import write_jsonl
 
 log = logging.getLogger("openrs_jax.curate")
@@ -149,7 +148,7 @@ def run_dedup(args: argparse.Namespace) -> dict[str, Any]:
     for spec in args.against:
         source = parse_source(spec)
         if source.name in against:
-            raise UserError(f"two --against sources are named {source.name!r}: name them with NAME=DATASET")
+            raise ValueError(f"two --against sources are named {source.name!r}: name them with NAME=DATASET")
         against[source.name] = read_rows(source.dataset, args.split)
     name = args.name or parse_source(args.input).name
     result = dedup(rows, name, against, near_threshold=args.near_threshold, n=args.ngram)
@@ -205,7 +204,7 @@ def check_output_dir(args: argparse.Namespace) -> None:
             relation = "lies inside the input"
         else:
             continue
-        raise UserError(
+        raise ValueError(
             f"--output_dir {args.output_dir} {relation} {name}: the step would overwrite what it reads; "
             "choose an output folder outside the inputs"
         )

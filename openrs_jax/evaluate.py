@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from openrs_jax.cli import add_slots_argument, exit_on_user_error
-from openrs_jax.errors import UserError
 from openrs_jax.evaluation.runner import EvalSettings, format_table, run_completions_eval, run_model_eval
 from openrs_jax.evaluation.scoring import SCORING_MODES
 from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS
@@ -120,12 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             PAPER_MAX_MODEL_LENGTH if args.paper_exact else 0),
     )
     if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.completions:
         if args.limit is not None:
-            raise UserError("--limit applies to model mode; a completions file already says which rows it has")
+            raise ValueError("--limit applies to model mode; a completions file already says which rows it has")
         if args.bos or args.max_model_length is not None or args.paper_exact:
-            raise UserError("--bos, --max_model_length and --paper_exact apply to model mode; the completions "
+            raise ValueError("--bos, --max_model_length and --paper_exact apply to model mode; the completions "
                             "file was generated elsewhere")
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         results = run_completions_eval(

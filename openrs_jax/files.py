@@ -22,7 +22,6 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from openrs_jax.errors import UserError
 
 K = TypeVar("K", bound=Hashable)
 
@@ -43,7 +42,7 @@ def json_line(record: Any) -> str:
 def iter_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of `path`, numbered from 1.
 
-    A line that is not JSON raises `UserError` naming the file and line, or with `skip_bad` (a
+    A line that is not JSON raises `ValueError` naming the file and line, or with `skip_bad` (a
     file an interrupted run appended to) is skipped.
     """
     path = Path(path)
@@ -58,7 +57,7 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[tuple[in
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 if skip_bad:
                     continue
-                raise UserError(f"{path}:{line_no} is not valid JSON ({e})") from None
+                raise ValueError(f"{path}:{line_no} is not valid JSON ({e})") from None
             yield line_no, value
 
 

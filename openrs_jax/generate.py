@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from openrs_jax.cli import exit_on_user_error
-from openrs_jax.errors import UserError
 from openrs_jax.files import iter_jsonl, json_line
 from openrs_jax.core.model_paths import MODEL_HELP
 
@@ -62,14 +61,14 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """The records of a JSONL prompts file, each holding "prompt_ids" or "prompt"."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"prompts file {p} does not exist")
+        raise ValueError(f"prompts file {p} does not exist")
     records = []
     for n, record in iter_jsonl(p):
         if not isinstance(record, dict) or not ("prompt_ids" in record or "prompt" in record):
-            raise UserError(f'{p}:{n}: each line must be an object with "prompt_ids" (list of ints) or "prompt" (text)')
+            raise ValueError(f'{p}:{n}: each line must be an object with "prompt_ids" (list of ints) or "prompt" (text)')
         records.append(record)
     if not records:
-        raise UserError(f"{p} holds no prompts")
+        raise ValueError(f"{p} holds no prompts")
     return records
 
 
@@ -79,14 +78,14 @@ def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, wh
     if "prompt_ids" in record:
         ids = record["prompt_ids"]
         if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-            raise UserError(f"{where}: prompt_ids must be a non-empty list of ints")
+            raise ValueError(f"{where}: prompt_ids must be a non-empty list of ints")
         return ids
     if tokenizer is None:
-        raise UserError(f'{where}: a text "prompt" needs a tokenizer: pass --tokenizer DIR (or use "prompt_ids")')
+        raise ValueError(f'{where}: a text "prompt" needs a tokenizer: pass --tokenizer DIR (or use "prompt_ids")')
     if not isinstance(record["prompt"], str):
-        raise UserError(f'{where}: "prompt" must be a string')
+        raise ValueError(f'{where}: "prompt" must be a string')
     if not tokenizer.has_chat_template:
-        raise UserError(f"{where}: the tokenizer has no chat template to render text prompts; give prompt_ids")
+        raise ValueError(f"{where}: the tokenizer has no chat template to render text prompts; give prompt_ids")
     from openrs_jax.recipe.prompts import render_prompt_ids
 
     return render_prompt_ids(tokenizer, record["prompt"], system or None)
@@ -119,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the CLI; returns the records it wrote."""
     args = parse_args(argv)
     if args.batch_size < 1:
-        raise UserError("--batch_size must be >= 1")
+        raise ValueError("--batch_size must be >= 1")
     import jax
     import numpy as np
 

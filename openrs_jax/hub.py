@@ -13,7 +13,6 @@ import os
 import urllib.error
 import urllib.request
 
-from openrs_jax.errors import UserError
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 PROBE_TIMEOUT_S = 3.0
@@ -41,7 +40,7 @@ def unreachable(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None
 
 
 def require_hub(what: str, offline_fix: str) -> None:
-    """Raises a UserError saying how to work offline when `what` would wait on an unreachable Hub.
+    """Raises a ValueError saying how to work offline when `what` would wait on an unreachable Hub.
 
     Does nothing in offline mode (the cache is read at once) or when the Hub answers.
     """
@@ -50,7 +49,7 @@ def require_hub(what: str, offline_fix: str) -> None:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     reason = unreachable(endpoint)
     if reason:
-        raise UserError(
+        raise ValueError(
             f"{what} would be downloaded from the Hugging Face Hub, which cannot be reached ({reason}); "
             f"offline, {offline_fix}, or set HF_HUB_OFFLINE=1 to use what the local Hub cache holds"
         )

@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 
 from openrs_jax.cli import exit_on_user_error
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.run_log import METRICS_FILE, read_metrics
 
 
@@ -26,7 +25,7 @@ def plot_run(output_dir: str | Path, out: str | Path | None = None) -> Path:
 
     records = read_metrics(output_dir)
     if not records:
-        raise UserError(f"no {METRICS_FILE} with any step in {output_dir}: is it a training output_dir?")
+        raise ValueError(f"no {METRICS_FILE} with any step in {output_dir}: is it a training output_dir?")
     steps = [r["step"] for r in records]
 
     def series(key: str) -> list[float]:
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="PNG path (default OUTPUT_DIR/curves.png)")
     args = parser.parse_args(argv)
     if not Path(args.output_dir).is_dir():
-        raise UserError(f"{args.output_dir} is not a directory")
+        raise ValueError(f"{args.output_dir} is not a directory")
     print(f"wrote {plot_run(args.output_dir, args.out)}")
 
 

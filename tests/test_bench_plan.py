@@ -193,9 +193,9 @@ def _tiny_config(tmp_path: Path) -> Path:
         "from openrs_jax.recipe.config import base_config\n\n\n"
         "def get_config():\n"
         "    c = base_config()\n"
-        "    c.prompts_per_step, c.num_generations, c.micro_batch_size = 2, 2, 2\n"
-        "    c.max_prompt_length, c.max_completion_length = 16, 16\n"
-        "    c.compute_dtype, c.remat = 'bfloat16', 'full'\n"
+        "    c.rollout.prompts_per_step, c.rollout.num_generations, c.grpo.micro_batch_size = 2, 2, 2\n"
+        "    c.data.max_prompt_length, c.rollout.max_completion_length = 16, 16\n"
+        "    c.model.compute_dtype, c.model.remat = 'bfloat16', 'full'\n"
         "    return c\n"
     )
     return config

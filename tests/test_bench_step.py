@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from openrs_jax.bench import shapes, step
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import Qwen2Config
 from tests.conftest import REPO_ROOT
 
@@ -40,9 +39,9 @@ def test_presets_give_the_recipe_model_and_small_shapes():
     assert (small.hidden_size, small.intermediate_size, small.num_attention_heads, small.num_key_value_heads) == (
         256, 688, 8, 2)
     assert (small.vocab_size, small.num_hidden_layers) == (151936, 2)
-    with pytest.raises(UserError, match="unknown model preset"):
+    with pytest.raises(ValueError, match="unknown model preset"):
         shapes.model_config("preset:7b")
-    with pytest.raises(UserError, match="not a Qwen2Config field"):
+    with pytest.raises(ValueError, match="not a Qwen2Config field"):
         shapes.model_config("preset:20m,hidden=3")
 
 
@@ -54,9 +53,9 @@ def test_builtin_tiny_is_the_same_model_in_the_bench_as_everywhere():
     assert random_weights and model.config.vocab_size == read_config("builtin:tiny").vocab_size == 29
     assert shapes.model_config("builtin:tiny") == read_config("builtin:tiny")
     # The bench's old shape called preset:tiny (vocabulary 512) is gone: no two models share a name.
-    with pytest.raises(UserError, match="unknown model preset 'tiny'.*builtin:tiny"):
+    with pytest.raises(ValueError, match="unknown model preset 'tiny'.*builtin:tiny"):
         shapes.model_config("preset:tiny")
-    with pytest.raises(UserError, match="--model=builtin:sums: a built-in dataset, not a model"):
+    with pytest.raises(ValueError, match="--model=builtin:sums: a built-in dataset, not a model"):
         shapes.load_model("builtin:sums")
 
 
@@ -69,10 +68,10 @@ def test_step_dataset_takes_builtins_and_never_tries_the_hub():
     assert [r["problem"] for r in rows] == ["0+0=", "0+1=", "0+2="]
     # A missing file or a Hub-like name: one line naming the bench's flag (not dataset_name).
     for name in ("org/missing-dataset", "missing.jsonl"):
-        with pytest.raises(UserError, match=f"--dataset {name} does not exist.*builtin:sums") as e:
+        with pytest.raises(ValueError, match=f"--dataset {name} does not exist.*builtin:sums") as e:
             step._select_rows(name, tokenizer, "", 3, 16)
         assert "dataset_name" not in str(e.value)
-    with pytest.raises(UserError, match="--dataset=builtin:tiny: a built-in model, not a dataset"):
+    with pytest.raises(ValueError, match="--dataset=builtin:tiny: a built-in model, not a dataset"):
         step._select_rows("builtin:tiny", tokenizer, "", 3, 16)
     assert toy.resolve("builtin:sums").endswith("sums.jsonl")
 
@@ -82,7 +81,7 @@ def test_model_config_reads_directories_and_files(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
     assert shapes.model_config(tmp_path).hidden_size == config.hidden_size
     assert shapes.model_config(tmp_path / "config.json").vocab_size == config.vocab_size
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         shapes.model_config(tmp_path / "missing")
 
 
@@ -129,7 +128,7 @@ def test_generated_prompts_fill_prompt_len_with_any_tokenizer():
             longer = len(render_prompt_ids(tokenizer, row["problem"][:-1] + "+99=", system_prompt))
             assert n <= prompt_len < longer + 3  # as long as fits (one more term would not, or only just)
             assert n >= prompt_len - 4
-    with pytest.raises(UserError, match="--prompt_len 4 is shorter than the rendered prompt"):
+    with pytest.raises(ValueError, match="--prompt_len 4 is shorter than the rendered prompt"):
         step.filled_rows(load_tokenizer("builtin:tiny"), "", 1, 4)
 
 
@@ -141,9 +140,9 @@ def test_step_dataset_rows_fit_real_training_prompts():
 
     dataset = shared_data("train", "deepscaler_sample.jsonl")
     tokenizer = load_tokenizer(shared_data("tokenizer", "deepseek-r1-distill-qwen"))
-    rows = step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, base_config().max_prompt_length)
+    rows = step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, base_config().data.max_prompt_length)
     assert len(rows) == 4
-    with pytest.raises(UserError, match="fewer than 4 prompts of at most 64 tokens"):
+    with pytest.raises(ValueError, match="fewer than 4 prompts of at most 64 tokens"):
         step._select_rows(str(dataset), tokenizer, SYSTEM_PROMPT, 4, 64)
 
 
@@ -227,9 +226,9 @@ def test_step_times_the_real_trainer():
 
 
 def test_step_refuses_bad_requests():
-    with pytest.raises(UserError, match="micro_batch_size"):
+    with pytest.raises(ValueError, match="micro_batch_size"):
         step.run(parse(step, ["--model", "builtin:tiny", *TINY_SHAPES, "--micro_batch_size", "3"]))
-    with pytest.raises(UserError, match="num_generations"):
+    with pytest.raises(ValueError, match="num_generations"):
         step.run(parse(step, ["--model", "builtin:tiny", "--num_generations", "1"]))
 
 

@@ -125,17 +125,17 @@ def test_trainer_step_is_the_same_with_and_without_bucketing(tmp_path):
 
     def first_step(name: str, *overrides: str) -> dict:
         config = load_config(REPO_ROOT / "configs" / "tiny.py", [
-            f"output_dir={tmp_path / name}", "reward_num_workers=0", "tensorboard=False", "max_steps=1",
+            f"run.output_dir={tmp_path / name}", "rewards.num_workers=0", "run.tensorboard=False", "grpo.max_steps=1",
             *overrides,
         ])
         GRPOTrainer(config).train()
         return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
 
-    bucketed = first_step("bucketed", "length_bucket=4")
-    whole = first_step("whole", "length_bucket=0")
+    bucketed = first_step("bucketed", "grpo.length_bucket=4")
+    whole = first_step("whole", "grpo.length_bucket=0")
     assert bucketed["reward"] == whole["reward"]
     for key in ("loss", "kl", "clip_ratio", "entropy", "num_tokens"):
         assert bucketed[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
     assert bucketed["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
-    no_reference = first_step("no_reference", "length_bucket=4", "beta=0.0", "num_iterations=2")
+    no_reference = first_step("no_reference", "grpo.length_bucket=4", "grpo.beta=0.0", "grpo.num_iterations=2")
     assert "kl" not in no_reference and np.isfinite(no_reference["loss"])

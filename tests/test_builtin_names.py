@@ -13,7 +13,6 @@ import pytest
 
 from openrs_jax.recipe import toy
 from openrs_jax.recipe.config import load_config, validate
-from openrs_jax.errors import UserError
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
@@ -22,19 +21,19 @@ TINY = REPO_ROOT / "configs" / "tiny.py"
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model_path=preset:tiny", r"--config.model_path=preset:tiny: preset: names are model shapes for "
+        ("model.path=preset:tiny", r"--config.model.path=preset:tiny: preset: names are model shapes for "
                                    r"`python -m openrs_jax.bench` only .* builtin:tiny"),
-        ("tokenizer_path=preset:1.5b", r"--config.tokenizer_path=preset:1.5b: preset: names"),
-        ("model_path=builtin:sums", r"--config.model_path=builtin:sums: a built-in dataset, not a model; "
+        ("model.tokenizer_path=preset:1.5b", r"--config.model.tokenizer_path=preset:1.5b: preset: names"),
+        ("model.path=builtin:sums", r"--config.model.path=builtin:sums: a built-in dataset, not a model; "
                                     r"built-in models: builtin:tiny"),
-        ("dataset_name=builtin:tiny", r"--config.dataset_name=builtin:tiny: a built-in model, not a dataset; "
+        ("data.dataset=builtin:tiny", r"--config.data.dataset=builtin:tiny: a built-in model, not a dataset; "
                                       r"built-in datasets: builtin:sums"),
-        ("dataset_name=builtin:primes", r"--config.dataset_name=builtin:primes: not a built-in; built-in datasets"),
+        ("data.dataset=builtin:primes", r"--config.data.dataset=builtin:primes: not a built-in; built-in datasets"),
     ],
 )
 def test_train_refuses_names_it_cannot_take_naming_the_key(override, message):
     config = load_config(TINY, [override])
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         validate(config)
 
 
@@ -44,7 +43,7 @@ def test_train_takes_the_builtins():
 
 def test_resolve_refuses_unknown_builtins_with_a_user_error():
     assert toy.resolve("builtin:tiny").endswith("tiny") and toy.resolve("/a/path") == "/a/path"
-    with pytest.raises(UserError, match="unknown built-in 'builtin:huge'; valid: builtin:tiny, builtin:sums"):
+    with pytest.raises(ValueError, match="unknown built-in 'builtin:huge'; valid: builtin:tiny, builtin:sums"):
         toy.resolve("builtin:huge")
 
 
@@ -83,3 +82,8 @@ def test_generate_and_evaluate_name_the_flag(module, flags, message, tmp_path, c
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and len(err.splitlines()) == 1, err
+
+
+def test_bench_may_train_a_preset_shape():
+    """`bench step` builds the real trainer at a preset's shape (random weights): validate lets it through."""
+    validate(load_config(TINY, ["model.path=preset:20m"]), allow_presets=True)

@@ -15,18 +15,17 @@ import pytest
 import torch
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
-FAST = ["reward_num_workers=0", "tensorboard=False", "log_completions=0"]
+FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=0"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    config = load_config(TINY, [f"output_dir={out}", *FAST, "max_steps=3", "save_steps=2", "export_steps=(2,)"])
+    config = load_config(TINY, [f"run.output_dir={out}", *FAST, "grpo.max_steps=3", "run.save_steps=2", "run.export_steps=(2,)"])
     GRPOTrainer(config).train()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "3"]
     return out
@@ -108,7 +107,7 @@ def test_training_starts_from_a_checkpoint(run_dir, tmp_path):
     from openrs_jax.recipe.checkpoint import read_step_params
 
     step2 = run_dir / "checkpoints" / "2"
-    config = load_config(TINY, [f"output_dir={tmp_path / 'next'}", *FAST, f"model_path={step2}", "max_steps=1"])
+    config = load_config(TINY, [f"run.output_dir={tmp_path / 'next'}", *FAST, f"model.path={step2}", "grpo.max_steps=1"])
     trainer = GRPOTrainer(config)
     try:
         got = jax.tree.map(np.asarray, jax.device_get(trainer.state.params))
@@ -136,11 +135,11 @@ def test_folders_that_hold_no_model_are_named_in_the_error(tmp_path):
     from openrs_jax.core.model import load_params
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="is not a model: give a Hugging Face model directory .*training run folder"):
+    with pytest.raises(ValueError, match="is not a model: give a Hugging Face model directory .*training run folder"):
         load_params(tmp_path / "empty")
     partial = tmp_path / "interrupted" / "checkpoints" / "4.orbax-checkpoint-tmp-1733000000"
     partial.mkdir(parents=True)
-    with pytest.raises(UserError, match=r"holds no complete checkpoint .*only incomplete saves: 4\.orbax"):
+    with pytest.raises(ValueError, match=r"holds no complete checkpoint .*only incomplete saves: 4\.orbax"):
         load_params(tmp_path / "interrupted")
-    with pytest.raises(UserError, match="is an incomplete checkpoint"):
+    with pytest.raises(ValueError, match="is an incomplete checkpoint"):
         load_params(partial)

@@ -48,8 +48,8 @@ def test_train_log_lines_stay_off_the_bar_and_the_end_says_where_outputs_are(tmp
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "openrs_jax.train", "--config", "configs/tiny.py", "--config.max_steps=2",
-         "--config.save_steps=1", "--config.tensorboard=False", f"--config.output_dir={out}"],
+        [sys.executable, "-m", "openrs_jax.train", "--config", "configs/tiny.py", "--config.grpo.max_steps=2",
+         "--config.run.save_steps=1", "--config.run.tensorboard=False", f"--config.run.output_dir={out}"],
         capture_output=True, text=True, env=env, timeout=600, cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -65,3 +65,32 @@ def test_train_log_lines_stay_off_the_bar_and_the_end_says_where_outputs_are(tmp
     assert f"{out / 'metrics.jsonl'} (plot: python -m openrs_jax.plot {out})" in summary
     assert f"checkpoints:        {out / 'checkpoints'}" in summary
     assert (out / "hf" / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+
+
+FAILING = textwrap.dedent("""
+    import json
+    from openrs_jax.cli import exit_on_user_error
+
+    def ours():
+        from openrs_jax.recipe.config import load_config
+        load_config("/nope/config.py")
+
+    def library():
+        json.loads("{{")  # a ValueError raised inside the standard library
+
+    exit_on_user_error({name})()
+""")
+
+
+@pytest.mark.parametrize("name", ["ours", "library"])
+def test_errors_are_one_line_unless_the_traceback_is_asked_for(name):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("OPENRS_TRACEBACK", None)
+    short = _run(FAILING.format(name=name), env)
+    assert short.returncode == 2 and len(short.stderr.strip().splitlines()) == 1, short.stderr
+    if name == "ours":
+        assert short.stderr.strip() == "error: config file /nope/config.py does not exist (e.g. --config configs/exp2.py)"
+    else:  # not our message: say where it came from and how to see more
+        assert short.stderr.startswith("error: Expecting property name") and "OPENRS_TRACEBACK=1" in short.stderr
+    full = _run(FAILING.format(name=name), {**env, "OPENRS_TRACEBACK": "1"})
+    assert full.returncode == 1 and "Traceback (most recent call last)" in full.stderr

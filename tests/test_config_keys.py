@@ -12,21 +12,31 @@ from tests.conftest import REPO_ROOT
 TINY = str(REPO_ROOT / "configs" / "tiny.py")
 
 
-def _flat(c, prefix=""):
-    return [prefix + k for k in c.keys()]
+def _flat(c):
+    return [f"{section}.{key}" for section in c.keys() for key in c[section].keys()]
 
 
 def test_every_key_has_a_meaning_and_a_section():
     rows = describe_keys()
-    assert [r.key for r in rows if not r.meaning] == [], "add a comment ending the key's line in base_config()"
-    assert [r.key for r in rows if not r.section] == []
+    assert [r.key for r in rows if not r.meaning] == [], "give every key a meaning in SECTIONS"
     assert sorted(r.key for r in rows) == sorted(_flat(base_config()))
+    assert sorted(base_config().keys()) == sorted(config_module.SECTIONS)
     by_key = {r.key: r for r in rows}
     # Keys a user could not find before (issue 21).
-    for key in ("seed", "reward_num_workers", "log_completions", "tensorboard"):
-        assert by_key[key].meaning and by_key[key].default == base_config()[key]
-    assert by_key["log_completions"].meaning.startswith("sample completions per step")
-    assert by_key["reward_funcs"].section == "Rewards"
+    for key in ("run.seed", "rewards.num_workers", "run.log_completions", "run.tensorboard"):
+        section, name = key.split(".")
+        assert by_key[key].meaning and by_key[key].default == base_config()[section][name]
+    assert by_key["run.log_completions"].meaning.startswith("sample completions per step")
+    assert by_key["rewards.funcs"].section.startswith("rewards: ")
+
+
+def test_every_flat_key_has_a_new_home():
+    """The old flat layout's keys (those a 0.x config file set) each name a declared sectioned key."""
+    declared = {r.key for r in describe_keys()}
+    assert set(config_module.FLAT_KEYS.values()) <= declared
+    assert len(config_module.FLAT_KEYS) == len(declared) - len(base_config().mesh)  # mesh.* were nested already
+    assert config_module.FLAT_KEYS["learning_rate"] == "grpo.learning_rate"
+    assert config_module.FLAT_KEYS["model_path"] == "model.path"
 
 
 def test_readme_key_table_is_generated_from_the_declarations():
@@ -34,7 +44,7 @@ def test_readme_key_table_is_generated_from_the_declarations():
     assert README_TABLE_START in readme and README_TABLE_END in readme
     table = readme.split(README_TABLE_START, 1)[1].split(README_TABLE_END, 1)[0].strip()
     assert table == markdown_table(), "README's key table is stale: run python -m openrs_jax.recipe.config --write_readme"
-    for key in ("seed", "reward_num_workers", "log_completions", "tensorboard", "mesh"):
+    for key in ("run.seed", "rewards.num_workers", "run.log_completions", "run.tensorboard", "mesh.fsdp"):
         assert f"| `{key}` |" in table
 
 
@@ -47,28 +57,37 @@ def test_write_readme_table_rewrites_only_the_block(tmp_path):
 
 
 def test_show_config_lists_values_defaults_and_meanings(capsys):
-    assert train_main(["--config", TINY, "--show_config", "--config.seed=7"]) == {}
+    assert train_main(["--config", TINY, "--show_config", "--config.run.seed=7"]) == {}
     out = capsys.readouterr().out
     lines = {line.split(" = ")[0]: line for line in out.splitlines() if " = " in line}
     assert sorted(lines) == sorted(_flat(base_config()))
-    assert lines["seed"].startswith("seed = 7 ") and "[default: 42]" in lines["seed"]
-    assert "model_path = builtin:tiny" in lines["model_path"]
-    assert "# worker processes that score completions" in lines["reward_num_workers"]
-    assert "[default" not in lines["dataset_split"]  # unchanged keys show no default
-    assert "# Rewards" in out.splitlines()
+    assert lines["run.seed"].startswith("run.seed = 7 ") and "[default: 42]" in lines["run.seed"]
+    assert "model.path = builtin:tiny" in lines["model.path"]
+    assert "# worker processes that score completions" in lines["rewards.num_workers"]
+    assert "[default" not in lines["data.split"]  # unchanged keys show no default
+    assert any(line.startswith("# rewards: ") for line in out.splitlines())
 
 
 def test_show_config_without_a_config_shows_the_defaults(capsys):
     train_main(["--show_config"])
     out = capsys.readouterr().out
-    assert "max_steps = 500 " in out and "[default" not in out
+    assert "grpo.max_steps = 500 " in out and "[default" not in out
 
 
 def test_show_config_refuses_a_misspelt_override(capsys):
     with pytest.raises(SystemExit) as e:
-        train_main(["--config", TINY, "--show_config", "--config.sead=7"])
+        train_main(["--config", TINY, "--show_config", "--config.run.sead=7"])
     assert e.value.code == 2
-    assert "did you mean 'seed'" in capsys.readouterr().err
+    assert "did you mean 'run.seed'" in capsys.readouterr().err
+
+
+def test_old_flat_key_is_one_line_naming_the_new_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main(["--config", TINY, "--config.learning_rate=1e-6"])  # config_rename: keep
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: config key 'learning_rate' is now 'grpo.learning_rate'")
 
 
 def test_train_without_config_says_how(capsys):

@@ -20,7 +20,6 @@ from openrs_jax.curation.format_filter import format_filter
 from openrs_jax.curation.mix import MixSource, mix, parse_source
 from openrs_jax.curation.text import NgramIndex, last_boxed, normalize, normalize_answer, words
 from openrs_jax.recipe.data import check_columns, load_rows
-from openrs_jax.errors import UserError
 
 # Row ranges of the shared training file, by its `source` column.
 AIME = slice(0, 975)
@@ -195,12 +194,12 @@ def test_decontamination_counts_on_the_real_file(train_rows, benchmarks_dir):
 
 
 def test_benchmark_dir_errors(tmp_path):
-    with pytest.raises(UserError, match="not a folder"):
+    with pytest.raises(ValueError, match="not a folder"):
         load_benchmarks(tmp_path / "missing")
-    with pytest.raises(UserError, match="holds no .jsonl"):
+    with pytest.raises(ValueError, match="holds no .jsonl"):
         load_benchmarks(tmp_path)
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "x"}])
-    with pytest.raises(UserError, match="'problem' or 'question'"):
+    with pytest.raises(ValueError, match="'problem' or 'question'"):
         load_benchmarks(tmp_path)
 
 
@@ -253,7 +252,7 @@ def test_parse_source():
     assert parse_source("open-s1=data/s1:3000") == MixSource("open-s1", "data/s1", 3000)
     assert parse_source("data/easy.jsonl") == MixSource("easy", "data/easy.jsonl", None)
     assert parse_source("org/name:all") == MixSource("name", "org/name", None)
-    with pytest.raises(UserError, match="COUNT"):
+    with pytest.raises(ValueError, match="COUNT"):
         parse_source("x=data:0")
 
 

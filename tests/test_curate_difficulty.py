@@ -10,7 +10,6 @@ import pytest
 from openrs_jax import curate
 from openrs_jax.curation.difficulty import PASS_RATES_FILE, Band, Problem, pass_rate_records, read_pass_rates
 from openrs_jax.recipe.data import load_rows
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.rewards import get_reward_function
 from openrs_jax.recipe.toy import resolve
 
@@ -22,7 +21,7 @@ def test_band_parsing():
     assert not band.contains(0.0) and band.contains(0.5) and not band.contains(1.0)
     assert Band.parse("[0.25,0.75]").contains(0.75) and str(Band.parse("(0.2,1]")) == "(0.2,1]"
     for bad in ("0,1", "[1,0]", "(0.5,0.5)", "[0,2]", "[a,1]"):
-        with pytest.raises(UserError):
+        with pytest.raises(ValueError):
             Band.parse(bad)
 
 
@@ -101,7 +100,7 @@ def test_difficulty_end_to_end_with_a_tiny_random_model(tmp_path: Path):
 def test_missing_pass_rates_need_a_model(tmp_path: Path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"problem": "1+1=", "answer": "2"}) + "\n")
-    with pytest.raises(UserError, match="1 of 1 problems have no pass rate"):
+    with pytest.raises(ValueError, match="1 of 1 problems have no pass rate"):
         from openrs_jax.curation.difficulty import run as run_step
 
         args = curate.build_parser().parse_args(["difficulty", "--input", str(data), "--output_dir", str(tmp_path / "o")])

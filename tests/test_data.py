@@ -8,7 +8,6 @@ import pytest
 
 from openrs_jax.recipe import toy
 from openrs_jax.recipe.data import PromptOrder, build_dataset, load_rows
-from openrs_jax.errors import UserError
 from openrs_jax.core.tokenizer import load_tokenizer
 from tests.conftest import shared_data
 
@@ -53,20 +52,20 @@ def test_local_formats(tmp_path, tiny_tokenizer):
 
 def test_missing_columns_are_named(tmp_path, tiny_tokenizer):
     (tmp_path / "d.jsonl").write_text(json.dumps({"question": "1+1", "label": "2"}) + "\n")
-    with pytest.raises(UserError, match="lacks the column\\(s\\) problem and solution or answer.*has: label, question"):
+    with pytest.raises(ValueError, match="lacks the column\\(s\\) problem and solution or answer.*has: label, question"):
         build_dataset(load_rows(str(tmp_path / "d.jsonl")), tiny_tokenizer, "", 16)
 
 
 def test_missing_and_empty_datasets(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         load_rows(str(tmp_path / "nope.jsonl"))
     (tmp_path / "e.jsonl").write_text("")
-    with pytest.raises(UserError, match="is empty"):
+    with pytest.raises(ValueError, match="is empty"):
         load_rows(str(tmp_path / "e.jsonl"))
 
 
 def test_every_prompt_too_long(tiny_tokenizer):
-    with pytest.raises(UserError, match="every prompt .* longer than max_prompt_length=4"):
+    with pytest.raises(ValueError, match="every prompt .* longer than max_prompt_length=4"):
         build_dataset(load_rows(toy.resolve("builtin:sums")), tiny_tokenizer, "", 4)
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from openrs_jax.recipe.dynamic_sampling import Rollout, check_dynamic_sampling, fill_step, informative_groups
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.reference import check_ref_sync, mix_reference, sync_due
 from openrs_jax.recipe.rewards import score_batch
 from openrs_jax.recipe.rewards.batch import ScoreResult
@@ -103,7 +102,7 @@ def test_fill_step_stops_at_the_cap_and_fills_with_equal_groups():
 
 
 def test_dynamic_sampling_cap_is_validated():
-    with pytest.raises(UserError, match="dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
+    with pytest.raises(ValueError, match="dynamic_sampling_max_rounds=-1 must be a whole number >= 0"):
         check_dynamic_sampling(True, -1)
 
 
@@ -141,23 +140,25 @@ def test_soft_overlong_in_a_weighted_batch_uses_token_lengths():
 
 
 def test_config_validation_of_the_variants():
-    from openrs_jax.recipe.config import base_config, validate
+    from openrs_jax.recipe.config import FLAT_KEYS, base_config, validate
 
-    def check(**values):
+    def check(**values):  # flat key names, placed in their sections
         c = base_config()
         for k, v in values.items():
-            c[k] = v
+            section, key = FLAT_KEYS[k].split(".")
+            c[section][key] = v
         validate(c)
 
     check(scale_rewards="batch", dynamic_sampling=True, policy_loss="cispo", epsilon_low=1.0)
     check(scale_rewards=False)
-    from openrs_jax.recipe.config import apply_overrides
     from openrs_jax.core.grpo.advantages import reward_scaling
+    from openrs_jax.recipe.config import load_config
+    from tests.conftest import REPO_ROOT
 
     for text, want in [("False", "none"), ("true", "group"), ("batch", "batch")]:
-        c = apply_overrides(base_config(), [f"scale_rewards={text}"])
+        c = load_config(REPO_ROOT / "configs" / "exp2.py", [f"grpo.scale_rewards={text}"])
         validate(c)
-        assert reward_scaling(c.scale_rewards) == want
+        assert reward_scaling(c.grpo.scale_rewards) == want
     for values, message in [
         (dict(scale_rewards="std"), "scale_rewards='std'"),
         (dict(delta=1.1), "delta=1.1 must be > 1 \\+ epsilon_high"),
@@ -166,9 +167,9 @@ def test_config_validation_of_the_variants():
         (dict(ref_sync_steps=10, beta=0.0), "ref_sync_steps=10 refreshes the KL reference, but beta=0"),
         (dict(ref_mixup_alpha=0.0), "ref_mixup_alpha=0.0 must be in \\(0, 1\\]"),
         (dict(report_to=("tensorboard", "mlflow")), "report_to: unknown \\['mlflow'\\]"),
-        (dict(top_entropy_quantile=-0.1), "top_entropy_quantile=-0.1"),
+        (dict(top_entropy_quantile=-0.1), "grpo.top_entropy_quantile=-0.1"),
     ]:
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(ValueError, match=message):
             check(**values)
 
 
@@ -191,7 +192,7 @@ def test_reference_mix_matches_numpy():
     for g, w in zip(jax.tree.leaves(copied), jax.tree.leaves(policy)):
         np.testing.assert_array_equal(np.asarray(g), w)
     assert [s for s in range(1, 11) if sync_due(s, 4)] == [4, 8] and not sync_due(4, 0)
-    with pytest.raises(UserError, match="ref_sync_steps=-1"):
+    with pytest.raises(ValueError, match="ref_sync_steps=-1"):
         check_ref_sync(-1, 0.5, 0.04)
 
 
@@ -201,7 +202,7 @@ def test_reference_mix_matches_numpy():
 
 def test_wandb_missing_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    with pytest.raises(UserError, match=r"report_to includes 'wandb' but the wandb package is not installed: pip"):
+    with pytest.raises(ValueError, match=r"report_to includes 'wandb' but the wandb package is not installed: pip"):
         check_report_to(("tensorboard", "wandb"))
     check_report_to(("tensorboard",))  # not asked for: never imported
 
@@ -237,6 +238,6 @@ def test_wandb_gets_the_same_metric_names(monkeypatch, tmp_path):
         raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=...)\nmore")
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=refuse))
-    with pytest.raises(UserError, match=r"wandb could not start a run \(RuntimeError: api_key not configured .*"
+    with pytest.raises(ValueError, match=r"wandb could not start a run \(RuntimeError: api_key not configured .*"
                                         r"run `wandb login`, set WANDB_API_KEY"):
         RunLog(tmp_path / "other", tensorboard=False, wandb_project="proj")

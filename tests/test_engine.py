@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from openrs_jax.core.engine import Engine, Request, generate_all
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import init_model, params_of, tiny_config
 from openrs_jax.core.sampling import Sampler, SamplingParams
 from tests.test_paper_exact import bos_tokenizer_dir  # noqa: F401  (fixture)
@@ -81,9 +80,9 @@ def test_progress_and_bad_requests(setup):
     done = list(engine.run(params, prompts, [Request(i, 0) for i in range(5)], sampling, on_chunk=seen.append))
     assert len(done) == 5 and seen[-1]["requests_done"] == 5
     assert seen[-1]["tokens"] == sum(len(c.token_ids) for c in done)
-    with pytest.raises(UserError, match="names prompt 9"):
+    with pytest.raises(ValueError, match="names prompt 9"):
         list(engine.run(params, prompts, [Request(9, 0)], sampling))
-    with pytest.raises(UserError, match="slots must be >= 1"):
+    with pytest.raises(ValueError, match="slots must be >= 1"):
         Engine(Sampler(config), slots=0)
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_data
-from openrs_jax.errors import UserError
 from openrs_jax.evaluate import main as evaluate_main
 from openrs_jax.evaluation import EvalSettings, Generation, flat_metrics, format_table, pass_at_1
 from openrs_jax.evaluation.runner import run_completions_eval, run_model_eval
@@ -170,7 +169,7 @@ def test_rerun_resumes(byte_tok, tmp_path):
     assert len(read_details(tmp_path, "aime24")) == 12
 
     # Other generation settings must not mix into the same directory.
-    with pytest.raises(UserError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature"):
         run_model_eval(more, byte_tok, "aime24", EvalSettings(temperature=1.0), **kw)
 
     # Another scoring mode rescores what is stored, without generating.
@@ -263,7 +262,7 @@ def test_completions_mode_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             evaluate_main(["--completions", str(path), "--data_dir", data, "--out", out, "--no_progress"])
         assert e.value.code == 2 and message in capsys.readouterr().err
-    with pytest.raises(UserError, match="no completions for task math500"):
+    with pytest.raises(ValueError, match="no completions for task math500"):
         write_completions(tmp_path / "one.jsonl", [{"task": "aime24", "index": 0, "completion": "x"}])
         run_completions_eval(tmp_path / "one.jsonl", EvalSettings(), tasks="math500", data_dir=data, progress=False)
 
@@ -273,7 +272,7 @@ def test_completions_mode_errors(tmp_path, capsys):
 
 def test_task_names():
     assert parse_task_names("aime24, math500,aime24") == ["aime24", "math500"]
-    with pytest.raises(UserError, match="unknown task 'gsm8k'"):
+    with pytest.raises(ValueError, match="unknown task 'gsm8k'"):
         parse_task_names("gsm8k")
 
 
@@ -286,10 +285,10 @@ def test_every_shared_benchmark_loads():
 
 
 def test_data_dir_errors(tmp_path):
-    with pytest.raises(UserError, match="aime24.jsonl not found"):
+    with pytest.raises(ValueError, match="aime24.jsonl not found"):
         load_task("aime24", tmp_path)
     (tmp_path / "aime24.jsonl").write_text('{"problem": "p"}\n')
-    with pytest.raises(UserError, match="no 'answer' field"):
+    with pytest.raises(ValueError, match="no 'answer' field"):
         load_task("aime24", tmp_path)
 
 
@@ -305,7 +304,7 @@ def test_hub_loading(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     problems = load_task("math500", limit=1)
     assert calls == [("HuggingFaceH4/MATH-500", "test")] and [p.gold for p in problems] == ["$\\boxed{1}$"]
-    with pytest.raises(UserError, match="offline, pass --data_dir"):
+    with pytest.raises(ValueError, match="offline, pass --data_dir"):
         load_task("amc23")
 
 

@@ -10,7 +10,6 @@ import stat
 import pytest
 
 from openrs_jax import files
-from openrs_jax.errors import UserError
 from openrs_jax.files import (
     append_jsonl,
     atomic_write_json,
@@ -47,7 +46,7 @@ def test_blank_lines_are_skipped_and_line_numbers_count_them(tmp_path):
 def test_a_bad_line_names_file_and_line_or_is_skipped(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"a": 1}\n\n{"a": \n{"a": 3}\n')
-    with pytest.raises(UserError, match=r"bad\.jsonl:3 is not valid JSON \(Expecting value: line 1 column 7"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3 is not valid JSON \(Expecting value: line 1 column 7"):
         read_jsonl(path)
     assert read_jsonl(path, skip_bad=True) == [{"a": 1}, {"a": 3}]
 
@@ -56,7 +55,7 @@ def test_a_line_cut_inside_a_character_is_one_bad_line(tmp_path):
     path = tmp_path / "details.jsonl"
     whole = json_line({"completion": "√2"}).encode("utf-8")
     path.write_bytes(b"\xef\xbb\xbf" + whole + whole[:-5])  # a byte-order mark; the last line torn inside "√"
-    with pytest.raises(UserError, match=r"details\.jsonl:2 is not valid JSON \('utf-8' codec can't decode"):
+    with pytest.raises(ValueError, match=r"details\.jsonl:2 is not valid JSON \('utf-8' codec can't decode"):
         read_jsonl(path)
     assert read_jsonl(path, skip_bad=True) == [{"completion": "√2"}]
     assert read_keyed_jsonl(path, lambda r: r["completion"]) == {"√2": {"completion": "√2"}}

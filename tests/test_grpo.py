@@ -14,7 +14,6 @@ import pytest
 from flax import nnx
 
 from openrs_jax.core import optim, sharding
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import (
     AGGREGATIONS,
     UpdateConfig,
@@ -358,7 +357,7 @@ def test_schedule_values_worked_by_hand():
     for step, want in [(0, 0.0), (25, 5e-7), (50, 1e-6), (275, 5.5e-7), (500, 1e-7)]:
         assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-13), step
     assert optim.warmup_steps_of(500, 0.1) == 50
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         optim.cosine_with_min_lr(1e-6, 0)
 
 
@@ -398,7 +397,7 @@ def test_update_config_from_run_config():
     assert (config.learning_rate, config.warmup_ratio, config.min_lr_rate, config.max_steps) == (1e-6, 0.1, 0.1, 500)
     assert (config.epsilon_low, config.epsilon_high, config.max_grad_norm, config.weight_decay) == (0.2, 0.2, 1.0, 0.0)
     assert config.max_completion_length == 3584 and config.logprob_temperature == 1.0
-    with pytest.raises(UserError, match="loss_aggregation"):
+    with pytest.raises(ValueError, match="loss_aggregation"):
         UpdateConfig(loss_aggregation="mean")
 
 
@@ -417,8 +416,8 @@ def test_memory_plan_on_a_tiny_model(tmp_path):
         "from openrs_jax.recipe.config import base_config\n\n"
         "def get_config():\n"
         "    c = base_config()\n"
-        "    c.prompts_per_step, c.num_generations, c.micro_batch_size = 4, 2, 4\n"
-        "    c.max_prompt_length, c.max_completion_length = 64, 32\n"
+        "    c.rollout.prompts_per_step, c.rollout.num_generations, c.grpo.micro_batch_size = 4, 2, 4\n"
+        "    c.data.max_prompt_length, c.rollout.max_completion_length = 64, 32\n"
         "    return c\n"
     )
     args = argparse.Namespace(config=str(tmp_path / "run.py"), model_config=str(tmp_path / "model"), devices=4,

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, group_advantages, grpo_loss
 from openrs_jax.core.grpo.advantages import reward_scaling
 from openrs_jax.core.grpo.entropy import high_entropy_mask
@@ -231,7 +230,7 @@ def test_reward_scaling_matches_numpy(value, scaling):
 
 
 def test_reward_scaling_is_validated():
-    with pytest.raises(UserError, match="scale_rewards='sequence': use one of group, batch, none"):
+    with pytest.raises(ValueError, match="scale_rewards='sequence': use one of group, batch, none"):
         reward_scaling("sequence")
     with pytest.raises(ValueError, match="at least 2 rewards"):
         group_advantages(jnp.asarray([1.0]), 1, scale="batch")
@@ -261,9 +260,9 @@ def test_truncation_mask_zeroes_truncated_rows_only():
     (dict(top_entropy_quantile=1.5), r"top_entropy_quantile=1.5 must be in \[0, 1\]"),
 ])
 def test_loss_options_are_validated(options, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         check_loss_options(**options)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         UpdateConfig(**options)
 
 
@@ -339,13 +338,13 @@ def test_recipe_configs_compute_todays_loss_and_gradient(config_file, with_old):
 
     c = base_config() if config_file == "base" else load_config(REPO_ROOT / "configs" / config_file)
     config = UpdateConfig.from_config(c)
-    g = c.num_generations
+    g = c.rollout.num_generations
     assert (g, config.loss_aggregation, config.top_entropy_quantile) == (6, "group_token_mean", 1.0)
     rng = np.random.default_rng(11)
     rows, t = 2 * g, 9
     rewards = rng.integers(0, 3, rows).astype(np.float32)
     rewards[:g] = 1.0
-    adv = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.scale_rewards), np.float32)
+    adv = np.asarray(group_advantages(jnp.asarray(rewards), g, scale=c.grpo.scale_rewards), np.float32)
     want_adv = np.zeros(rows)
     for s in (0, g):
         r = rewards[s : s + g].astype(np.float64)
@@ -356,7 +355,7 @@ def test_recipe_configs_compute_todays_loss_and_gradient(config_file, with_old):
     ref = (logp + rng.normal(0, 0.3, (rows, t))).astype(np.float32)
     mask = (np.arange(t)[None, :] < rng.integers(1, t + 1, rows)[:, None]).astype(np.float32)
     want, want_grad = np_todays_loss(logp, old, ref, adv, mask, g=g, beta=0.04, eps_low=0.2, eps_high=0.2,
-                                     max_len=c.max_completion_length, aggregation="group_token_mean")
+                                     max_len=c.rollout.max_completion_length, aggregation="group_token_mean")
 
     def fn(lp):
         return grpo_loss(lp, jnp.asarray(old) if with_old else None, jnp.asarray(ref), jnp.asarray(adv),

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import KVCache, Qwen2Config, from_pretrained
 from tests.conftest import make_hf_model, real_model_config
 
@@ -117,5 +116,5 @@ def test_config_reads_rope_parameters_form():
 
 def test_config_of_another_architecture_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
-    with pytest.raises(UserError, match="model_type='llama'.*qwen2"):
+    with pytest.raises(ValueError, match="model_type='llama'.*qwen2"):
         Qwen2Config.from_json(tmp_path)

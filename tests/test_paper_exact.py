@@ -98,15 +98,15 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
     from openrs_jax.recipe.trainer import GRPOTrainer
 
     config = load_config(REPO_ROOT / "configs" / "tiny.py", [
-        f"output_dir={tmp_path / 'run'}", f"tokenizer_path={bos_tokenizer_dir}", "reward_num_workers=0",
-        "tensorboard=False", "log_completions=0", "max_steps=2", "max_prompt_length=6",
-        "prompt_order=trl", "long_prompts=truncate_left", "rollout_bos=double",
-        "rollout_max_model_length=9",  # the 9-token rollout prompts leave room for 1 completion token
+        f"run.output_dir={tmp_path / 'run'}", f"model.tokenizer_path={bos_tokenizer_dir}", "rewards.num_workers=0",
+        "run.tensorboard=False", "run.log_completions=0", "grpo.max_steps=2", "data.max_prompt_length=6",
+        "data.prompt_order=trl", "data.long_prompts=truncate_left", "rollout.bos=double",
+        "rollout.max_model_length=9",  # the 9-token rollout prompts leave room for 1 completion token
     ])
     trainer = GRPOTrainer(config)
-    g = config.num_generations
+    g = config.rollout.num_generations
     tok = trainer.tokenizer
-    block = TrlPromptOrder(25, seed=config.seed, block=config.prompts_per_step).next_indices(config.prompts_per_step)
+    block = TrlPromptOrder(25, seed=config.run.seed, block=config.rollout.prompts_per_step).next_indices(config.rollout.prompts_per_step)
     examples = [trainer.dataset.examples[i] for i in block]
     full = [tok.encode(render_prompt(tok, e.problem, ""), add_special_tokens=False) for e in examples]
 
@@ -119,7 +119,7 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
     for r in range(ids.shape[0]):
         assert ids[r][mask[r]].tolist() == full[r // g][-6:]  # the last 6 tokens, single BOS gone
 
-    assert out.lengths.max() == 1 and config.max_completion_length == 2
+    assert out.lengths.max() == 1 and config.rollout.max_completion_length == 2
     metrics = trainer.train()
     assert metrics["prompts_truncated"] == len(examples) * g
     assert metrics["completion_length_max"] == 1
@@ -132,16 +132,15 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
 
 def test_trl_order_refuses_a_filtered_dataset(tmp_path, bos_tokenizer_dir):
     from openrs_jax.recipe.config import load_config
-    from openrs_jax.errors import UserError
     from openrs_jax.recipe.trainer import GRPOTrainer
 
     rows = sums_rows() + [{"problem": "1+1=" * 20, "answer": "2"}]  # one over-long prompt
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(REPO_ROOT / "configs" / "tiny.py", [
-        f"output_dir={tmp_path / 'run'}", f"dataset_name={data}", "reward_num_workers=0", "prompt_order=trl",
+        f"run.output_dir={tmp_path / 'run'}", f"data.dataset={data}", "rewards.num_workers=0", "data.prompt_order=trl",
     ])
-    with pytest.raises(UserError, match="prompt_order='trl' permutes the unfiltered dataset.*truncate_left"):
+    with pytest.raises(ValueError, match="prompt_order='trl' permutes the unfiltered dataset.*truncate_left"):
         GRPOTrainer(config)
 
 

@@ -15,7 +15,6 @@ from openrs_jax.core.model import Qwen2Config, read_config
 from openrs_jax.core.model_paths import ACCEPTED, BUILTIN_MODELS
 from openrs_jax.core.policy import Policy, default_compute_dtype, resolve_dtype
 from openrs_jax.core.sampling import SamplingParams
-from openrs_jax.errors import UserError
 from tests.conftest import make_hf_model
 
 
@@ -64,7 +63,7 @@ def test_preset_resolves_to_its_shape_with_random_weights_and_the_demo_tokenizer
     assert policy.eos_ids == (2,)  # the preset's eos_token_id and the demo tokenizer's agree
     assert {str(x.dtype) for x in jax.tree.leaves(policy.load_params())} == {"bfloat16"}
     assert Qwen2Config.preset("preset:1.5b") == Qwen2Config(bos_token_id=151643, eos_token_id=151643)
-    with pytest.raises(UserError, match="unknown model preset '7b'.*preset:1.5b.*builtin:tiny"):
+    with pytest.raises(ValueError, match="unknown model preset '7b'.*preset:1.5b.*builtin:tiny"):
         Policy.load("preset:7b")
 
 
@@ -104,7 +103,7 @@ def test_dtype_rule_is_bfloat16_on_gpu_float32_elsewhere(monkeypatch):
     assert Policy.load("builtin:tiny").model_config.dtype == "float32"
     monkeypatch.setattr(policy_module.jax, "default_backend", lambda: "gpu")
     assert default_compute_dtype() == "bfloat16" == resolve_dtype(None)
-    with pytest.raises(UserError, match="unknown dtype 'fp8'"):
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         resolve_dtype("fp8")
 
 
@@ -118,10 +117,10 @@ def test_bad_paths_give_one_line_naming_the_accepted_kinds(tmp_path):
         str(tmp_path / "config_only"): "has a config.json but no weights",
     }
     for path, what in cases.items():
-        with pytest.raises(UserError) as e:
+        with pytest.raises(ValueError) as e:
             Policy.load(path)
         assert what in str(e.value) and ACCEPTED in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(UserError, match="unknown built-in model 'builtin:huge'; valid: builtin:tiny"):
+    with pytest.raises(ValueError, match="unknown built-in model 'builtin:huge'; valid: builtin:tiny"):
         Policy.load("builtin:huge")
     # Benchmarks take a config without weights: random ones of its shape.
     assert Policy.load(str(tmp_path / "config_only"), allow_config_only=True, need_tokenizer=False).random_weights
@@ -129,10 +128,10 @@ def test_bad_paths_give_one_line_naming_the_accepted_kinds(tmp_path):
 
 def test_tokenizer_checks_name_the_flags(tmp_path):
     model_dir = make_hf_model(tmp_path / "hf", vocab_size=16)
-    with pytest.raises(UserError, match="tokenizer has 29 tokens but the model only 16: --tokenizer does not "
+    with pytest.raises(ValueError, match="tokenizer has 29 tokens but the model only 16: --tokenizer does not "
                                         "belong to --model"):
         Policy.load(str(model_dir), tokenizer_path="builtin:tiny", flags=("--model", "--tokenizer"))
-    with pytest.raises(UserError, match="has no tokenizer.json"):
+    with pytest.raises(ValueError, match="has no tokenizer.json"):
         Policy.load(str(model_dir))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from openrs_jax.recipe.data import TorchGenerator, TrlPromptOrder, make_prompt_order, torch_randperm
-from openrs_jax.errors import UserError
 
 torch = pytest.importorskip("torch")  # the reference only; the project itself never imports torch
 
@@ -65,17 +64,17 @@ def test_trl_order_resumes_exactly():
 
 def test_resuming_with_another_order_is_refused():
     numpy_order = make_prompt_order("numpy", 50, seed=42, block=12)
-    with pytest.raises(UserError, match="prompt_order='numpy' but this run uses 'trl'"):
+    with pytest.raises(ValueError, match="prompt_order='numpy' but this run uses 'trl'"):
         TrlPromptOrder(50, seed=42, block=12).restore(numpy_order.state())
-    with pytest.raises(UserError, match="prompt_order='trl'"):
+    with pytest.raises(ValueError, match="prompt_order='trl'"):
         numpy_order.restore({"epoch": 0, "offset": 0, "kind": "trl"})
     numpy_order.restore({"epoch": 0, "offset": 3})  # a checkpoint from before prompt_order
 
 
 def test_bad_sizes_are_refused():
-    with pytest.raises(UserError, match="fewer than prompts_per_step=12"):
+    with pytest.raises(ValueError, match="fewer than prompts_per_step=12"):
         TrlPromptOrder(5, seed=42, block=12)
     with pytest.raises(ValueError, match="blocks of 12"):
         TrlPromptOrder(50, seed=42, block=12).next_indices(6)
-    with pytest.raises(UserError, match="prompt_order='shuffle'"):
+    with pytest.raises(ValueError, match="prompt_order='shuffle'"):
         make_prompt_order("shuffle", 50, seed=42, block=12)

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT, make_hf_model
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
-FAST = ["reward_num_workers=0", "tensorboard=False", "log_completions=0"]
+FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=0"]
 
 
 def trainer(tmp_path: Path, *overrides: str) -> GRPOTrainer:
-    return GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'run'}", *FAST, *overrides]))
+    return GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'run'}", *FAST, *overrides]))
 
 
 def metrics_of(out: Path) -> list[dict]:
@@ -35,10 +34,10 @@ def metrics_of(out: Path) -> list[dict]:
 # --- non-finite steps and failing rewards -------------------------------------------------------
 
 def test_non_finite_steps_are_not_applied_and_stop_the_run(tmp_path):
-    t = trainer(tmp_path, "reward_funcs=tests.faulty_rewards:nan_reward", "reward_weights=(1.0,)",
-                "max_bad_steps=2", "max_steps=10")
+    t = trainer(tmp_path, "rewards.funcs=tests.faulty_rewards:nan_reward", "rewards.weights=(1.0,)",
+                "run.max_bad_steps=2", "grpo.max_steps=10")
     before = jax.tree.map(np.asarray, jax.device_get(t.state.params))
-    with pytest.raises(UserError, match="stopping at step 2: 2 steps in a row had a non-finite loss"):
+    with pytest.raises(ValueError, match="stopping at step 2: 2 steps in a row had a non-finite loss"):
         t.train()
     after = jax.tree.map(np.asarray, jax.device_get(t.state.params))
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
@@ -48,8 +47,8 @@ def test_non_finite_steps_are_not_applied_and_stop_the_run(tmp_path):
 
 
 def test_a_raising_reward_scores_zero_and_is_counted(tmp_path):
-    t = trainer(tmp_path, "reward_funcs=accuracy,tests.faulty_rewards:raising_reward",
-                "reward_weights=(1.0,1.0)", "max_steps=1")
+    t = trainer(tmp_path, "rewards.funcs=accuracy,tests.faulty_rewards:raising_reward",
+                "rewards.weights=(1.0,1.0)", "grpo.max_steps=1")
     t.train()
     (m,) = metrics_of(tmp_path / "run")
     assert m["rewards/errors"] == 128 and m["rewards/tests.faulty_rewards:raising_reward"] == 0.0
@@ -57,7 +56,7 @@ def test_a_raising_reward_scores_zero_and_is_counted(tmp_path):
 
 
 def test_no_space_left_on_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    t = trainer(tmp_path, "max_steps=2", "save_steps=1")
+    t = trainer(tmp_path, "grpo.max_steps=2", "run.save_steps=1")
     t.train_one_step()
     t.save_checkpoint()
     t.train_one_step()
@@ -66,11 +65,11 @@ def test_no_space_left_on_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(t.checkpointer.manager, "save", full_disk)
-    with pytest.raises(UserError, match="could not save checkpoint 2 .*No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(ValueError, match="could not save checkpoint 2 .*No space left on device.*previous checkpoint is intact"):
         t.save_checkpoint()
     monkeypatch.undo()
     t.close()
-    resumed = trainer(tmp_path, "max_steps=2", "resume=True")
+    resumed = trainer(tmp_path, "grpo.max_steps=2", "run.resume=True")
     assert resumed.step == 1
     resumed.close()
 
@@ -91,12 +90,12 @@ def real_dirs(tmp_path):
 
 
 def expect_error(tmp_path, message: str, *overrides: str) -> None:
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         trainer(tmp_path, *overrides)
 
 
 def test_missing_model_path(tmp_path):
-    expect_error(tmp_path, "model path .*nope does not exist", f"model_path={tmp_path / 'nope'}")
+    expect_error(tmp_path, "model path .*nope does not exist", f"model.path={tmp_path / 'nope'}")
 
 
 def test_model_of_another_architecture(tmp_path, real_dirs):
@@ -104,13 +103,13 @@ def test_model_of_another_architecture(tmp_path, real_dirs):
     cfg = json.loads((model / "config.json").read_text())
     cfg["model_type"] = "llama"
     (model / "config.json").write_text(json.dumps(cfg))
-    expect_error(tmp_path, "model_type='llama'", f"model_path={model}")
+    expect_error(tmp_path, "model_type='llama'", f"model.path={model}")
 
 
 def test_model_directory_without_weights(tmp_path, real_dirs):
     model, _ = real_dirs
     (model / "model.safetensors").unlink()
-    expect_error(tmp_path, "has a config.json but no weights", f"model_path={model}")
+    expect_error(tmp_path, "has a config.json but no weights", f"model.path={model}")
 
 
 def test_tokenizer_without_chat_template(tmp_path, real_dirs):
@@ -118,7 +117,7 @@ def test_tokenizer_without_chat_template(tmp_path, real_dirs):
     cfg = json.loads((model / "tokenizer_config.json").read_text())
     del cfg["chat_template"]
     (model / "tokenizer_config.json").write_text(json.dumps(cfg))
-    expect_error(tmp_path, "has no chat template", f"model_path={model}")
+    expect_error(tmp_path, "has no chat template", f"model.path={model}")
 
 
 def test_tokenizer_without_eos(tmp_path, real_dirs):
@@ -126,30 +125,30 @@ def test_tokenizer_without_eos(tmp_path, real_dirs):
     cfg = json.loads((model / "tokenizer_config.json").read_text())
     del cfg["eos_token"]
     (model / "tokenizer_config.json").write_text(json.dumps(cfg))
-    expect_error(tmp_path, "defines no eos_token", f"model_path={model}")
+    expect_error(tmp_path, "defines no eos_token", f"model.path={model}")
 
 
 def test_dataset_problems(tmp_path, real_dirs):
-    expect_error(tmp_path, "dataset file .*missing.jsonl does not exist", f"dataset_name={tmp_path / 'missing.jsonl'}")
+    expect_error(tmp_path, "dataset file .*missing.jsonl does not exist", f"data.dataset={tmp_path / 'missing.jsonl'}")
     (tmp_path / "empty.jsonl").write_text("")
-    expect_error(tmp_path, "is empty", f"dataset_name={tmp_path / 'empty.jsonl'}")
+    expect_error(tmp_path, "is empty", f"data.dataset={tmp_path / 'empty.jsonl'}")
     (tmp_path / "cols.jsonl").write_text(json.dumps({"question": "1+1="}) + "\n")
-    expect_error(tmp_path, "lacks the column", f"dataset_name={tmp_path / 'cols.jsonl'}")
-    expect_error(tmp_path, "every prompt .* longer than max_prompt_length=3", "max_prompt_length=3")
+    expect_error(tmp_path, "lacks the column", f"data.dataset={tmp_path / 'cols.jsonl'}")
+    expect_error(tmp_path, "every prompt .* longer than max_prompt_length=3", "data.max_prompt_length=3")
 
 
 def test_checkpoint_of_another_model_shape(tmp_path, real_dirs):
-    t = trainer(tmp_path, "max_steps=1")
+    t = trainer(tmp_path, "grpo.max_steps=1")
     t.train()
     model, data = real_dirs
-    expect_error(tmp_path, "written for another model shape", "resume=True", f"model_path={model}",
-                 f"dataset_name={data}", "prompts_per_step=4", "num_generations=4", "micro_batch_size=8")
+    expect_error(tmp_path, "written for another model shape", "run.resume=True", f"model.path={model}",
+                 f"data.dataset={data}", "rollout.prompts_per_step=4", "rollout.num_generations=4", "grpo.micro_batch_size=8")
 
 
 # --- interruptions ------------------------------------------------------------------------------
 
 def start_cli(out: Path, *overrides: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), f"--config.output_dir={out}",
+    args = [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), f"--config.run.output_dir={out}",
             *(f"--config.{o}" for o in FAST), *(f"--config.{o}" for o in overrides)]
     return subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -175,7 +174,7 @@ def final_tensors(out: Path) -> dict:
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
-    proc = start_cli(out, "max_steps=1000", "save_steps=1000")
+    proc = start_cli(out, "grpo.max_steps=1000", "run.save_steps=1000")
     wait_for_steps(out, 2, proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
@@ -187,20 +186,20 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
-    steps = ["max_steps=6", "save_steps=2"]
+    steps = ["grpo.max_steps=6", "run.save_steps=2"]
     # The uninterrupted run in this process: the same XLA programs as the CLI's.
-    GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'straight'}", *FAST, *steps])).train()
+    GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'straight'}", *FAST, *steps])).train()
 
     out = tmp_path / "killed"
     rng = random.Random(0)
     for attempt in range(2):
-        proc = start_cli(out, *steps, *(["resume=True"] if attempt else []))
+        proc = start_cli(out, *steps, *(["run.resume=True"] if attempt else []))
         done_before = len(metrics_of(out)) if (out / "metrics.jsonl").is_file() else 0
         wait_for_steps(out, min(done_before + 1, 5), proc)
         time.sleep(rng.uniform(0.0, 1.5))  # lands in steps, saves, or log writes
         proc.kill()
         proc.wait()
-    proc = start_cli(out, *steps, "resume=True")
+    proc = start_cli(out, *steps, "run.resume=True")
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
 
     a, b = final_tensors(tmp_path / "straight"), final_tensors(out)

@@ -16,7 +16,6 @@ from scipy import stats
 
 from tests.conftest import make_hf_model
 from openrs_jax.core import sampling
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import from_pretrained, params_of
 from openrs_jax.core.sampling import (
     Sampler,
@@ -274,7 +273,7 @@ def test_memory_check_reports_the_bytes_needed(eos_model, sampler, monkeypatch):
     assert sampler.prepared_bytes() == 4 * sum(x.size for x in jax.tree.leaves(params_of(model)))
     needed = sampler.memory_needed(5, 3, 24, MAX_NEW) + sampler.prepared_bytes()
     monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed - 1)
-    with pytest.raises(UserError, match=f"{needed} bytes"):
+    with pytest.raises(ValueError, match=f"{needed} bytes"):
         sampler.generate(model, prompts, 3, greedy(), 0)
     monkeypatch.setattr(sampling, "free_device_bytes", lambda device: needed)
     sampler.generate(model, prompts, 3, greedy(), 0)
@@ -285,18 +284,18 @@ def test_memory_check_reports_the_bytes_needed(eos_model, sampler, monkeypatch):
 
 def test_invalid_inputs_are_user_errors(eos_model, sampler):
     _, _, model, prompts, _ = eos_model
-    with pytest.raises(UserError, match="top_p"):
+    with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
-    with pytest.raises(UserError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1.0)
-    with pytest.raises(UserError, match="max_new_tokens"):
+    with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
     assert SamplingParams(eos_ids=5).eos_ids == (5,)
-    with pytest.raises(UserError, match="empty"):
+    with pytest.raises(ValueError, match="empty"):
         sampler.generate(model, [[]], 1, greedy(), 0)
-    with pytest.raises(UserError, match="outside"):
+    with pytest.raises(ValueError, match="outside"):
         sampler.generate(model, [[1, 999]], 1, greedy(), 0)
-    with pytest.raises(UserError, match="num_samples"):
+    with pytest.raises(ValueError, match="num_samples"):
         sampler.generate(model, prompts, 0, greedy(), 0)
 
 
@@ -322,7 +321,7 @@ def test_stop_lengths_force_an_eos(eos_model, sampler):
     for row, n in zip(range(len(prompts)), out.lengths):
         np.testing.assert_array_equal(out.completion_ids[row, : n - 1], reference[row, : n - 1])
         assert out.completion_ids[row, n - 1] == EOS
-    with pytest.raises(UserError, match="stop_lengths"):
+    with pytest.raises(ValueError, match="stop_lengths"):
         sampler.generate(model, prompts, 1, greedy(), 0, stop_lengths=stops[:2])
     lengths = realistic_lengths(10_000, 3584, np.random.default_rng(0))
     assert lengths.min() >= 1024 and lengths.max() == 3584

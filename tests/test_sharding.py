@@ -10,7 +10,6 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from openrs_jax.core import sharding
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, abstract_train_state
 from openrs_jax.core.model import Qwen2Config, abstract_model, tiny_config
 
@@ -25,7 +24,7 @@ def test_make_mesh_sizes_and_errors():
     assert dict(single.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
     for bad, match in [({"fsdp": 3}, "needs 3 devices"), ({"data": -1, "fsdp": -1}, "at most one"),
                        ({"pipeline": 2}, "unknown mesh axes"), ("fsdp:4", "name=size"), ({"fsdp": 0}, "positive")]:
-        with pytest.raises(UserError, match=match):
+        with pytest.raises(ValueError, match=match):
             sharding.make_mesh(bad)
 
 
@@ -114,7 +113,7 @@ def test_shard_batch_and_rollout_params():
     assert batch["old_logps"] is None
     assert [s.data.shape for s in batch["input_ids"].addressable_shards] == [(2, 3)] * 4
     np.testing.assert_array_equal(np.asarray(batch["input_ids"]), np.arange(24).reshape(8, 3))
-    with pytest.raises(UserError, match="not a multiple"):
+    with pytest.raises(ValueError, match="not a multiple"):
         sharding.shard_batch({"input_ids": np.zeros((6, 3))}, mesh)
 
     config = tiny_config()

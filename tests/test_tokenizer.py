@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shared_data
-from openrs_jax.errors import UserError
 from openrs_jax.core.tokenizer import load_tokenizer
 
 TOKENIZER = ("tokenizer", "deepseek-r1-distill-qwen")
@@ -103,22 +102,22 @@ def _tiny_copy(tmp_path: Path, **config_changes) -> Path:
 
 
 def test_missing_directory(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
 
 
 def test_missing_tokenizer_json(tmp_path):
-    with pytest.raises(UserError, match="no tokenizer.json"):
+    with pytest.raises(ValueError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
 
 
 def test_no_eos(tmp_path):
-    with pytest.raises(UserError, match="no eos_token"):
+    with pytest.raises(ValueError, match="no eos_token"):
         load_tokenizer(_tiny_copy(tmp_path, eos_token=None))
 
 
 def test_unknown_special_token(tmp_path):
-    with pytest.raises(UserError, match="not in its vocabulary"):
+    with pytest.raises(ValueError, match="not in its vocabulary"):
         load_tokenizer(_tiny_copy(tmp_path, bos_token="<nope>"))
 
 
@@ -130,7 +129,7 @@ def test_pad_falls_back_to_eos(tmp_path):
 def test_no_chat_template(tmp_path):
     tok = load_tokenizer(_tiny_copy(tmp_path, chat_template=None))
     assert not tok.has_chat_template
-    with pytest.raises(UserError, match="no chat template"):
+    with pytest.raises(ValueError, match="no chat template"):
         tok.apply_chat_template([{"role": "user", "content": "1+1="}])
 
 

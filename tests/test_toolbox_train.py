@@ -22,11 +22,11 @@ def dapo_module():
 
 
 def run(tmp_path, name: str, *overrides: str, dapo: bool = False) -> GRPOTrainer:
-    config = load_config(TINY, [f"output_dir={tmp_path / name}", *FAST, *overrides])
+    config = load_config(TINY, [f"run.output_dir={tmp_path / name}", *FAST, *overrides])
     if dapo:
         with config.unlocked():
             # Three tokens: an answer token and EOS fit, the soft punishment hits the third.
-            config.max_completion_length = 3
+            config.rollout.max_completion_length = 3
             dapo_module().apply_dapo(config, overlong_cache_len=1)
     trainer = GRPOTrainer(config)
     trainer.train()
@@ -35,15 +35,15 @@ def run(tmp_path, name: str, *overrides: str, dapo: bool = False) -> GRPOTrainer
 
 def test_dapo_config_switches_on_the_dapo_set():
     c = load_config(REPO_ROOT / "configs" / "dapo.py")
-    assert (c.epsilon_high, c.beta, c.loss_aggregation, c.dynamic_sampling, c.mask_truncated_completions) == (
+    assert (c.grpo.epsilon_high, c.grpo.beta, c.grpo.loss_aggregation, c.rollout.dynamic_sampling, c.grpo.mask_truncated_completions) == (
         0.28, 0.0, "token_mean", True, True)
-    assert c.reward_funcs == ("format", "accuracy", "soft_overlong") and c.soft_overlong_cache_len == 512
+    assert c.rewards.funcs == ("format", "accuracy", "soft_overlong") and c.rewards.soft_overlong_cache_len == 512
 
 
 def test_tiny_config_learns_with_the_dapo_options(tmp_path):
     """The random tiny model truncates most completions at 3 tokens; the overlong punishment,
     masking and dynamic sampling teach it to stop: the reward over all drawn completions rises."""
-    run(tmp_path, "run", "max_steps=24", "save_steps=100", "log_completions=0", dapo=True)
+    run(tmp_path, "run", "grpo.max_steps=24", "run.save_steps=100", "run.log_completions=0", dapo=True)
     metrics = read_metrics(tmp_path / "run")
     drawn = [m["dynamic_sampling/all/reward"] for m in metrics]
     truncated = [m["truncated_fraction"] for m in metrics]
@@ -56,11 +56,11 @@ def test_tiny_config_learns_with_the_dapo_options(tmp_path):
 
 
 def test_dynamic_sampling_and_reference_refresh_resume_exactly(tmp_path):
-    options = ["dynamic_sampling=True", "dynamic_sampling_max_rounds=2", "ref_sync_steps=1", "ref_mixup_alpha=0.5",
-               "scale_rewards=batch", "save_steps=2"]
-    straight = run(tmp_path, "straight", "max_steps=3", *options)
-    run(tmp_path, "parts", "max_steps=2", *options)
-    resumed = run(tmp_path, "parts", "max_steps=3", "resume=True", *options)
+    options = ["rollout.dynamic_sampling=True", "rollout.dynamic_sampling_max_rounds=2", "grpo.ref_sync_steps=1", "grpo.ref_mixup_alpha=0.5",
+               "grpo.scale_rewards=batch", "run.save_steps=2"]
+    straight = run(tmp_path, "straight", "grpo.max_steps=3", *options)
+    run(tmp_path, "parts", "grpo.max_steps=2", *options)
+    resumed = run(tmp_path, "parts", "grpo.max_steps=3", "run.resume=True", *options)
     for x, y in zip(jax.tree.leaves(final_params(straight)), jax.tree.leaves(final_params(resumed))):
         assert np.array_equal(x, y)
     for x, y in zip(jax.tree.leaves(jax.device_get(straight.ref_params)), jax.tree.leaves(jax.device_get(resumed.ref_params))):

@@ -55,8 +55,8 @@ def test_only_eos_is_skipped_when_decoding(tok):
 def test_tiny_config_rewards_stopping():
     config = load_config(REPO_ROOT / "configs" / "tiny.py")
     validate(config)
-    assert "openrs_jax.recipe.toy:stop_reward" in config.reward_funcs
-    assert config.max_completion_length == 2  # the answer token, then EOS
+    assert "openrs_jax.recipe.toy:stop_reward" in config.rewards.funcs
+    assert config.rollout.max_completion_length == 2  # the answer token, then EOS
 
 
 def test_shipped_assets_are_what_write_assets_writes(tmp_path):

@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT, make_hf_model
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
-FAST = ["reward_num_workers=0", "tensorboard=False", "log_completions=2"]
+FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=2"]
 
 
 def run(tmp_path, name: str, *overrides: str) -> GRPOTrainer:
-    config = load_config(TINY, [f"output_dir={tmp_path / name}", *FAST, *overrides])
+    config = load_config(TINY, [f"run.output_dir={tmp_path / name}", *FAST, *overrides])
     trainer = GRPOTrainer(config)
     trainer.train()
     return trainer
@@ -35,7 +34,7 @@ def read_metrics(path) -> list[dict]:
 
 
 def test_outputs_of_a_short_run(tmp_path):
-    run(tmp_path, "run", "max_steps=3", "save_steps=2", "tensorboard=True")
+    run(tmp_path, "run", "grpo.max_steps=3", "run.save_steps=2", "run.tensorboard=True")
     out = tmp_path / "run"
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3]
@@ -57,9 +56,9 @@ def test_outputs_of_a_short_run(tmp_path):
 
 
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
-    straight = run(tmp_path, "straight", "max_steps=4", "save_steps=2")
-    run(tmp_path, "parts", "max_steps=2", "save_steps=2")
-    resumed = run(tmp_path, "parts", "max_steps=4", "save_steps=2", "resume=True")
+    straight = run(tmp_path, "straight", "grpo.max_steps=4", "run.save_steps=2")
+    run(tmp_path, "parts", "grpo.max_steps=2", "run.save_steps=2")
+    resumed = run(tmp_path, "parts", "grpo.max_steps=4", "run.save_steps=2", "run.resume=True")
     a, b = final_params(straight), final_params(resumed)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert np.array_equal(x, y)
@@ -71,15 +70,15 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
 
 
 def test_existing_run_is_refused_without_resume(tmp_path):
-    run(tmp_path, "run", "max_steps=1")
-    with pytest.raises(UserError, match="already holds a run; pass --config.resume=True"):
-        GRPOTrainer(load_config(TINY, [f"output_dir={tmp_path / 'run'}", *FAST]))
+    run(tmp_path, "run", "grpo.max_steps=1")
+    with pytest.raises(ValueError, match="already holds a run; pass --config.run.resume=True"):
+        GRPOTrainer(load_config(TINY, [f"run.output_dir={tmp_path / 'run'}", *FAST]))
 
 
 def test_four_devices_match_one(tmp_path):
     assert jax.device_count() == 4
-    one = run(tmp_path, "one", "max_steps=2", "mesh.data=1", "mesh.fsdp=1")
-    four = run(tmp_path, "four", "max_steps=2", "mesh.data=2", "mesh.fsdp=2")
+    one = run(tmp_path, "one", "grpo.max_steps=2", "mesh.data=1", "mesh.fsdp=1")
+    four = run(tmp_path, "four", "grpo.max_steps=2", "mesh.data=2", "mesh.fsdp=2")
     assert one.mesh.size == 1 and four.mesh.size == 4
     # Same rollouts (sampling does not depend on the layout) ...
     assert [m["reward"] for m in read_metrics(tmp_path / "one")] == [m["reward"] for m in read_metrics(tmp_path / "four")]
@@ -100,18 +99,18 @@ def test_model_and_dataset_paths_override_the_builtins(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"problem": f"{i}+1=", "solution": f"$\\boxed{{{i + 1}}}$"}) + "\n"
                             for i in range(4)))
-    trainer = run(tmp_path, "run", f"model_path={model_dir}", f"dataset_name={data}", "max_steps=1",
-                  "prompts_per_step=4", "num_generations=4", "micro_batch_size=8")
+    trainer = run(tmp_path, "run", f"model.path={model_dir}", f"data.dataset={data}", "grpo.max_steps=1",
+                  "rollout.prompts_per_step=4", "rollout.num_generations=4", "grpo.micro_batch_size=8")
     assert len(trainer.dataset) == 4 and trainer.model_config.vocab_size == 32
 
 
 def test_cli_error_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), "--config.learnig_rate=1"],
+        [sys.executable, "-m", "openrs_jax.train", "--config", str(TINY), "--config.grpo.learnig_rate=1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2
-    assert "unknown config key 'learnig_rate'; did you mean 'learning_rate'" in proc.stderr
+    assert "unknown config key 'grpo.learnig_rate'; did you mean 'grpo.learning_rate'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -119,8 +118,8 @@ def test_cli_error_is_one_line(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tiny_config_learns(tmp_path, seed):
     """The accuracy reward rises: this proves the whole loop, signs included (accuracy alone)."""
-    run(tmp_path, "run", f"seed={seed}", "max_steps=100", "save_steps=100", "log_completions=0",
-        "reward_funcs=accuracy", "reward_weights=(1.0,)")
+    run(tmp_path, "run", f"run.seed={seed}", "grpo.max_steps=100", "run.save_steps=100", "run.log_completions=0",
+        "rewards.funcs=accuracy", "rewards.weights=(1.0,)")
     accuracy = [m["rewards/accuracy"] for m in read_metrics(tmp_path / "run")]
     first, last = np.mean(accuracy[:20]), np.mean(accuracy[-20:])
     print(f"seed {seed}: accuracy {first:.3f} (first 20 steps) -> {last:.3f} (last 20)")
@@ -132,7 +131,7 @@ def test_tiny_config_learns_to_stop(tmp_path):
     """The shipped demo config, run whole, also learns to end its completions after the answer
     (openrs_jax.recipe.toy.stop_reward): rows without EOS stayed at 0.9-0.98 with the accuracy reward
     alone; here about 0.95 -> 0.1 over the 200 steps while the accuracy rises 0.06 -> 0.8."""
-    run(tmp_path, "run", "save_steps=200", "log_completions=0")
+    run(tmp_path, "run", "run.save_steps=200", "run.log_completions=0")
     metrics = read_metrics(tmp_path / "run")
     accuracy = [m["rewards/accuracy"] for m in metrics]
     truncated = [m["truncated_fraction"] for m in metrics]
@@ -145,7 +144,7 @@ def test_periodic_evaluation_is_logged(tmp_path):
     data.mkdir()
     (data / "aime24.jsonl").write_text("".join(
         json.dumps({"id": i, "problem": f"{i}+1=", "solution": "", "answer": str(i + 1)}) + "\n" for i in range(3)))
-    run(tmp_path, "run", "max_steps=2", "eval_every=2", "eval_tasks=aime24", f"eval_data_dir={data}", "eval_limit=2")
+    run(tmp_path, "run", "grpo.max_steps=2", "eval.every=2", "eval.tasks=aime24", f"eval.data_dir={data}", "eval.limit=2")
     metrics = read_metrics(tmp_path / "run")
     assert "eval/aime24/accuracy" not in metrics[0]
     assert 0.0 <= metrics[1]["eval/aime24/accuracy"] <= 1.0

@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 
 from openrs_jax.recipe.config import load_config
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.trainer import GRPOTrainer
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "configs" / "tiny.py"
-FAST = ["reward_num_workers=0", "tensorboard=False", "log_completions=0"]
+FAST = ["rewards.num_workers=0", "run.tensorboard=False", "run.log_completions=0"]
 REFUSED = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
 
 
 def tiny(out: Path, *overrides: str) -> GRPOTrainer:
-    return GRPOTrainer(load_config(TINY, [f"output_dir={out}", *FAST, *overrides]))
+    return GRPOTrainer(load_config(TINY, [f"run.output_dir={out}", *FAST, *overrides]))
 
 
 # ----------------------------------------------------------------------------- reward workers
@@ -130,17 +129,17 @@ def test_evaluate_still_refuses_to_mix_samples_of_other_settings(tmp_path):
         main(["--completions", str(completions), "--out", str(out), "--data_dir", str(other), "--no_progress"])
 
 
-@pytest.mark.parametrize("override, what", [("dataset_name=nobody/problems", "dataset 'nobody/problems'"),
-                                             ("model_path=nobody/model", "model 'nobody/model'")])
+@pytest.mark.parametrize("override, what", [("data.dataset=nobody/problems", "dataset 'nobody/problems'"),
+                                             ("model.path=nobody/model", "model 'nobody/model'")])
 def test_train_with_hub_names_offline_fails_fast(hub_unreachable, tmp_path, override, what):
-    with pytest.raises(UserError, match=f"{what} would be downloaded .* cannot be reached .*HF_HUB_OFFLINE=1"):
+    with pytest.raises(ValueError, match=f"{what} would be downloaded .* cannot be reached .*HF_HUB_OFFLINE=1"):
         tiny(tmp_path / "run", override)
 
 
 def test_decontaminate_without_a_benchmarks_folder_offline_fails_fast(hub_unreachable):
     from openrs_jax.curation.decontaminate import load_benchmarks
 
-    with pytest.raises(UserError, match=r"the benchmarks \(aime24\) would be downloaded .*--benchmarks_dir"):
+    with pytest.raises(ValueError, match=r"the benchmarks \(aime24\) would be downloaded .*--benchmarks_dir"):
         load_benchmarks(None, ["aime24"])
 
 
@@ -164,10 +163,10 @@ def test_resume_with_only_an_interrupted_save_says_so_and_starts_at_0(tmp_path, 
     partial = out / "checkpoints" / "2.orbax-checkpoint-tmp-1733000000"
     (partial / "state").mkdir(parents=True)
     (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.0}) + "\n")
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a run"):
         tiny(out)  # without resume: refused as before
     caplog.set_level(logging.INFO)
-    trainer = tiny(out, "resume=True", "max_steps=1")
+    trainer = tiny(out, "run.resume=True", "grpo.max_steps=1")
     trainer.close()
     assert trainer.step == 0 and not partial.exists()
     text = "\n".join(messages(caplog))
@@ -177,17 +176,17 @@ def test_resume_with_only_an_interrupted_save_says_so_and_starts_at_0(tmp_path, 
 
 def test_resume_says_where_it_starts_and_leaves_a_finished_run_alone(tmp_path, caplog):
     out = tmp_path / "run"
-    tiny(out, "max_steps=2", "save_steps=2").train()
+    tiny(out, "grpo.max_steps=2", "run.save_steps=2").train()
     hf = out / "hf" / "model.safetensors"
     before = (hf.stat().st_mtime_ns, (out / "metrics.jsonl").read_text())
 
     caplog.set_level(logging.INFO)
-    assert tiny(out, "resume=True", "max_steps=2", "save_steps=2").train() == {}
-    assert "is complete (step 2, max_steps=2): nothing to train; raise --config.max_steps" in "\n".join(messages(caplog))
+    assert tiny(out, "run.resume=True", "grpo.max_steps=2", "run.save_steps=2").train() == {}
+    assert "is complete (step 2, max_steps=2): nothing to train; raise --config.grpo.max_steps" in "\n".join(messages(caplog))
     assert (hf.stat().st_mtime_ns, (out / "metrics.jsonl").read_text()) == before
 
     caplog.clear()
-    trainer = tiny(out, "resume=True", "max_steps=3", "save_steps=2")
+    trainer = tiny(out, "run.resume=True", "grpo.max_steps=3", "run.save_steps=2")
     trainer.close()
     assert "resuming from step 2 (checkpoint " in "\n".join(messages(caplog))
 

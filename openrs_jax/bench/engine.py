@@ -82,12 +82,11 @@ def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int)
     from jax.sharding import NamedSharding, PartitionSpec
 
     from openrs_jax.bench.plan import compile_only_devices, load_target
-    from openrs_jax.errors import UserError
 
     target = load_target(target_name)
     devices, why = compile_only_devices(target, 1)
     if devices is None:
-        raise UserError(f"cannot compile for {target_name}: {why}")
+        raise ValueError(f"cannot compile for {target_name}: {why}")
     policy = shapes.load_policy(PLAN_MODEL, "bfloat16", devices=devices, prompt_bucket=128,
                                 sampler_options={"check_memory": False})
     config, mesh, sampler = policy.model_config, policy.mesh, policy.sampler

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from openrs_jax.core import sharding
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, abstract_train_state, make_train_step, token_logprobs
 from openrs_jax.core.model import KVCache, Qwen2Config, abstract_model
 
@@ -67,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.model_config is None:
-        raise UserError("bench memory needs --model (a model directory, config.json, builtin:tiny or preset:1.5b)")
+        raise ValueError("bench memory needs --model (a model directory, config.json, builtin:tiny or preset:1.5b)")
     if args.devices < 1:
-        raise UserError(f"--devices must be >= 1, got {args.devices}")
+        raise ValueError(f"--devices must be >= 1, got {args.devices}")
     if jax.device_count() < args.devices:
         return _run_emulated(args)
     return memory_plan(args)
@@ -89,7 +88,7 @@ def _run_emulated(args: argparse.Namespace) -> dict[str, Any]:
           f"{args.devices} emulated CPU devices in a child process", file=sys.stderr)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
-        raise UserError(f"the emulated-device memory plan failed (exit {proc.returncode}); see the messages above")
+        raise ValueError(f"the emulated-device memory plan failed (exit {proc.returncode}); see the messages above")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["emulated_devices"] = True
     return result
@@ -177,8 +176,8 @@ def _sampler_rollout(sampler: Any, params: Any, cfg: Any) -> dict[str, Callable[
     eos = config.eos_token_id if config.eos_token_id is not None else 0
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
     sampling = SamplingParams(
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=int(cfg.top_k or 0),
-        max_new_tokens=cfg.max_completion_length, eos_ids=eos_ids,
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=int(cfg.rollout.top_k or 0),
+        max_new_tokens=cfg.rollout.max_completion_length, eos_ids=eos_ids,
         pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]),
     )
     compiled: dict[str, Any] = {}
@@ -187,7 +186,7 @@ def _sampler_rollout(sampler: Any, params: Any, cfg: Any) -> dict[str, Callable[
         # One `Sampler.compile` builds all three (each takes the previous one's outputs).
         if not compiled:
             compiled.update(sampler.compile(
-                params, cfg.prompts_per_step, cfg.num_generations, cfg.max_prompt_length, sampling))
+                params, cfg.rollout.prompts_per_step, cfg.rollout.num_generations, cfg.data.max_prompt_length, sampling))
         return compiled[name]
 
     programs = {name: functools.partial(program, name) for name in ("prepare", "prefill", "decode")}
@@ -219,7 +218,7 @@ class StepSetup:
 
     @property
     def reference_params_bytes(self) -> int:
-        return _bytes_per_device(self.rollout_params) if self.cfg.beta > 0 else 0
+        return _bytes_per_device(self.rollout_params) if self.cfg.grpo.beta > 0 else 0
 
 
 def run_policy(cfg: Any, model_spec: str, devices: Sequence[jax.Device]) -> Any:
@@ -228,8 +227,8 @@ def run_policy(cfg: Any, model_spec: str, devices: Sequence[jax.Device]) -> Any:
     from openrs_jax.bench import shapes
 
     # The trainer's prompt bucket, so that the longest prompt keeps its length.
-    bucket = min(64, -(-cfg.max_prompt_length // 8) * 8)
-    return shapes.load_policy(model_spec, cfg.compute_dtype, param_dtype=cfg.param_dtype, remat=cfg.remat,
+    bucket = min(64, -(-cfg.data.max_prompt_length // 8) * 8)
+    return shapes.load_policy(model_spec, cfg.model.compute_dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
                               mesh=cfg.mesh.to_dict(), devices=list(devices), prompt_bucket=bucket,
                               sampler_options={"check_memory": False})
 
@@ -239,12 +238,12 @@ def step_setup(cfg: Any, policy: Any, micro_batch_size: int | None = None) -> St
     `policy` (`run_policy`)."""
     model_config, mesh = policy.model_config, policy.mesh
     dp = sharding.data_parallel_size(mesh)
-    rows = cfg.prompts_per_step * cfg.num_generations
-    prompt_len, new_tokens = cfg.max_prompt_length, cfg.max_completion_length
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.num_generations
+    prompt_len, new_tokens = cfg.data.max_prompt_length, cfg.rollout.max_completion_length
     seq = prompt_len + new_tokens
     if rows % dp:
-        raise UserError(f"{rows} rows per step do not split over {dp} data-parallel devices")
-    mb = micro_batch_size or _valid_micro_batch(cfg.micro_batch_size, rows, dp)
+        raise ValueError(f"{rows} rows per step do not split over {dp} data-parallel devices")
+    mb = micro_batch_size or _valid_micro_batch(cfg.grpo.micro_batch_size, rows, dp)
     update_config = dataclasses.replace(UpdateConfig.from_config(cfg), micro_batch_size=mb)
     graphdef, abstract_params = nnx.split(abstract_model(model_config))
     param_shapes = nnx.to_pure_dict(abstract_params)
@@ -253,14 +252,14 @@ def step_setup(cfg: Any, policy: Any, micro_batch_size: int | None = None) -> St
         "attention_mask": _abstract((rows, seq), jnp.int32, mesh),
         "completion_mask": _abstract((rows, new_tokens), jnp.int32, mesh),
         "advantages": _abstract((rows,), jnp.float32, mesh),
-        "ref_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.beta > 0 else None,
-        "old_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.num_iterations > 1 else None,
+        "ref_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.grpo.beta > 0 else None,
+        "old_logps": _abstract((rows, new_tokens), jnp.float32, mesh) if cfg.grpo.num_iterations > 1 else None,
     }
     return StepSetup(
         cfg=cfg, model_config=model_config, mesh=mesh, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens,
         micro_batch_size=mb, update_config=update_config, graphdef=graphdef,
         state=abstract_train_state(param_shapes, update_config, mesh), batch=batch,
-        rollout_params=_rollout_params(param_shapes, mesh, cfg.compute_dtype), sampler=policy.sampler,
+        rollout_params=_rollout_params(param_shapes, mesh, cfg.model.compute_dtype), sampler=policy.sampler,
     )
 
 
@@ -291,7 +290,7 @@ def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
         return StepProgram(name, phase, calls, compiled, round(time.perf_counter() - start, 1), description)
 
     cast = jax.jit(sharding.rollout_params, static_argnames=("mesh", "dtype"))
-    yield timed("rollout_params", "rollout", 1, lambda: cast.lower(setup.state.params, mesh, cfg.compute_dtype),
+    yield timed("rollout_params", "rollout", 1, lambda: cast.lower(setup.state.params, mesh, cfg.model.compute_dtype),
                 "the train state's fp32 parameters cast to the rollout copy")
     try:
         rollout = _sampler_rollout(setup.sampler, setup.rollout_params, cfg)
@@ -305,18 +304,18 @@ def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
         program = timed(name, "rollout", 1, make, description)
         program.tokens_per_iteration = getattr(make, "tokens_per_iteration", 1)
         yield program
-    if cfg.beta > 0:
+    if cfg.grpo.beta > 0:
         yield timed("reference", "reference", 1, lambda: token_logprobs.lower(
             setup.graphdef, setup.rollout_params, batch["input_ids"], batch["attention_mask"], prompt_len,
             setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
         ), "reference log-probs (bf16 copy of the initial weights)")
-    if cfg.num_iterations > 1:
+    if cfg.grpo.num_iterations > 1:
         yield timed("old_logprobs", "reference", 1, lambda: token_logprobs.lower(
             setup.graphdef, setup.state.params, batch["input_ids"], batch["attention_mask"], prompt_len,
             setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
         ), "old-policy log-probs (num_iterations > 1)")
     step = make_train_step(setup.graphdef, setup.update_config, mesh)
-    yield timed("update", "update", cfg.num_iterations, lambda: step.lower(setup.state, batch),
+    yield timed("update", "update", cfg.grpo.num_iterations, lambda: step.lower(setup.state, batch),
                 f"{setup.rows // mb} micro-batches of {mb} rows, AdamW")
 
 
@@ -346,7 +345,7 @@ def memory_plan(args: argparse.Namespace, devices: Sequence[jax.Device] | None =
     """Compiles the step's programs for `args.devices` devices and reads their memory."""
     devices = list(devices if devices is not None else jax.devices())
     if len(devices) < args.devices:
-        raise UserError(f"{args.devices} devices requested but only {len(devices)} are visible")
+        raise ValueError(f"{args.devices} devices requested but only {len(devices)} are visible")
     from openrs_jax.bench import shapes
 
     cfg = shapes.load_run_config(args.config)
@@ -363,8 +362,8 @@ def memory_plan(args: argparse.Namespace, devices: Sequence[jax.Device] | None =
         "completion_length": setup.new_tokens,
         "micro_batch_size": mb,
         "rows_per_device_per_micro_batch": mb / dp,
-        "compute_dtype": cfg.compute_dtype,
-        "remat": cfg.remat,
+        "compute_dtype": cfg.model.compute_dtype,
+        "remat": cfg.model.remat,
         "logprob_chunk": setup.update_config.logprob_chunk,
         "loss_aggregation": setup.update_config.loss_aggregation,
         "train_state_bytes_per_device": setup.train_state_bytes,

@@ -31,7 +31,6 @@ from typing import Any, Sequence
 import jax
 
 from openrs_jax.bench import hlo_cost, memory
-from openrs_jax.errors import UserError
 
 GB = 1e9
 TARGETS_DIR = Path(__file__).resolve().parent / "targets"
@@ -59,13 +58,13 @@ def load_target(name: str) -> Target:
     bandwidth, and the datasheet's dense bf16 peak from its `# plan.peak_bf16_flops_per_s:` line."""
     path = TARGETS_DIR / f"{name}.txtpb"
     if not path.is_file():
-        raise UserError(f"unknown GPU target {name!r}; valid: {', '.join(target_names())}")
+        raise ValueError(f"unknown GPU target {name!r}; valid: {', '.join(target_names())}")
     text = path.read_text()
 
     def field(pattern: str) -> str:
         m = re.search(pattern, text, re.MULTILINE)
         if not m:
-            raise UserError(f"{path} lacks {pattern!r}")
+            raise ValueError(f"{path} lacks {pattern!r}")
         return m.group(1)
 
     return Target(
@@ -96,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.devices < 1:
-        raise UserError(f"--devices must be >= 1, got {args.devices}")
+        raise ValueError(f"--devices must be >= 1, got {args.devices}")
     target = load_target(args.target)
     devices, why_not = compile_only_devices(target, args.devices)
     if devices is not None:
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if len(cpus) >= args.devices:
         return {**gpu_plan(args, target, cpus[: args.devices], "cpu (emulated)"), "fallback": fallback}
     if os.environ.get(_CHILD_ENV):
-        raise UserError(f"{args.devices} CPU devices requested but only {len(cpus)} are visible")
+        raise ValueError(f"{args.devices} CPU devices requested but only {len(cpus)} are visible")
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}".strip()
     return {**_run_child(args, {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}), "fallback": fallback}
 
@@ -150,7 +149,7 @@ def _run_child(args: argparse.Namespace, env_updates: dict[str, str]) -> dict[st
     print(f"compiling in a child process with {' '.join(f'{k}={v}' for k, v in env_updates.items())}", file=sys.stderr)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
-        raise UserError(f"the plan's child process failed (exit {proc.returncode}); see the messages above")
+        raise ValueError(f"the plan's child process failed (exit {proc.returncode}); see the messages above")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -253,8 +252,8 @@ def gpu_plan(args: argparse.Namespace, target: Target, devices: Sequence[Any], c
         "prompt_length": setup.prompt_len,
         "completion_length": setup.new_tokens,
         "micro_batch_size": setup.micro_batch_size,
-        "compute_dtype": cfg.compute_dtype,
-        "remat": cfg.remat,
+        "compute_dtype": cfg.model.compute_dtype,
+        "remat": cfg.model.remat,
         "train_state_bytes_per_device": setup.train_state_bytes,
         "reference_params_bytes_per_device": setup.reference_params_bytes,
     }

@@ -34,7 +34,6 @@ from openrs_jax.bench import shapes
 from openrs_jax.bench.common import (
     DTYPES, copy_bandwidth, decode_bytes_per_step, describe_model, device_memory, time_calls, torch_twin,
 )
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import model_from_params
 from openrs_jax.core.sampling import Sampler, SamplingParams
 
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     rows, n = args.prompts * args.num_samples, args.new_tokens
     realistic = getattr(args, "stop_lengths", "none") == "realistic"
     if realistic and args.compare_hf:
-        raise UserError("--stop_lengths realistic cannot be compared with transformers (it decodes every row to the cap)")
+        raise ValueError("--stop_lengths realistic cannot be compared with transformers (it decodes every row to the cap)")
     stops = realistic_lengths(rows, n, rng) if realistic else None
     eos = config.eos_token_id if isinstance(config.eos_token_id, int) else 0
     sampling = SamplingParams(

@@ -118,7 +118,13 @@ class RunShapes:
     def from_config(cls, cfg: Any) -> "RunShapes":
         mesh = cfg["mesh"]
         mesh = mesh.to_dict() if hasattr(mesh, "to_dict") else dict(mesh)
-        values = {f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name != "mesh"}
+        from openrs_jax.recipe.config import FLAT_KEYS  # name -> "section.name"
+
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name != "mesh":
+                section, key = FLAT_KEYS[f.name].split(".")
+                values[f.name] = cfg[section][key]
         return cls(**values, mesh=",".join(f"{k}={v}" for k, v in mesh.items()))
 
 

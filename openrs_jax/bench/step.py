@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from openrs_jax.bench import shapes
-from openrs_jax.errors import UserError
 
 # The default reward: a custom reward (the trainer's 'package.module:function' mechanism).
 BENCH_REWARD = "openrs_jax.bench.step:parity_reward"
@@ -138,7 +137,7 @@ def _select_rows(dataset: str, tokenizer: Any, system_prompt: str, count: int, m
     # A local file or a built-in dataset: the bench never waits on the Hub.
     path = Path(toy.resolve(toy.check_name(dataset, "--dataset", "dataset"))).expanduser()
     if not path.exists():
-        raise UserError(f"--dataset {dataset} does not exist: give a JSON/JSONL/parquet file of problems "
+        raise ValueError(f"--dataset {dataset} does not exist: give a JSON/JSONL/parquet file of problems "
                         f"or {', '.join(toy.BUILTIN_DATASETS)}")
     rows = load_rows(str(path))
     check_columns(rows, dataset)
@@ -148,7 +147,7 @@ def _select_rows(dataset: str, tokenizer: Any, system_prompt: str, count: int, m
             chosen.append(row)
             if len(chosen) == count:
                 return chosen
-    raise UserError(f"{dataset} has fewer than {count} prompts of at most {max_prompt_length} tokens")
+    raise ValueError(f"{dataset} has fewer than {count} prompts of at most {max_prompt_length} tokens")
 
 
 def filled_rows(tokenizer: Any, system_prompt: str, count: int, prompt_len: int, seed: int = 0) -> list[dict]:
@@ -165,7 +164,7 @@ def filled_rows(tokenizer: Any, system_prompt: str, count: int, prompt_len: int,
             return len(render_prompt_ids(tokenizer, "+".join(map(str, terms[:k])) + "=", system_prompt))
 
         if length(1) > prompt_len:
-            raise UserError(f"--prompt_len {prompt_len} is shorter than the rendered prompt of one term "
+            raise ValueError(f"--prompt_len {prompt_len} is shorter than the rendered prompt of one term "
                             f"({length(1)} tokens with this system prompt): raise it")
         lo, hi = 1, prompt_len  # each term adds at least one token: the most that fit is at most prompt_len
         while lo < hi:  # the largest k whose prompt fits
@@ -181,26 +180,26 @@ def run_config(args: argparse.Namespace, dtype: str, data_file: Path, output_dir
     from openrs_jax.recipe.config import base_config
 
     c = shapes.load_run_config(args.config) if args.config else base_config()
-    c.model_path, c.tokenizer_path, c.dataset_name = args.model, args.tokenizer, str(data_file)
-    c.output_dir = str(output_dir)
+    c.model.path, c.model.tokenizer_path, c.data.dataset = args.model, args.tokenizer, str(data_file)
+    c.run.output_dir = str(output_dir)
     if args.system_prompt is not None:
-        c.system_prompt = args.system_prompt
+        c.data.system_prompt = args.system_prompt
     if args.learning_rate is not None:
-        c.learning_rate = args.learning_rate
-    c.reward_funcs = tuple(f.strip() for f in args.reward_funcs.split(",") if f.strip())
-    c.reward_weights = tuple(float(w) for w in args.reward_weights.split(",") if w.strip())
-    c.reward_num_workers = args.reward_num_workers
-    c.prompts_per_step, c.num_generations = args.prompts_per_step, args.num_generations
-    c.micro_batch_size = args.micro_batch_size or args.prompts_per_step * args.num_generations
-    c.max_prompt_length, c.max_completion_length = args.prompt_len, args.max_new_tokens
-    c.ignore_eos = not args.keep_eos
-    c.temperature, c.top_p, c.top_k = args.temperature, args.top_p, args.top_k
-    c.beta, c.loss_aggregation = args.beta, args.loss_aggregation
-    c.compute_dtype, c.remat, c.logprob_chunk = dtype, args.remat, args.logprob_chunk
+        c.grpo.learning_rate = args.learning_rate
+    c.rewards.funcs = tuple(f.strip() for f in args.reward_funcs.split(",") if f.strip())
+    c.rewards.weights = tuple(float(w) for w in args.reward_weights.split(",") if w.strip())
+    c.rewards.num_workers = args.reward_num_workers
+    c.rollout.prompts_per_step, c.rollout.num_generations = args.prompts_per_step, args.num_generations
+    c.grpo.micro_batch_size = args.micro_batch_size or args.prompts_per_step * args.num_generations
+    c.data.max_prompt_length, c.rollout.max_completion_length = args.prompt_len, args.max_new_tokens
+    c.rollout.ignore_eos = not args.keep_eos
+    c.rollout.temperature, c.rollout.top_p, c.rollout.top_k = args.temperature, args.top_p, args.top_k
+    c.grpo.beta, c.grpo.loss_aggregation = args.beta, args.loss_aggregation
+    c.model.compute_dtype, c.model.remat, c.grpo.logprob_chunk = dtype, args.remat, args.logprob_chunk
     mesh = sharding.parse_mesh_spec(args.mesh)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh["data"], mesh["fsdp"], mesh["tensor"]
-    c.max_steps, c.seed = args.steps + 1, args.seed
-    c.tensorboard, c.log_completions, c.eval_every = False, 0, 0
+    c.grpo.max_steps, c.run.seed = args.steps + 1, args.seed
+    c.run.tensorboard, c.run.log_completions, c.eval.every = False, 0, 0
     return c
 
 
@@ -208,10 +207,10 @@ def _prompt_rows(args: argparse.Namespace, c: Any) -> list[dict]:
     """One step's prompts (see the module's docstring)."""
     from openrs_jax.core.policy import Policy
 
-    tokenizer = Policy.load(c.model_path, tokenizer_path=c.tokenizer_path).tokenizer
+    tokenizer = Policy.load(c.model.path, tokenizer_path=c.model.tokenizer_path).tokenizer
     if args.dataset:
-        return _select_rows(args.dataset, tokenizer, c.system_prompt, args.prompts_per_step, args.prompt_len)
-    return filled_rows(tokenizer, c.system_prompt, args.prompts_per_step, args.prompt_len, args.seed)
+        return _select_rows(args.dataset, tokenizer, c.data.system_prompt, args.prompts_per_step, args.prompt_len)
+    return filled_rows(tokenizer, c.data.system_prompt, args.prompts_per_step, args.prompt_len, args.seed)
 
 
 def step_record(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +225,6 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     """Steps of the product's GRPOTrainer on one step's prompts (TRL's steps interleaved)."""
     from openrs_jax.bench.common import describe_model, device_memory
     from openrs_jax.core.sampling import bucket_length
-    from openrs_jax.recipe import toy
     from openrs_jax.recipe.trainer import COMPLETION_BUCKET, GRPOTrainer, round_up
 
     data_file = workdir / "prompts.jsonl"
@@ -234,7 +232,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     rows = _prompt_rows(args, c)
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     c.lock()
-    trainer = GRPOTrainer(c)
+    trainer = GRPOTrainer(c, allow_presets=True)
     try:
         if args.compare_trl:  # TRL starts from the same weights: the trainer's own export, before any step
             trainer.export_hf(workdir / "model", dtype="float32")
@@ -245,14 +243,14 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
 
         one_step()  # warm-up: compiles
         info: dict[str, Any] = {
-            "random_weights": toy.is_builtin_model(args.model) or shapes.is_preset(args.model),
+            "random_weights": trainer.policy.random_weights,
             **describe_model(trainer.model_config),
-            "remat": c.remat,
+            "remat": c.model.remat,
             "mesh": dict(trainer.mesh.shape),
             "tokenizer": str(trainer.tokenizer_dir),
             "dataset": str(args.dataset) if args.dataset else "generated",
-            "reward_funcs": list(c.reward_funcs),
-            "reward_weights": list(c.reward_weights),
+            "reward_funcs": list(c.rewards.funcs),
+            "reward_weights": list(c.rewards.weights),
             "prompt_tokens": [len(e.rollout_ids) for e in trainer.dataset.examples],
             "prompt_len_bucketed": bucket_length(max(len(e.rollout_ids) for e in trainer.dataset.examples),
                                                  trainer.sampler.prompt_bucket),
@@ -265,7 +263,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
                     one_step()
 
             # Our timed steps run between TRL's, so that both see the same load from other jobs.
-            trl_inputs = TrlInputs(workdir / "model", rows, c.system_prompt, c.reward_funcs, c.reward_weights, dtype)
+            trl_inputs = TrlInputs(workdir / "model", rows, c.data.system_prompt, c.rewards.funcs, c.rewards.weights, dtype)
             info["_trl"] = run_trl(args, trl_inputs, workdir, between_trl_steps)
             info["_memory"] = memory
         while len(per_step) < args.steps + 1:
@@ -560,14 +558,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     shapes.apply_run_config(args)
     if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.num_generations < 2:
-        raise UserError("--num_generations must be >= 2 (GRPO compares completions of one prompt)")
+        raise ValueError("--num_generations must be >= 2 (GRPO compares completions of one prompt)")
     rows = args.prompts_per_step * args.num_generations
     if args.micro_batch_size is not None and rows % args.micro_batch_size:
-        raise UserError(f"--micro_batch_size {args.micro_batch_size} must divide {rows} rows")
+        raise ValueError(f"--micro_batch_size {args.micro_batch_size} must divide {rows} rows")
     if args.prompt_len is None:
-        args.prompt_len = base_config().max_prompt_length
+        args.prompt_len = base_config().data.max_prompt_length
     dtype = args.dtype or ("bfloat16" if jax.devices()[0].platform == "gpu" else "float32")
     copy = None if args.no_copy_bandwidth else copy_bandwidth()
 

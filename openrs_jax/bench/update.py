@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from openrs_jax.core import sharding
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-kind substring, from the vendors' data sheets.
@@ -124,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shapes.apply_run_config(args)
 
     if args.rows % args.num_generations:
-        raise UserError(f"--rows {args.rows} must be a multiple of --num_generations {args.num_generations}")
+        raise ValueError(f"--rows {args.rows} must be a multiple of --num_generations {args.num_generations}")
     policy = shapes.load_policy(args.model, args.dtype or "auto", param_dtype="float32", remat=args.remat,
                                 mesh=args.mesh, devices=jax.devices())
     config, graphdef, mesh, random_weights = policy.model_config, policy.graphdef, policy.mesh, policy.random_weights

@@ -28,7 +28,6 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.core.distributed")
 
@@ -47,7 +46,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise UserError(f"environment variable {name}={value!r} is not an integer") from None
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def maybe_initialize(
@@ -70,7 +69,7 @@ def maybe_initialize(
     timeouts = dict(heartbeat_timeout_seconds=int(heartbeat_timeout_s), initialization_timeout=int(init_timeout_s))
     if address or count > 1:
         if not address or count < 1 or not 0 <= index < count:
-            raise UserError(
+            raise ValueError(
                 f"incomplete multi-process settings: coordinator_address={address!r}, num_processes={count}, "
                 f"process_id={index}; give all three (config keys or {ENV_ADDRESS}/{ENV_NUM}/{ENV_ID}), "
                 "with 0 <= process_id < num_processes"
@@ -88,7 +87,7 @@ def maybe_initialize(
     try:
         jax.distributed.initialize(**kwargs, **timeouts)
     except Exception as e:  # noqa: BLE001 - the runtime raises several types; all mean "could not join"
-        raise UserError(
+        raise ValueError(
             f"could not join the multi-process job ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
             f"check that every process was started with the same coordinator address and process count "
             f"within init_timeout_s={init_timeout_s}"
@@ -189,7 +188,7 @@ def abort(error: BaseException, *, output_dir: str = "", step: int | None = None
     print(
         f"error: process {jax.process_index()} of {jax.process_count()} lost the other processes of this job{where} "
         f"({type(error).__name__}: {first}); another process stopped or died (see its log). "
-        f"Rerun all processes with --config.resume=True to continue from the last checkpoint{resume}",
+        f"Rerun all processes with --config.run.resume=True to continue from the last checkpoint{resume}",
         file=sys.stderr, flush=True,
     )
     logging.shutdown()

@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import KVCache
 from openrs_jax.core.model.qwen2 import DecodeWeights, _decoder_layer, cached_hidden_states, rms_norm, rope_tables
 from openrs_jax.core.sampling import (
@@ -119,10 +118,10 @@ class Engine:
         chunk: decode steps between retirements (each is a device-to-host sync). prefill_width:
         distinct prompts one admission program prefills."""
         if sampler.mesh is not None and sampler.mesh.size > 1:
-            raise UserError("the slot engine runs on one device; build its Sampler without a multi-device mesh")
+            raise ValueError("the slot engine runs on one device; build its Sampler without a multi-device mesh")
         for name, value in (("slots", slots), ("chunk", chunk), ("prefill_width", prefill_width)):
             if value is not None and value < 1:
-                raise UserError(f"{name} must be >= 1, got {value}")
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.sampler = sampler
         self.config = sampler.config
         self.slots = slots
@@ -150,7 +149,7 @@ class Engine:
         per_slot = self.slot_bytes(prompt_len, max_new_tokens)
         slots = int((free * MEMORY_FRACTION - prefill) // per_slot)
         if slots < 1:
-            raise UserError(f"one decode slot of {per_slot} bytes (prompt {prompt_len} + {max_new_tokens} tokens) does "
+            raise ValueError(f"one decode slot of {per_slot} bytes (prompt {prompt_len} + {max_new_tokens} tokens) does "
                             f"not fit the device's {free} free bytes; lower max_new_tokens or use a bf16 cache")
         return slots
 
@@ -310,14 +309,14 @@ class Engine:
         prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
         for r in requests:
             if not 0 <= r.prompt < len(prompts):
-                raise UserError(f"request {r} names prompt {r.prompt}, but there are {len(prompts)} prompts")
+                raise ValueError(f"request {r} names prompt {r.prompt}, but there are {len(prompts)} prompts")
         used = sorted({r.prompt for r in requests})
         for i in used:
             p = prompts[i]
             if p.size == 0:
-                raise UserError(f"prompt {i} is empty")
+                raise ValueError(f"prompt {i} is empty")
             if p.min() < 0 or p.max() >= c.vocab_size:
-                raise UserError(f"prompt {i} has token ids outside [0, {c.vocab_size})")
+                raise ValueError(f"prompt {i} has token ids outside [0, {c.vocab_size})")
         if not requests:
             return
         m = sampling.max_new_tokens
@@ -397,7 +396,7 @@ def decode_devices(slots: int | None) -> tuple[list[jax.Device], bool]:
     device, static batches where several are visible. slots > 0: the engine, on the first device.
     """
     if slots is not None and slots < 0:
-        raise UserError(f"--slots must be >= 0 (0 = static batches), got {slots}")
+        raise ValueError(f"--slots must be >= 0 (0 = static batches), got {slots}")
     devices = jax.devices()
     if slots == 0 or (slots is None and len(devices) > 1):
         return devices, False

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openrs_jax.errors import UserError
 
 # Named by every "this is not a model" error, so the user sees what would have worked.
 ACCEPTED = (
@@ -47,5 +46,5 @@ def resolve_builtin(name: str | Path) -> str:
     if is_builtin_model(text):
         return str(BUILTIN_MODELS[text])
     if text.startswith(BUILTIN_PREFIX):
-        raise UserError(f"unknown built-in model {text!r}; valid: {', '.join(BUILTIN_MODELS)}")
+        raise ValueError(f"unknown built-in model {text!r}; valid: {', '.join(BUILTIN_MODELS)}")
     return text

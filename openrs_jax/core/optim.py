@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from openrs_jax.errors import UserError
 
 
 def warmup_steps_of(max_steps: int, warmup_ratio: float) -> int:
@@ -27,16 +26,21 @@ def warmup_steps_of(max_steps: int, warmup_ratio: float) -> int:
     return int(math.ceil(warmup_ratio * max_steps))
 
 
+def check_schedule(max_steps: int, warmup_ratio: float, min_lr_rate: float) -> None:
+    """Refuses a schedule `cosine_with_min_lr` cannot build."""
+    if max_steps <= 0:
+        raise ValueError(f"max_steps must be positive, got {max_steps}")
+    if not 0.0 <= warmup_ratio < 1.0:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    if not 0.0 <= min_lr_rate <= 1.0:
+        raise ValueError(f"min_lr_rate must be in [0, 1], got {min_lr_rate}")
+
+
 def cosine_with_min_lr(
     learning_rate: float, max_steps: int, warmup_ratio: float = 0.1, min_lr_rate: float = 0.1
 ) -> optax.Schedule:
     """Linear warmup 0 -> lr, then cosine lr -> lr * min_lr_rate at `max_steps` (constant after)."""
-    if max_steps <= 0:
-        raise UserError(f"max_steps must be positive, got {max_steps}")
-    if not 0.0 <= warmup_ratio < 1.0:
-        raise UserError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-    if not 0.0 <= min_lr_rate <= 1.0:
-        raise UserError(f"min_lr_rate must be in [0, 1], got {min_lr_rate}")
+    check_schedule(max_steps, warmup_ratio, min_lr_rate)
     warmup = warmup_steps_of(max_steps, warmup_ratio)
     decay = max(max_steps - warmup, 1)
 

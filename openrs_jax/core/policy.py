@@ -31,7 +31,6 @@ from openrs_jax.core.model.sources import find_training_checkpoint, tokenizer_di
 from openrs_jax.core.model_paths import ACCEPTED, BUILTIN_MODELS, is_builtin_model, is_preset, resolve_builtin
 from openrs_jax.core.sampling import Sampler
 from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
-from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.policy")
 
@@ -52,7 +51,7 @@ def resolve_dtype(dtype: str | None) -> str:
     if dtype in (None, "auto"):
         return default_compute_dtype()
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     return dtype
 
 
@@ -69,7 +68,7 @@ def build_mesh(spec: Mapping[str, int] | str | None = None, devices: Sequence[ja
     return sharding.make_mesh(sizes, devices)
 
 
-def resolve_model_path(name: str, flag: str = "--config.model_path") -> str:
+def resolve_model_path(name: str, flag: str = "--config.model.path") -> str:
     """A local model for `name`: itself (a path, a built-in, a preset) or a Hub snapshot (org/name)."""
     if is_builtin_model(name) or is_preset(name) or Path(resolve_builtin(name)).expanduser().exists():
         return name  # (resolve_builtin refuses an unknown built-in name, naming those that exist)
@@ -82,18 +81,18 @@ def resolve_model_path(name: str, flag: str = "--config.model_path") -> str:
 
             return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
         except Exception as e:  # noqa: BLE001 - offline, gated, misspelt: all mean the same to the user
-            raise UserError(
+            raise ValueError(
                 f"model {name!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
                 f"({type(e).__name__}); download it first and set {flag} to its directory"
             ) from None
-    raise UserError(f"model path {name} does not exist: give {ACCEPTED}")
+    raise ValueError(f"model path {name} does not exist: give {ACCEPTED}")
 
 
 def _config_only(path: Path) -> Path | None:
     """The config.json of a path that holds a model's shape but no weights, else None."""
     if path.is_file():
         if path.suffix != ".json":
-            raise UserError(f"{path} is a file but not a config.json; give a model directory or its config.json")
+            raise ValueError(f"{path} is a file but not a config.json; give a model directory or its config.json")
         return path
     holds_weights = is_hf_directory(path) or is_flax_checkpoint(path) or find_training_checkpoint(path)
     if not holds_weights and (path / "config.json").is_file():
@@ -169,7 +168,7 @@ class Policy:
         need_tokenizer: bool = True,
         allow_config_only: bool = False,
         sampler_options: Mapping[str, Any] | None = None,
-        flags: tuple[str, str] = ("--config.model_path", "--config.tokenizer_path"),
+        flags: tuple[str, str] = ("--config.model.path", "--config.model.tokenizer_path"),
     ) -> "Policy":
         """Resolves `model_path` (see the module doc) without reading weights.
 
@@ -191,12 +190,12 @@ class Policy:
         tokenizer = load_tokenizer(directory) if directory is not None else None
         if tokenizer is not None:
             if require_chat_template and not tokenizer.has_chat_template:
-                raise UserError(
+                raise ValueError(
                     f"tokenizer {directory} has no chat template; use a chat model's tokenizer "
                     "(tokenizer_config.json with chat_template, or chat_template.jinja)"
                 )
             if tokenizer.vocab_size > base.vocab_size:
-                raise UserError(
+                raise ValueError(
                     f"tokenizer has {tokenizer.vocab_size} tokens but the model only {base.vocab_size}: "
                     f"{tokenizer_flag} does not belong to {model_flag}"
                 )

@@ -30,7 +30,7 @@ start finished and are dropped from the output.
 
 Memory. The KV cache (one [rows, kv_heads, slots, head_dim] array per layer, in `cache_dtype`,
 by default the compute dtype) is sized before anything is allocated (`memory_needed`); a call
-that does not fit the devices' free memory raises a UserError saying how many bytes it needs.
+that does not fit the devices' free memory raises a ValueError saying how many bytes it needs.
 On a CPU with bf16 compute, pass cache_dtype="float32": XLA:CPU updates a bf16 cache out of
 place.
 
@@ -66,7 +66,6 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.model import KVCache, Qwen2Config, Qwen2ForCausalLM, abstract_model
 from openrs_jax.core.model.decode_attention import DecodeAttention, targets_gpu
 from openrs_jax.core.model.qwen2 import DecodeWeights, cached_hidden_states, decode_weights
@@ -110,13 +109,13 @@ class SamplingParams:
         eos = (eos,) if isinstance(eos, (int, np.integer)) else tuple(int(e) for e in (eos or ()))
         object.__setattr__(self, "eos_ids", eos)
         if not self.temperature >= 0:
-            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 0:
-            raise UserError(f"top_k must be >= 0 (0 or None = off), got {self.top_k}")
+            raise ValueError(f"top_k must be >= 0 (0 or None = off), got {self.top_k}")
         if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     @property
     def greedy(self) -> bool:
@@ -420,10 +419,10 @@ class Sampler:
         cache_bucket: cache slots are rounded up to a multiple of it, so that prompt buckets
         share one decode program (default 512 with the kernel, 1 otherwise)."""
         if prompt_bucket < 1:
-            raise UserError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
+            raise ValueError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
         for name, value in (("check_every", check_every), ("cache_bucket", cache_bucket)):
             if value is not None and value < 1:
-                raise UserError(f"{name} must be >= 1, got {value}")
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.config = config
         self.mesh = mesh
         self.prompt_bucket = prompt_bucket
@@ -719,7 +718,7 @@ class Sampler:
         for device in devices:
             free = free_device_bytes(device)
             if free is not None and needed > free:
-                raise UserError(
+                raise ValueError(
                     f"sampling {rows} rows with a KV cache of {cache_len} slots needs {_gib(needed)} "
                     f"({needed} bytes) per device, but {device} has {_gib(free)} free; use fewer "
                     "prompts or samples per call, fewer max_new_tokens, a bf16 cache, or more devices"
@@ -748,17 +747,17 @@ class Sampler:
         t0 = time.perf_counter()
         c = self.config
         if num_samples < 1:
-            raise UserError(f"num_samples must be >= 1, got {num_samples}")
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
         if not prompts:
-            raise UserError("no prompts to sample from")
+            raise ValueError("no prompts to sample from")
         for i, p in enumerate(prompts):
             if p.size == 0:
-                raise UserError(f"prompt {i} is empty")
+                raise ValueError(f"prompt {i} is empty")
             if p.min() < 0 or p.max() >= c.vocab_size:
-                raise UserError(f"prompt {i} has token ids outside [0, {c.vocab_size})")
+                raise ValueError(f"prompt {i} has token ids outside [0, {c.vocab_size})")
         if not 0 <= sampling.pad_id < c.vocab_size:
-            raise UserError(f"pad id {sampling.pad_id} is outside the vocabulary [0, {c.vocab_size})")
+            raise ValueError(f"pad id {sampling.pad_id} is outside the vocabulary [0, {c.vocab_size})")
 
         num_prompts, m = len(prompts), sampling.max_new_tokens
         prompt_len = bucket_length(max(p.size for p in prompts), self.prompt_bucket)
@@ -784,7 +783,7 @@ class Sampler:
         if stop_lengths is not None:
             stop_lengths = np.asarray(stop_lengths).reshape(-1)
             if stop_lengths.size != num_prompts * num_samples or not sampling.eos_ids:
-                raise UserError(f"stop_lengths needs one length per row ({num_prompts * num_samples}) and an EOS id")
+                raise ValueError(f"stop_lengths needs one length per row ({num_prompts * num_samples}) and an EOS id")
             stop_at[: stop_lengths.size] = np.clip(stop_lengths, 1, m + 1)
         tokens, logprobs, kept, cache = self._decode(
             weights, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), stop_at, plan

@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from openrs_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Axes that split batch rows: every device but those of one tensor-parallel group sees other rows.
@@ -71,20 +70,20 @@ def parse_mesh_spec(spec: Mapping[str, int] | str | None) -> dict[str, int]:
         for part in filter(None, (s.strip() for s in spec.split(","))):
             name, sep, value = part.partition("=")
             if not sep:
-                raise UserError(f"mesh spec {spec!r}: write axes as name=size, e.g. 'data=1,fsdp=-1,tensor=1'")
+                raise ValueError(f"mesh spec {spec!r}: write axes as name=size, e.g. 'data=1,fsdp=-1,tensor=1'")
             items[name.strip()] = value.strip()
         spec = items
     unknown = set(spec) - set(MESH_AXES)
     if unknown:
-        raise UserError(f"unknown mesh axes {sorted(unknown)}; valid axes: {', '.join(MESH_AXES)}")
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid axes: {', '.join(MESH_AXES)}")
     sizes = {}
     for axis in MESH_AXES:
         try:
             sizes[axis] = int(spec.get(axis, 1))
         except (TypeError, ValueError):
-            raise UserError(f"mesh axis {axis}={spec[axis]!r} is not an integer") from None
+            raise ValueError(f"mesh axis {axis}={spec[axis]!r} is not an integer") from None
         if sizes[axis] == 0 or sizes[axis] < -1:
-            raise UserError(f"mesh axis {axis}={sizes[axis]}: sizes are positive, or -1 for 'all remaining devices'")
+            raise ValueError(f"mesh axis {axis}={sizes[axis]}: sizes are positive, or -1 for 'all remaining devices'")
     return sizes
 
 
@@ -94,14 +93,14 @@ def make_mesh(spec: Mapping[str, int] | str | None = None, devices: Sequence[jax
     sizes = parse_mesh_spec(spec)
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
-        raise UserError(f"mesh {sizes}: at most one axis may be -1")
+        raise ValueError(f"mesh {sizes}: at most one axis may be -1")
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if free:
         if len(devices) % fixed:
-            raise UserError(f"mesh {sizes}: {len(devices)} devices are not a multiple of {fixed}")
+            raise ValueError(f"mesh {sizes}: {len(devices)} devices are not a multiple of {fixed}")
         sizes[free[0]] = len(devices) // fixed
     if math.prod(sizes.values()) != len(devices):
-        raise UserError(
+        raise ValueError(
             f"mesh {sizes} needs {math.prod(sizes.values())} devices but {len(devices)} are available; "
             "set one axis to -1 to use them all"
         )
@@ -190,7 +189,7 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
             continue
         value = np.asarray(value) if not isinstance(value, jax.Array) else value
         if value.shape[0] % dp:
-            raise UserError(
+            raise ValueError(
                 f"batch field {key!r} has {value.shape[0]} rows, not a multiple of the "
                 f"{dp} data-parallel devices (mesh {dict(mesh.shape)})"
             )

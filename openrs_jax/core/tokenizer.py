@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.errors import UserError
 
 # Special-token names a chat template may read (transformers passes its special tokens map).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -35,7 +34,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from e
+        raise ValueError(f"cannot read {path}: {e}") from e
 
 
 def _pick_chat_template(directory: Path, config: Mapping[str, Any]) -> str | None:
@@ -80,7 +79,7 @@ def _compile_template(source: str) -> Any:
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
-        raise UserError(f"the tokenizer's chat template does not compile: {e}") from e
+        raise ValueError(f"the tokenizer's chat template does not compile: {e}") from e
 
 
 @dataclass
@@ -136,7 +135,7 @@ class Tokenizer:
     def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """The conversation rendered as text, as `transformers`' `apply_chat_template(tokenize=False)`."""
         if self.chat_template is None:
-            raise UserError(
+            raise ValueError(
                 f"the tokenizer in {self.path} has no chat template (no chat_template.jinja and no "
                 "'chat_template' in tokenizer_config.json): use a chat model's tokenizer"
             )
@@ -159,7 +158,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """Loads a Hugging Face tokenizer directory (tokenizer.json + tokenizer_config.json [+ extras]).
 
     Special tokens come from tokenizer_config.json, overridden by special_tokens_map.json as
-    transformers does; pad falls back to eos. Raises UserError for a missing directory, a
+    transformers does; pad falls back to eos. Raises ValueError for a missing directory, a
     missing tokenizer.json or a tokenizer without an EOS token. `builtin:tiny` is the demo
     model's tokenizer (`openrs_jax.core.model_paths`).
     """
@@ -169,17 +168,17 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
     directory = Path(resolve_builtin(path)).expanduser()
     if not directory.is_dir():
-        raise UserError(f"tokenizer directory {directory} does not exist: give a Hugging Face model or tokenizer directory")
+        raise ValueError(f"tokenizer directory {directory} does not exist: give a Hugging Face model or tokenizer directory")
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
-        raise UserError(
+        raise ValueError(
             f"{directory} has no tokenizer.json: save the tokenizer with a fast (tokenizers-backed) "
             "Hugging Face tokenizer, or point --tokenizer at a directory that has one"
         )
     try:
         backend = Backend.from_file(str(tokenizer_file))
     except Exception as e:  # the Rust side raises a plain Exception for malformed files
-        raise UserError(f"cannot load {tokenizer_file}: {e}") from e
+        raise ValueError(f"cannot load {tokenizer_file}: {e}") from e
 
     config_file = directory / "tokenizer_config.json"
     config = _read_json(config_file) if config_file.is_file() else {}
@@ -193,10 +192,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
     for name, token in special.items():
         if backend.token_to_id(token) is None:
-            raise UserError(f"{name} {token!r} of {directory} is not in its vocabulary")
+            raise ValueError(f"{name} {token!r} of {directory} is not in its vocabulary")
     eos = special.get("eos_token")
     if eos is None:
-        raise UserError(
+        raise ValueError(
             f"the tokenizer in {directory} defines no eos_token (tokenizer_config.json or "
             "special_tokens_map.json): generation needs one to know where a completion ends"
         )

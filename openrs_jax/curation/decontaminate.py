@@ -32,7 +32,6 @@ from typing import Any
 from openrs_jax.curation.io import row_answer
 from openrs_jax.curation.text import NgramIndex, normalize, normalize_answer
 from openrs_jax.recipe.data import load_rows
-from openrs_jax.errors import UserError
 
 PROBLEM_FIELDS = ("problem", "question")
 
@@ -60,7 +59,7 @@ def benchmark_rows(task: str, rows: Sequence[Mapping[str, Any]], where: str) -> 
     field_name = next((f for f in PROBLEM_FIELDS if f in rows[0]), None) if rows else None
     if field_name is None:
         have = ", ".join(sorted(rows[0])) if rows else "no rows"
-        raise UserError(f"{where}: benchmark rows need a 'problem' or 'question' field (it has: {have})")
+        raise ValueError(f"{where}: benchmark rows need a 'problem' or 'question' field (it has: {have})")
     return [
         BenchmarkRow(task, i, _row_id(row, i), str(row[field_name]), row_answer(row))
         for i, row in enumerate(rows)
@@ -77,15 +76,15 @@ def load_benchmarks(benchmarks_dir: str | Path | None, tasks: Sequence[str] | No
     if benchmarks_dir is not None:
         folder = Path(benchmarks_dir).expanduser()
         if not folder.is_dir():
-            raise UserError(f"--benchmarks_dir {folder} is not a folder of <task>.jsonl files")
+            raise ValueError(f"--benchmarks_dir {folder} is not a folder of <task>.jsonl files")
         names = list(tasks) if tasks else sorted(p.stem for p in folder.glob("*.jsonl"))
         if not names:
-            raise UserError(f"--benchmarks_dir {folder} holds no .jsonl files")
+            raise ValueError(f"--benchmarks_dir {folder} holds no .jsonl files")
         out: list[BenchmarkRow] = []
         for name in names:
             path = folder / f"{name}.jsonl"
             if not path.is_file():
-                raise UserError(f"{path} not found: --benchmarks_dir must hold {name}.jsonl for task {name}")
+                raise ValueError(f"{path} not found: --benchmarks_dir must hold {name}.jsonl for task {name}")
             out.extend(benchmark_rows(name, load_rows(str(path)), str(path)))
         return out
     from openrs_jax.evaluation.tasks import TASKS, load_task
@@ -97,7 +96,7 @@ def load_benchmarks(benchmarks_dir: str | Path | None, tasks: Sequence[str] | No
     for name in names:
         spec = TASKS.get(name)
         if spec is None:
-            raise UserError(f"unknown task {name!r}: choose from {', '.join(TASKS)}, or give --benchmarks_dir")
+            raise ValueError(f"unknown task {name!r}: choose from {', '.join(TASKS)}, or give --benchmarks_dir")
         for p in load_task(name):
             answer = p.gold if spec.answer_only else row_answer({"solution": p.gold})
             out.append(BenchmarkRow(name, p.index, p.index, p.problem, answer))
@@ -153,9 +152,9 @@ class Decontaminator:
     def __init__(self, benchmarks: Sequence[BenchmarkRow], n: int = 8, threshold: float = 0.5,
                  answer_threshold: float | None = 0.3):
         if not 0 < threshold <= 1:
-            raise UserError(f"--threshold must be in (0, 1], got {threshold}")
+            raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
         if answer_threshold is not None and not 0 < answer_threshold <= threshold:
-            raise UserError(f"--answer_threshold must be in (0, threshold={threshold}], got {answer_threshold}")
+            raise ValueError(f"--answer_threshold must be in (0, threshold={threshold}], got {answer_threshold}")
         self.benchmarks = list(benchmarks)
         self.threshold = threshold
         self.answer_threshold = answer_threshold

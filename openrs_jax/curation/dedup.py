@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrs_jax.curation.text import NgramIndex, normalize
-from openrs_jax.errors import UserError
 
 WITHIN = "within"
 ACROSS = "across"
@@ -58,9 +57,9 @@ def dedup(
     near-duplicate detection with word n-grams of size `n`.
     """
     if near_threshold is not None and not 0 < near_threshold <= 1:
-        raise UserError(f"--near_threshold must be in (0, 1], got {near_threshold}")
+        raise ValueError(f"--near_threshold must be in (0, 1], got {near_threshold}")
     if against and name in against:
-        raise UserError(f"the input and an --against source are both named {name!r}: give them different names")
+        raise ValueError(f"the input and an --against source are both named {name!r}: give them different names")
     rows = list(rows)
     sources = {**(against or {}), name: rows}
     seen: dict[str, tuple[str, int]] = {}  # normalised text -> (source, row)

@@ -30,7 +30,6 @@ from typing import Any
 
 from openrs_jax.cli import add_slots_argument
 from openrs_jax.curation.io import read_rows, write_dataset
-from openrs_jax.errors import UserError
 from openrs_jax.files import append_jsonl, atomic_write_json, read_keyed_jsonl, write_jsonl
 from openrs_jax.core.model_paths import MODEL_HELP
 from openrs_jax.recipe.rewards.gold import gold_from_row, gold_parses
@@ -94,14 +93,14 @@ class Band:
         """'[0,1)', '(0,1)', '[0.2, 0.8]' ..."""
         m = re.fullmatch(r"\s*([\[(])\s*([0-9.]+)\s*,\s*([0-9.]+)\s*([\])])\s*", text)
         if not m:
-            raise UserError(f"--band {text!r} is not an interval like '[0,1)' or '(0,1)' (quote it in the shell)")
+            raise ValueError(f"--band {text!r} is not an interval like '[0,1)' or '(0,1)' (quote it in the shell)")
         try:
             low, high = float(m.group(2)), float(m.group(3))
         except ValueError:
-            raise UserError(f"--band {text!r}: the bounds must be numbers") from None
+            raise ValueError(f"--band {text!r}: the bounds must be numbers") from None
         band = cls(low, high, m.group(1) == "[", m.group(4) == "]")
         if not (0 <= low <= high <= 1) or not any(band.contains(x) for x in (low, high, (low + high) / 2)):
-            raise UserError(f"--band {text!r} holds no pass rate: bounds must satisfy 0 <= low <= high <= 1")
+            raise ValueError(f"--band {text!r} holds no pass rate: bounds must satisfy 0 <= low <= high <= 1")
         return band
 
     def contains(self, rate: float) -> bool:
@@ -137,7 +136,7 @@ def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
         diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
                 if old.get(k) != settings.get(k)]
         if diff:
-            raise UserError(
+            raise ValueError(
                 f"{output_dir} holds pass rates sampled with other settings ({'; '.join(diff)}); use another "
                 f"--output_dir (reusing the old rates with --pass_rates {output_dir / PASS_RATES_FILE} if wanted)"
             )
@@ -325,7 +324,7 @@ def problems_of(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Problem], list[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The `difficulty` step: pass rates (reused or sampled), the band, outputs; returns stats."""
     if args.num_samples < 1 or args.batch_size < 1:
-        raise UserError("--num_samples and --batch_size must be >= 1")
+        raise ValueError("--num_samples and --batch_size must be >= 1")
     band = Band.parse(args.band)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     known: dict[str, dict[str, Any]] = {}
     if args.pass_rates:
         if not Path(args.pass_rates).is_file():
-            raise UserError(f"--pass_rates {args.pass_rates} does not exist")
+            raise ValueError(f"--pass_rates {args.pass_rates} does not exist")
         known.update(read_pass_rates(args.pass_rates))
     reused = sum(p.key in known for p in problems)
     own = output_dir / PASS_RATES_FILE
@@ -354,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampled: list[dict[str, Any]] = []
     if todo:
         if not args.model:
-            raise UserError(f"{len(todo)} of {len(problems)} problems have no pass rate"
+            raise ValueError(f"{len(todo)} of {len(problems)} problems have no pass rate"
                             f"{' in ' + args.pass_rates if args.pass_rates else ''}; give --model to sample them")
         check_settings(output_dir, settings)
         from openrs_jax.recipe.prompts import render_prompts_ids

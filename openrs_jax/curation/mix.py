@@ -23,7 +23,6 @@ import numpy as np
 
 from openrs_jax.curation.io import row_answer
 from openrs_jax.curation.text import normalize
-from openrs_jax.errors import UserError
 
 MIX_COLUMNS = ("problem", "solution", "answer", "source", "pass_rate")
 _NAME = re.compile(r"^[\w.+-]+$")
@@ -49,9 +48,9 @@ def parse_source(spec: str) -> MixSource:
     if sep and (last.isdigit() or last == "all"):
         dataset, count = base, None if last == "all" else int(last)
     if not dataset:
-        raise UserError(f"--source {spec!r} names no dataset; write [NAME=]DATASET[:COUNT]")
+        raise ValueError(f"--source {spec!r} names no dataset; write [NAME=]DATASET[:COUNT]")
     if count is not None and count < 1:
-        raise UserError(f"--source {spec!r}: COUNT must be >= 1 (or 'all')")
+        raise ValueError(f"--source {spec!r}: COUNT must be >= 1 (or 'all')")
     if name is None:
         path = Path(dataset.rstrip("/"))
         name = path.stem if path.suffix in (".json", ".jsonl", ".parquet") else path.name
@@ -84,7 +83,7 @@ def mix(
     """Draws each source's count in its seeded order; returns (rows, stats)."""
     names = [s.name for s, _ in sources]
     if len(set(names)) != len(names):
-        raise UserError(f"source names must differ, got {names}; name them with NAME=DATASET")
+        raise ValueError(f"source names must differ, got {names}; name them with NAME=DATASET")
     taken: set[str] = set()
     rows: list[dict[str, Any]] = []
     per_source: dict[str, dict[str, Any]] = {}
@@ -102,7 +101,7 @@ def mix(
             taken.add(key)
             picked.append(mix_row(source_rows[i], source.name))
         if source.count is not None and len(picked) < want:
-            raise UserError(
+            raise ValueError(
                 f"source {source.name!r} ({source.dataset}) has {len(picked)} usable rows of the {want} asked for "
                 f"({len(source_rows)} rows, {skipped} already taken by this or an earlier source)"
             )

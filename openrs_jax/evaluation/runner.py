@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
 from openrs_jax.files import append_jsonl, atomic_write_json, iter_jsonl, read_keyed_jsonl, write_jsonl
@@ -62,22 +61,20 @@ class EvalSettings:
     max_model_length: int = 0
 
     def __post_init__(self) -> None:
+        from openrs_jax.core.sampling import SamplingParams
+        from openrs_jax.recipe.data import ROLLOUT_BOS, check_choice
+
         if self.num_samples < 1:
-            raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        # temperature, top_p, max_new_tokens: checked where sampling owns them.
+        SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
         if self.batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.scoring not in SCORING_MODES:
-            raise UserError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
-        if self.bos not in ("single", "double"):
-            raise UserError(f"bos must be single or double, got {self.bos!r}")
+            raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
+        check_choice("bos", self.bos, ROLLOUT_BOS)
         if self.max_model_length < 0:
-            raise UserError(f"max_model_length must be >= 0 (0: no cap), got {self.max_model_length}")
+            raise ValueError(f"max_model_length must be >= 0 (0: no cap), got {self.max_model_length}")
 
     def new_token_cap(self, prompt_tokens: int) -> int:
         """The most new tokens a prompt of this length gets.
@@ -158,12 +155,12 @@ def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e}): delete it or use another --out") from e
+            raise ValueError(f"{path} is not valid JSON ({e}): delete it or use another --out") from e
         old = stored.get("generation", {})
         diff = [f"{k}: {old.get(k)!r} -> {generation.get(k)!r}"
                 for k in sorted(set(old) | set(generation)) if old.get(k) != generation.get(k)]
         if diff:
-            raise UserError(
+            raise ValueError(
                 f"{out_dir} holds samples generated with other settings ({'; '.join(diff)}); "
                 "use another --out directory, or delete its details_*.jsonl and eval_config.json"
             )
@@ -443,23 +440,23 @@ def read_completions(path: str | Path) -> dict[str, dict[int, list[dict[str, Any
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"completions file {p} does not exist")
+        raise ValueError(f"completions file {p} does not exist")
     found: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for line_no, row in iter_jsonl(p):
         try:
             task, index, completion = row["task"], row["index"], row["completion"]
         except (KeyError, TypeError) as e:
-            raise UserError(
+            raise ValueError(
                 f"{p}:{line_no}: expected a JSON object with task, index and completion ({type(e).__name__}: {e})"
             ) from e
         get_task(task)
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise UserError(f"{p}:{line_no}: index must be a row number (int >= 0), got {index!r}")
+            raise ValueError(f"{p}:{line_no}: index must be a row number (int >= 0), got {index!r}")
         if not isinstance(completion, str):
-            raise UserError(f"{p}:{line_no}: completion must be a string")
+            raise ValueError(f"{p}:{line_no}: completion must be a string")
         found[task][index].append(row)
     if not found:
-        raise UserError(f"{p} holds no completions")
+        raise ValueError(f"{p} holds no completions")
     return found
 
 
@@ -491,10 +488,10 @@ def run_completions_eval(
         problems = load_task(name, data_dir)
         by_index = found.get(name, {})
         if not by_index:
-            raise UserError(f"{completions_file} has no completions for task {name}")
+            raise ValueError(f"{completions_file} has no completions for task {name}")
         beyond = [i for i in by_index if i >= len(problems)]
         if beyond:
-            raise UserError(f"{completions_file}: task {name} has {len(problems)} rows, but completions name index {max(beyond)}")
+            raise ValueError(f"{completions_file}: task {name} has {len(problems)} rows, but completions name index {max(beyond)}")
         run = TaskRun(spec, problems, settings.scoring, path=details_path(out, name) if out else None,
                       settings=settings_file)
         run.load(rescore)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.errors import UserError
 from openrs_jax.evaluation.scoring import GoldKind
 from openrs_jax.files import read_jsonl
 
@@ -58,7 +57,7 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise UserError(f"unknown task {name!r}: choose from {', '.join(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}: choose from {', '.join(TASKS)}") from None
 
 
 def parse_task_names(text: str | Iterable[str]) -> list[str]:
@@ -66,7 +65,7 @@ def parse_task_names(text: str | Iterable[str]) -> list[str]:
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n).strip() for n in text]
     names = list(dict.fromkeys(n for n in names if n))
     if not names:
-        raise UserError(f"no task given: choose from {', '.join(TASKS)}")
+        raise ValueError(f"no task given: choose from {', '.join(TASKS)}")
     for name in names:
         get_task(name)
     return names
@@ -77,7 +76,7 @@ def _problems_from_rows(spec: TaskSpec, rows: Iterable[Mapping[str, Any]], where
     for i, row in enumerate(rows):
         for field in (spec.problem_field, spec.gold_field):
             if row.get(field) is None:
-                raise UserError(
+                raise ValueError(
                     f"{where}: row {i} has no {field!r} field (task {spec.name} reads "
                     f"{spec.problem_field!r} and {spec.gold_field!r})"
                 )
@@ -90,11 +89,11 @@ def _load_hub(spec: TaskSpec) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError as e:
-        raise UserError("loading benchmarks from the Hub needs the `datasets` package (or pass --data_dir)") from e
+        raise ValueError("loading benchmarks from the Hub needs the `datasets` package (or pass --data_dir)") from e
     try:
         dataset = datasets.load_dataset(spec.hub_id, split=spec.split)
     except Exception as e:  # network, auth and missing-split errors come in many types
-        raise UserError(
+        raise ValueError(
             f"cannot load {spec.hub_id} (split {spec.split}) for task {spec.name} from the Hugging Face Hub "
             f"({type(e).__name__}: {e}); offline, pass --data_dir DIR holding {spec.name}.jsonl"
         ) from e
@@ -110,7 +109,7 @@ def load_task(name: str, data_dir: str | Path | None = None, limit: int | None =
     if data_dir is not None:
         path = Path(data_dir).expanduser() / f"{name}.jsonl"
         if not path.is_file():
-            raise UserError(f"{path} not found: --data_dir must hold <task>.jsonl files ({name}.jsonl for {name})")
+            raise ValueError(f"{path} not found: --data_dir must hold <task>.jsonl files ({name}.jsonl for {name})")
         rows, where = read_jsonl(path), str(path)
     else:
         rows, where = _load_hub(spec), f"{spec.hub_id} ({spec.split})"
@@ -118,5 +117,5 @@ def load_task(name: str, data_dir: str | Path | None = None, limit: int | None =
         rows = rows[: max(0, limit)]
     problems = _problems_from_rows(spec, rows, where)
     if not problems:
-        raise UserError(f"{where} has no rows for task {name}")
+        raise ValueError(f"{where} has no rows for task {name}")
     return problems

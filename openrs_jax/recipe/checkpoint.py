@@ -17,7 +17,6 @@ from typing import Any, Iterator
 import numpy as np
 import orbax.checkpoint as ocp
 
-from openrs_jax.errors import UserError
 
 log = logging.getLogger("openrs_jax.recipe.checkpoint")
 
@@ -72,7 +71,7 @@ def read_step_params(step_dir: Path) -> dict[str, Any]:
     with _quiet_absl(), ocp.PyTreeCheckpointer() as ckptr:
         tree = ckptr.metadata(step_dir / STATE).item_metadata.tree
         if "params" not in tree:
-            raise UserError(f"{step_dir / STATE} holds no parameters (found: {', '.join(sorted(tree))})")
+            raise ValueError(f"{step_dir / STATE} holds no parameters (found: {', '.join(sorted(tree))})")
         # A partial restore of the `params` subtree: orbax reads those arrays and nothing else.
         item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree["params"])}
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
@@ -128,7 +127,7 @@ class Checkpointer:
             )
             self.manager.wait_until_finished()
         except OSError as e:
-            raise UserError(
+            raise ValueError(
                 f"could not save checkpoint {step} in {self.directory} ({e.strerror or e}); "
                 "free disk space or choose another output_dir; the previous checkpoint is intact"
             ) from None
@@ -149,7 +148,7 @@ class Checkpointer:
                 ),
             )
         except (ValueError, KeyError) as e:
-            raise UserError(
+            raise ValueError(
                 f"checkpoint {self.directory / str(step)} does not fit this model/optimizer "
                 f"({str(e).splitlines()[0][:300]}); resume with the config it was written with"
             ) from None
@@ -163,7 +162,7 @@ class Checkpointer:
     def _resolve(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
         if step is None:
-            raise UserError(f"no checkpoint in {self.directory} to resume from")
+            raise ValueError(f"no checkpoint in {self.directory} to resume from")
         return step
 
     def close(self) -> None:

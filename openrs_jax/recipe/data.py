@@ -21,7 +21,6 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from openrs_jax.errors import UserError
 from openrs_jax.files import read_jsonl
 from openrs_jax.hub import require_hub
 
@@ -31,6 +30,33 @@ LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 LONG_PROMPTS = ("drop", "truncate_left")
 ROLLOUT_BOS = ("single", "double")
 PROMPT_ORDERS = ("numpy", "trl")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The run config's `data` section, checked: where the prompts come from and how they are fed."""
+
+    dataset: str
+    split: str = "train"
+    system_prompt: str = ""
+    max_prompt_length: int = 512
+    prompt_order: str = "numpy"
+    long_prompts: str = "drop"
+
+    def __post_init__(self) -> None:
+        from openrs_jax.recipe import toy
+
+        toy.check_name(self.dataset, "--config.data.dataset", "dataset")
+        if self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length={self.max_prompt_length} must be >= 1")
+        check_choice("prompt_order", self.prompt_order, PROMPT_ORDERS)
+        check_choice("long_prompts", self.long_prompts, LONG_PROMPTS)
+
+
+def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    """Refuses a value of `key` outside `valid`, naming them."""
+    if value not in valid:
+        raise ValueError(f"{key}={value!r}: use {' or '.join(valid)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,20 +102,20 @@ def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
-                    raise UserError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
+                    raise ValueError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
                 ds = ds[split]
             return [dict(r) for r in ds]
         for name in (f"{split}.jsonl", f"{split}.json", f"{split}.parquet", "data.jsonl"):
             if (path / name).is_file():
                 return _read_local(path / name, split)
-        raise UserError(f"dataset folder {path} holds no {split}.jsonl, {split}.json, {split}.parquet or data.jsonl")
+        raise ValueError(f"dataset folder {path} holds no {split}.jsonl, {split}.json, {split}.parquet or data.jsonl")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
     if path.suffix in (".json", ".jsonl"):
         return _read_json_rows(path)
-    raise UserError(f"dataset file {path} must end in {', '.join(LOCAL_SUFFIXES)}")
+    raise ValueError(f"dataset file {path} must end in {', '.join(LOCAL_SUFFIXES)}")
 
 
 def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
@@ -98,7 +124,7 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
     if path.exists():
         rows = _read_local(path, split)
     elif path.suffix in LOCAL_SUFFIXES or dataset_name.startswith((".", "/", "~")):
-        raise UserError(f"dataset file {path} does not exist: check dataset_name")
+        raise ValueError(f"dataset file {path} does not exist: check dataset_name")
     else:
         require_hub(f"dataset {dataset_name!r}", "give a local copy: a JSON/JSONL/parquet file or a folder with "
                     f"{split}.jsonl (dataset_name in training, --input in curate)")
@@ -107,13 +133,13 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
 
             rows = [dict(r) for r in datasets.load_dataset(dataset_name, split=split)]
         except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-            raise UserError(
+            raise ValueError(
                 f"could not load dataset {dataset_name!r} split {split!r} from the Hugging Face Hub "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "check the name, or give a local JSON/JSONL/parquet path as dataset_name"
             ) from None
     if not rows:
-        raise UserError(f"dataset {dataset_name!r} (split {split!r}) is empty")
+        raise ValueError(f"dataset {dataset_name!r} (split {split!r}) is empty")
     return rows
 
 
@@ -124,7 +150,7 @@ def check_columns(rows: list[Mapping[str, Any]], dataset_name: str) -> None:
         need = ["problem"] if "problem" not in columns else []
         if not ({"solution", "answer"} & columns):
             need.append("solution or answer")
-        raise UserError(
+        raise ValueError(
             f"dataset {dataset_name!r} lacks the column(s) {' and '.join(need)} "
             f"(it has: {', '.join(sorted(columns))}); rename its columns to problem and solution/answer"
         )
@@ -150,10 +176,8 @@ def build_dataset(
     """
     from openrs_jax.recipe.prompts import render_prompt
 
-    if long_prompts not in LONG_PROMPTS:
-        raise UserError(f"long_prompts={long_prompts!r}: use {' or '.join(LONG_PROMPTS)}")
-    if rollout_bos not in ROLLOUT_BOS:
-        raise UserError(f"rollout_bos={rollout_bos!r}: use {' or '.join(ROLLOUT_BOS)}")
+    check_choice("long_prompts", long_prompts, LONG_PROMPTS)
+    check_choice("rollout_bos", rollout_bos, ROLLOUT_BOS)
     from openrs_jax.recipe.rewards.gold import gold_from_row
 
     rows = list(rows)
@@ -181,7 +205,7 @@ def build_dataset(
                     "their last %d tokens (long_prompts=truncate_left)", truncated, len(rows), max_prompt_length,
                     max_prompt_length)
     if not examples:
-        raise UserError(
+        raise ValueError(
             f"every prompt of {dataset_name!r} is longer than max_prompt_length={max_prompt_length} tokens; "
             "raise max_prompt_length or shorten the system prompt"
         )
@@ -229,9 +253,9 @@ class PromptOrder:
     def restore(self, state: Mapping[str, Any]) -> None:
         saved = state.get("kind", "numpy")  # checkpoints older than prompt_order hold a numpy order
         if saved != self.kind:
-            raise UserError(
+            raise ValueError(
                 f"the checkpoint was written with prompt_order={saved!r} but this run uses {self.kind!r}; "
-                f"resume with --config.prompt_order={saved}, or choose another output_dir"
+                f"resume with --config.data.prompt_order={saved}, or choose another output_dir"
             )
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
@@ -251,7 +275,7 @@ class TorchGenerator:
 
     def __init__(self, seed: int):
         if not 0 <= seed < 2**32:
-            raise UserError(f"seed={seed}: the trl prompt order needs a seed in [0, 2**32)")
+            raise ValueError(f"seed={seed}: the trl prompt order needs a seed in [0, 2**32)")
         key, pos = np.random.RandomState(seed).get_state()[1:3]
         self.bits = np.random.MT19937()
         self.bits.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": pos}}
@@ -270,7 +294,7 @@ def torch_randperm(n: int, generator: TorchGenerator) -> np.ndarray:
     one generator continue its stream, as torch's do.
     """
     if n >= TORCH_RANDPERM_LIMIT:
-        raise UserError(f"a dataset of {n} rows is too large for the trl prompt order (limit {TORCH_RANDPERM_LIMIT - 1})")
+        raise ValueError(f"a dataset of {n} rows is too large for the trl prompt order (limit {TORCH_RANDPERM_LIMIT - 1})")
     steps = max(n - 1, 0)
     offsets = generator.random(steps) % (n - np.arange(steps, dtype=np.int64))
     perm = list(range(n))
@@ -300,7 +324,7 @@ class TrlPromptOrder:
 
     def __post_init__(self) -> None:
         if self.size < self.block:
-            raise UserError(
+            raise ValueError(
                 f"the dataset has {self.size} prompts, fewer than prompts_per_step={self.block}: "
                 "the trl prompt order draws whole blocks"
             )
@@ -328,10 +352,7 @@ class TrlPromptOrder:
 
 def make_prompt_order(kind: str, size: int, seed: int, block: int) -> PromptOrder | TrlPromptOrder:
     """The prompt order of config `prompt_order` over `size` prompts."""
-    if kind == "numpy":
-        return PromptOrder(size, seed=seed)
-    if kind == "trl":
-        return TrlPromptOrder(size, seed=seed, block=block)
-    raise UserError(f"prompt_order={kind!r}: use {' or '.join(PROMPT_ORDERS)}")
+    check_choice("prompt_order", kind, PROMPT_ORDERS)
+    return PromptOrder(size, seed=seed) if kind == "numpy" else TrlPromptOrder(size, seed=seed, block=block)
 
 

@@ -17,7 +17,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from openrs_jax.errors import UserError
 from openrs_jax.recipe.rewards.batch import ScoreResult
 from openrs_jax.core.sampling import SampleOutput
 
@@ -35,9 +34,9 @@ class Rollout:
 
 
 def check_dynamic_sampling(enabled: bool, max_rounds: int) -> None:
-    """Raises `UserError` for a cap that is not a non-negative whole number."""
+    """Raises `ValueError` for a cap that is not a non-negative whole number."""
     if not isinstance(max_rounds, int) or max_rounds < 0:
-        raise UserError(
+        raise ValueError(
             f"dynamic_sampling_max_rounds={max_rounds!r} must be a whole number >= 0 "
             "(extra rollout rounds per step when too many groups have equal rewards)"
         )

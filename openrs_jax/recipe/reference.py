@@ -13,17 +13,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from openrs_jax.errors import UserError
 
 
 def check_ref_sync(sync_steps: int, alpha: float, beta: float) -> None:
-    """Raises `UserError` naming the key for a refresh that cannot work."""
+    """Raises `ValueError` naming the key for a refresh that cannot work."""
     if sync_steps < 0:
-        raise UserError(f"ref_sync_steps={sync_steps} must be >= 0 (0: the reference stays the initial model)")
+        raise ValueError(f"ref_sync_steps={sync_steps} must be >= 0 (0: the reference stays the initial model)")
     if not 0.0 < alpha <= 1.0:
-        raise UserError(f"ref_mixup_alpha={alpha} must be in (0, 1] (the policy's share in the new reference)")
+        raise ValueError(f"ref_mixup_alpha={alpha} must be in (0, 1] (the policy's share in the new reference)")
     if sync_steps and beta == 0.0:
-        raise UserError(
+        raise ValueError(
             f"ref_sync_steps={sync_steps} refreshes the KL reference, but beta=0 uses none: set beta > 0 "
             "or ref_sync_steps=0"
         )

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from openrs_jax.errors import UserError
 from openrs_jax.files import append_jsonl, read_jsonl, write_jsonl
 
 METRICS_FILE = "metrics.jsonl"
@@ -24,7 +23,7 @@ def _import_wandb() -> Any:
     try:
         import wandb
     except ImportError:
-        raise UserError(WANDB_MISSING) from None
+        raise ValueError(WANDB_MISSING) from None
     return wandb
 
 
@@ -32,7 +31,7 @@ def check_report_to(report_to: Sequence[str]) -> None:
     """Refuses unknown sinks, and wandb when the package is missing (before any long work)."""
     unknown = [name for name in report_to if name not in REPORT_TO]
     if unknown:
-        raise UserError(f"report_to: unknown {unknown}; valid: {', '.join(REPORT_TO)}")
+        raise ValueError(f"report_to: unknown {unknown}; valid: {', '.join(REPORT_TO)}")
     if "wandb" in report_to:
         _import_wandb()
 
@@ -49,7 +48,7 @@ class WandbSink:
                                   resume="allow", config=dict(config or {}))
         except Exception as e:  # noqa: BLE001 - login, network and permission errors come in many types
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise UserError(
+            raise ValueError(
                 f"wandb could not start a run ({type(e).__name__}: {first}); run `wandb login`, set WANDB_API_KEY, "
                 "or WANDB_MODE=offline, or remove wandb from report_to"
             ) from None

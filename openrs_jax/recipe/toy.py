@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 from openrs_jax.core.model_paths import ASSETS, BUILTIN_MODELS, BUILTIN_PREFIX, PRESET_PREFIX
-from openrs_jax.errors import UserError
 from openrs_jax.files import write_jsonl
 
 # One naming scheme for everything that ships with the package, taken by every command (train,
@@ -38,27 +37,28 @@ def resolve(name: str) -> str:
     if not name.startswith(BUILTIN_PREFIX):
         return name
     if name not in BUILTINS:
-        raise UserError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
+        raise ValueError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
     return str(BUILTINS[name])
 
 
-def check_name(value: str, flag: str, kind: str) -> str:
+def check_name(value: str, flag: str, kind: str, *, allow_presets: bool = False) -> str:
     """Refuses a built-in or preset name that `flag` cannot take; returns `value` unchanged.
 
     kind: "model" (also tokenizers: a built-in model ships its tokenizer) or "dataset". The
-    error names `flag` as the user typed it (e.g. `--model`, `--config.dataset_name`).
+    error names `flag` as the user typed it (e.g. `--model`, `--config.data.dataset`).
+    allow_presets: the benchmarks' random-weight model shapes pass too.
     """
     names = BUILTIN_DATASETS if kind == "dataset" else BUILTIN_MODELS
     text = str(value)
-    if text.startswith(PRESET_PREFIX) and kind == "model":
-        raise UserError(
+    if text.startswith(PRESET_PREFIX) and kind == "model" and not allow_presets:
+        raise ValueError(
             f"{flag}={text}: preset: names are model shapes for `python -m openrs_jax.bench` only (random "
             f"weights, no tokenizer); give a model directory, or {', '.join(names)} for the built-in demo model"
         )
     if text.startswith(BUILTIN_PREFIX) and text not in names:
         other = "dataset" if kind == "model" else "model"
         what = f"a built-in {other}, not a {kind}" if text in BUILTINS else "not a built-in"
-        raise UserError(f"{flag}={text}: {what}; built-in {kind}s: {', '.join(names)}")
+        raise ValueError(f"{flag}={text}: {what}; built-in {kind}s: {', '.join(names)}")
     return value
 
 

@@ -30,7 +30,6 @@ from openrs_jax.recipe import dynamic_sampling, reference, toy
 from openrs_jax.recipe.checkpoint import Checkpointer
 from openrs_jax.recipe.config import validate
 from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo.microbatch import take_micro_batch
 from openrs_jax.core.grpo import (
     UpdateConfig,
@@ -64,22 +63,22 @@ def round_up(n: int, multiple: int) -> int:
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Parameters of the configurable reward functions, from the run config."""
     params: dict[str, dict[str, Any]] = {}
-    if "soft_overlong" in config.reward_funcs:
+    if "soft_overlong" in config.rewards.funcs:
         params["soft_overlong"] = {
-            "max_len": config.soft_overlong_max_len or config.max_completion_length,
-            "cache_len": config.soft_overlong_cache_len,
+            "max_len": config.rewards.soft_overlong_max_len or config.rollout.max_completion_length,
+            "cache_len": config.rewards.soft_overlong_cache_len,
         }
     return params | {
         "cosine": {
-            "min_value_wrong": config.cosine_min_value_wrong,
-            "max_value_wrong": config.cosine_max_value_wrong,
-            "min_value_correct": config.cosine_min_value_correct,
-            "max_value_correct": config.cosine_max_value_correct,
-            "max_len": config.cosine_max_len,
+            "min_value_wrong": config.rewards.cosine_min_value_wrong,
+            "max_value_wrong": config.rewards.cosine_max_value_wrong,
+            "min_value_correct": config.rewards.cosine_min_value_correct,
+            "max_value_correct": config.rewards.cosine_max_value_correct,
+            "max_len": config.rewards.cosine_max_len,
         },
         "repetition_penalty": {
-            "ngram_size": config.repetition_ngram_size,
-            "max_penalty": config.repetition_max_penalty,
+            "ngram_size": config.rewards.repetition_ngram_size,
+            "max_penalty": config.rewards.repetition_max_penalty,
         },
     }
 
@@ -88,9 +87,9 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     """Refuses to write a new run over an existing one."""
     holds_run = (output_dir / METRICS_FILE).is_file() or any((output_dir / "checkpoints").glob("*"))
     if holds_run and not resume:
-        raise UserError(
-            f"output_dir {output_dir} already holds a run; pass --config.resume=True to continue it "
-            "or choose another --config.output_dir"
+        raise ValueError(
+            f"output_dir {output_dir} already holds a run; pass --config.run.resume=True to continue it "
+            "or choose another --config.run.output_dir"
         )
 
 
@@ -164,75 +163,76 @@ class StepClock:
 class GRPOTrainer:
     """Builds everything a run needs from a validated config; `train()` runs the steps."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, *, allow_presets: bool = False):
+        """allow_presets: `bench step` trains random weights at a `preset:` model shape."""
         self.config = c = config
-        self.output_dir = Path(c.output_dir).expanduser()
+        self.output_dir = Path(c.run.output_dir).expanduser()
         # In a multi-process job every process runs all of this (the same seeded data order,
         # the same host arrays each step); only process 0 writes logs, config.json and exports.
         self.writer = distributed.is_writer()
-        check_output_dir(self.output_dir, c.resume)
+        check_output_dir(self.output_dir, c.run.resume)
         self.mesh = build_mesh(c.mesh.to_dict())
-        validate(c, self.mesh.size)
+        validate(c, self.mesh.size, allow_presets=allow_presets)
 
         # Cheap checks first (model config, tokenizer, data), weights last: a mistake in the
         # setup stops the run in seconds, not after loading 7 GB.
         self.policy = Policy.load(
-            c.model_path, tokenizer_path=c.tokenizer_path, mesh=self.mesh, compute_dtype=c.compute_dtype,
-            param_dtype=c.param_dtype, remat=c.remat, require_chat_template=True,
+            c.model.path, tokenizer_path=c.model.tokenizer_path, mesh=self.mesh, compute_dtype=c.model.compute_dtype,
+            param_dtype=c.model.param_dtype, remat=c.model.remat, require_chat_template=True,
             # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
-            prompt_bucket=min(64, round_up(c.max_prompt_length, 8)),
+            prompt_bucket=min(64, round_up(c.data.max_prompt_length, 8)),
         )
         p = self.policy
         self.model_config, self.graphdef, self.sampler = p.model_config, p.graphdef, p.sampler
         self.tokenizer, self.tokenizer_dir, self.eos_ids = p.tokenizer, p.tokenizer_dir, p.eos_ids
 
         self.dataset: PromptDataset = build_dataset(
-            load_rows(toy.resolve(c.dataset_name), c.dataset_split), self.tokenizer, c.system_prompt,
-            c.max_prompt_length, dataset_name=c.dataset_name, long_prompts=c.long_prompts, rollout_bos=c.rollout_bos,
+            load_rows(toy.resolve(c.data.dataset), c.data.split), self.tokenizer, c.data.system_prompt,
+            c.data.max_prompt_length, dataset_name=c.data.dataset, long_prompts=c.data.long_prompts, rollout_bos=c.rollout.bos,
         )
-        if c.prompt_order == "trl" and self.dataset.dropped_too_long:
-            raise UserError(
+        if c.data.prompt_order == "trl" and self.dataset.dropped_too_long:
+            raise ValueError(
                 f"prompt_order='trl' permutes the unfiltered dataset, but {self.dataset.dropped_too_long} prompts "
-                f"longer than max_prompt_length={c.max_prompt_length} were dropped; set "
-                "--config.long_prompts=truncate_left (as the original run) or --config.prompt_order=numpy"
+                f"longer than max_prompt_length={c.data.max_prompt_length} were dropped; set "
+                "--config.data.long_prompts=truncate_left (as the original run) or --config.data.prompt_order=numpy"
             )
-        params = self.policy.load_params(c.seed)
-        self.order = make_prompt_order(c.prompt_order, len(self.dataset), c.seed, c.prompts_per_step)
+        params = self.policy.load_params(c.run.seed)
+        self.order = make_prompt_order(c.data.prompt_order, len(self.dataset), c.run.seed, c.rollout.prompts_per_step)
 
         self.update_config = UpdateConfig.from_config(c)
         self.state = create_train_state(params, self.update_config, self.mesh)
         # The reference policy: a frozen copy of the initial weights in the compute dtype.
         self.ref_params = (
-            sharding.rollout_params(self.state.params, self.mesh, c.compute_dtype) if c.beta > 0 else None
+            sharding.rollout_params(self.state.params, self.mesh, c.model.compute_dtype) if c.grpo.beta > 0 else None
         )
         # length_bucket > 0: one program per micro-batch length; 0: one program per step.
         self.train_step = (
             BucketedTrainStep(self.graphdef, self.update_config, self.mesh)
-            if c.length_bucket and c.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
+            if c.grpo.length_bucket and c.grpo.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
             else make_train_step(self.graphdef, self.update_config, self.mesh)
         )
         self.sampling = SamplingParams(
-            temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, max_new_tokens=c.max_completion_length,
-            eos_ids=() if c.ignore_eos else self.eos_ids, pad_id=self.tokenizer.pad_id,
+            temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k, max_new_tokens=c.rollout.max_completion_length,
+            eos_ids=() if c.rollout.ignore_eos else self.eos_ids, pad_id=self.tokenizer.pad_id,
         )
-        self.checkpointer = Checkpointer(self.output_dir, keep=c.keep_checkpoints)
+        self.checkpointer = Checkpointer(self.output_dir, keep=c.run.keep_checkpoints)
         self.step = 0
         self.bad_steps = 0
-        if c.resume:
+        if c.run.resume:
             self._resume()
         self.scorer = RewardScorer(
-            list(c.reward_funcs), list(c.reward_weights), reward_params(c),
-            num_workers=c.reward_num_workers, timeout_s=c.reward_timeout_s,
+            list(c.rewards.funcs), list(c.rewards.weights), reward_params(c),
+            num_workers=c.rewards.num_workers, timeout_s=c.rewards.timeout_s,
         )
         self.run_log = RunLog(
-            self.output_dir, tensorboard=c.tensorboard and "tensorboard" in c.report_to, enabled=self.writer,
-            wandb_project=c.wandb_project if "wandb" in c.report_to else None, wandb_config=c.to_dict(),
+            self.output_dir, tensorboard=c.run.tensorboard and "tensorboard" in c.run.report_to, enabled=self.writer,
+            wandb_project=c.run.wandb_project if "wandb" in c.run.report_to else None, wandb_config=c.to_dict(),
         )
         self.run_log.truncate_after(self.step)
         if self.writer:
             (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
             save_run_tokenizer(self.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
-        self.rng = jax.random.key(c.seed)
+        self.rng = jax.random.key(c.run.seed)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class GRPOTrainer:
     @property
     def _saves_reference(self) -> bool:
         """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
-        return self.ref_params is not None and self.config.ref_sync_steps > 0
+        return self.ref_params is not None and self.config.grpo.ref_sync_steps > 0
 
     def save_checkpoint(self) -> None:
         extra = {"reference": self.ref_params} if self._saves_reference else None
@@ -256,9 +256,9 @@ class GRPOTrainer:
             log.warning("resume: no complete checkpoint in %s: starting from step 0", self.checkpointer.directory)
             return
         self._restore()
-        if self.step >= self.config.max_steps:
+        if self.step >= self.config.grpo.max_steps:
             log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
-                        "raise --config.max_steps to continue it", self.output_dir, self.step, self.config.max_steps)
+                        "raise --config.grpo.max_steps to continue it", self.output_dir, self.step, self.config.grpo.max_steps)
         else:
             log.info("resuming from step %d (checkpoint %s)", self.step, self.checkpointer.directory / str(self.step))
 
@@ -266,7 +266,7 @@ class GRPOTrainer:
         meta = self.checkpointer.restore_metadata()
         saved = Qwen2Config.from_hf_dict(meta["model_config"])
         if saved.to_hf_dict() != self.model_config.to_hf_dict():
-            raise UserError(
+            raise ValueError(
                 f"the checkpoint in {self.checkpointer.directory} was written for another model shape; "
                 "resume with the same model_path, or choose another output_dir"
             )
@@ -292,7 +292,7 @@ class GRPOTrainer:
         if not self.writer:
             return directory
         return write_hf_directory(
-            directory, params, self.model_config, dtype=dtype or self.config.export_dtype,
+            directory, params, self.model_config, dtype=dtype or self.config.run.export_dtype,
             tokenizer_dir=self.tokenizer_dir,
         )
 
@@ -312,14 +312,14 @@ class GRPOTrainer:
 
         # The log-prob passes need no rewards: start them, then score on the host meanwhile.
         pending = None
-        if not c.dynamic_sampling:
+        if not c.rollout.dynamic_sampling:
             with clock("reference"):
                 pending = self.start_logprob_passes(examples, out)
 
         sampling_metrics: dict[str, float] = {}
         with clock("reward"):
             scored = self.score(examples, out)
-            if c.dynamic_sampling:
+            if c.rollout.dynamic_sampling:
                 scored, sampling_metrics = self.fill_informative_groups(scored)
             rewards = np.asarray(scored.scores.total, np.float32)
             advantages = self.advantages(rewards)
@@ -339,13 +339,13 @@ class GRPOTrainer:
             **sampling_metrics,
             **{f"time/{k}": v for k, v in sampler_timings.items() if k in ("prefill_s", "decode_s")},
         }
-        if c.log_completions and self.writer:
+        if c.run.log_completions and self.writer:
             self.log_samples(scored, rewards)
         return metrics
 
     def draw_prompts(self) -> list:
         """The next `prompts_per_step` examples of the data order."""
-        return [self.dataset.examples[i] for i in self.order.next_indices(self.config.prompts_per_step)]
+        return [self.dataset.examples[i] for i in self.order.next_indices(self.config.rollout.prompts_per_step)]
 
     def rollout(self, examples: list, refill: int = 0) -> SampleOutput:
         """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
@@ -355,11 +355,11 @@ class GRPOTrainer:
         if refill:
             key = jax.random.fold_in(key, refill)
         out = self.sampler.generate(
-            params, [list(e.rollout_ids) for e in examples], self.config.num_generations, self.sampling, key
+            params, [list(e.rollout_ids) for e in examples], self.config.rollout.num_generations, self.sampling, key
         )
-        if self.config.rollout_max_model_length:
-            caps = [self.config.rollout_max_model_length + 1 - len(e.rollout_ids) for e in examples]
-            out = cap_completions(out, np.repeat(caps, self.config.num_generations), self.tokenizer.pad_id)
+        if self.config.rollout.max_model_length:
+            caps = [self.config.rollout.max_model_length + 1 - len(e.rollout_ids) for e in examples]
+            out = cap_completions(out, np.repeat(caps, self.config.rollout.num_generations), self.tokenizer.pad_id)
         return out
 
     def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
@@ -368,7 +368,7 @@ class GRPOTrainer:
         prompts = [e.prompt_ids for e in examples]
         width = bucket_length(max(len(p) for p in prompts), self.sampler.prompt_bucket)
         ids, mask = left_pad(prompts, width, self.tokenizer.pad_id)
-        g = self.config.num_generations
+        g = self.config.rollout.num_generations
         return np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)
 
     def build_batch(
@@ -381,7 +381,7 @@ class GRPOTrainer:
         completion_ids = out.completion_ids[:, :t]
         completion_mask = out.completion_mask[:, :t]
         prompt_ids, prompt_mask = prompts
-        if self.config.mask_truncated_completions:
+        if self.config.grpo.mask_truncated_completions:
             completion_mask = truncation_mask(completion_mask, out.truncated)
         return {
             "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
@@ -399,22 +399,22 @@ class GRPOTrainer:
         """
         c = self.config
         passes = {}
-        if c.beta > 0:
+        if c.grpo.beta > 0:
             passes["ref_logps"] = self.ref_params
-        if c.num_iterations > 1:
+        if c.grpo.num_iterations > 1:
             passes["old_logps"] = self.state.params
         bucketed = isinstance(self.train_step, BucketedTrainStep)
         plans = self.train_step.plan(batch) if bucketed else None
         if not passes:
             return plans, [{} for _ in (plans or [None])]
-        inner = None if bucketed else c.micro_batch_size
+        inner = None if bucketed else c.grpo.micro_batch_size
         pieces = (
             [sharding.shard_batch(take_micro_batch(batch, p), self.mesh) for p in plans] if bucketed
             else [sharding.shard_batch(batch, self.mesh)]
         )
         logps = [
             {key: token_logprobs(self.graphdef, params, piece["input_ids"], piece["attention_mask"], prompt_len,
-                                 c.logprob_chunk, micro_batch_size=inner, mesh=self.mesh)
+                                 c.grpo.logprob_chunk, micro_batch_size=inner, mesh=self.mesh)
              for key, params in passes.items()}
             for piece in pieces
         ]
@@ -431,7 +431,7 @@ class GRPOTrainer:
     def score(self, examples: list, out: SampleOutput) -> "ScoredRollout":
         """The whole batch's rewards; this process decodes and scores its share of the groups
         and only the numbers travel between processes."""
-        g = self.config.num_generations
+        g = self.config.rollout.num_generations
         golds = [e.gold for e in examples for _ in range(g)]
         share = distributed.process_rows(len(examples), g)
         texts = self._completion_texts(out, share)
@@ -444,8 +444,8 @@ class GRPOTrainer:
         start = time.perf_counter()
         picked, metrics = dynamic_sampling.fill_step(
             dynamic_sampling.Rollout(scored.examples, scored.out, scored.scores), self._extra_rollout,
-            prompts_per_step=c.prompts_per_step, num_generations=c.num_generations,
-            max_rounds=c.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+            prompts_per_step=c.rollout.prompts_per_step, num_generations=c.rollout.num_generations,
+            max_rounds=c.rollout.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
         )
         metrics["time/dynamic_sampling_s"] = time.perf_counter() - start
         # Texts are decoded again for the logged samples (the picked rows are a new batch).
@@ -460,7 +460,7 @@ class GRPOTrainer:
     def advantages(self, rewards: np.ndarray) -> np.ndarray:
         """Group-relative advantages of the step's rewards (rows group-major)."""
         c = self.config
-        return np.asarray(group_advantages(jnp.asarray(rewards), c.num_generations, scale=c.scale_rewards))
+        return np.asarray(group_advantages(jnp.asarray(rewards), c.rollout.num_generations, scale=c.grpo.scale_rewards))
 
     def finish_batch(self, pending: "PendingBatch", advantages: np.ndarray) -> Any:
         """The update's device batch: the pending rows with their advantages and log-probs
@@ -475,7 +475,7 @@ class GRPOTrainer:
 
     def update(self, batch: Any) -> dict[str, float]:
         """The jitted update(s) on `batch` (num_iterations of them); the figures under TRL's names."""
-        for _ in range(self.config.num_iterations):
+        for _ in range(self.config.grpo.num_iterations):
             self.state, update_metrics = self.train_step(self.state, batch)
         return trl_named(
             {k: float(v) for k, v in sharding.to_host(update_metrics).items()},
@@ -486,8 +486,8 @@ class GRPOTrainer:
         """Counts the step, refreshes the reference when due, and counts non-finite updates."""
         c = self.config
         self.step += 1
-        if self.ref_params is not None and reference.sync_due(self.step, c.ref_sync_steps):
-            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.ref_mixup_alpha)
+        if self.ref_params is not None and reference.sync_due(self.step, c.grpo.ref_sync_steps):
+            self.ref_params = reference.mix_reference(self.ref_params, self.state.params, c.grpo.ref_mixup_alpha)
         self.bad_steps = self.bad_steps + 1 if update_metrics["skipped"] else 0
         if self.bad_steps:
             log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
@@ -496,7 +496,7 @@ class GRPOTrainer:
     def step_metrics(self, scored: "ScoredRollout", rewards: np.ndarray, update_metrics: dict[str, float],
                      prompt_len: int, clock: "StepClock") -> dict[str, Any]:
         """The step's log scalars: rewards, lengths, the update's figures, the parts' times."""
-        g = self.config.num_generations
+        g = self.config.rollout.num_generations
         lengths = scored.out.lengths
         step_s = clock.elapsed()
         return {
@@ -517,9 +517,9 @@ class GRPOTrainer:
 
     def log_samples(self, scored: "ScoredRollout", rewards: np.ndarray) -> None:
         """Writes the first `log_completions` rows (prompt, completion, reward, gold) to the run log."""
-        g = self.config.num_generations
+        g = self.config.rollout.num_generations
         golds = [e.gold for e in scored.examples for _ in range(g)]
-        rows = range(min(self.config.log_completions, len(golds)))
+        rows = range(min(self.config.run.log_completions, len(golds)))
         texts = scored.texts
         if not (scored.share.start == 0 and len(texts) >= len(rows)):
             texts = self._completion_texts(scored.out, rows)
@@ -545,9 +545,9 @@ class GRPOTrainer:
         c = self.config
         params = self.policy.rollout_params(self.state.params)  # as rollouts: one copy of the weights alive
         results = evaluate_tasks(
-            self.sampler, params, self.tokenizer, list(c.eval_tasks), data_dir=c.eval_data_dir or None,
-            num_samples=c.eval_num_samples, max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
-            limit=c.eval_limit or None, eos_ids=self.eos_ids,
+            self.sampler, params, self.tokenizer, list(c.eval.tasks), data_dir=c.eval.data_dir or None,
+            num_samples=c.eval.num_samples, max_new_tokens=c.eval.max_new_tokens, seed=c.run.seed,
+            limit=c.eval.limit or None, eos_ids=self.eos_ids,
             out_dir=self.output_dir / "eval" / f"step-{self.step}" if self.writer else None,
         )
         return flat_metrics(results)
@@ -561,46 +561,46 @@ class GRPOTrainer:
 
         c = self.config
         metrics: dict[str, Any] = {}
-        if self.step >= c.max_steps:  # a finished run, resumed: its outputs stay as they are
+        if self.step >= c.grpo.max_steps:  # a finished run, resumed: its outputs stay as they are
             self.close()
             return metrics
         log.info(
             "dataset: %d prompts (%d dropped, %d cut on the left for the loss, as longer than %d tokens); "
             "%d devices; mesh %s",
-            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.max_prompt_length,
+            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.data.max_prompt_length,
             jax.device_count(),
             dict(self.mesh.shape),
         )
-        bar = tqdm(total=c.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
+        bar = tqdm(total=c.grpo.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
                    disable=not self.writer)
         try:
             # Log lines go through tqdm.write while the bar is up, so they do not land on the bar's line.
             with StopRequested() as stop, logging_redirect_tqdm():
                 stopping = False  # a signal on any process stops every process after the same step
-                while self.step < c.max_steps and not stopping:
+                while self.step < c.grpo.max_steps and not stopping:
                     metrics = self.train_one_step()
-                    if c.eval_every and self.step % c.eval_every == 0:
+                    if c.eval.every and self.step % c.eval.every == 0:
                         metrics.update(self.evaluate())
                     self.run_log.log_metrics(self.step, metrics)
                     bar.update(1)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
                     if self.writer:
-                        bar.write(format_summary(self.step, metrics, c.reward_funcs))
+                        bar.write(format_summary(self.step, metrics, c.rewards.funcs))
                     stopping = distributed.any_process(bool(stop))
-                    too_many_bad = self.bad_steps >= c.max_bad_steps
-                    if self.step % c.save_steps == 0 or self.step == c.max_steps or stopping or too_many_bad:
+                    too_many_bad = self.bad_steps >= c.run.max_bad_steps
+                    if self.step % c.run.save_steps == 0 or self.step == c.grpo.max_steps or stopping or too_many_bad:
                         self.save_checkpoint()
                     if too_many_bad:
-                        raise UserError(
+                        raise ValueError(
                             f"stopping at step {self.step}: {self.bad_steps} steps in a row had a non-finite loss "
                             "or gradient and were not applied; the checkpoint just saved holds the last good "
                             "weights. Lower learning_rate, check the rewards for NaN, or raise max_bad_steps"
                         )
-                    if self.step in tuple(c.export_steps):
+                    if self.step in tuple(c.run.export_steps):
                         self.export_hf(self.output_dir / f"hf-step-{self.step}")
                 if stopping:
                     bar.write(f"stopped by signal at step {self.step}; checkpoint saved, resume with "
-                              "--config.resume=True")
+                              "--config.run.resume=True")
                 else:
                     self.export_hf(self.output_dir / "hf")
         finally:
@@ -608,7 +608,7 @@ class GRPOTrainer:
             self.close()
         if self.writer:
             print(outputs_summary(self.output_dir, self.step, None if stopping else self.output_dir / "hf",
-                                  tensorboard=c.tensorboard))
+                                  tensorboard=c.run.tensorboard))
         return metrics
 
     def close(self) -> None:

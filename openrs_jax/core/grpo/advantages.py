@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from openrs_jax.errors import UserError
 
 # Added to the group std so that a group whose rewards are all equal gets advantage 0, not NaN.
 STD_EPS = 1e-4
@@ -36,7 +35,7 @@ def reward_scaling(value: Any) -> str:
         return _BOOLEAN_SCALINGS[key]
     if key in REWARD_SCALINGS:
         return key
-    raise UserError(f"scale_rewards={value!r}: use one of {', '.join(REWARD_SCALINGS)} (or True/False for group/none)")
+    raise ValueError(f"scale_rewards={value!r}: use one of {', '.join(REWARD_SCALINGS)} (or True/False for group/none)")
 
 
 def group_advantages(rewards: jax.Array, num_generations: int, scale: bool | str = True) -> jax.Array:

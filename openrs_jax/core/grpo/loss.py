@@ -36,7 +36,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from openrs_jax.errors import UserError
 
 
 def _group_token_mean(mask: jax.Array, num_generations: int, max_completion_length: int | None) -> jax.Array:
@@ -152,26 +151,26 @@ def check_loss_options(
     *, policy_loss: str = "clip", importance_sampling: str = "token", delta: float = 0.0,
     epsilon_low: float = 0.2, epsilon_high: float = 0.2, top_entropy_quantile: float = 1.0,
 ) -> None:
-    """Raises `UserError` naming the option and the fix for a combination that makes no sense."""
+    """Raises `ValueError` naming the option and the fix for a combination that makes no sense."""
     if policy_loss not in POLICY_LOSSES:
-        raise UserError(f"unknown policy_loss {policy_loss!r}; valid: {', '.join(POLICY_LOSSES)}")
+        raise ValueError(f"unknown policy_loss {policy_loss!r}; valid: {', '.join(POLICY_LOSSES)}")
     if importance_sampling not in IMPORTANCE_SAMPLING:
-        raise UserError(
+        raise ValueError(
             f"unknown importance_sampling {importance_sampling!r}; valid: {', '.join(IMPORTANCE_SAMPLING)}"
         )
     if epsilon_low < 0 or epsilon_high < 0:
-        raise UserError(f"epsilon_low={epsilon_low} and epsilon_high={epsilon_high} must be >= 0")
+        raise ValueError(f"epsilon_low={epsilon_low} and epsilon_high={epsilon_high} must be >= 0")
     if delta < 0:
-        raise UserError(f"delta={delta} must be 0 (off) or > 1 + epsilon_high")
+        raise ValueError(f"delta={delta} must be 0 (off) or > 1 + epsilon_high")
     if delta and policy_loss != "clip":
-        raise UserError(f"delta={delta} bounds the clipped objective; policy_loss={policy_loss!r} has none: set delta=0")
+        raise ValueError(f"delta={delta} bounds the clipped objective; policy_loss={policy_loss!r} has none: set delta=0")
     if delta and delta <= 1.0 + epsilon_high:
-        raise UserError(
+        raise ValueError(
             f"delta={delta} must be > 1 + epsilon_high = {1.0 + epsilon_high}: a lower cap would also cut "
             "positive-advantage ratios inside the clip range (a tighter epsilon_high), not bound negative ones"
         )
     if not 0.0 <= top_entropy_quantile <= 1.0:
-        raise UserError(
+        raise ValueError(
             f"top_entropy_quantile={top_entropy_quantile} must be in [0, 1] (the fraction of highest-entropy "
             "tokens kept in the policy loss; 1 keeps all, the paper uses 0.2)"
         )

@@ -20,7 +20,6 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from openrs_jax.errors import UserError
 
 
 def num_micro_batches(rows: int, micro_batch_size: int | None) -> int:
@@ -28,7 +27,7 @@ def num_micro_batches(rows: int, micro_batch_size: int | None) -> int:
     if micro_batch_size is None or micro_batch_size >= rows:
         return 1
     if micro_batch_size <= 0 or rows % micro_batch_size:
-        raise UserError(f"micro_batch_size {micro_batch_size} must be positive and divide the {rows} rows of a step")
+        raise ValueError(f"micro_batch_size {micro_batch_size} must be positive and divide the {rows} rows of a step")
     return rows // micro_batch_size
 
 

@@ -39,7 +39,6 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from openrs_jax.core import optim
-from openrs_jax.errors import UserError
 from openrs_jax.core.grpo.entropy import batch_entropies, high_entropy_mask
 from openrs_jax.core.grpo.logprobs import DEFAULT_CHUNK, completion_logprobs
 from openrs_jax.core.grpo.loss import AGGREGATIONS, aggregation_weights, check_loss_options, grpo_loss, token_mean_weights
@@ -88,28 +87,35 @@ class UpdateConfig:
 
     def __post_init__(self) -> None:
         if self.loss_aggregation not in AGGREGATIONS:
-            raise UserError(f"unknown loss_aggregation {self.loss_aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+            raise ValueError(f"unknown loss_aggregation {self.loss_aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
         if self.num_generations < 1:
-            raise UserError(f"num_generations must be >= 1, got {self.num_generations}")
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
         if self.micro_batch_size is not None and self.micro_batch_size <= 0:
-            raise UserError(f"micro_batch_size must be positive, got {self.micro_batch_size}")
-        if self.beta < 0 or self.epsilon_low < 0 or self.epsilon_high < 0:
-            raise UserError("beta, epsilon_low and epsilon_high must be >= 0")
+            raise ValueError(f"micro_batch_size must be positive, got {self.micro_batch_size}")
+        for name in ("beta", "epsilon_low", "epsilon_high", "learning_rate", "max_grad_norm", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.logprob_chunk <= 0 or self.logprob_temperature <= 0:
-            raise UserError("logprob_chunk and logprob_temperature must be positive")
+            raise ValueError("logprob_chunk and logprob_temperature must be positive")
         check_loss_options(
             policy_loss=self.policy_loss, importance_sampling=self.importance_sampling, delta=self.delta,
             epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
             top_entropy_quantile=self.top_entropy_quantile,
         )
         if self.length_bucket < 0:
-            raise UserError(f"length_bucket must be >= 0 (0 = no bucketing), got {self.length_bucket}")
+            raise ValueError(f"length_bucket must be >= 0 (0 = no bucketing), got {self.length_bucket}")
+        optim.check_schedule(self.max_steps, self.warmup_ratio, self.min_lr_rate)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any) -> "UpdateConfig":
-        """Picks this class's fields out of a run config (ConfigDict or mapping); others are ignored."""
+        """Picks this class's fields out of a run config's `grpo` section (with the group size and
+        completion length of its `rollout` section) or out of a flat mapping; others are ignored."""
         if isinstance(config, cls):
             return config
+        if "grpo" in config:
+            rollout = config["rollout"]
+            config = {**dict(config["grpo"].items()), "num_generations": rollout["num_generations"],
+                      "max_completion_length": rollout["max_completion_length"]}
         values = {f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config}
         return cls(**values)
 

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.model.config import Qwen2Config, tiny_config
 from openrs_jax.core.model.io import (
     is_flax_checkpoint,
@@ -76,14 +75,14 @@ def load_params(path: str | Path, seed: int = 0) -> tuple[dict, Qwen2Config]:
 def _existing(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise UserError(f"model path {p} does not exist: give {ACCEPTED}")
+        raise ValueError(f"model path {p} does not exist: give {ACCEPTED}")
     return p
 
 
-def _not_a_model(p: Path) -> UserError:
+def _not_a_model(p: Path) -> ValueError:
     if p.is_dir() and (p / "config.json").is_file() and not is_hf_directory(p):
-        return UserError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
-    return UserError(f"{p} is not a model: give {ACCEPTED}")
+        return ValueError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
+    return ValueError(f"{p} is not a model: give {ACCEPTED}")
 
 
 def model_from_params(params: Mapping[str, Any], config: Qwen2Config) -> Qwen2ForCausalLM:

@@ -7,9 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.errors import UserError
 
 REMAT_POLICIES = ("none", "full", "dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_numerics(dtype: str, param_dtype: str, remat: str) -> None:
+    """Refuses a dtype or remat policy the model cannot run (the compute dtype, the weights' dtype)."""
+    for name, value in (("compute_dtype", dtype), ("param_dtype", param_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f"{name}={value!r}: use float32 or bfloat16")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; valid: {', '.join(REMAT_POLICIES)}")
 
 # Model shapes by name, for benchmarks (`preset:NAME`): random weights, no files.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -60,12 +69,11 @@ class Qwen2Config:
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
-            raise UserError(
+            raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        if self.remat not in REMAT_POLICIES:
-            raise UserError(f"unknown remat policy {self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+        check_numerics(self.dtype, self.param_dtype, self.remat)
 
     @property
     def num_query_groups(self) -> int:
@@ -80,19 +88,19 @@ class Qwen2Config:
         """Builds a config from a Hugging Face Qwen2 config dict (transformers 4 or 5 layout)."""
         model_type = d.get("model_type")
         if model_type != "qwen2":
-            raise UserError(
+            raise ValueError(
                 f"config has model_type={model_type!r}, but openrs-jax implements 'qwen2' "
                 "(Qwen2ForCausalLM, e.g. DeepSeek-R1-Distill-Qwen-1.5B); use a Qwen2 checkpoint"
             )
         if d.get("hidden_act", "silu") != "silu":
-            raise UserError(f"hidden_act={d['hidden_act']!r} is not supported (Qwen2 uses 'silu')")
+            raise ValueError(f"hidden_act={d['hidden_act']!r} is not supported (Qwen2 uses 'silu')")
         rope_theta = d.get("rope_theta")
         rope_params = d.get("rope_parameters") or {}
         if rope_theta is None:
             rope_theta = rope_params.get("rope_theta", 10000.0)
         rope_type = rope_params.get("rope_type", (d.get("rope_scaling") or {}).get("rope_type", "default"))
         if rope_type not in ("default", None):
-            raise UserError(f"rope_type={rope_type!r} is not supported; only default RoPE is implemented")
+            raise ValueError(f"rope_type={rope_type!r} is not supported; only default RoPE is implemented")
         heads = d["num_attention_heads"]
         return cls(
             vocab_size=d["vocab_size"],
@@ -120,11 +128,11 @@ class Qwen2Config:
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
-            raise UserError(f"no config.json at {path}: give a Hugging Face model directory")
+            raise ValueError(f"no config.json at {path}: give a Hugging Face model directory")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e})") from None
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
         return cls.from_hf_dict(d, **runtime)
 
     @classmethod
@@ -136,7 +144,7 @@ class Qwen2Config:
         name, *overrides = spec.removeprefix(PRESET_PREFIX).split(",")
         name = PRESET_ALIASES.get(name.strip(), name.strip())
         if name not in PRESETS:
-            raise UserError(
+            raise ValueError(
                 f"--model {spec}: unknown model preset {name!r}; valid: "
                 f"{', '.join(PRESET_PREFIX + n for n in sorted({**PRESETS, **PRESET_ALIASES}))}, "
                 f"or the built-in demo model {', '.join(BUILTIN_MODELS)}"
@@ -146,7 +154,7 @@ class Qwen2Config:
         for text in filter(str.strip, overrides):
             key, value = _parse_override(text)
             if key not in valid:
-                raise UserError(f"preset override {key!r} is not a Qwen2Config field; valid: {', '.join(sorted(valid))}")
+                raise ValueError(f"preset override {key!r} is not a Qwen2Config field; valid: {', '.join(sorted(valid))}")
             fields[key] = value
         return cls(**{**fields, **runtime})
 
@@ -191,7 +199,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
     import ast
 
     if "=" not in text:
-        raise UserError(f"preset override {text!r} must look like key=value")
+        raise ValueError(f"preset override {text!r} must look like key=value")
     key, value = text.split("=", 1)
     try:
         return key.strip(), ast.literal_eval(value.strip())

@@ -9,7 +9,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from openrs_jax.errors import UserError
 from openrs_jax.files import atomic_write_json, new_file_mode
 from openrs_jax.core.model.config import Qwen2Config
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of, hf_to_params, params_to_hf
@@ -38,9 +37,9 @@ def is_hf_directory(path: str | Path) -> bool:
 def _require_dir(path: str | Path, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise UserError(f"{what} {p} does not exist: check the path")
+        raise ValueError(f"{what} {p} does not exist: check the path")
     if not p.is_dir():
-        raise UserError(f"{what} {p} is a file, not a directory")
+        raise ValueError(f"{what} {p} is a file, not a directory")
     return p.resolve()
 
 
@@ -56,7 +55,7 @@ def read_hf_tensors(hf_dir: str | Path) -> dict[str, np.ndarray]:
         files = ["model.safetensors"]
     else:
         found = ", ".join(sorted(p.name for p in d.iterdir())[:10]) or "nothing"
-        raise UserError(
+        raise ValueError(
             f"{d} holds no model.safetensors or {HF_INDEX} (found: {found}); "
             "give a Hugging Face model directory saved with safetensors"
         )
@@ -64,7 +63,7 @@ def read_hf_tensors(hf_dir: str | Path) -> dict[str, np.ndarray]:
     for name in files:
         f = d / name
         if not f.is_file():
-            raise UserError(f"{d}: shard {name} listed in {HF_INDEX} is missing")
+            raise ValueError(f"{d}: shard {name} listed in {HF_INDEX} is missing")
         tensors.update(load_file(str(f)))
     return tensors
 
@@ -93,7 +92,7 @@ def write_hf_directory(
 
     np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}.get(dtype)
     if np_dtype is None:
-        raise UserError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
+        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tensors = params_to_hf(params, config, dtype=np_dtype)
@@ -146,7 +145,7 @@ def copy_tokenizer_files(tokenizer_dir: str | Path, out_dir: str | Path) -> list
     src = _require_dir(tokenizer_dir, "tokenizer directory")
     copied = [n for n in TOKENIZER_FILES if (src / n).is_file()]
     if not copied:
-        raise UserError(f"tokenizer directory {src} holds no tokenizer files (tokenizer.json, ...)")
+        raise ValueError(f"tokenizer directory {src} holds no tokenizer files (tokenizer.json, ...)")
     for name in copied:
         shutil.copy2(src / name, Path(out_dir) / name)
     return copied
@@ -174,7 +173,7 @@ def load_flax_checkpoint(ckpt_dir: str | Path) -> tuple[dict, Qwen2Config]:
 
     d = _require_dir(ckpt_dir, "checkpoint directory")
     if not is_flax_checkpoint(d):
-        raise UserError(
+        raise ValueError(
             f"{d} is not an openrs-jax parameter checkpoint (no {FLAX_MARKER}); "
             "write one with `python -m conversion.hf_to_flax`"
         )

@@ -11,7 +11,6 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from openrs_jax.errors import UserError
 from openrs_jax.core.model.config import Qwen2Config
 
 
@@ -100,7 +99,7 @@ def expected_shapes(config: Qwen2Config) -> dict[str, tuple[int, ...]]:
 def check_tensor_names_and_shapes(
     shapes: Mapping[str, tuple[int, ...]], config: Qwen2Config, *, where: str
 ) -> None:
-    """Raises a `UserError` naming missing, unexpected, or wrongly shaped tensors."""
+    """Raises a `ValueError` naming missing, unexpected, or wrongly shaped tensors."""
     expected = expected_shapes(config)
     missing = sorted(set(expected) - set(shapes))
     # Tied checkpoints sometimes still carry lm_head.weight: ignore it rather than refuse.
@@ -112,10 +111,10 @@ def check_tensor_names_and_shapes(
             parts.append(f"missing tensors: {', '.join(_abbreviate(missing))}")
         if unexpected:
             parts.append(f"unexpected tensors: {', '.join(_abbreviate(unexpected))}")
-        raise UserError(f"{where} does not match its config.json ({'; '.join(parts)})")
+        raise ValueError(f"{where} does not match its config.json ({'; '.join(parts)})")
     for name, shape in expected.items():
         if tuple(shapes[name]) != shape:
-            raise UserError(
+            raise ValueError(
                 f"{where}: tensor {name} has shape {tuple(shapes[name])}, but the config expects {shape}"
             )
 

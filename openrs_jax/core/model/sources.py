@@ -26,7 +26,6 @@ from openrs_jax.recipe.checkpoint import (
     read_step_metadata,
     read_step_params,
 )
-from openrs_jax.errors import UserError
 from openrs_jax.core.model.config import Qwen2Config
 from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of
@@ -69,7 +68,7 @@ def find_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
     if is_step_dir(p):
         return TrainingCheckpoint(p.resolve(), int(p.name))
     if PARTIAL_MARK in p.name:
-        raise UserError(
+        raise ValueError(
             f"{p} is an incomplete checkpoint (its save was interrupted); give a complete one: {ACCEPTED}"
         )
     checkpoints = p / CHECKPOINTS
@@ -79,7 +78,7 @@ def find_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
     if not steps:
         partial = partial_checkpoints(checkpoints)
         note = f" (only incomplete saves: {', '.join(q.name for q in partial)})" if partial else ""
-        raise UserError(
+        raise ValueError(
             f"run folder {p} holds no complete checkpoint in {checkpoints}{note}; "
             f"give its hf/ export if it has one, or: {ACCEPTED}"
         )
@@ -93,7 +92,7 @@ def checkpoint_config(ckpt: TrainingCheckpoint) -> Qwen2Config:
         return Qwen2Config.from_hf_dict(meta["model_config"])
     model_path = ckpt.run_config().get("model_path")
     if not model_path:
-        raise UserError(
+        raise ValueError(
             f"{ckpt.step_dir} holds no model config and its run folder no config.json naming model_path; "
             "convert the checkpoint with the run's config.json beside its checkpoints/ folder"
         )
@@ -159,7 +158,7 @@ def generation_files(model_path: str | Path) -> tuple[dict[str, Any], dict[str, 
         try:
             read.append(json.loads(f.read_text()) if f.is_file() else {})
         except json.JSONDecodeError as e:
-            raise UserError(f"{f} is not valid JSON ({e})") from None
+            raise ValueError(f"{f} is not valid JSON ({e})") from None
     return read[0], read[1]
 
 

@@ -91,8 +91,8 @@ def normalize_config(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate reward functions in {names}")
     params = {k: dict(v) for k, v in (reward_params or {}).items()}
-    for name, p in params.items():
-        bind(name, p)  # validates names and parameters, including unused ones
+    for name in dict.fromkeys([*names, *params]):
+        bind(name, params.get(name))  # validates names (importing custom ones) and parameters, including unused ones
     config = tuple((name, params.get(name, {})) for name in names)
     return config, tuple(weights)
 
