@@ -104,7 +104,7 @@ def test_evaluate_accepts_the_run_folder(run_dir, tmp_path):
 
 
 def test_training_starts_from_a_checkpoint(run_dir, tmp_path):
-    from openrs_jax.recipe.checkpoint import read_step_params
+    from openrs_jax.core.checkpoint import read_step_params
 
     step2 = run_dir / "checkpoints" / "2"
     config = load_config(TINY, [f"run.output_dir={tmp_path / 'next'}", *FAST, f"model.path={step2}", "grpo.max_steps=1"])

@@ -58,7 +58,7 @@ def test_train_log_lines_stay_off_the_bar_and_the_end_says_where_outputs_are(tmp
     segments = re.split(r"[\r\n]", result.stderr)
     saved = [s for s in segments if "saved checkpoint" in s]
     assert len(saved) == 2, result.stderr[-3000:]
-    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO openrs_jax\.recipe\.checkpoint: saved", s) for s in saved), saved
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO openrs_jax\.core\.checkpoint: saved", s) for s in saved), saved
     assert "Unable to initialize backend" not in result.stderr
     summary = result.stdout
     assert f"Hugging Face model: {out / 'hf'}" in summary

@@ -69,7 +69,7 @@ def test_preset_resolves_to_its_shape_with_random_weights_and_the_demo_tokenizer
 
 def _save_run(run: Path, steps: dict[int, dict]) -> None:
     from openrs_jax.core.model.sources import save_run_tokenizer
-    from openrs_jax.recipe.checkpoint import Checkpointer
+    from openrs_jax.core.checkpoint import Checkpointer
 
     config = read_config("builtin:tiny")
     ckpt = Checkpointer(run)

@@ -27,7 +27,7 @@ import numpy as np
 from openrs_jax.core import distributed, sharding
 
 from openrs_jax.recipe import dynamic_sampling, reference, toy
-from openrs_jax.recipe.checkpoint import Checkpointer
+from openrs_jax.core.checkpoint import Checkpointer
 from openrs_jax.recipe.config import validate
 from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
 from openrs_jax.core.grpo.microbatch import take_micro_batch

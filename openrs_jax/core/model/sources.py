@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.recipe.checkpoint import (
+from openrs_jax.core.checkpoint import (
     CHECKPOINTS,
     PARTIAL_MARK,
     complete_steps,

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
-log = logging.getLogger("openrs_jax.recipe.checkpoint")
+log = logging.getLogger("openrs_jax.core.checkpoint")
 
 CHECKPOINTS = "checkpoints"  # the folder of a run that holds one folder per saved step
 STATE, META = "state", "meta"  # the two items of a step folder (train state, JSON metadata)
