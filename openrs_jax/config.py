@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.scale_rewards = ml_collections.FieldReference("group", field_type=object)  # advantages divided by the group's reward std (group, the recipe), the whole step's (batch) or nothing (none); True/False mean group/none
     c.max_grad_norm = 1.0  # gradient clipping by global norm
     c.weight_decay = 0.0  # AdamW weight decay
-    c.logprob_chunk = 256  # completion tokens per chunk of the log-prob pass (bounds the [rows, chunk, vocab] logits)
+    c.logprob_chunk = 512  # completion tokens per chunk of the log-prob pass (bounds the [rows, chunk, vocab] logits)
     c.length_bucket = 256  # rows sorted by length, each micro-batch padded to its longest completion rounded up to this (one program per length); 0: off
     # Numerics and placement.
     c.compute_dtype = "bfloat16"  # dtype of the forward and backward passes and of rollouts

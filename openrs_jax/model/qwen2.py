@@ -14,6 +14,7 @@ masked attention of the full forward pass.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -22,6 +23,7 @@ import numpy as np
 from flax import nnx, struct
 
 from openrs_jax.model import attention as fused
+from openrs_jax.model import layer_grads
 from openrs_jax.model.config import Qwen2Config
 from openrs_jax.model.decode_attention import DecodeAttention
 
@@ -333,6 +335,16 @@ def _decoder_layer(
     return h + _linear(jax.nn.silu(gate) * up, p["down_proj"])
 
 
+def _right_padded_layer(
+    config: Qwen2Config, platform: str | None, h: jax.Array, p: dict[str, Any], cos: jax.Array, sin: jax.Array,
+    seq_lengths: jax.Array,
+) -> jax.Array:
+    """`_decoder_layer` over right-padded rows (the layer `layer_grads.accumulating_layer_scan` scans)."""
+    return _decoder_layer(
+        config, h, p, cos, sin, None, lambda q, k, v: fused.causal_attention(q, k, v, seq_lengths, platform)
+    )
+
+
 class Qwen2ForCausalLM(nnx.Module):
     """Qwen2 decoder with an LM head.
 
@@ -365,12 +377,18 @@ class Qwen2ForCausalLM(nnx.Module):
         cache: KVCache | None = None,
         seq_lengths: jax.Array | None = None,
         platform: str | None = None,
+        layer_grad_accumulator: Any | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, D] in compute dtype, and the updated cache.
 
         `seq_lengths` [B] (no cache): rows are right-padded, real tokens in the first
         seq_lengths columns (`attention_mask` is then ignored); attention runs through
         `model.attention.causal_attention` (cuDNN flash attention when `platform` is "gpu").
+
+        `layer_grad_accumulator` (no cache; a tree like the stacked layer parameters, fp32):
+        the gradient of the layers' parameters becomes accumulator + this call's gradient
+        (`model.layer_grads`); with right-padded rows and `remat="full"` it is added layer by
+        layer in place, with no compute-dtype copy of the stacked weights or their gradient.
         """
         c = self.config
         dtype = jnp.dtype(c.dtype)
@@ -394,7 +412,16 @@ class Qwen2ForCausalLM(nnx.Module):
 
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
-        layer_params = jax.tree.map(lambda x: x.astype(dtype), nnx.to_pure_dict(nnx.state(self.layers)))
+        stacked = nnx.to_pure_dict(nnx.state(self.layers))
+        if layer_grad_accumulator is not None and seq_lengths is not None and c.remat == "full":
+            layer = functools.partial(_right_padded_layer, c, platform)
+            h = layer_grads.accumulating_layer_scan(layer, h, stacked, layer_grad_accumulator,
+                                                    (cos, sin, seq_lengths), dtype)
+            return rms_norm(h, self.norm[...], c.rms_norm_eps), None
+        if layer_grad_accumulator is not None:
+            layer_params = layer_grads.adding_cast(stacked, layer_grad_accumulator, dtype)
+        else:
+            layer_params = jax.tree.map(lambda x: x.astype(dtype), stacked)
 
         def body(h, p):
             return _decoder_layer(c, h, p, cos, sin, mask, attend=attend), None
