@@ -19,7 +19,8 @@ the way the compiled program runs its kernels:
   its most expensive branch.
 - FLOPs: 2 x output elements x contracted elements of every `dot` and `convolution` (also inside
   fusions, e.g. Triton gemm fusions), of cuBLAS gemm calls (from their dot dimension numbers), and
-  of cuDNN attention calls (two matmuls forward, five backward, halved with a causal mask).
+  of cuDNN attention calls (two matmuls forward, five backward, halved with a causal mask), and
+  of the model's gated-MLP Pallas kernels (two matmuls, recognised by their kernel names).
   Element-wise arithmetic is not counted: against tensor-core peaks it is noise.
 
 Shapes in a partitioned program are per device, so every figure is per device.
@@ -47,6 +48,7 @@ SLICING_OPS = frozenset({"slice", "dynamic-slice", "gather"})
 # Asynchronous pairs: the "-start" half does the work, the "-done" half only waits.
 ASYNC_DONE = re.compile(r"-(done|update)$")
 
+_GATED_MLP_KERNEL = re.compile(r'name = \\?"gated_mlp_(forward|backward)')
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\]")
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%?([^\s=]+)\s*=\s*(.*)$")
 _HEADER = re.compile(r"^\s*(ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
@@ -264,6 +266,14 @@ class _Walker:
             matmuls = 5 if "Backward" in target else 2
             causal = 0.5 if fmha.get("mask_type") == "CAUSAL" else 1.0
             return 2.0 * matmuls * scores * head_dim * causal
+        if "triton" in target and _GATED_MLP_KERNEL.search(instr.attrs):
+            # The model's gated-MLP Pallas kernels (model.gated_mlp): x [M, D] times two [D, I] weights.
+            table = self.by_name[comp]
+            x, w = (table.get(o) for o in instr.operands[:2])
+            if x is None or w is None:
+                return 0.0
+            (m, d), (_, i) = shape_elements(x.shape)[0][1], shape_elements(w.shape)[0][1]
+            return 2.0 * 2 * m * d * i
         return 0.0
 
     def _flops_inside(self, comp: str) -> float:

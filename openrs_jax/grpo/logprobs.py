@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 from openrs_jax.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
 from openrs_jax.model import Qwen2ForCausalLM
 from openrs_jax.model.attention import platform_of, right_padded
+from openrs_jax.model.gated_mlp import GatedMlp
 from openrs_jax.sharding import constrain_batch
 
 DEFAULT_CHUNK = 512
@@ -158,7 +159,8 @@ def completion_logprobs(
     order, lengths = right_padded(attention_mask)
     packed_ids = jnp.take_along_axis(input_ids, order, axis=1)
     hidden, _ = model.hidden_states(  # [rows, S, D]
-        packed_ids, seq_lengths=lengths, platform=platform_of(mesh), layer_grad_accumulator=layer_grad_accumulator
+        packed_ids, seq_lengths=lengths, platform=platform_of(mesh), layer_grad_accumulator=layer_grad_accumulator,
+        mlp=GatedMlp.auto(platform_of(mesh), mesh),
     )
     if mesh is not None:
         hidden = constrain_batch(hidden, mesh)
