@@ -61,13 +61,17 @@ def test_layer_gradient_is_accumulator_plus_plain_gradient(model_parts, remat):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5, err_msg=str(path))
 
 
-def test_update_with_full_remat_equals_no_remat(model_parts):
-    """Four micro-batches through the accumulating layer scan (remat="full") against one
-    micro-batch of the plain scan (remat="none"): the same parameters after one update."""
+@pytest.mark.parametrize("devices,micro", [(1, 2), (4, 4)])
+def test_update_with_full_remat_equals_no_remat(model_parts, devices, micro):
+    """Micro-batches through the accumulating layer scan (remat="full"; on 1 device, or FSDP over
+    4) against one micro-batch of the plain scan (remat="none") on one device: the same
+    parameters after one update."""
+    if jax.device_count() < devices:
+        pytest.skip(f"needs {devices} devices (XLA_FLAGS=--xla_force_host_platform_device_count=4)")
     graphdef, params = model_parts
-    mesh = sharding.make_mesh(None, jax.devices()[:1])
     results = []
-    for remat, micro in (("none", None), ("full", 2)):
+    for remat, micro, n in (("none", None, 1), ("full", micro, devices)):
+        mesh = sharding.make_mesh(None if n == 1 else f"fsdp={n}", jax.devices()[:n])
         config = UpdateConfig(num_generations=G, beta=0.04, learning_rate=1e-3, warmup_ratio=0.0, max_steps=10,
                               max_completion_length=T, logprob_chunk=4, adam_epsilon=1e-2, micro_batch_size=micro)
         state = create_train_state(params, config, mesh)
@@ -76,6 +80,6 @@ def test_update_with_full_remat_equals_no_remat(model_parts):
         results.append((jax.device_get(state.params), {k: float(v) for k, v in metrics.items()}))
     (pa, ma), (pb, mb) = results
     for key in ma:
-        np.testing.assert_allclose(ma[key], mb[key], rtol=1e-5, atol=1e-7, err_msg=key)
+        np.testing.assert_allclose(ma[key], mb[key], rtol=1e-4 if devices > 1 else 1e-5, atol=1e-7, err_msg=key)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(pa), jax.tree.leaves(pb)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7, err_msg=str(path))
+        np.testing.assert_allclose(x, y, rtol=1e-4 if devices > 1 else 1e-5, atol=1e-7, err_msg=str(path))

@@ -428,3 +428,45 @@ def _plain_shape(shape: str, limit: int = 160) -> str:
     """The shape without layouts or index comments, e.g. `f32[6,2,4096,4096]`, cut at `limit` characters."""
     plain = re.sub(r"/\*[^*]*\*/", "", re.sub(r"\{[^}]*\}", "", shape))
     return plain if len(plain) <= limit else plain[: limit - 3] + "..."
+
+
+def top_writers(hlo_text: str, top: int = 40) -> list[dict[str, Any]]:
+    """The `top` instructions writing the most bytes per call (loops counted by their trip counts),
+    each with the opcodes its fused computation runs: the per-kernel breakdown behind a program's
+    `bytes_written` (`python -m openrs_jax.bench.hlo_cost HLO_FILE [TOP]` prints it)."""
+    computations, entry = parse_hlo(hlo_text)
+    walker = _Walker(computations, 1)
+    walker.cost(entry, 1.0, [])
+    rows = []
+    for instr, written, times in sorted(walker.writes.values(), key=lambda e: -e[1] * e[2])[:top]:
+        ops: dict[str, int] = {}
+        for i in computations.get(instr.attr("calls") or "", []):
+            if i.opcode not in FREE_OPS and i.opcode != "broadcast":
+                ops[i.opcode] = ops.get(i.opcode, 0) + 1
+        rows.append({"instruction": instr.name, "opcode": instr.opcode,
+                     "target": instr.attr("custom_call_target") or "", "shape": _plain_shape(instr.shape, 80),
+                     "runs_per_call": times, "bytes_per_call": int(written * times), "fused_ops": ops})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m openrs_jax.bench.hlo_cost HLO_FILE [TOP]`: totals and the largest writers of a
+    dumped optimized HLO module (`bench plan --dump_hlo`), one line each."""
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        raise SystemExit("usage: python -m openrs_jax.bench.hlo_cost HLO_FILE [TOP]")
+    text = Path(args[0]).read_text()
+    total = program_cost(text).total
+    print(f"written {total.bytes_written / 1e9:.1f} GB, read {total.bytes_read / 1e9:.1f} GB, "
+          f"{total.flops / 1e12:.1f} TFLOP, {total.kernels:.0f} kernels per call (loops at known trip counts)")
+    for row in top_writers(text, int(args[1]) if len(args) > 1 else 40):
+        ops = ",".join(f"{k}x{v}" if v > 1 else k for k, v in row["fused_ops"].items())
+        print(f"{row['bytes_per_call'] / 1e9:9.1f} GB  x{row['runs_per_call']:<6g} {row['shape']:<60} "
+              f"{row['opcode']} {row['target']} {row['instruction']} {ops}")
+
+
+if __name__ == "__main__":
+    main()

@@ -74,8 +74,7 @@ def _scan_bwd(layer, dtype, residuals, g):
         dh, dw = vjp(dh)
 
         def add(a: jax.Array, d: jax.Array) -> jax.Array:
-            row = jax.lax.dynamic_index_in_dim(a, i, keepdims=False) + d.astype(a.dtype)
-            return jax.lax.dynamic_update_index_in_dim(a, row, i, 0)
+            return a.at[i].add(d.astype(a.dtype))
 
         return (dh, jax.tree.map(add, acc, dw)), None
 
