@@ -19,7 +19,8 @@ the way the compiled program runs its kernels:
   its most expensive branch.
 - FLOPs: 2 x output elements x contracted elements of every `dot` and `convolution` (also inside
   fusions, e.g. Triton gemm fusions), of cuBLAS gemm calls (from their dot dimension numbers), and
-  of cuDNN attention calls (two matmuls forward, five backward, halved with a causal mask).
+  of cuDNN attention calls (two matmuls forward, five backward, halved with a causal mask), and
+  of the model's gated-MLP Pallas kernels (two matmuls, recognised by their kernel names).
   Element-wise arithmetic is not counted: against tensor-core peaks it is noise.
 
 Shapes in a partitioned program are per device, so every figure is per device.
@@ -47,6 +48,7 @@ SLICING_OPS = frozenset({"slice", "dynamic-slice", "gather"})
 # Asynchronous pairs: the "-start" half does the work, the "-done" half only waits.
 ASYNC_DONE = re.compile(r"-(done|update)$")
 
+_GATED_MLP_KERNEL = re.compile(r'name = \\?"gated_mlp_(forward|backward)')
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\]")
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%?([^\s=]+)\s*=\s*(.*)$")
 _HEADER = re.compile(r"^\s*(ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
@@ -264,6 +266,14 @@ class _Walker:
             matmuls = 5 if "Backward" in target else 2
             causal = 0.5 if fmha.get("mask_type") == "CAUSAL" else 1.0
             return 2.0 * matmuls * scores * head_dim * causal
+        if "triton" in target and _GATED_MLP_KERNEL.search(instr.attrs):
+            # The model's gated-MLP Pallas kernels (model.gated_mlp): x [M, D] times two [D, I] weights.
+            table = self.by_name[comp]
+            x, w = (table.get(o) for o in instr.operands[:2])
+            if x is None or w is None:
+                return 0.0
+            (m, d), (_, i) = shape_elements(x.shape)[0][1], shape_elements(w.shape)[0][1]
+            return 2.0 * 2 * m * d * i
         return 0.0
 
     def _flops_inside(self, comp: str) -> float:
@@ -418,3 +428,45 @@ def _plain_shape(shape: str, limit: int = 160) -> str:
     """The shape without layouts or index comments, e.g. `f32[6,2,4096,4096]`, cut at `limit` characters."""
     plain = re.sub(r"/\*[^*]*\*/", "", re.sub(r"\{[^}]*\}", "", shape))
     return plain if len(plain) <= limit else plain[: limit - 3] + "..."
+
+
+def top_writers(hlo_text: str, top: int = 40) -> list[dict[str, Any]]:
+    """The `top` instructions writing the most bytes per call (loops counted by their trip counts),
+    each with the opcodes its fused computation runs: the per-kernel breakdown behind a program's
+    `bytes_written` (`python -m openrs_jax.bench.hlo_cost HLO_FILE [TOP]` prints it)."""
+    computations, entry = parse_hlo(hlo_text)
+    walker = _Walker(computations, 1)
+    walker.cost(entry, 1.0, [])
+    rows = []
+    for instr, written, times in sorted(walker.writes.values(), key=lambda e: -e[1] * e[2])[:top]:
+        ops: dict[str, int] = {}
+        for i in computations.get(instr.attr("calls") or "", []):
+            if i.opcode not in FREE_OPS and i.opcode != "broadcast":
+                ops[i.opcode] = ops.get(i.opcode, 0) + 1
+        rows.append({"instruction": instr.name, "opcode": instr.opcode,
+                     "target": instr.attr("custom_call_target") or "", "shape": _plain_shape(instr.shape, 80),
+                     "runs_per_call": times, "bytes_per_call": int(written * times), "fused_ops": ops})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m openrs_jax.bench.hlo_cost HLO_FILE [TOP]`: totals and the largest writers of a
+    dumped optimized HLO module (`bench plan --dump_hlo`), one line each."""
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        raise SystemExit("usage: python -m openrs_jax.bench.hlo_cost HLO_FILE [TOP]")
+    text = Path(args[0]).read_text()
+    total = program_cost(text).total
+    print(f"written {total.bytes_written / 1e9:.1f} GB, read {total.bytes_read / 1e9:.1f} GB, "
+          f"{total.flops / 1e12:.1f} TFLOP, {total.kernels:.0f} kernels per call (loops at known trip counts)")
+    for row in top_writers(text, int(args[1]) if len(args) > 1 else 40):
+        ops = ",".join(f"{k}x{v}" if v > 1 else k for k, v in row["fused_ops"].items())
+        print(f"{row['bytes_per_call'] / 1e9:9.1f} GB  x{row['runs_per_call']:<6g} {row['shape']:<60} "
+              f"{row['opcode']} {row['target']} {row['instruction']} {ops}")
+
+
+if __name__ == "__main__":
+    main()

@@ -95,7 +95,7 @@ SECTIONS: dict[str, tuple[str, dict[str, tuple[Any, str]]]] = {
         "scale_rewards": (AnyType("group"), "advantages divided by the group's reward std (group, the recipe), the whole step's (batch) or nothing (none); True/False mean group/none"),
         "max_grad_norm": (1.0, "gradient clipping by global norm"),
         "weight_decay": (0.0, "AdamW weight decay"),
-        "logprob_chunk": (256, "completion tokens per chunk of the log-prob pass (bounds the [rows, chunk, vocab] logits)"),
+        "logprob_chunk": (512, "completion tokens per chunk of the log-prob pass (bounds the [rows, chunk, vocab] logits)"),
         "length_bucket": (256, "rows sorted by length, each micro-batch padded to its longest completion rounded up to this (one program per length); 0: off"),
         "policy_loss": ("clip", "clip (PPO-style clipped objective) or cispo (MiniMax-M1)"),
         "importance_sampling": ("token", "token, or sequence (GSPO: one ratio per completion)"),

@@ -35,13 +35,20 @@ from jax.sharding import Mesh
 from openrs_jax.core.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
 from openrs_jax.core.model import Qwen2ForCausalLM
 from openrs_jax.core.model.attention import platform_of, right_padded
+from openrs_jax.core.model.gated_mlp import GatedMlp
 from openrs_jax.core.sharding import constrain_batch
 
-DEFAULT_CHUNK = 256
+DEFAULT_CHUNK = 512
 
 
 def _chunk_logits(w: jax.Array, h: jax.Array, temperature: float) -> jax.Array:
-    logits = jnp.dot(h, w, preferred_element_type=jnp.float32)  # [B, chunk, V]
+    """One chunk's logits [B, chunk, V] as fp32 values of the matmul's output in the compute dtype.
+
+    The matmul accumulates in fp32 but writes its [B, chunk, V] output in h's dtype (bf16 in
+    training: half the bytes of the largest tensor of the pass, written twice per chunk in the
+    update); the log-softmax that reads it runs in fp32. In fp32 (CPU tests) nothing changes.
+    """
+    logits = jnp.dot(h, w, preferred_element_type=h.dtype).astype(jnp.float32)
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -117,8 +124,10 @@ def chunked_token_logprobs(
     kernel's gradient in fp32). The entropy carries no gradient (it is a metric).
     """
     b, t, d = hidden.shape
-    chunk = max(1, min(chunk, t))
-    n = math.ceil(t / chunk)
+    n = math.ceil(t / max(1, min(chunk, t)))
+    # n chunks of equal size (a multiple of 8, at most `chunk`): a bucketed length such as 1,280
+    # with chunk 512 is cut into 3 x 432, not padded to 3 x 512.
+    chunk = min(max(1, chunk), -(-math.ceil(t / n) // 8) * 8)
     pad = n * chunk - t
     hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
     targets = jnp.pad(targets, ((0, 0), (0, pad)))
@@ -140,14 +149,19 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     mesh: Mesh | None = None,
+    layer_grad_accumulator: Any | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs (and entropies) [rows, S - completion_start] of the completion tokens; 0 where
-    the token is padding (attention_mask 0)."""
+    the token is padding (attention_mask 0). `layer_grad_accumulator`: see
+    `Qwen2ForCausalLM.hidden_states` (the layers' gradient then includes it)."""
     if not 1 <= completion_start < input_ids.shape[1]:
         raise ValueError(f"completion_start {completion_start} must be in [1, {input_ids.shape[1]})")
     order, lengths = right_padded(attention_mask)
     packed_ids = jnp.take_along_axis(input_ids, order, axis=1)
-    hidden, _ = model.hidden_states(packed_ids, seq_lengths=lengths, platform=platform_of(mesh))  # [rows, S, D]
+    hidden, _ = model.hidden_states(  # [rows, S, D]
+        packed_ids, seq_lengths=lengths, platform=platform_of(mesh), layer_grad_accumulator=layer_grad_accumulator,
+        mlp=GatedMlp.auto(platform_of(mesh), mesh),
+    )
     if mesh is not None:
         hidden = constrain_batch(hidden, mesh)
     # Column p of the left-padded row predicts column p + 1; in the packed row, a real token

@@ -52,6 +52,7 @@ from openrs_jax.core.grpo.microbatch import (
 )
 from openrs_jax.core.sharding import constrain_batch, shard_batch, tree_shardings
 
+LAYERS = "layers"  # the stacked decoder layers' entry of the parameter dict
 BATCH_KEYS = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps")
 
 
@@ -196,10 +197,15 @@ def _constrain_like_params(tree: Any, mesh: Mesh | None) -> Any:
 
 
 def _micro_batch_grad_fn(graphdef: nnx.GraphDef, config: UpdateConfig, mesh: Mesh | None) -> Callable:
-    """`(params, mb) -> ((loss, metrics), grads)` of one micro-batch whose `loss_weights` and
-    `metric_weights` come from the whole batch (its shares of the batch's loss and metrics)."""
+    """`(params, mb, grads_sum) -> ((loss, metrics), grads_sum + grads)` of one micro-batch whose
+    `loss_weights` and `metric_weights` come from the whole batch (its shares of the batch's loss
+    and metrics).
 
-    def micro_batch_loss(params: Any, mb: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    The running fp32 gradient sum goes into the gradient computation: the decoder layers add
+    their gradient into its "layers" part in place (`model.layer_grads`), the other parameters'
+    gradients are added after."""
+
+    def micro_batch_loss(params: Any, mb: dict[str, Any], layers_sum: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
         model = nnx.merge(graphdef, params)
         ids, mask = mb["input_ids"], mb["attention_mask"]
         if mesh is not None:
@@ -208,6 +214,7 @@ def _micro_batch_grad_fn(graphdef: nnx.GraphDef, config: UpdateConfig, mesh: Mes
         logps, entropy = completion_logprobs(
             model, ids, mask, completion_start, chunk=config.logprob_chunk,
             temperature=config.logprob_temperature, with_entropy=config.log_entropy, mesh=mesh,
+            layer_grad_accumulator=layers_sum,
         )
         return grpo_loss(
             logps, mb.get("old_logps"), mb.get("ref_logps"), mb["advantages"], mb["completion_mask"],
@@ -215,7 +222,14 @@ def _micro_batch_grad_fn(graphdef: nnx.GraphDef, config: UpdateConfig, mesh: Mes
             policy_mask=mb.get("entropy_mask"), row_weights=mb.get("row_weights"), **config.loss_options(),
         )
 
-    return jax.value_and_grad(micro_batch_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(micro_batch_loss, has_aux=True)
+
+    def add_micro_batch(params: Any, mb: dict[str, Any], grads_sum: Any) -> tuple[tuple, Any]:
+        (loss, metrics), grads = grad_fn(params, mb, grads_sum[LAYERS])
+        rest = {k: jax.tree.map(jnp.add, grads_sum[k], v) for k, v in grads.items() if k != LAYERS}
+        return (loss, metrics), _constrain_like_params({**rest, LAYERS: grads[LAYERS]}, mesh)
+
+    return add_micro_batch
 
 
 def batch_weights(completion_mask: jax.Array, config: UpdateConfig) -> dict[str, jax.Array]:
@@ -289,14 +303,14 @@ def make_train_step(
             )
             data["entropy_mask"] = high_entropy_mask(entropy, mask, config.top_entropy_quantile)
 
+        zeros = _constrain_like_params(jax.tree.map(jnp.zeros_like, state.params), mesh)
         if n == 1:
-            (loss, metrics), grads = grad_fn(state.params, data)
+            (loss, metrics), grads = grad_fn(state.params, data, zeros)
         else:
             def accumulate(grads_sum: Any, mb: dict[str, Any]) -> tuple[Any, tuple]:
-                (loss, metrics), grads = grad_fn(state.params, mb)
-                return _constrain_like_params(jax.tree.map(jnp.add, grads_sum, grads), mesh), (loss, metrics)
+                (loss, metrics), grads_sum = grad_fn(state.params, mb, grads_sum)
+                return grads_sum, (loss, metrics)
 
-            zeros = _constrain_like_params(jax.tree.map(jnp.zeros_like, state.params), mesh)
             micro = split_micro_batches(data, n)  # [n, micro_batch_size, ...]
             if mesh is not None:
                 micro = jax.tree.map(lambda x: constrain_batch(x, mesh, row_axis=1), micro)
@@ -333,8 +347,7 @@ class BucketedTrainStep:
         grad_fn = _micro_batch_grad_fn(graphdef, self.config, mesh)
 
         def accumulate(params: Any, acc: tuple, mb: dict[str, Any]) -> tuple:
-            (loss, metrics), grads = grad_fn(params, mb)
-            grads = _constrain_like_params(jax.tree.map(jnp.add, acc[0], grads), mesh)
+            (loss, metrics), grads = grad_fn(params, mb, acc[0])
             scalars = {"loss": loss, "num_tokens": mb["completion_mask"].sum(), **metrics}
             return grads, jax.tree.map(jnp.add, acc[1], scalars)
 
@@ -385,7 +398,7 @@ class BucketedTrainStep:
 
     def gradients(self, params: Any, micro: list[dict[str, Any]]) -> tuple[Any, dict[str, jax.Array]]:
         """The batch's summed gradient and loss/metric sums (what `__call__` applies)."""
-        shapes = jax.eval_shape(self._grad_fn, params, micro[0])
+        shapes = jax.eval_shape(self._grad_fn, params, micro[0], params)
         (loss, metrics), _ = shapes
         scalars = {"loss": loss, "num_tokens": jax.ShapeDtypeStruct((), jnp.float32), **metrics}
         acc = self._zeros(params, scalars)

@@ -61,12 +61,15 @@ def implementation(dtype: Any, head_dim: int, platform: str | None = None) -> st
 
 
 def causal_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, seq_lengths: jax.Array, platform: str | None = None
+    q: jax.Array, k: jax.Array, v: jax.Array, seq_lengths: jax.Array, platform: str | None = None,
+    zero_padding: bool = True,
 ) -> jax.Array:
     """Causal grouped-query attention over right-padded rows -> [B, T, H * D].
 
     q: [B, T, H, D]; k, v: [B, T, KV, D] (query head h uses key/value head h // (H // KV));
-    seq_lengths: [B] real tokens at the start of each row. Outputs at padding positions are 0.
+    seq_lengths: [B] real tokens at the start of each row. Outputs at padding positions are 0,
+    or, with `zero_padding=False`, whatever the kernel left there (the model's layer drops them
+    itself, after its output projection).
     """
     b, t, h, d = q.shape
     lengths = seq_lengths.astype(jnp.int32)
@@ -77,6 +80,8 @@ def causal_attention(
     )
     # Padding queries: whatever a kernel leaves there must not be NaN (it would reach the
     # gradients through the next layer's padding rows); `where` also blocks their gradient.
+    if not zero_padding:
+        return out.reshape(b, t, h * d)
     valid = jnp.arange(t)[None, :] < lengths[:, None]
     out = jnp.where(valid[:, :, None, None], out, jnp.zeros((), out.dtype))
     return out.reshape(b, t, h * d)

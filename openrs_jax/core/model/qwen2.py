@@ -14,6 +14,7 @@ masked attention of the full forward pass.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -22,8 +23,10 @@ import numpy as np
 from flax import nnx, struct
 
 from openrs_jax.core.model import attention as fused
+from openrs_jax.core.model import layer_grads
 from openrs_jax.core.model.config import Qwen2Config
 from openrs_jax.core.model.decode_attention import DecodeAttention
+from openrs_jax.core.model.gated_mlp import GatedMlp
 
 # A large finite negative instead of -inf: a fully masked (padding) query row then gives a
 # finite, ignorable output instead of NaNs that could leak into gradients.
@@ -295,13 +298,20 @@ def _decoder_layer(
     sin: jax.Array,
     mask: jax.Array | None,
     attend: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None,
+    mlp: GatedMlp | None = None,
+    real_rows: jax.Array | None = None,
 ) -> jax.Array:
     """One pre-norm decoder layer, h: [B, T, D] -> [B, T, D].
 
     Without `attend`, attention over this call's keys/values with `mask` [B, T, T]. `attend(q, k, v)
     -> [B, T, H * D]` (q [B, T, H, D], k/v [B, T, KV, D], rotated) replaces it: the cached path's
     writes the keys/values into the cache and attends over it; right-padded full sequences use
-    `model.attention.causal_attention` (cuDNN flash attention on GPUs).
+    `model.attention.causal_attention` (cuDNN flash attention on GPUs). `mlp` computes the gated
+    product silu(gate) * up (`model.gated_mlp`: a kernel on GPUs) where the layer has separate,
+    bias-free gate/up kernels. `real_rows` [B, T] bool: where False (right padding), the
+    attention output is dropped after the output projection (whatever an attention kernel left
+    in padding rows, NaN included, goes no further and gets no gradient); the select fuses into
+    the projection's matmul, where zeroing the attention output would be a pass of its own.
     """
     c = config
     b, t, _ = h.shape
@@ -324,13 +334,27 @@ def _decoder_layer(
     v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out = attention(q, k, v, mask) if attend is None else attend(q, k, v)
-    h = h + _linear(out, p["o_proj"])
+    attended = h + _linear(out, p["o_proj"])
+    h = attended if real_rows is None else jnp.where(real_rows[..., None], attended, h)
     x, scale = normed(h, "post_attn_norm")
     if "gate_up_proj" in p:  # fused in `DecodeWeights`: one matmul, split after
         gate, up = jnp.split(_linear(x, p["gate_up_proj"], scale), 2, axis=-1)
+    elif mlp is not None and scale is None and p["gate_proj"].get("bias") is None:
+        return h + _linear(mlp(x, p["gate_proj"]["kernel"], p["up_proj"]["kernel"]), p["down_proj"])
     else:
         gate, up = _linear(x, p["gate_proj"]), _linear(x, p["up_proj"])
     return h + _linear(jax.nn.silu(gate) * up, p["down_proj"])
+
+
+def _right_padded_layer(
+    config: Qwen2Config, platform: str | None, mlp: GatedMlp | None, h: jax.Array, p: dict[str, Any],
+    cos: jax.Array, sin: jax.Array, seq_lengths: jax.Array,
+) -> jax.Array:
+    """`_decoder_layer` over right-padded rows (the layer `layer_grads.accumulating_layer_scan` scans)."""
+    return _decoder_layer(
+        config, h, p, cos, sin, None, mlp=mlp, real_rows=jnp.arange(h.shape[1])[None, :] < seq_lengths[:, None],
+        attend=lambda q, k, v: fused.causal_attention(q, k, v, seq_lengths, platform, zero_padding=False),
+    )
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -365,12 +389,20 @@ class Qwen2ForCausalLM(nnx.Module):
         cache: KVCache | None = None,
         seq_lengths: jax.Array | None = None,
         platform: str | None = None,
+        layer_grad_accumulator: Any | None = None,
+        mlp: GatedMlp | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, D] in compute dtype, and the updated cache.
 
         `seq_lengths` [B] (no cache): rows are right-padded, real tokens in the first
         seq_lengths columns (`attention_mask` is then ignored); attention runs through
         `model.attention.causal_attention` (cuDNN flash attention when `platform` is "gpu").
+
+        `layer_grad_accumulator` (no cache; a tree like the stacked layer parameters, fp32):
+        the gradient of the layers' parameters becomes accumulator + this call's gradient
+        (`model.layer_grads`); with right-padded rows and `remat="full"` it is added layer by
+        layer in place, with no compute-dtype copy of the stacked weights or their gradient.
+        `mlp` (no cache): the layers' gated-product implementation (`GatedMlp.auto`; default XLA).
         """
         c = self.config
         dtype = jnp.dtype(c.dtype)
@@ -381,11 +413,13 @@ class Qwen2ForCausalLM(nnx.Module):
         if cache is not None:
             return self._cached_hidden_states(input_ids, attention_mask, positions, cache)
 
-        attend = mask = None
+        attend = mask = real_rows = None
         if seq_lengths is not None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-            attend = lambda q, k, v: fused.causal_attention(q, k, v, seq_lengths, platform)  # noqa: E731
+            real_rows = jnp.arange(t)[None, :] < seq_lengths[:, None]
+            attend = lambda q, k, v: fused.causal_attention(  # noqa: E731
+                q, k, v, seq_lengths, platform, zero_padding=False)
         else:
             if positions is None:
                 positions = positions_from_mask(attention_mask)
@@ -394,10 +428,19 @@ class Qwen2ForCausalLM(nnx.Module):
 
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
-        layer_params = jax.tree.map(lambda x: x.astype(dtype), nnx.to_pure_dict(nnx.state(self.layers)))
+        stacked = nnx.to_pure_dict(nnx.state(self.layers))
+        if layer_grad_accumulator is not None and seq_lengths is not None and c.remat == "full":
+            layer = functools.partial(_right_padded_layer, c, platform, mlp)
+            h = layer_grads.accumulating_layer_scan(layer, h, stacked, layer_grad_accumulator,
+                                                    (cos, sin, seq_lengths), dtype)
+            return rms_norm(h, self.norm[...], c.rms_norm_eps), None
+        if layer_grad_accumulator is not None:
+            layer_params = layer_grads.adding_cast(stacked, layer_grad_accumulator, dtype)
+        else:
+            layer_params = jax.tree.map(lambda x: x.astype(dtype), stacked)
 
         def body(h, p):
-            return _decoder_layer(c, h, p, cos, sin, mask, attend=attend), None
+            return _decoder_layer(c, h, p, cos, sin, mask, attend=attend, mlp=mlp, real_rows=real_rows), None
 
         if c.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)

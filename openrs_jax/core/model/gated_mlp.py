@@ -1,0 +1,190 @@
+"""The MLP's gated product silu(x @ W_gate) * (x @ W_up), without writing gate and up.
+
+In a full-sequence pass the MLP's [tokens, intermediate] tensors are the largest a layer
+writes (8,960 columns against 1,536 for the 1.5B model). XLA computes gate and up with two
+matmuls, writes both, then writes their product: three such tensors forward, and in the
+backward pass gate and up again plus their two gradients. A matmul kernel that keeps both
+accumulators on chip (fp32) and applies silu(gate) * up before its one write writes only
+the product, not gate and up: one [tokens, I] tensor instead of three. The kernel runs where
+the pass is not differentiated (the reference and old-policy passes, and the update's forward
+pass through the rematerialised layers, `model.layer_grads`); where it is differentiated (the
+update's recomputation of each layer in its backward pass) XLA's matmuls run and keep gate and
+up for the gradient, as before.
+
+Implementations, chosen in one place (`GatedMlp.auto`, logged once per choice):
+
+- "pallas": a Pallas (Triton) kernel, on NVIDIA GPUs for bf16/fp16 and shapes it tiles;
+- "pallas_interpret": the same kernel in Pallas interpret mode (CPU tests);
+- "xla": the plain expression (CPUs, fp32, other shapes): the model's reference numbers.
+
+Under a mesh the kernel (a custom call XLA cannot partition) runs per shard with `shard_map`:
+rows over the batch axes, the intermediate dimension over "tensor" (the weights' own split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
+
+log = logging.getLogger("openrs_jax.core.model.gated_mlp")
+
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
+_KERNEL_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+# Tile sizes: rows x intermediate columns per program, and the contraction step.
+BLOCK_M, BLOCK_N, BLOCK_K = 64, 128, 64
+NUM_WARPS, NUM_STAGES = 4, 3  # not tuned on a GPU yet
+_logged: set[tuple] = set()
+
+
+def xla_gated_product(x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
+    """silu(x @ w_gate) * (x @ w_up), as XLA computes it (the reference)."""
+    return jax.nn.silu(x @ w_gate) * (x @ w_up)
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedMlp:
+    """Which gated-product implementation runs, and the mesh it runs under (static)."""
+
+    implementation: str = "xla"
+    mesh: Mesh | None = None
+
+    def __post_init__(self) -> None:
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"gated MLP {self.implementation!r}: choose one of {IMPLEMENTATIONS}")
+
+    @classmethod
+    def auto(cls, platform: str | None, mesh: Mesh | None = None, requested: str | None = None) -> "GatedMlp":
+        """The kernel on GPUs ("gpu" platform, e.g. `attention.platform_of(mesh)`), else XLA;
+        `requested` overrides. Shapes and dtypes the kernel cannot take fall back per call."""
+        choice = requested or ("pallas" if platform == "gpu" else "xla")
+        return cls(choice, mesh)
+
+    def kernel_fits(self, x: jax.Array, w_gate: jax.Array) -> tuple[bool, str]:
+        """Whether the kernel takes these operands (the per-shard shapes under a mesh), and why not."""
+        if self.implementation == "xla":
+            return False, "XLA chosen for this platform"
+        if self.implementation == "pallas" and jnp.dtype(x.dtype) not in _KERNEL_DTYPES:
+            return False, f"{x.dtype} (the kernel runs bf16/fp16)"
+        rows, columns = x.shape[0] // self._row_shards(), w_gate.shape[1] // self._tensor_shards(w_gate)
+        if rows % BLOCK_M or columns % BLOCK_N or x.shape[1] % BLOCK_K:
+            return False, f"shape rows {rows}, hidden {x.shape[1]}, intermediate {columns} not in whole tiles"
+        return True, "Pallas kernel"
+
+    def __call__(self, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
+        """silu(x @ w_gate) * (x @ w_up) for x [..., D], weights [D, I]."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        fits, why = self.kernel_fits(x2, w_gate)
+        key = (self.implementation, fits, str(x.dtype), x2.shape, w_gate.shape)
+        if key not in _logged:
+            _logged.add(key)
+            log.info("MLP gated product: %s (%s; %s, rows %d, %s)", "kernel" if fits else "xla", why, x.dtype,
+                     x2.shape[0], w_gate.shape)
+        if not fits:
+            return xla_gated_product(x, w_gate, w_up)
+        interpret = self.implementation == "pallas_interpret"
+        run = functools.partial(_gated_product, interpret)
+        if self.mesh is not None and self.mesh.size > 1:
+            rows = PartitionSpec(_batch_axes(self.mesh), None)
+            cols = _tensor_axis(self.mesh, w_gate)
+            weights = PartitionSpec(None, cols)
+            run = jax.shard_map(run, mesh=self.mesh, in_specs=(rows, weights, weights),
+                                out_specs=PartitionSpec(_batch_axes(self.mesh), cols), check_vma=False)
+        return run(x2, w_gate, w_up).reshape(*lead, w_gate.shape[1])
+
+    def _row_shards(self) -> int:
+        if self.mesh is None:
+            return 1
+        return math.prod(self.mesh.shape[a] for a in _batch_axes(self.mesh))
+
+    def _tensor_shards(self, w: jax.Array) -> int:
+        return self.mesh.shape["tensor"] if self.mesh is not None and _tensor_axis(self.mesh, w) else 1
+
+
+def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    from openrs_jax.core.sharding import BATCH_AXES
+
+    return tuple(a for a in BATCH_AXES if a in mesh.shape and mesh.shape[a] > 1)
+
+
+def _tensor_axis(mesh: Mesh, w: jax.Array) -> str | None:
+    size = mesh.shape.get("tensor", 1)
+    return "tensor" if size > 1 and w.shape[1] % size == 0 else None
+
+
+# --- the kernel ---------------------------------------------------------------------------
+
+
+def _accumulate(x_ref: Any, wg_ref: Any, wu_ref: Any) -> tuple[jax.Array, jax.Array]:
+    """gate and up tiles [BLOCK_M, BLOCK_N] in fp32, over the whole contraction."""
+    from jax.experimental import pallas as pl
+
+    steps = x_ref.shape[1] // BLOCK_K
+
+    def body(i: jax.Array, acc: tuple) -> tuple:
+        g, u = acc
+        k = pl.ds(pl.multiple_of(i * BLOCK_K, BLOCK_K), BLOCK_K)
+        x = x_ref[:, k]
+        g += jnp.dot(x, wg_ref[k, :], preferred_element_type=jnp.float32)
+        u += jnp.dot(x, wu_ref[k, :], preferred_element_type=jnp.float32)
+        return g, u
+
+    zeros = jnp.zeros((x_ref.shape[0], wg_ref.shape[1]), jnp.float32)
+    return jax.lax.fori_loop(0, steps, body, (zeros, zeros))
+
+
+def _forward_kernel(x_ref, wg_ref, wu_ref, out_ref):
+    g, u = _accumulate(x_ref, wg_ref, wu_ref)
+    out_ref[...] = (g * jax.nn.sigmoid(g) * u).astype(out_ref.dtype)
+
+
+def _kernel_call(x: jax.Array, w_gate: jax.Array, interpret: bool) -> Any:
+    """The forward kernel's pallas_call over [BLOCK_M, BLOCK_N] output tiles, named
+    "gated_mlp_forward" (the plan's FLOP count, `bench.hlo_cost`, recognises it: two
+    [M, D] x [D, I] matmuls)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu  # Triton, not Mosaic GPU (the default on Hopper)
+
+    m, d = x.shape
+    n = w_gate.shape[1]
+    weights = pl.BlockSpec((d, BLOCK_N), lambda i, j: (0, j))
+    return pl.pallas_call(
+        _forward_kernel, grid=(m // BLOCK_M, n // BLOCK_N), name="gated_mlp_forward",
+        in_specs=[pl.BlockSpec((BLOCK_M, d), lambda i, j: (i, 0)), weights, weights],
+        out_specs=pl.BlockSpec((BLOCK_M, BLOCK_N), lambda i, j: (i, j)),
+        out_shape=jax.ShapeDtypeStruct((m, n), x.dtype), interpret=interpret,
+        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gated_product(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
+    # Not differentiated (forward passes): the kernel.
+    return _kernel_call(x, w_gate, interpret)(x, w_gate, w_up)
+
+
+def _gated_product_fwd(interpret, x, w_gate, w_up):
+    # Differentiated (the update's rematerialised layer): XLA's matmuls, keeping gate and up for
+    # the backward pass. A backward kernel that recomputes them tile by tile instead of reading
+    # them writes two fewer [tokens, I] tensors but adds two [M, D] x [D, I] matmuls: slower on
+    # an H100/H200, where the update is compute-bound (docs/benchmarks.md).
+    gate, up = x @ w_gate, x @ w_up
+    return jax.nn.silu(gate) * up, (x, w_gate, w_up, gate, up)
+
+
+def _gated_product_bwd(interpret, residuals, dp):
+    x, w_gate, w_up, gate, up = residuals
+    _, vjp = jax.vjp(lambda g, u: jax.nn.silu(g) * u, gate, up)
+    d_gate, d_up = vjp(dp)
+    dx = d_gate @ w_gate.T + d_up @ w_up.T
+    return dx, x.T @ d_gate, x.T @ d_up
+
+
+_gated_product.defvjp(_gated_product_fwd, _gated_product_bwd)
