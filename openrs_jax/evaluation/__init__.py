@@ -10,44 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.evaluation.runner import (
-    EvalSettings,
-    GenerateFn,
-    Generation,
-    flat_metrics,
-    format_table,
-    pass_at_1,
-    run_completions_eval,
-    run_model_eval,
-)
-from openrs_jax.evaluation.scoring import prepare_gold, score_completion
-from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS, TaskSpec, load_task
+from openrs_jax.evaluation.draw import Generation, sampler_generate_fn
+from openrs_jax.evaluation.runner import EvalSettings, flat_metrics, format_table, pass_at_1, run_model_eval
 from openrs_jax.core.tokenizer import Tokenizer
 
-__all__ = [
-    "EvalSettings", "GenerateFn", "Generation", "PAPER_TASKS", "TASKS", "TaskSpec", "evaluate_tasks",
-    "flat_metrics", "format_table", "load_task", "pass_at_1", "prepare_gold", "run_completions_eval",
-    "run_model_eval", "sampler_generate_fn", "score_completion",
-]
-
-
-def sampler_generate_fn(
-    sampler: Any, params: Any, *, max_new_tokens: int, temperature: float, top_p: float,
-    eos_ids: Sequence[int], pad_id: int,
-) -> GenerateFn:
-    """Adapts the project's `Sampler` to the evaluator's `GenerateFn` (both are prompt-major)."""
-    from openrs_jax.core.sampling import SamplingParams
-
-    sampling = SamplingParams(
-        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        eos_ids=tuple(eos_ids), pad_id=pad_id,
-    )
-
-    def generate(prompts: list[list[int]], num_samples: int, seed: int) -> list[Generation]:
-        out = sampler.generate(params, prompts, num_samples, sampling, seed)
-        return [Generation(ids, bool(t)) for ids, t in zip(out.completions(), out.truncated)]
-
-    return generate
+__all__ = ["EvalSettings", "Generation", "evaluate_tasks", "flat_metrics", "format_table", "pass_at_1"]
 
 
 def evaluate_tasks(
@@ -81,9 +48,11 @@ def evaluate_tasks(
         num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         seed=seed, scoring=scoring, batch_size=batch_size,  # type: ignore[arg-type]
     )
-    generate = sampler_generate_fn(
-        sampler, params, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        eos_ids=eos_ids or (tokenizer.eos_id,), pad_id=tokenizer.pad_id,
-    )
+    from openrs_jax.core.sampling import SamplingParams
+
+    generate = sampler_generate_fn(sampler, params, SamplingParams(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        eos_ids=tuple(eos_ids or (tokenizer.eos_id,)), pad_id=tokenizer.pad_id,
+    ))
     return run_model_eval(generate, tokenizer, tasks, settings, data_dir=data_dir, limit=limit,
                           out_dir=out_dir, model=model, progress=progress)
