@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.cli import add_slots_argument
-from openrs_jax.evaluation.draw import GenerateFn, StreamGenerate, settings_diff, static_stream
+from openrs_jax.cli import add_queue_arguments
+from openrs_jax.evaluation.draw import GenerateFn, StreamGenerate, load_decoder, settings_diff, static_stream
 from openrs_jax.curation.io import read_rows, write_dataset
 from openrs_jax.files import append_jsonl, atomic_write_json, read_keyed_jsonl, write_jsonl
 from openrs_jax.core.model_paths import MODEL_HELP
@@ -49,9 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"{MODEL_HELP} (not needed when --pass_rates covers every problem)")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model's, or the training run's)")
     p.add_argument("--num_samples", type=int, default=8, help="completions per problem (default 8)")
-    p.add_argument("--batch_size", type=int, default=16,
-                   help="problems per sampler call with static batches (--slots 0; default 16)")
-    add_slots_argument(p)
+    add_queue_arguments(p, 16, "problems")
     p.add_argument("--max_new_tokens", type=int, default=3584, help="default 3584 (the recipe's Exp2/3 limit)")
     p.add_argument("--temperature", type=float, default=0.7, help="default 0.7 (the recipe's rollouts)")
     p.add_argument("--top_p", type=float, default=1.0)
@@ -263,12 +261,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resumed_records = read_pass_rates(own)
     resumed = sum(p.key in resumed_records and p.key not in known for p in problems)
     known.update(resumed_records)
-    todo: list[Problem] = []
-    queued: set[str] = set()
-    for p in problems:
-        if p.key not in known and p.key not in queued:  # a repeated problem is sampled once
-            queued.add(p.key)
-            todo.append(p)
+    first: dict[str, Problem] = {}
+    for p in problems:  # a repeated problem is sampled once
+        first.setdefault(p.key, p)
+    todo = [p for p in first.values() if p.key not in known]
 
     settings = {k: getattr(args, k) for k in ("model", "num_samples", "max_new_tokens", "temperature", "top_p",
                                               "top_k", "system_prompt", "seed")}
@@ -280,8 +276,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_settings(output_dir, settings)
         from openrs_jax.recipe.prompts import render_prompts_ids
         from openrs_jax.recipe.rewards import RewardScorer
-
-        from openrs_jax.evaluation.draw import load_decoder
 
         system_prompt = system_prompt_text(args.system_prompt)
         policy, generate, stream = load_decoder(

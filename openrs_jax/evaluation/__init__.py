@@ -24,35 +24,25 @@ def evaluate_tasks(
     tasks: str | Sequence[str],
     *,
     data_dir: str | Path | None = None,
-    num_samples: int = 1,
-    max_new_tokens: int = 32768,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    seed: int = 0,
     limit: int | None = None,
     eos_ids: Sequence[int] | None = None,
-    batch_size: int = 64,
-    scoring: str = "paper",
     out_dir: str | Path | None = None,
-    model: str | None = None,
-    progress: bool = False,
+    **settings: Any,
 ) -> dict[str, dict[str, Any]]:
     """Evaluates `params` on `tasks` with the paper's prompt and scoring; {task: metrics}.
 
-    Each task's entry has "accuracy" (pass@1 in [0, 1], mean over `num_samples` samples per
-    problem), "stderr", "n", "k" and the settings. `limit` keeps the first rows of each task;
+    `settings` are `EvalSettings` fields (num_samples, max_new_tokens, seed, ...; the paper's by
+    default). Each task's entry has "accuracy" (pass@1 in [0, 1], mean over `num_samples` samples
+    per problem), "stderr", "n", "k" and the settings. `limit` keeps the first rows of each task;
     `out_dir` (optional) receives details_<task>.jsonl and results.json and makes reruns resume.
     `eos_ids` defaults to the tokenizer's EOS. `flat_metrics(result)` gives log-ready scalars.
     """
-    settings = EvalSettings(
-        num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        seed=seed, scoring=scoring, batch_size=batch_size,  # type: ignore[arg-type]
-    )
     from openrs_jax.core.sampling import SamplingParams
 
+    s = EvalSettings(**settings)
     generate = sampler_generate_fn(sampler, params, SamplingParams(
-        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
         eos_ids=tuple(eos_ids or (tokenizer.eos_id,)), pad_id=tokenizer.pad_id,
     ))
-    return run_model_eval(generate, tokenizer, tasks, settings, data_dir=data_dir, limit=limit,
-                          out_dir=out_dir, model=model, progress=progress)
+    return run_model_eval(generate, tokenizer, tasks, s, data_dir=data_dir, limit=limit, out_dir=out_dir,
+                          progress=False)

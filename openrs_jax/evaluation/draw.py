@@ -74,7 +74,10 @@ def load_decoder(model: str, tokenizer: str | None, *, dtype: str, slots: int | 
     from openrs_jax.core.engine import Engine, decode_devices, stream_by_index
     from openrs_jax.core.policy import DECODE_MESH, Policy
     from openrs_jax.core.sampling import SamplingParams
+    from openrs_jax.recipe import toy
 
+    toy.check_name(model, "--model", "model")
+    toy.check_name(tokenizer or "", "--tokenizer", "model")
     devices, use_engine = decode_devices(slots)
     policy = Policy.load(
         model, tokenizer_path=tokenizer or "", mesh=DECODE_MESH, devices=devices, compute_dtype=dtype,

@@ -20,7 +20,7 @@ import logging
 import math
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,16 +92,6 @@ class EvalSettings:
 # ----------------------------------------------------------------------------- outputs on disk
 
 
-def _read_details(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
-    """Finished samples by (index, sample). A torn last line (an interrupted run) is ignored."""
-    return read_keyed_jsonl(path, lambda rec: (int(rec["index"]), int(rec["sample"])))
-
-
-def _write_details(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Rewrites the details file sorted by (index, sample), atomically."""
-    write_jsonl(path, sorted(records, key=lambda r: (r["index"], r["sample"])))
-
-
 @dataclass
 class SettingsFile:
     """eval_config.json of an output directory, written once, just before the first sample."""
@@ -120,12 +110,17 @@ def _holds_samples(out_dir: Path) -> bool:
     return any(p.stat().st_size > 0 for p in out_dir.glob("details_*.jsonl"))
 
 
-def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -> tuple[bool, SettingsFile]:
-    """Checks the run's settings against the samples already there; returns whether stored
-    samples need rescoring, and the settings file to write with the first sample.
+def _check_out_dir(out: str | Path | None, generation: Mapping[str, Any],
+                   scoring: str) -> tuple[Path | None, bool, SettingsFile | None]:
+    """Checks the run's settings against the samples already in `out` (None: no outputs);
+    returns the directory, whether stored samples need rescoring, and the settings file to
+    write with the first sample.
 
     Samples drawn under other generation settings must not be mixed into one estimate.
     """
+    if out is None:
+        return None, False, None
+    out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CONFIG_FILE
     rescore = False
@@ -141,7 +136,7 @@ def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -
                 "use another --out directory, or delete its details_*.jsonl and eval_config.json"
             )
         rescore = stored.get("scoring") != scoring
-    return rescore, SettingsFile(path, {"generation": dict(generation), "scoring": scoring})
+    return out_dir, rescore, SettingsFile(path, {"generation": dict(generation), "scoring": scoring})
 
 
 def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
@@ -192,14 +187,13 @@ class TaskRun:
         return self._golds[index]
 
     def load(self, rescore: bool) -> None:
-        """Reads finished samples from the details file.
-
-        Rows beyond this run's problems (a `limit` smaller than before) stay in the file but
+        """Reads finished samples from the details file (a torn last line, from an interrupted
+        run, is ignored). Rows beyond this run's problems (a `limit` smaller than before) stay in the file but
         are not counted.
         """
         if self.path is None:
             return
-        self.records = _read_details(self.path)
+        self.records = read_keyed_jsonl(self.path, lambda rec: (int(rec["index"]), int(rec["sample"])))
         if rescore:
             for rec in self.records.values():
                 if self._counted(rec["index"]):
@@ -228,10 +222,11 @@ class TaskRun:
         append_jsonl(self.path, recs)
 
     def finish(self) -> None:
+        """Rewrites the details file sorted by (index, sample)."""
         if self.path is not None:
             if self.settings is not None:
                 self.settings.write()
-            _write_details(self.path, self.records.values())
+            write_jsonl(self.path, sorted(self.records.values(), key=lambda r: (r["index"], r["sample"])))
 
     def missing(self, k: int) -> dict[int, list[int]]:
         """Sample numbers still to generate, per problem index."""
@@ -265,19 +260,15 @@ class TaskRun:
         }
 
 
-def _batch_seed(seed: int, task: str, batch: int) -> int:
-    # A stable per-batch seed (Python's hash() is salted per process).
-    return zlib.crc32(f"{seed}/{task}/{batch}".encode()) & 0x7FFFFFFF
+def _stable_seed(*parts: object) -> int:
+    # A seed from the run's seed, the task (and the batch); Python's hash() is salted per process.
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 def _length_sorted_batches(indices: Sequence[int], ids: Mapping[int, list[int]], size: int) -> list[list[int]]:
     """Indices sorted by prompt length, cut into batches: little padding within a batch."""
     ordered = sorted(indices, key=lambda i: (len(ids[i]), i))
     return [ordered[i: i + size] for i in range(0, len(ordered), size)]
-
-
-def _task_seed(seed: int, task: str) -> int:
-    return zlib.crc32(f"{seed}/{task}".encode()) & 0x7FFFFFFF
 
 
 def generate_task(
@@ -305,7 +296,7 @@ def generate_task(
             def on_progress(counts: Mapping[str, int]) -> None:
                 bar.set_postfix(tokens=counts["tokens"], live=counts["slots_live"], refresh=False)
 
-            drawn = generate(ids, requests, _task_seed(settings.seed, run.spec.name), on_progress)
+            drawn = generate(ids, requests, _stable_seed(settings.seed, run.spec.name), on_progress)
         else:
             # Problems missing the same number of samples go together (usually all: a fresh run, or K raised).
             by_count: dict[int, list[int]] = defaultdict(list)
@@ -313,7 +304,7 @@ def generate_task(
                 by_count[len(todo[i])].append(i)
             batches = [batch for count, indices in sorted(by_count.items()) for batch in
                        _length_sorted_batches(indices, ids, max(1, settings.batch_size // count))]
-            drawn = static_stream(generate, ids, todo, ((batch, _batch_seed(settings.seed, run.spec.name, n))
+            drawn = static_stream(generate, ids, todo, ((batch, _stable_seed(settings.seed, run.spec.name, n))
                                                         for n, batch in enumerate(batches)))
         for index, sample, out in drawn:
             out = cap_generation(out, settings.new_token_cap(len(ids[index])))
@@ -329,16 +320,14 @@ def cap_generation(out: Generation, cap: int) -> Generation:
     return Generation(list(out.token_ids[:cap]), truncated=True)  # any EOS came after the cap
 
 
-def settings_record(settings: EvalSettings, spec: TaskSpec, data: str, source: Mapping[str, Any]) -> dict[str, Any]:
+def settings_record(settings: EvalSettings, spec: TaskSpec, data_dir: str | Path | None,
+                    source: Mapping[str, Any]) -> dict[str, Any]:
     """What results.json stores beside each task's numbers."""
     s = asdict(settings)
     s.pop("batch_size")
     s.pop("num_samples")  # "k" says how many samples were scored
+    data = str(Path(data_dir).expanduser() / f"{spec.name}.jsonl") if data_dir else f"{spec.hub_id}:{spec.split}"
     return {**s, **source, "data": data, "gold_field": spec.gold_field, "gold_kind": spec.gold_kind}
-
-
-def _data_label(spec: TaskSpec, data_dir: str | Path | None) -> str:
-    return str(Path(data_dir).expanduser() / f"{spec.name}.jsonl") if data_dir else f"{spec.hub_id}:{spec.split}"
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -360,7 +349,6 @@ def run_model_eval(
     """Generates with `generate` (a `StreamGenerate` with `stream`), scores, writes outputs;
     returns {task: metrics and settings}."""
     names = parse_task_names(tasks)
-    out = Path(out_dir).expanduser() if out_dir is not None else None
     generation = {
         "model": model, "tokenizer": str(tokenizer.path), "max_new_tokens": settings.max_new_tokens,
         "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
@@ -371,9 +359,7 @@ def run_model_eval(
                        if v not in ("single", 0)})
     if data_dir is None:
         require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
-    rescore, settings_file = (
-        _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else (False, None)
-    )
+    out, rescore, settings_file = _check_out_dir(out_dir, {"source": "model", **generation}, settings.scoring)
     results = {}
     for name in names:
         spec = get_task(name)
@@ -383,7 +369,7 @@ def run_model_eval(
         generate_task(run, generate, tokenizer, settings, progress, stream=stream)
         run.finish()
         results[name] = {**run.metrics(settings.num_samples),
-                         **settings_record(settings, spec, _data_label(spec, data_dir), {"model": model})}
+                         **settings_record(settings, spec, data_dir, {"model": model})}
         if out:  # task by task: an interrupted run keeps the numbers of the tasks it finished
             _merge_results(out, {name: results[name]})
     return results
@@ -431,13 +417,11 @@ def run_completions_eval(
 
     found = read_completions(completions_file)
     names = parse_task_names(tasks) if tasks else [t for t in TASKS if t in found]
-    out = Path(out_dir).expanduser() if out_dir is not None else None
     data = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
     if data_dir is None:
         require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
-    rescore, settings_file = (
-        _check_out_dir(out, {"source": "completions", "data_dir": data}, settings.scoring) if out else (False, None)
-    )
+    out, rescore, settings_file = _check_out_dir(out_dir, {"source": "completions", "data_dir": data},
+                                                 settings.scoring)
     results = {}
     for name in names:
         spec = get_task(name)
@@ -475,7 +459,7 @@ def run_completions_eval(
         if metrics["missing"]:
             log.warning("task %s: %d of %d problems have no completion; pass@1 is over the other %d",
                         name, metrics["missing"], len(problems), metrics["n"])
-        record = settings_record(settings, spec, _data_label(spec, data_dir), {"completions": str(completions_file)})
+        record = settings_record(settings, spec, data_dir, {"completions": str(completions_file)})
         for key in ("max_new_tokens", "temperature", "top_p", "seed"):
             record.pop(key)  # unknown: the completions came from elsewhere
         results[name] = {**metrics, **record}
