@@ -84,9 +84,12 @@ def exit_on_user_error(main: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def add_slots_argument(p: argparse.ArgumentParser) -> None:
-    """`--slots`: rows in flight in the slot engine (`openrs_jax.core.engine`), shared by every
-    command whose work is a queue of prompts (evaluate, curate difficulty)."""
+def add_queue_arguments(p: argparse.ArgumentParser, batch_size: int, unit: str) -> None:
+    """`--batch_size` (`unit` per static sampler call) and `--slots` (rows in flight in the slot
+    engine, `openrs_jax.core.engine`): every command whose work is a queue of prompts (evaluate,
+    curate difficulty)."""
+    p.add_argument("--batch_size", type=int, default=batch_size,
+                   help=f"{unit} per sampler call with static batches (--slots 0; default {batch_size})")
     p.add_argument("--slots", type=int, default=None,
                    help="rows in flight in the slot engine (continuous batching, one device; default: as many "
                         "as fit in the device's free memory, 8 on a CPU); 0 = static batches of --batch_size, "

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.cli import exit_on_user_error
+from openrs_jax.cli import exit_on_user_error, setup_logging
 from openrs_jax.curation.io import progress, read_rows, write_dataset, write_stats
 from openrs_jax.files import write_jsonl
 
@@ -101,33 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stats(args: argparse.Namespace, start: float, **fields: Any) -> dict[str, Any]:
-    settings = {k: v for k, v in vars(args).items() if k not in ("step", "no_progress")}
-    return {"step": args.step, **fields, "settings": settings, "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _finish(args: argparse.Namespace, start: float, kept: list[dict[str, Any]], report: str,
+def _finish(args: argparse.Namespace, kept: list[dict[str, Any]], report: str,
             records: Iterable[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
     """Writes a filter step's outputs: the kept rows, its report, and returns its stats."""
     out = Path(args.output_dir)
     write_dataset(out, kept)
     write_jsonl(out / report, records)
-    return _stats(args, start, **stats)
+    return stats
 
 
 def run_format(args: argparse.Namespace) -> dict[str, Any]:
     from openrs_jax.curation.format_filter import format_filter
 
-    start = time.perf_counter()
     rows = read_rows(args.input, args.split)
     result = format_filter(rows, num_workers=args.num_workers, show_progress=not args.no_progress)
-    return _finish(args, start, result.kept, "dropped.jsonl", result.dropped, result.stats())
+    return _finish(args, result.kept, "dropped.jsonl", result.dropped, result.stats())
 
 
 def run_decontaminate(args: argparse.Namespace) -> dict[str, Any]:
     from openrs_jax.curation.decontaminate import Decontaminator, load_benchmarks
 
-    start = time.perf_counter()
     rows = read_rows(args.input, args.split)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     benchmarks = load_benchmarks(args.benchmarks_dir, tasks)
@@ -135,14 +128,13 @@ def run_decontaminate(args: argparse.Namespace) -> dict[str, Any]:
     result = finder.run(progress(rows, not args.no_progress, "decontaminate"))
     stats = {**result.stats(), "benchmarks": dict(Counter(b.task for b in benchmarks))}
     records = (m.record(str(rows[m.index]["problem"])) for m in result.matches)
-    return _finish(args, start, result.kept, "matches.jsonl", records, stats)
+    return _finish(args, result.kept, "matches.jsonl", records, stats)
 
 
 def run_dedup(args: argparse.Namespace) -> dict[str, Any]:
     from openrs_jax.curation.dedup import dedup
     from openrs_jax.curation.mix import parse_source
 
-    start = time.perf_counter()
     rows = read_rows(args.input, args.split)
     against: dict[str, list[dict[str, Any]]] = {}
     for spec in args.against:
@@ -152,13 +144,12 @@ def run_dedup(args: argparse.Namespace) -> dict[str, Any]:
         against[source.name] = read_rows(source.dataset, args.split)
     name = args.name or parse_source(args.input).name
     result = dedup(rows, name, against, near_threshold=args.near_threshold, n=args.ngram)
-    return _finish(args, start, result.kept, "duplicates.jsonl", result.duplicates, result.stats())
+    return _finish(args, result.kept, "duplicates.jsonl", result.duplicates, result.stats())
 
 
 def run_mix(args: argparse.Namespace) -> dict[str, Any]:
     from openrs_jax.curation.mix import mix, parse_source, save_to_disk
 
-    start = time.perf_counter()
     sources = [parse_source(spec) for spec in args.source]
     loaded = [(s, read_rows(s.dataset, args.split)) for s in sources]
     rows, stats = mix(loaded, seed=args.seed, skip_duplicates=not args.keep_duplicates, shuffle=not args.no_shuffle)
@@ -166,14 +157,13 @@ def run_mix(args: argparse.Namespace) -> dict[str, Any]:
     write_dataset(out, rows)
     if args.save_to_disk:
         stats["hf_dataset"] = str(save_to_disk(rows, out / "hf_dataset", show_progress=not args.no_progress))
-    return _stats(args, start, **stats)
+    return stats
 
 
 def run_difficulty(args: argparse.Namespace) -> dict[str, Any]:
     from openrs_jax.curation.difficulty import run
 
-    start = time.perf_counter()
-    return _stats(args, start, **run(args))
+    return run(args)
 
 
 def input_paths(args: argparse.Namespace) -> list[str]:
@@ -218,9 +208,12 @@ STEPS = {"format": run_format, "difficulty": run_difficulty, "decontaminate": ru
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs one step; prints its stats (also written to OUTPUT_DIR/stats.json) and returns them."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     check_output_dir(args)
-    stats = STEPS[args.step](args)
+    start = time.perf_counter()
+    fields = STEPS[args.step](args)
+    settings = {k: v for k, v in vars(args).items() if k not in ("step", "no_progress")}
+    stats = {"step": args.step, **fields, "settings": settings, "seconds": round(time.perf_counter() - start, 3)}
     path = write_stats(Path(args.output_dir), stats)
     if not stats.get("rows_out"):
         log.warning("no row was kept: %s/train.jsonl is empty", args.output_dir)

@@ -12,12 +12,12 @@ same OUTDIR reuses finished samples.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from openrs_jax.cli import add_slots_argument, exit_on_user_error
+from openrs_jax.cli import add_queue_arguments, exit_on_user_error, setup_logging
+from openrs_jax.evaluation.draw import load_decoder
 from openrs_jax.evaluation.runner import EvalSettings, format_table, run_completions_eval, run_model_eval
 from openrs_jax.evaluation.scoring import SCORING_MODES
 from openrs_jax.evaluation.tasks import PAPER_TASKS, TASKS
@@ -50,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=0.95, help="default 0.95 (the paper's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="only the first N problems of each task")
-    p.add_argument("--batch_size", type=int, default=64,
-                   help="completions per sampler call with static batches (--slots 0; default 64)")
-    add_slots_argument(p)
+    add_queue_arguments(p, 64, "completions")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype")
     p.add_argument("--scoring", default="paper", choices=SCORING_MODES,
                    help="paper: lighteval's extraction as the paper ran it (default); fixed: answer-only "
@@ -69,46 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_generate(args: argparse.Namespace):  # -> (Policy, GenerateFn | StreamGenerate, stream)
-    """The model's policy and its generate function: static sampler batches, or the slot engine
-    unless static batches are asked for or several devices are present. Imported here so
-    --completions never starts JAX."""
-    from openrs_jax.core.engine import decode_devices
-    from openrs_jax.core.policy import DECODE_MESH, Policy
-    from openrs_jax.evaluation import sampler_generate_fn
-
-    devices, use_engine = decode_devices(args.slots)
-    policy = Policy.load(
-        args.model, tokenizer_path=args.tokenizer or "", mesh=DECODE_MESH, devices=devices,
-        compute_dtype=args.dtype, param_dtype=args.dtype, prompt_bucket=PROMPT_BUCKET,
-        require_chat_template=True, flags=("--model", "--tokenizer"),
-    )
-    weights = policy.rollout_params(policy.load_params())
-    pad_id = policy.tokenizer.pad_id
-    if not use_engine:
-        return policy, sampler_generate_fn(
-            policy.sampler, weights, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_p=args.top_p, eos_ids=policy.eos_ids, pad_id=pad_id,
-        ), False
-    from openrs_jax.core.engine import Engine, stream_by_index
-    from openrs_jax.evaluation.runner import Generation
-    from openrs_jax.core.sampling import SamplingParams
-
-    engine = Engine(policy.sampler, slots=args.slots)
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                              eos_ids=policy.eos_ids, pad_id=pad_id)
-
-    def generate(prompts, requests, seed, on_progress):
-        for c in stream_by_index(engine, weights, prompts, requests, sampling, seed, on_progress):
-            yield c.request.prompt, c.request.sample, Generation(c.token_ids, c.truncated)
-
-    return policy, generate, True
-
-
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from openrs_jax.core.tokenizer import load_tokenizer
 
     settings = EvalSettings(
@@ -132,11 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tokenizer=tokenizer, progress=not args.no_progress,
         )
     else:
-        from openrs_jax.recipe import toy
-
-        toy.check_name(args.model, "--model", "model")
-        toy.check_name(args.tokenizer or "", "--tokenizer", "model")
-        policy, generate, stream = _model_generate(args)
+        policy, generate, stream = load_decoder(
+            args.model, args.tokenizer, dtype=args.dtype, slots=args.slots, prompt_bucket=PROMPT_BUCKET,
+            sampling={"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens},
+            require_chat_template=True,
+        )
         results = run_model_eval(
             generate, policy.tokenizer, args.tasks or ",".join(PAPER_TASKS), settings, data_dir=args.data_dir,
             limit=args.limit, out_dir=args.out, model=policy.describe(),

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from openrs_jax import curate
-from openrs_jax.curation.difficulty import PASS_RATES_FILE, Band, Problem, pass_rate_records, read_pass_rates
+from openrs_jax.curation.difficulty import PASS_RATES_FILE, Band, Problem, read_pass_rates, sample_pass_rates
+from openrs_jax.evaluation.draw import Generation
 from openrs_jax.recipe.data import load_rows
 from openrs_jax.recipe.rewards import get_reward_function
 from openrs_jax.recipe.toy import resolve
@@ -25,7 +26,7 @@ def test_band_parsing():
             Band.parse(bad)
 
 
-def test_pass_rates_are_fractions_of_correct_samples():
+def test_pass_rates_are_fractions_of_correct_samples(tmp_path):
     # Hand-made completions scored by the real accuracy reward: 3 of 4 and 0 of 4 correct.
     completions = {
         "1+2=": ["\\boxed{3}", "\\boxed{3}", "\\boxed{4}", "so $\\boxed{3}$"],
@@ -34,13 +35,18 @@ def test_pass_rates_are_fractions_of_correct_samples():
     problems = [Problem(7, "k1", "1+2=", "$\\boxed{3}$"), Problem(9, "k2", "2+2=", "$\\boxed{4}$")]
     seen = {}
 
-    def generate(prompts, num_samples, seed):
+    texts = [c for p in problems for c in completions[p.problem]]
+
+    def generate(prompts, num_samples, seed):  # completion i is the token [i]
         seen.update(prompts=prompts, num_samples=num_samples, seed=seed)
-        return [c for p in problems for c in completions[p.problem]]
+        return [Generation([i], truncated=False) for i in range(len(texts))]
 
     accuracy = get_reward_function("accuracy")
-    records = pass_rate_records(problems, [[1, 2], [3]], generate, lambda t, g, k: accuracy(t, g), 4, seed=5)
-    assert seen == {"prompts": [[1, 2], [3]], "num_samples": 4, "seed": 5}
+    records = sample_pass_rates(problems, {7: [1, 2], 9: [3]}, generate, lambda ids: texts[ids[0]],
+                                lambda t, g, k: accuracy(t, g), stream=False, num_samples=4, batch_size=2, seed=5,
+                                append_to=tmp_path / "rates.jsonl", show_progress=False)
+    assert seen == {"prompts": [[1, 2], [3]], "num_samples": 4, "seed": 5 * 1_000_003 + 7}
+    assert read_pass_rates(tmp_path / "rates.jsonl") == {r["key"]: r for r in records}
     assert [(r["index"], r["key"], r["num_correct"], r["pass_rate"]) for r in records] == [
         (7, "k1", 3, 0.75), (9, "k2", 0, 0.0)]
 

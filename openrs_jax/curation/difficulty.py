@@ -6,9 +6,8 @@ rate is the fraction judged correct. GRPO learns nothing from a problem whose G 
 all score the same, so the paper dropped the problems its model always solved (band `[0,1)`,
 the default); `(0,1)` also drops those it never solves.
 
-Pass rates are appended to OUTPUT_DIR/pass_rates.jsonl after every batch (with the slot engine,
-`--slots`: after every problem whose samples are all done): a rerun into the
-same folder samples only the problems still missing, and `--pass_rates FILE` reuses the rates
+Pass rates are appended to OUTPUT_DIR/pass_rates.jsonl as soon as a problem's samples are all
+done: a rerun into the same folder samples only the problems still missing, and `--pass_rates FILE` reuses the rates
 of an earlier run (no model needed when they cover every problem) to choose another band
 without sampling again. A problem is identified by a digest of its problem and gold texts.
 The sampling settings are kept in OUTPUT_DIR/pass_rates_settings.json; a rerun with other
@@ -23,12 +22,13 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.cli import add_slots_argument
+from openrs_jax.cli import add_queue_arguments
+from openrs_jax.evaluation.draw import GenerateFn, StreamGenerate, load_decoder, settings_diff, static_stream
 from openrs_jax.curation.io import read_rows, write_dataset
 from openrs_jax.files import append_jsonl, atomic_write_json, read_keyed_jsonl, write_jsonl
 from openrs_jax.core.model_paths import MODEL_HELP
@@ -40,12 +40,6 @@ PASS_RATES_FILE = "pass_rates.jsonl"
 SETTINGS_FILE = "pass_rates_settings.json"
 SYSTEM_PROMPTS = ("recipe", "exp3", "none")
 
-# (prompt ids, samples per prompt, seed) -> one completion text per sample, prompt-major.
-GenerateFn = Callable[[list[list[int]], int, int], list[str]]
-# The slot engine's form (`openrs_jax.core.engine`): (prompt ids by problem index, (index, sample)
-# requests, seed, progress callback) -> (index, sample, completion text) as each one finishes.
-StreamFn = Callable[[Mapping[int, list[int]], list[tuple[int, int]], int, Callable[[Mapping[str, int]], None]],
-                    Iterable[tuple[int, int, str]]]
 # (completions, golds, samples per prompt) -> accuracy per completion (1.0 = correct).
 ScoreFn = Callable[[list[str], list[str], int], list[float]]
 
@@ -55,9 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"{MODEL_HELP} (not needed when --pass_rates covers every problem)")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model's, or the training run's)")
     p.add_argument("--num_samples", type=int, default=8, help="completions per problem (default 8)")
-    p.add_argument("--batch_size", type=int, default=16,
-                   help="problems per sampler call with static batches (--slots 0; default 16)")
-    add_slots_argument(p)
+    add_queue_arguments(p, 16, "problems")
     p.add_argument("--max_new_tokens", type=int, default=3584, help="default 3584 (the recipe's Exp2/3 limit)")
     p.add_argument("--temperature", type=float, default=0.7, help="default 0.7 (the recipe's rollouts)")
     p.add_argument("--top_p", type=float, default=1.0)
@@ -133,11 +125,10 @@ def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             old = {}
-        diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
-                if old.get(k) != settings.get(k)]
+        diff = settings_diff(old, settings)
         if diff:
             raise ValueError(
-                f"{output_dir} holds pass rates sampled with other settings ({'; '.join(diff)}); use another "
+                f"{output_dir} holds pass rates sampled with other settings ({diff}); use another "
                 f"--output_dir (reusing the old rates with --pass_rates {output_dir / PASS_RATES_FILE} if wanted)"
             )
     atomic_write_json(path, dict(settings))
@@ -154,135 +145,64 @@ class Problem:
     gold: str
 
 
-def pass_rate_records(
-    problems: Sequence[Problem],
-    prompt_ids: Sequence[list[int]],
-    generate: GenerateFn,
-    score: ScoreFn,
-    num_samples: int,
-    seed: int,
-) -> list[dict[str, Any]]:
-    """Samples and scores one batch of problems; one record per problem."""
-    texts = generate([list(p) for p in prompt_ids], num_samples, seed)
-    golds = [p.gold for p in problems for _ in range(num_samples)]
-    rewards = score(texts, golds, num_samples)
-    records = []
-    for i, p in enumerate(problems):
-        mine = rewards[i * num_samples : (i + 1) * num_samples]
-        correct = sum(1 for r in mine if r >= 1.0)
-        records.append({"key": p.key, "index": p.index, "pass_rate": correct / num_samples,
-                        "num_correct": correct, "num_samples": num_samples})
-    return records
+def pass_rate_record(problem: Problem, texts: list[str], score: ScoreFn) -> dict[str, Any]:
+    """A problem's pass rate from its completions, as a pass_rates.jsonl record."""
+    rewards = score(texts, [problem.gold] * len(texts), len(texts))
+    correct = sum(1 for r in rewards if r >= 1.0)
+    return {"key": problem.key, "index": problem.index, "pass_rate": correct / len(texts),
+            "num_correct": correct, "num_samples": len(texts)}
 
 
 def sample_pass_rates(
     todo: Sequence[Problem],
-    render: Callable[[list[str]], list[list[int]]],
-    generate: GenerateFn,
+    prompts: Mapping[int, list[int]],
+    generate: GenerateFn | StreamGenerate,
+    decode: Callable[[list[int]], str],
     score: ScoreFn,
     *,
+    stream: bool,
     num_samples: int,
     batch_size: int,
     seed: int,
     append_to: Path,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Pass rates of `todo`, batch by batch, each batch appended to `append_to` as it finishes."""
-    from tqdm import tqdm
-
-    out: list[dict[str, Any]] = []
-    bar = tqdm(total=len(todo), desc="difficulty", unit="problem", dynamic_ncols=True, disable=not show_progress)
-    try:
-        for start in range(0, len(todo), batch_size):
-            batch = list(todo[start : start + batch_size])
-            # The seed follows the batch's first problem, so a fresh run is reproducible.
-            records = pass_rate_records(batch, render([p.problem for p in batch]), generate, score,
-                                        num_samples, seed * 1_000_003 + batch[0].index)
-            append_jsonl(append_to, records)
-            out.extend(records)
-            bar.update(len(batch))
-            bar.set_postfix(mean_pass_rate=f"{sum(r['pass_rate'] for r in out) / len(out):.3f}")
-    finally:
-        bar.close()
-    return out
-
-
-def stream_pass_rates(
-    todo: Sequence[Problem],
-    render: Callable[[list[str]], list[list[int]]],
-    stream: StreamFn,
-    score: ScoreFn,
-    *,
-    num_samples: int,
-    seed: int,
-    append_to: Path,
-    show_progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Pass rates of `todo` through the slot engine: every (problem, sample) is one request, the
-    samples of a problem queued together; a problem is scored and appended to `append_to` as
-    soon as its last sample finishes. A sample depends only on (seed, row index, sample)."""
+    """Pass rates of `todo` (prompt ids by row index in `prompts`), drawn in static batches of
+    `batch_size` problems, or with `stream` through the slot engine (a sample depends only on
+    (seed, row index, sample)); a problem is scored and appended to `append_to` as soon as its
+    last sample finishes."""
     from tqdm import tqdm
 
     by_index = {p.index: p for p in todo}
-    prompts = dict(zip(by_index, render([p.problem for p in todo])))
-    requests = [(p.index, s) for p in todo for s in range(num_samples)]
     texts: dict[int, dict[int, str]] = {i: {} for i in by_index}
     out: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), desc="difficulty", unit="problem", dynamic_ncols=True, disable=not show_progress)
+    if stream:
+        def on_progress(counts: Mapping[str, int]) -> None:
+            bar.set_postfix(samples=counts["requests_done"], tokens=counts["tokens"], refresh=False)
 
-    def on_progress(counts: Mapping[str, int]) -> None:
-        bar.set_postfix(samples=counts["requests_done"], tokens=counts["tokens"], refresh=False)
-
+        requests = [(p.index, s) for p in todo for s in range(num_samples)]
+        drawn = generate(prompts, requests, seed, on_progress)
+    else:
+        # The seed follows the batch's first problem, so a fresh run is reproducible.
+        batches = [[p.index for p in todo[start : start + batch_size]] for start in range(0, len(todo), batch_size)]
+        drawn = static_stream(generate, prompts, {i: range(num_samples) for i in by_index},
+                              ((batch, seed * 1_000_003 + batch[0]) for batch in batches))
     try:
-        for index, sample, text in stream(prompts, requests, seed, on_progress):
-            texts[index][sample] = text
+        for index, sample, generation in drawn:
+            texts[index][sample] = decode(generation.token_ids)
             if len(texts[index]) < num_samples:
                 continue
             done = texts.pop(index)
-            records = pass_rate_records([by_index[index]], [prompts[index]],
-                                        lambda _p, k, _s: [done[s] for s in range(k)], score, num_samples, seed)
-            append_jsonl(append_to, records)
-            out.extend(records)
+            record = pass_rate_record(by_index[index], [done[s] for s in range(num_samples)], score)
+            append_jsonl(append_to, [record])
+            out.append(record)
             bar.update(1)
+            if not stream:
+                bar.set_postfix(mean_pass_rate=f"{sum(r['pass_rate'] for r in out) / len(out):.3f}")
     finally:
         bar.close()
     return out
-
-
-def model_generate_fn(args: argparse.Namespace) -> tuple[Any, GenerateFn | StreamFn, bool]:
-    """The model's policy (JAX starts here, not before) and a `GenerateFn`, or with the slot
-    engine (`--slots`, see `engine.decode_devices`) a `StreamFn`, and which it is."""
-    import jax
-
-    from openrs_jax.core.engine import Engine, decode_devices, stream_by_index
-    from openrs_jax.core.policy import DECODE_MESH, Policy
-    from openrs_jax.core.sampling import SamplingParams
-
-    devices, use_engine = decode_devices(getattr(args, "slots", None))
-    policy = Policy.load(
-        args.model, tokenizer_path=args.tokenizer or "", mesh=DECODE_MESH, devices=devices,
-        compute_dtype=args.dtype, param_dtype=args.dtype, prompt_bucket=64, flags=("--model", "--tokenizer"),
-    )
-    tokenizer, sampler = policy.tokenizer, policy.sampler
-    weights = policy.rollout_params(policy.load_params(args.seed))
-    sampling = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-        eos_ids=policy.eos_ids, pad_id=tokenizer.pad_id,
-    )
-
-    def generate(prompts: list[list[int]], num_samples: int, seed: int) -> list[str]:
-        out = sampler.generate(weights, prompts, num_samples, sampling, jax.random.key(seed))
-        return tokenizer.decode_batch(out.completions())
-
-    if not use_engine:
-        return policy, generate, False
-    engine = Engine(sampler, slots=args.slots)
-
-    def stream(prompts, requests, seed, on_progress):
-        for c in stream_by_index(engine, weights, prompts, requests, sampling, seed, on_progress):
-            yield c.request.prompt, c.request.sample, tokenizer.decode(c.token_ids, skip_special_tokens=True)
-
-    return policy, stream, True
 
 
 def system_prompt_text(choice: str) -> str | None:
@@ -341,12 +261,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resumed_records = read_pass_rates(own)
     resumed = sum(p.key in resumed_records and p.key not in known for p in problems)
     known.update(resumed_records)
-    todo: list[Problem] = []
-    queued: set[str] = set()
-    for p in problems:
-        if p.key not in known and p.key not in queued:  # a repeated problem is sampled once
-            queued.add(p.key)
-            todo.append(p)
+    first: dict[str, Problem] = {}
+    for p in problems:  # a repeated problem is sampled once
+        first.setdefault(p.key, p)
+    todo = [p for p in first.values() if p.key not in known]
 
     settings = {k: getattr(args, k) for k in ("model", "num_samples", "max_new_tokens", "temperature", "top_p",
                                               "top_k", "system_prompt", "seed")}
@@ -360,20 +278,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from openrs_jax.recipe.rewards import RewardScorer
 
         system_prompt = system_prompt_text(args.system_prompt)
-        policy, generate, streams = model_generate_fn(args)
+        policy, generate, stream = load_decoder(
+            args.model, args.tokenizer, dtype=args.dtype, slots=args.slots, prompt_bucket=64, seed=args.seed,
+            sampling={k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
+        )
         tokenizer = policy.tokenizer
         log.info("sampling %d problems x %d completions (%d reused, %d resumed)",
                  len(todo), args.num_samples, reused, resumed)
+        prompts = dict(zip((p.index for p in todo),
+                           render_prompts_ids(tokenizer, [p.problem for p in todo], system_prompt)))
         with RewardScorer(["accuracy"], num_workers=args.reward_workers, timeout_s=args.reward_timeout_s) as scorer:
-            render = lambda texts: render_prompts_ids(tokenizer, texts, system_prompt)  # noqa: E731
-            score = lambda texts, golds, k: scorer.score(texts, golds, k).rewards["accuracy"]  # noqa: E731
-            if streams:
-                sampled = stream_pass_rates(todo, render, generate, score, num_samples=args.num_samples,
-                                            seed=args.seed, append_to=own, show_progress=not args.no_progress)
-            else:
-                sampled = sample_pass_rates(todo, render, generate, score, num_samples=args.num_samples,
-                                            batch_size=args.batch_size, seed=args.seed, append_to=own,
-                                            show_progress=not args.no_progress)
+            sampled = sample_pass_rates(
+                todo, prompts, generate, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                lambda texts, golds, k: scorer.score(texts, golds, k).rewards["accuracy"], stream=stream,
+                num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed, append_to=own,
+                show_progress=not args.no_progress,
+            )
         known.update({r["key"]: r for r in sampled})
 
     # The complete table, in row order, so that this folder's pass_rates.jsonl serves later reuse.

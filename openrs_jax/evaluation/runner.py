@@ -5,7 +5,7 @@ prompt, completion, prediction, gold, correct, length = completion tokens with t
 truncated = no EOS within max_new_tokens), plus `results.json` and
 `eval_config.json` (the settings that produced the samples, written with the first of them, so a
 run that stops before any sample leaves nothing to refuse a retry). Details are appended after every
-batch (with the slot engine: after every sample), so a rerun into the same directory only
+sample, so a rerun into the same directory only
 generates the samples that are missing; it refuses to mix samples of different generation
 settings, and rescores stored samples when only the scoring mode changed.
 
@@ -20,11 +20,12 @@ import logging
 import math
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from openrs_jax.evaluation.draw import GenerateFn, Generation, StreamGenerate, settings_diff, static_stream
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
 from openrs_jax.files import append_jsonl, atomic_write_json, iter_jsonl, read_keyed_jsonl, write_jsonl
@@ -88,40 +89,7 @@ class EvalSettings:
         return max(1, min(self.max_new_tokens, self.max_model_length + 1 - prompt_tokens))
 
 
-@dataclass(frozen=True)
-class Generation:
-    """One sampled completion: its tokens (up to and including EOS) and whether it hit the limit."""
-
-    token_ids: list[int]
-    truncated: bool
-
-
-# (prompt ids, samples per prompt, seed) -> len(prompts) * samples generations; the samples of
-# one prompt are consecutive (prompt-major), as the sampler's group rollouts lay them out.
-GenerateFn = Callable[[list[list[int]], int, int], list[Generation]]
-
-
-class StreamGenerate(Protocol):
-    """A generator that takes a whole queue (the slot engine, `openrs_jax.core.engine`): called with
-    prompt ids by problem index, the (index, sample) requests, a seed and a progress callback;
-    yields (index, sample, Generation) as each request finishes. A request's sample depends only
-    on (seed, index, sample), so a resumed run draws what an uninterrupted one would have."""
-
-    def __call__(self, prompts: Mapping[int, list[int]], requests: list[tuple[int, int]], seed: int,
-                 on_progress: Callable[[Mapping[str, int]], None]) -> Iterable[tuple[int, int, Generation]]: ...
-
-
 # ----------------------------------------------------------------------------- outputs on disk
-
-
-def _read_details(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
-    """Finished samples by (index, sample). A torn last line (an interrupted run) is ignored."""
-    return read_keyed_jsonl(path, lambda rec: (int(rec["index"]), int(rec["sample"])))
-
-
-def _write_details(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Rewrites the details file sorted by (index, sample), atomically."""
-    write_jsonl(path, sorted(records, key=lambda r: (r["index"], r["sample"])))
 
 
 @dataclass
@@ -142,12 +110,17 @@ def _holds_samples(out_dir: Path) -> bool:
     return any(p.stat().st_size > 0 for p in out_dir.glob("details_*.jsonl"))
 
 
-def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -> tuple[bool, SettingsFile]:
-    """Checks the run's settings against the samples already there; returns whether stored
-    samples need rescoring, and the settings file to write with the first sample.
+def _check_out_dir(out: str | Path | None, generation: Mapping[str, Any],
+                   scoring: str) -> tuple[Path | None, bool, SettingsFile | None]:
+    """Checks the run's settings against the samples already in `out` (None: no outputs);
+    returns the directory, whether stored samples need rescoring, and the settings file to
+    write with the first sample.
 
     Samples drawn under other generation settings must not be mixed into one estimate.
     """
+    if out is None:
+        return None, False, None
+    out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CONFIG_FILE
     rescore = False
@@ -156,16 +129,14 @@ def _check_out_dir(out_dir: Path, generation: Mapping[str, Any], scoring: str) -
             stored = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}): delete it or use another --out") from e
-        old = stored.get("generation", {})
-        diff = [f"{k}: {old.get(k)!r} -> {generation.get(k)!r}"
-                for k in sorted(set(old) | set(generation)) if old.get(k) != generation.get(k)]
+        diff = settings_diff(stored.get("generation", {}), generation)
         if diff:
             raise ValueError(
-                f"{out_dir} holds samples generated with other settings ({'; '.join(diff)}); "
+                f"{out_dir} holds samples generated with other settings ({diff}); "
                 "use another --out directory, or delete its details_*.jsonl and eval_config.json"
             )
         rescore = stored.get("scoring") != scoring
-    return rescore, SettingsFile(path, {"generation": dict(generation), "scoring": scoring})
+    return out_dir, rescore, SettingsFile(path, {"generation": dict(generation), "scoring": scoring})
 
 
 def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
@@ -216,14 +187,13 @@ class TaskRun:
         return self._golds[index]
 
     def load(self, rescore: bool) -> None:
-        """Reads finished samples from the details file.
-
-        Rows beyond this run's problems (a `limit` smaller than before) stay in the file but
+        """Reads finished samples from the details file (a torn last line, from an interrupted
+        run, is ignored). Rows beyond this run's problems (a `limit` smaller than before) stay in the file but
         are not counted.
         """
         if self.path is None:
             return
-        self.records = _read_details(self.path)
+        self.records = read_keyed_jsonl(self.path, lambda rec: (int(rec["index"]), int(rec["sample"])))
         if rescore:
             for rec in self.records.values():
                 if self._counted(rec["index"]):
@@ -244,7 +214,7 @@ class TaskRun:
         return rec
 
     def append(self, recs: Sequence[Mapping[str, Any]]) -> None:
-        """Saves finished samples at once, so an interrupted run loses at most one batch."""
+        """Saves finished samples at once, so an interrupted run loses none of them."""
         if self.path is None or not recs:
             return
         if self.settings is not None:
@@ -252,10 +222,11 @@ class TaskRun:
         append_jsonl(self.path, recs)
 
     def finish(self) -> None:
+        """Rewrites the details file sorted by (index, sample)."""
         if self.path is not None:
             if self.settings is not None:
                 self.settings.write()
-            _write_details(self.path, self.records.values())
+            write_jsonl(self.path, sorted(self.records.values(), key=lambda r: (r["index"], r["sample"])))
 
     def missing(self, k: int) -> dict[int, list[int]]:
         """Sample numbers still to generate, per problem index."""
@@ -289,44 +260,23 @@ class TaskRun:
         }
 
 
-def _batch_seed(seed: int, task: str, batch: int) -> int:
-    # A stable per-batch seed (Python's hash() is salted per process).
-    return zlib.crc32(f"{seed}/{task}/{batch}".encode()) & 0x7FFFFFFF
+def _stable_seed(*parts: object) -> int:
+    # A seed from the run's seed, the task (and the batch); Python's hash() is salted per process.
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
-def _length_sorted_batches(indices: Sequence[int], lengths: Mapping[int, int], size: int) -> list[list[int]]:
+def _length_sorted_batches(indices: Sequence[int], ids: Mapping[int, list[int]], size: int) -> list[list[int]]:
     """Indices sorted by prompt length, cut into batches: little padding within a batch."""
-    ordered = sorted(indices, key=lambda i: (lengths[i], i))
+    ordered = sorted(indices, key=lambda i: (len(ids[i]), i))
     return [ordered[i: i + size] for i in range(0, len(ordered), size)]
-
-
-def _task_seed(seed: int, task: str) -> int:
-    return zlib.crc32(f"{seed}/{task}".encode()) & 0x7FFFFFFF
-
-
-def _stream_task(run: TaskRun, generate: StreamGenerate, tokenizer: Tokenizer, settings: EvalSettings,
-                 prompts: Mapping[int, str], ids: Mapping[int, list[int]], todo: Mapping[int, list[int]],
-                 bar: Any) -> None:
-    """The queue path: every missing sample is one request; each is saved as it finishes."""
-    # Longest prompts first: they set the prompt cap either way, and long rows start early.
-    requests = [(i, s) for i in sorted(todo, key=lambda i: (-len(ids[i]), i)) for s in todo[i]]
-
-    def on_progress(counts: Mapping[str, int]) -> None:
-        bar.set_postfix(tokens=counts["tokens"], live=counts["slots_live"], refresh=False)
-
-    for index, sample, out in generate(ids, requests, _task_seed(settings.seed, run.spec.name), on_progress):
-        out = cap_generation(out, settings.new_token_cap(len(ids[index])))
-        text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        run.append([run.record(index, sample, prompts[index], text, len(out.token_ids), out.truncated)])
-        bar.update(1)
 
 
 def generate_task(
     run: TaskRun, generate: GenerateFn | StreamGenerate, tokenizer: Tokenizer, settings: EvalSettings,
     progress: bool, *, stream: bool = False,
 ) -> None:
-    """Generates and scores every missing sample of one task (`stream`: `generate` takes the
-    whole queue, see `StreamGenerate`; otherwise it is called batch by batch)."""
+    """Generates and scores every missing sample of one task, saving each as it comes (`stream`:
+    `generate` takes the whole queue, see `StreamGenerate`; otherwise it is called batch by batch)."""
     from tqdm import tqdm
 
     todo = run.missing(settings.num_samples)
@@ -337,33 +287,30 @@ def generate_task(
     # The templated text already starts with BOS; "double" adds the tokenizer's own in front too.
     ids = dict(zip(order, tokenizer.encode_batch([prompts[i] for i in order],
                                                  add_special_tokens=settings.bos == "double")))
-    lengths = {i: len(ids[i]) for i in order}
-    # Problems missing the same number of samples go together (usually all: a fresh run, or K raised).
-    by_count: dict[int, list[int]] = defaultdict(list)
-    for i in order:
-        by_count[len(todo[i])].append(i)
     total = sum(len(s) for s in todo.values())
-    batch_no = 0
     with tqdm(total=total, desc=run.spec.name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
         if stream:
-            _stream_task(run, generate, tokenizer, settings, prompts, ids, todo, bar)  # type: ignore[arg-type]
-            return
-        for count, indices in sorted(by_count.items()):
-            per_batch = max(1, settings.batch_size // count)
-            for batch in _length_sorted_batches(indices, lengths, per_batch):
-                outs = generate([ids[i] for i in batch], count, _batch_seed(settings.seed, run.spec.name, batch_no))
-                batch_no += 1
-                if len(outs) != len(batch) * count:
-                    raise RuntimeError(f"generate returned {len(outs)} completions for {len(batch)} x {count}")
-                recs = []
-                for row, out in enumerate(outs):
-                    index = batch[row // count]
-                    out = cap_generation(out, settings.new_token_cap(lengths[index]))
-                    text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
-                    recs.append(run.record(index, todo[index][row % count], prompts[index], text,
-                                           len(out.token_ids), out.truncated))
-                run.append(recs)
-                bar.update(len(outs))
+            # Longest prompts first: they set the prompt cap either way, and long rows start early.
+            requests = [(i, s) for i in sorted(todo, key=lambda i: (-len(ids[i]), i)) for s in todo[i]]
+
+            def on_progress(counts: Mapping[str, int]) -> None:
+                bar.set_postfix(tokens=counts["tokens"], live=counts["slots_live"], refresh=False)
+
+            drawn = generate(ids, requests, _stable_seed(settings.seed, run.spec.name), on_progress)
+        else:
+            # Problems missing the same number of samples go together (usually all: a fresh run, or K raised).
+            by_count: dict[int, list[int]] = defaultdict(list)
+            for i in order:
+                by_count[len(todo[i])].append(i)
+            batches = [batch for count, indices in sorted(by_count.items()) for batch in
+                       _length_sorted_batches(indices, ids, max(1, settings.batch_size // count))]
+            drawn = static_stream(generate, ids, todo, ((batch, _stable_seed(settings.seed, run.spec.name, n))
+                                                        for n, batch in enumerate(batches)))
+        for index, sample, out in drawn:
+            out = cap_generation(out, settings.new_token_cap(len(ids[index])))
+            text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+            run.append([run.record(index, sample, prompts[index], text, len(out.token_ids), out.truncated)])
+            bar.update(1)
 
 
 def cap_generation(out: Generation, cap: int) -> Generation:
@@ -373,16 +320,14 @@ def cap_generation(out: Generation, cap: int) -> Generation:
     return Generation(list(out.token_ids[:cap]), truncated=True)  # any EOS came after the cap
 
 
-def settings_record(settings: EvalSettings, spec: TaskSpec, data: str, source: Mapping[str, Any]) -> dict[str, Any]:
+def settings_record(settings: EvalSettings, spec: TaskSpec, data_dir: str | Path | None,
+                    source: Mapping[str, Any]) -> dict[str, Any]:
     """What results.json stores beside each task's numbers."""
     s = asdict(settings)
     s.pop("batch_size")
     s.pop("num_samples")  # "k" says how many samples were scored
+    data = str(Path(data_dir).expanduser() / f"{spec.name}.jsonl") if data_dir else f"{spec.hub_id}:{spec.split}"
     return {**s, **source, "data": data, "gold_field": spec.gold_field, "gold_kind": spec.gold_kind}
-
-
-def _data_label(spec: TaskSpec, data_dir: str | Path | None) -> str:
-    return str(Path(data_dir).expanduser() / f"{spec.name}.jsonl") if data_dir else f"{spec.hub_id}:{spec.split}"
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -404,7 +349,6 @@ def run_model_eval(
     """Generates with `generate` (a `StreamGenerate` with `stream`), scores, writes outputs;
     returns {task: metrics and settings}."""
     names = parse_task_names(tasks)
-    out = Path(out_dir).expanduser() if out_dir is not None else None
     generation = {
         "model": model, "tokenizer": str(tokenizer.path), "max_new_tokens": settings.max_new_tokens,
         "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
@@ -415,9 +359,7 @@ def run_model_eval(
                        if v not in ("single", 0)})
     if data_dir is None:
         require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
-    rescore, settings_file = (
-        _check_out_dir(out, {"source": "model", **generation}, settings.scoring) if out else (False, None)
-    )
+    out, rescore, settings_file = _check_out_dir(out_dir, {"source": "model", **generation}, settings.scoring)
     results = {}
     for name in names:
         spec = get_task(name)
@@ -427,7 +369,7 @@ def run_model_eval(
         generate_task(run, generate, tokenizer, settings, progress, stream=stream)
         run.finish()
         results[name] = {**run.metrics(settings.num_samples),
-                         **settings_record(settings, spec, _data_label(spec, data_dir), {"model": model})}
+                         **settings_record(settings, spec, data_dir, {"model": model})}
         if out:  # task by task: an interrupted run keeps the numbers of the tasks it finished
             _merge_results(out, {name: results[name]})
     return results
@@ -475,13 +417,11 @@ def run_completions_eval(
 
     found = read_completions(completions_file)
     names = parse_task_names(tasks) if tasks else [t for t in TASKS if t in found]
-    out = Path(out_dir).expanduser() if out_dir is not None else None
     data = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
     if data_dir is None:
         require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
-    rescore, settings_file = (
-        _check_out_dir(out, {"source": "completions", "data_dir": data}, settings.scoring) if out else (False, None)
-    )
+    out, rescore, settings_file = _check_out_dir(out_dir, {"source": "completions", "data_dir": data},
+                                                 settings.scoring)
     results = {}
     for name in names:
         spec = get_task(name)
@@ -519,7 +459,7 @@ def run_completions_eval(
         if metrics["missing"]:
             log.warning("task %s: %d of %d problems have no completion; pass@1 is over the other %d",
                         name, metrics["missing"], len(problems), metrics["n"])
-        record = settings_record(settings, spec, _data_label(spec, data_dir), {"completions": str(completions_file)})
+        record = settings_record(settings, spec, data_dir, {"completions": str(completions_file)})
         for key in ("max_new_tokens", "temperature", "top_p", "seed"):
             record.pop(key)  # unknown: the completions came from elsewhere
         results[name] = {**metrics, **record}
