@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -37,9 +36,10 @@ import numpy as np
 from flax import struct
 
 from openrs_jax.core.model import KVCache
-from openrs_jax.core.model.qwen2 import DecodeWeights, _decoder_layer, cached_hidden_states, rms_norm, rope_tables
+from openrs_jax.core.model.qwen2 import DecodeWeights, _decoder_layer, rms_norm, rope_tables
 from openrs_jax.core.sampling import (
-    Sampler, SamplingParams, as_key, bucket_length, free_device_bytes, project_logits, sample_key, select_tokens,
+    Mode, Sampler, SamplingParams, as_key, bucket_length, check_prompts, free_device_bytes, placed_shapes,
+    project_logits, sample_key, sampling_args,
 )
 
 log = logging.getLogger("openrs_jax.core.engine")
@@ -101,11 +101,7 @@ class _Shape:
     prefill_width: int
     chunk: int
     max_new_tokens: int
-    greedy: bool
-    top_k: int
-    use_top_p: bool
-    eos_ids: tuple[int, ...]
-    pad_id: int
+    mode: Mode
 
 
 class Engine:
@@ -166,7 +162,7 @@ class Engine:
         return _Slots(
             k=cache.k, v=cache.v, mask=cache.mask, col=zeros(), step=zeros(),
             logits=jnp.zeros((s, c.vocab_size), jnp.float32), done=jnp.ones((s,), bool), prompt=zeros(),
-            sample=zeros(), stop_at=jnp.full((s,), m + 1, jnp.int32), tokens=jnp.full((s, m), shape.pad_id, jnp.int32),
+            sample=zeros(), stop_at=jnp.full((s,), m + 1, jnp.int32), tokens=jnp.full((s, m), shape.mode.pad_id, jnp.int32),
             logprobs=jnp.zeros((s, m), jnp.float32),
         )
 
@@ -176,9 +172,7 @@ class Engine:
         """Prefills `ids` [A, P] (left-padded) once and starts row src[j] in slot dest[j] for
         every j (dest = slots: unused entry, dropped)."""
         self._note_compile("admit", shape)
-        small = KVCache.create(self.config, ids.shape[0], shape.prompt_len, self.sampler.cache_dtype)
-        h, small = cached_hidden_states(self.config, weights, ids, mask.astype(bool), None, small)
-        logits = project_logits(h[:, -1], weights)
+        small, logits = self.sampler.prefill_prompts(weights, ids, mask)
         p = shape.prompt_len
         # Columns past the prompt keep the slot's previous values: the mask hides them.
         put = lambda x, new: x.at[dest, :, :p].set(jnp.take(new, src, axis=0), mode="drop")  # noqa: E731
@@ -223,24 +217,16 @@ class Engine:
         early when every slot is done, or when `refill_at` slots are done (waiting requests can
         take them)."""
         self._note_compile("decode", shape)
-        m = shape.max_new_tokens
+        m, mode = shape.max_new_tokens, shape.mode
         rows = jnp.arange(shape.slots)
-        select = functools.partial(
-            select_tokens, temperature=temperature, top_p=top_p, greedy=shape.greedy, top_k=shape.top_k,
-            use_top_p=shape.use_top_p, top_p_candidates=self.sampler.top_p_candidates,
-        )
 
         def one(carry: tuple[jax.Array, _Slots]) -> tuple[jax.Array, _Slots]:
             i, st = carry
             live = ~st.done
             keys = jax.vmap(lambda p, n, t: jax.random.fold_in(sample_key(key, p, n), t))(st.prompt, st.sample, st.step)
-            tok, lp = select(st.logits, keys)
-            if shape.eos_ids:
-                tok = jnp.where(st.step + 1 == st.stop_at, shape.eos_ids[0], tok)
-            tok = jnp.where(live, tok, shape.pad_id)
+            tok, lp = mode.next_tokens(st.logits, keys, temperature, top_p, st.step + 1, st.stop_at, st.done)
             at = jnp.where(live, st.step, m)  # out of range: not written
-            eos = functools.reduce(jnp.logical_or, [tok == e for e in shape.eos_ids], jnp.zeros_like(live))
-            finished = live & (eos | (st.step + 1 >= m))
+            finished = live & (mode.is_eos(tok) | (st.step + 1 >= m))
             st = dataclasses.replace(
                 st, tokens=st.tokens.at[rows, at].set(tok, mode="drop"),
                 logprobs=st.logprobs.at[rows, at].set(lp, mode="drop"),
@@ -260,9 +246,8 @@ class Engine:
         m = sampling.max_new_tokens
         return _Shape(
             slots=slots, prompt_len=prompt_len, cache_len=self.sampler.cache_length(prompt_len, m),
-            prefill_width=self.prefill_width, chunk=self.chunk, max_new_tokens=m, greedy=sampling.greedy,
-            top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0, eos_ids=sampling.eos_ids,
-            pad_id=sampling.pad_id,
+            prefill_width=self.prefill_width, chunk=self.chunk, max_new_tokens=m,
+            mode=Mode.of(sampling, self.sampler.top_p_candidates),
         )
 
     def compile(self, params: Any, slots: int, prompt_len: int, sampling: SamplingParams) -> dict[str, Any]:
@@ -270,14 +255,10 @@ class Engine:
         for a GPU target from any host: `compiled.memory_analysis()`). params may be abstract
         (jax.ShapeDtypeStruct leaves with shardings); prompt_len is rounded up to the bucket."""
         shape = self._run_shape(slots, bucket_length(prompt_len, self.sampler.prompt_bucket), sampling)
-        state = self.sampler._state(params)
-        prepare = self.sampler._prepare.lower(state).compile()
-        placed = lambda shapes, shardings: jax.tree.map(  # noqa: E731
-            lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p), shapes, shardings)
-        weights = placed(jax.eval_shape(self.sampler._prepare_impl, state), prepare.output_shardings)
+        prepare, weights = self.sampler.compile_prepare(params)
         one = prepare.output_shardings.embed  # the weights' device(s)
-        st = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
-                          jax.eval_shape(lambda: self._empty(shape)))
+        abstract = jax.eval_shape(lambda: self._empty(shape))
+        st = placed_shapes(abstract, jax.tree.map(lambda _: one, abstract))
         scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=one)  # noqa: E731
         key = jax.eval_shape(lambda: jax.random.key(0))
         decode = self._decode.lower(shape, st, weights, key, scalar(jnp.float32), scalar(jnp.float32),
@@ -305,18 +286,11 @@ class Engine:
         consecutive requests of one prompt share a prefill. on_chunk receives progress counts
         after every chunk: requests done, tokens generated, slots live.
         """
-        c = self.config
-        prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
         for r in requests:
             if not 0 <= r.prompt < len(prompts):
                 raise ValueError(f"request {r} names prompt {r.prompt}, but there are {len(prompts)} prompts")
         used = sorted({r.prompt for r in requests})
-        for i in used:
-            p = prompts[i]
-            if p.size == 0:
-                raise ValueError(f"prompt {i} is empty")
-            if p.min() < 0 or p.max() >= c.vocab_size:
-                raise ValueError(f"prompt {i} has token ids outside [0, {c.vocab_size})")
+        prompts = check_prompts(prompts, self.config.vocab_size, used)
         if not requests:
             return
         m = sampling.max_new_tokens
@@ -325,8 +299,7 @@ class Engine:
         shape = self._run_shape(slots, prompt_len, sampling)
         weights = self.sampler.prepare(params)
         key = as_key(key_or_seed)
-        temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
-        top_p = jnp.float32(sampling.top_p)
+        temperature, top_p = sampling_args(sampling)
         eos = np.asarray(sampling.eos_ids or (-1,), np.int64)
 
         st = self._empty(shape)
@@ -364,7 +337,7 @@ class Engine:
         free = [s for s, r in enumerate(held) if r is None]
         while free and queue:
             a, p, s_count = shape.prefill_width, shape.prompt_len, shape.slots
-            ids = np.full((a, p), shape.pad_id, np.int32)
+            ids = np.full((a, p), shape.mode.pad_id, np.int32)
             mask = np.zeros((a, p), bool)
             dest = np.full(s_count, s_count, np.int32)
             src, prompt, sample = (np.zeros(s_count, np.int32) for _ in range(3))

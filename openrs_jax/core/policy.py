@@ -27,10 +27,12 @@ from openrs_jax.core import sharding
 from openrs_jax.core.model import Qwen2Config, abstract_model, init_model, params_of, read_config
 from openrs_jax.core.model import load_params as read_params
 from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
-from openrs_jax.core.model.sources import find_training_checkpoint, tokenizer_dir
+from openrs_jax.core.model.sources import (
+    describe as describe_model, find_training_checkpoint, generation_files, tokenizer_dir,
+)
 from openrs_jax.core.model_paths import ACCEPTED, BUILTIN_MODELS, is_builtin_model, is_preset, resolve_builtin
 from openrs_jax.core.sampling import Sampler
-from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer, stop_token_ids
+from openrs_jax.core.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("openrs_jax.policy")
 
@@ -128,8 +130,6 @@ def find_tokenizer_dir(model_dir: str, tokenizer_path: str = "") -> Path | None:
 
 def _model_eos_ids(model_dir: str, config: Qwen2Config) -> list[int]:
     """The EOS ids of the model config and of its generation_config.json (vLLM stops at both)."""
-    from openrs_jax.core.model.sources import generation_files
-
     generation = {} if is_preset(model_dir) else generation_files(model_dir)[0]
     ids = []
     for value in (config.eos_token_id, generation.get("eos_token_id")):
@@ -200,7 +200,7 @@ class Policy:
                     f"{tokenizer_flag} does not belong to {model_flag}"
                 )
         model_eos = _model_eos_ids(model_dir, base)
-        eos_ids = stop_token_ids(tokenizer, model_eos) if tokenizer is not None else tuple(sorted(set(model_eos)))
+        eos_ids = tuple(sorted({*model_eos, *([tokenizer.eos_id] if tokenizer is not None else [])}))
         model_config = base.replace(dtype=resolve_dtype(compute_dtype), param_dtype=resolve_dtype(param_dtype),
                                     remat=remat)
         if not isinstance(mesh, Mesh):
@@ -235,9 +235,7 @@ class Policy:
 
     def describe(self) -> str:
         """The model as recorded in outputs (a run folder becomes its step folder)."""
-        from openrs_jax.core.model.sources import describe
-
-        return self.source if is_preset(self.source) else describe(self.model_dir)
+        return self.source if is_preset(self.source) else describe_model(self.model_dir)
 
 
 __all__ = ["DECODE_MESH", "Policy", "build_mesh", "default_compute_dtype", "resolve_dtype",

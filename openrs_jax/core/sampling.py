@@ -34,21 +34,10 @@ that does not fit the devices' free memory raises a ValueError saying how many b
 On a CPU with bf16 compute, pass cache_dtype="float32": XLA:CPU updates a bf16 cache out of
 place.
 
-Hot loop. Both programs read `DecodeWeights` (`prepare`: one array per layer, fused q/k/v and
-gate/up on GPUs), and the cached forward is unrolled over layers, so no step copies weights or
-cache slices. Attention goes through `DecodeAttention` (model.decode_attention): on GPUs a
-kernel reading only each row's live slots and skipping finished rows, elsewhere XLA attention
-over the whole cache. With the kernel, steps run in chunks of `check_every` between checks for
-an all-finished batch, and cache lengths are rounded to `cache_bucket` (one decode program for
-every prompt bucket).
-
-Token selection is exact but avoids the costs that dominate a small model on a CPU: greedy uses
-a first-index argmax built from two reductions; temperature sampling draws two uniforms per
-row and inverts the CDF block by block (vocab -> blocks -> token) instead of drawing one Gumbel
-variate per vocab entry; top-p takes its threshold from the top `top_p_candidates` logits and
-falls back to a bisection over the vocab for rows whose nucleus is larger. The log-prob
-returned for a sampled token is under the distribution it was drawn from (after temperature,
-top-k and top-p); for greedy decoding it is under the model's unscaled distribution.
+Hot loop. Both programs read `DecodeWeights` (`prepare`) through a cached forward unrolled over
+layers, so no step copies weights or cache slices; attention is `DecodeAttention` (a kernel on
+GPUs reading only live slots, XLA elsewhere). Token selection (`select_tokens`) is exact but
+avoids the costs that dominate a small model on a CPU (see its helpers).
 """
 
 from __future__ import annotations
@@ -151,6 +140,42 @@ class SampleOutput:
 
 
 @dataclasses.dataclass(frozen=True)
+class Mode:
+    """What a decode program is compiled for besides shapes (temperature and top_p are arguments)."""
+
+    greedy: bool
+    top_k: int  # 0 = off
+    use_top_p: bool
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    top_p_candidates: int
+
+    @classmethod
+    def of(cls, sampling: SamplingParams, top_p_candidates: int) -> "Mode":
+        return cls(greedy=sampling.greedy, top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0,
+                   eos_ids=sampling.eos_ids, pad_id=sampling.pad_id, top_p_candidates=top_p_candidates)
+
+    def is_eos(self, tok: jax.Array) -> jax.Array:
+        return functools.reduce(jnp.logical_or, [tok == e for e in self.eos_ids], jnp.zeros(tok.shape, bool))
+
+    def next_tokens(self, logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                    length: jax.Array, stop_at: jax.Array, done: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Token and log-prob of each row (`select_tokens`); a row reaching `length` == stop_at
+        emits the first EOS id instead (benchmarks' realistic lengths), a `done` row the pad id
+        with log-prob 0."""
+        tok, lp = select_tokens(logits, keys, temperature, top_p, greedy=self.greedy, top_k=self.top_k,
+                                use_top_p=self.use_top_p, top_p_candidates=self.top_p_candidates)
+        if self.eos_ids:
+            tok = jnp.where(length == stop_at, self.eos_ids[0], tok)
+        return jnp.where(done, self.pad_id, tok), jnp.where(done, 0.0, lp)
+
+
+def sampling_args(sampling: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """The (temperature, top_p) arguments of a decode program (greedy ignores them)."""
+    return jnp.float32(sampling.temperature if not sampling.greedy else 1.0), jnp.float32(sampling.top_p)
+
+
+@dataclasses.dataclass(frozen=True)
 class _Plan:
     """Static shape and mode of one decode program (its compile-cache key)."""
 
@@ -159,11 +184,7 @@ class _Plan:
     rows: int  # prompts x samples, padded to a multiple of the batch devices
     cache_len: int  # prompt bucket + max_new_tokens - 1, rounded up (`Sampler.cache_length`)
     max_new_tokens: int
-    greedy: bool
-    top_k: int  # 0 = off
-    use_top_p: bool
-    eos_ids: tuple[int, ...]
-    pad_id: int
+    mode: Mode
     keep_logits: bool
 
 
@@ -387,6 +408,25 @@ def free_device_bytes(device: jax.Device) -> int | None:
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
 
 
+def placed_shapes(shapes: Any, shardings: Any) -> Any:
+    """Abstract arrays (jax.ShapeDtypeStruct) with these shapes and shardings, for lowering."""
+    return jax.tree.map(lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p), shapes, shardings)
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, used: Sequence[int] | None = None
+                  ) -> list[np.ndarray]:
+    """The prompts as int64 arrays; those with an index in `used` (default all) must be
+    non-empty and within the vocabulary."""
+    prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    for i in range(len(prompts)) if used is None else used:
+        p = prompts[i]
+        if p.size == 0:
+            raise ValueError(f"prompt {i} is empty")
+        if p.min() < 0 or p.max() >= vocab_size:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size})")
+    return prompts
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -484,6 +524,10 @@ class Sampler:
         needed = prompt_len + max_new_tokens - 1
         return self.attention.cache_slots(-(-needed // self.cache_bucket) * self.cache_bucket)
 
+    def padded_rows(self, n: int) -> int:
+        """n rows rounded up to a multiple of the batch devices."""
+        return -(-n // self.row_devices) * self.row_devices
+
     def _note_compile(self, what: str, detail: str) -> None:
         # Runs only while jax traces a new program, i.e. once per compilation.
         self.num_compilations += 1
@@ -528,6 +572,13 @@ class Sampler:
             state = self._state(pure)
         return decode_weights(nnx.merge(self._graphdef, state), fuse=self._fuse)
 
+    def prefill_prompts(self, weights: DecodeWeights, ids: jax.Array, mask: jax.Array) -> tuple[KVCache, jax.Array]:
+        """Runs left-padded prompts ids [P, L] through the model (inside a program): their KV cache
+        of L slots and the next-token logits [P, V] (only the last position: left padding)."""
+        small = KVCache.create(self.config, ids.shape[0], ids.shape[1], self.cache_dtype)
+        h, small = cached_hidden_states(self.config, weights, ids, mask.astype(bool), None, small)
+        return small, project_logits(h[:, -1], weights)
+
     def _prefill_impl(
         self, weights: DecodeWeights, ids: jax.Array, mask: jax.Array, rows: tuple[int, int, int, int]
     ) -> tuple[KVCache, jax.Array]:
@@ -536,10 +587,7 @@ class Sampler:
         num_prompts, num_samples, num_rows, cache_len = rows
         prompt_rows, prompt_len = ids.shape
         self._note_compile("prefill", f"prompts={prompt_rows}x{prompt_len} rows={num_rows} cache_len={cache_len}")
-        ids, mask = self._constrain(ids, 0), self._constrain(mask, 0)
-        small = KVCache.create(self.config, prompt_rows, prompt_len, self.cache_dtype)
-        h, small = cached_hidden_states(self.config, weights, ids, mask.astype(bool), None, small)
-        logits = project_logits(h[:, -1], weights)  # [P, V]: only the last position (left padding)
+        small, logits = self.prefill_prompts(weights, self._constrain(ids, 0), self._constrain(mask, 0))
         # Row r samples prompt r // G; padding rows reuse prompt 0 and start finished.
         source = np.zeros(num_rows, np.int32)
         source[: num_prompts * num_samples] = np.arange(num_prompts * num_samples) // num_samples
@@ -579,31 +627,18 @@ class Sampler:
         # which slot it ran in.
         g = plan.num_samples
         row_keys = self._constrain(jax.vmap(lambda i: sample_key(key, i // g, i % g))(row_ids), 0)
-        select = functools.partial(
-            select_tokens, temperature=temperature, top_p=top_p, greedy=plan.greedy, top_k=plan.top_k,
-            use_top_p=plan.use_top_p, top_p_candidates=self.top_p_candidates,
-        )
-
-        def is_eos(tok: jax.Array) -> jax.Array:
-            hit = jnp.zeros(tok.shape, bool)
-            for e in plan.eos_ids:
-                hit = hit | (tok == e)
-            return hit
+        mode = plan.mode
 
         def advance(s: _DecodeState, logits: jax.Array, cache: KVCache) -> _DecodeState:
             keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, s.step)
-            tok, lp = select(logits, keys)
-            if plan.eos_ids:  # rows told to stop here emit the EOS (benchmarks' realistic lengths)
-                tok = jnp.where(s.step + 1 == stop_at, plan.eos_ids[0], tok)
-            tok = jnp.where(s.done, plan.pad_id, tok)
-            lp = jnp.where(s.done, 0.0, lp)
+            tok, lp = mode.next_tokens(logits, keys, temperature, top_p, s.step + 1, stop_at, s.done)
             kept = s.logits
             if kept is not None:
                 kept = jax.lax.dynamic_update_slice(kept, logits[:, None], (0, s.step, 0))
             return _DecodeState(
                 step=s.step + 1,
                 last=tok,
-                done=s.done | is_eos(tok),
+                done=s.done | mode.is_eos(tok),
                 tokens=jax.lax.dynamic_update_slice(s.tokens, tok[:, None], (0, s.step)),
                 logprobs=jax.lax.dynamic_update_slice(s.logprobs, lp[:, None], (0, s.step)),
                 cache=cache,
@@ -628,9 +663,9 @@ class Sampler:
         width = m + k - 1  # room for the overshoot of the last chunk
         start = _DecodeState(
             step=jnp.zeros((), jnp.int32),
-            last=jnp.full((n,), plan.pad_id, jnp.int32),
+            last=jnp.full((n,), mode.pad_id, jnp.int32),
             done=row_ids >= plan.num_prompts * plan.num_samples,
-            tokens=self._constrain(jnp.full((n, width), plan.pad_id, jnp.int32), 0),
+            tokens=self._constrain(jnp.full((n, width), mode.pad_id, jnp.int32), 0),
             logprobs=self._constrain(jnp.zeros((n, width), jnp.float32), 0),
             cache=cache,
             logits=jnp.zeros((n, width, logits.shape[-1]), jnp.float32) if plan.keep_logits else None,
@@ -649,8 +684,7 @@ class Sampler:
         alive while the prefill program copies one into the other.
         """
         c = self.config
-        prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
-        rows = -(-num_prompts * num_samples // self.row_devices) * self.row_devices
+        prompt_rows, rows = self.padded_rows(num_prompts), self.padded_rows(num_prompts * num_samples)
         cache_len = self.cache_length(prompt_len, max_new_tokens)
         total = (
             KVCache.num_bytes(c, prompt_rows, prompt_len, self.cache_dtype)
@@ -669,12 +703,10 @@ class Sampler:
     def _plan(self, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams,
               keep_logits: bool = False) -> _Plan:
         """The decode program's static plan for a call; prompt_len is the bucketed length."""
-        d = self.row_devices
         return _Plan(
-            num_prompts=num_prompts, num_samples=num_samples, rows=-(-num_prompts * num_samples // d) * d,
+            num_prompts=num_prompts, num_samples=num_samples, rows=self.padded_rows(num_prompts * num_samples),
             cache_len=self.cache_length(prompt_len, sampling.max_new_tokens), max_new_tokens=sampling.max_new_tokens,
-            greedy=sampling.greedy, top_k=int(sampling.top_k or 0), use_top_p=sampling.top_p < 1.0,
-            eos_ids=sampling.eos_ids, pad_id=sampling.pad_id, keep_logits=keep_logits,
+            mode=Mode.of(sampling, self.top_p_candidates), keep_logits=keep_logits,
         )
 
     def compile(
@@ -689,21 +721,14 @@ class Sampler:
         """
         prompt_len = bucket_length(prompt_len, self.prompt_bucket)
         plan = self._plan(num_prompts, num_samples, prompt_len, sampling)
-        prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
-        state = self._state(params)
-        # The programs receive the prepared weights as the prepare program leaves them.
-        prepare = self._prepare.lower(state).compile()
-        weights = jax.tree.map(
-            lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
-            jax.eval_shape(self._prepare_impl, state), prepare.output_shardings,
-        )
+        prompt_rows = self.padded_rows(num_prompts)
+        prepare, weights = self.compile_prepare(params)
         ids = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.int32)
         mask = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.bool_)
         rows = (num_prompts, num_samples, plan.rows, plan.cache_len)
         prefill = self._prefill.lower(weights, ids, mask, rows).compile()
         # The decode program receives the cache and logits as the prefill leaves them.
-        cache, logits = jax.tree.map(
-            lambda shape, placed: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=placed),
+        cache, logits = placed_shapes(
             jax.eval_shape(lambda w, i, m: self._prefill_impl(w, i, m, rows), weights, ids, mask),
             prefill.output_shardings,
         )
@@ -712,6 +737,13 @@ class Sampler:
         stop_at = jax.ShapeDtypeStruct((plan.rows,), jnp.int32)
         decode = self._decode.lower(weights, cache, logits, key, scalar, scalar, stop_at, plan).compile()
         return {"prepare": prepare, "prefill": prefill, "decode": decode}
+
+    def compile_prepare(self, params: Any) -> tuple[Any, DecodeWeights]:
+        """The compiled `prepare` program for (possibly abstract) params, and the abstract
+        `DecodeWeights` it leaves (with their shardings): what the other programs receive."""
+        state = self._state(params)
+        prepare = self._prepare.lower(state).compile()
+        return prepare, placed_shapes(jax.eval_shape(self._prepare_impl, state), prepare.output_shardings)
 
     def _check_memory(self, needed: int, rows: int, cache_len: int) -> None:
         devices = list(self.mesh.devices.flat) if self.mesh is not None else [jax.devices()[0]]
@@ -748,21 +780,16 @@ class Sampler:
         c = self.config
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
         if not prompts:
             raise ValueError("no prompts to sample from")
-        for i, p in enumerate(prompts):
-            if p.size == 0:
-                raise ValueError(f"prompt {i} is empty")
-            if p.min() < 0 or p.max() >= c.vocab_size:
-                raise ValueError(f"prompt {i} has token ids outside [0, {c.vocab_size})")
+        prompts = check_prompts(prompts, c.vocab_size)
         if not 0 <= sampling.pad_id < c.vocab_size:
             raise ValueError(f"pad id {sampling.pad_id} is outside the vocabulary [0, {c.vocab_size})")
 
         num_prompts, m = len(prompts), sampling.max_new_tokens
         prompt_len = bucket_length(max(p.size for p in prompts), self.prompt_bucket)
         plan = self._plan(num_prompts, num_samples, prompt_len, sampling, keep_logits)
-        prompt_rows = -(-num_prompts // self.row_devices) * self.row_devices
+        prompt_rows = self.padded_rows(num_prompts)
         if self.check_memory:
             needed = self.memory_needed(num_prompts, num_samples, prompt_len, m)
             if not isinstance(params, DecodeWeights):  # `prepare` makes a copy for the call
@@ -778,7 +805,6 @@ class Sampler:
         cache, logits = self._prefill(weights, ids, mask, (num_prompts, num_samples, plan.rows, plan.cache_len))
         jax.block_until_ready(logits)
         t2 = time.perf_counter()
-        temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
         stop_at = np.full(plan.rows, m + 1, np.int32)
         if stop_lengths is not None:
             stop_lengths = np.asarray(stop_lengths).reshape(-1)
@@ -786,7 +812,7 @@ class Sampler:
                 raise ValueError(f"stop_lengths needs one length per row ({num_prompts * num_samples}) and an EOS id")
             stop_at[: stop_lengths.size] = np.clip(stop_lengths, 1, m + 1)
         tokens, logprobs, kept, cache = self._decode(
-            weights, cache, logits, as_key(key_or_seed), temperature, jnp.float32(sampling.top_p), stop_at, plan
+            weights, cache, logits, as_key(key_or_seed), *sampling_args(sampling), stop_at, plan
         )
         del cache
         tokens, logprobs, kept = to_host((tokens, logprobs, kept))

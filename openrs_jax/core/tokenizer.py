@@ -209,9 +209,3 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
         special_tokens=special,
     )
-
-
-def stop_token_ids(tokenizer: Tokenizer, model_eos: int | Sequence[int] | None) -> tuple[int, ...]:
-    """The ids that end a completion: the tokenizer's EOS and the model config's `eos_token_id`(s)."""
-    extra = [] if model_eos is None else [model_eos] if isinstance(model_eos, int) else list(model_eos)
-    return tuple(sorted({tokenizer.eos_id, *(int(e) for e in extra)}))

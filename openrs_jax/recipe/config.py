@@ -308,10 +308,10 @@ def _flat_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def check_known_keys(config: ml_collections.ConfigDict, where: str) -> None:
-    """Refuses keys a config file added that `SECTIONS` does not declare (e.g. a flat `c.learning_rate`)."""
-    known = set(_flat_keys(base_config()))
-    for key in _flat_keys(config):
+def check_known_keys(keys: Sequence[str], where: str = "") -> None:
+    """Refuses keys that `SECTIONS` does not declare (e.g. a flat `c.learning_rate`)."""
+    known = {r.key for r in describe_keys()}
+    for key in keys:
         if key not in known:
             raise _unknown_key_error(key, where)
 
@@ -332,7 +332,7 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
 def _finish(config: ml_collections.ConfigDict, where: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"get_config() in {where} must return an ml_collections.ConfigDict (from base_config())")
-    check_known_keys(config, where)
+    check_known_keys(_flat_keys(config), where)
     config.lock()
     return config
 
@@ -344,12 +344,8 @@ def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str], defau
     An override of an undeclared key, e.g. one of the old flat layout (`--config.learning_rate`),
     raises the error naming its new place (or the closest key) before absl parses anything.
     """
-    known = set(_flat_keys(base_config()))
-    for arg in argv[1:]:
-        if arg.startswith(("--config.", "-config.", "--noconfig.")):
-            key = arg.split("=", 1)[0].split(".", 1)[1]
-            if key not in known:
-                raise _unknown_key_error(key)
+    check_known_keys([arg.split("=", 1)[0].split(".", 1)[1] for arg in argv[1:]
+                      if arg.startswith(("--config.", "-config.", "--noconfig."))])
     config_flags.DEFINE_config_file(
         "config", default=default, help_string="config file with get_config(), e.g. configs/exp2.py",
         flag_values=flag_values, sys_argv=list(argv),

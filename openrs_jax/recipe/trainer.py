@@ -45,7 +45,7 @@ from openrs_jax.core.grpo.loss import truncation_mask
 from openrs_jax.core.model import Qwen2Config, write_hf_directory
 from openrs_jax.core.model.sources import save_run_tokenizer
 from openrs_jax.core.policy import Policy, build_mesh
-from openrs_jax.recipe.rewards import RewardScorer, ScoreResult
+from openrs_jax.recipe.rewards import RewardScorer
 from openrs_jax.recipe.run_log import METRICS_FILE, RunLog, outputs_summary
 from openrs_jax.core.sampling import SampleOutput, SamplingParams, bucket_length, left_pad
 
@@ -60,27 +60,20 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+# Configurable reward functions -> the prefix of their keys in the rewards section
+# (rewards.cosine_max_len is the `max_len` parameter of `cosine`).
+REWARD_PARAM_PREFIXES = {"soft_overlong": "soft_overlong_", "cosine": "cosine_", "repetition_penalty": "repetition_"}
+
+
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-    """Parameters of the configurable reward functions, from the run config."""
-    params: dict[str, dict[str, Any]] = {}
-    if "soft_overlong" in config.rewards.funcs:
-        params["soft_overlong"] = {
-            "max_len": config.rewards.soft_overlong_max_len or config.rollout.max_completion_length,
-            "cache_len": config.rewards.soft_overlong_cache_len,
-        }
-    return params | {
-        "cosine": {
-            "min_value_wrong": config.rewards.cosine_min_value_wrong,
-            "max_value_wrong": config.rewards.cosine_max_value_wrong,
-            "min_value_correct": config.rewards.cosine_min_value_correct,
-            "max_value_correct": config.rewards.cosine_max_value_correct,
-            "max_len": config.rewards.cosine_max_len,
-        },
-        "repetition_penalty": {
-            "ngram_size": config.rewards.repetition_ngram_size,
-            "max_penalty": config.rewards.repetition_max_penalty,
-        },
-    }
+    """Parameters of the configurable reward functions, from the run config's rewards section."""
+    r = config.rewards
+    params = {name: {key.removeprefix(prefix): r[key] for key in r.keys() if key.startswith(prefix)}
+              for name, prefix in REWARD_PARAM_PREFIXES.items()}
+    params["soft_overlong"]["max_len"] = r.soft_overlong_max_len or config.rollout.max_completion_length
+    if "soft_overlong" not in r.funcs:
+        del params["soft_overlong"]
+    return params
 
 
 def check_output_dir(output_dir: Path, resume: bool) -> None:
@@ -131,14 +124,12 @@ class PendingBatch:
 
 
 @dataclasses.dataclass
-class ScoredRollout:
-    """The step's sampled groups with their rewards (rows group-major)."""
+class ScoredRollout(dynamic_sampling.Rollout):
+    """The step's sampled and scored groups, with this process's decoded completions (rows
+    `share`; empty when not kept)."""
 
-    examples: list
-    out: SampleOutput
-    scores: ScoreResult
-    texts: list[str]  # this process's decoded completions (rows `share`); empty when not kept
-    share: range
+    texts: list[str] = dataclasses.field(default_factory=list)
+    share: range = range(0)
 
 
 class StepClock:
@@ -443,13 +434,13 @@ class GRPOTrainer:
         c = self.config
         start = time.perf_counter()
         picked, metrics = dynamic_sampling.fill_step(
-            dynamic_sampling.Rollout(scored.examples, scored.out, scored.scores), self._extra_rollout,
+            scored, self._extra_rollout,
             prompts_per_step=c.rollout.prompts_per_step, num_generations=c.rollout.num_generations,
             max_rounds=c.rollout.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
         )
         metrics["time/dynamic_sampling_s"] = time.perf_counter() - start
         # Texts are decoded again for the logged samples (the picked rows are a new batch).
-        return ScoredRollout(picked.examples, picked.out, picked.scores, [], range(0)), metrics
+        return ScoredRollout(picked.examples, picked.out, picked.scores), metrics
 
     def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
         """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
