@@ -516,6 +516,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from openrs_jax.bench.common import copy_bandwidth, device_memory
     from openrs_jax.bench.update import peak_flops
+    from openrs_jax.core.policy import resolve_dtype
     from openrs_jax.recipe.config import base_config
 
     shapes.apply_run_config(args)
@@ -528,7 +529,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--micro_batch_size {args.micro_batch_size} must divide {rows} rows")
     if args.prompt_len is None:
         args.prompt_len = base_config().data.max_prompt_length
-    dtype = args.dtype or ("bfloat16" if jax.devices()[0].platform == "gpu" else "float32")
+    dtype = resolve_dtype(args.dtype)
     copy = None if args.no_copy_bandwidth else copy_bandwidth()
 
     with tempfile.TemporaryDirectory(prefix="openrs-bench-step-") as tmp:
