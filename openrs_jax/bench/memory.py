@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -145,35 +144,17 @@ def _rollout_params(param_shapes: Any, mesh: jax.sharding.Mesh, dtype: str) -> A
                         param_shapes, shardings)
 
 
-def _sampler_rollout(sampler: Any, params: Any, cfg: Any) -> dict[str, Callable[[], Any]]:
-    """The sampler's own programs at the run's shapes (`Sampler.compile`: the weights' layout,
-    prefill, decode), as functions that compile them, by name, as `Sampler.generate` calls them
-    for `prompts_per_step` prompts x `num_generations` samples of the longest prompt bucket.
-    The decode function's `tokens_per_iteration` says how many tokens one iteration of its
-    token loop generates (the sampler's `check_every`).
-    """
+def _rollout_sampling(config: Qwen2Config, cfg: Any) -> Any:
+    """The run's `SamplingParams`, stopping at the model config's EOS."""
     from openrs_jax.core.sampling import SamplingParams
 
-    config = sampler.config
     eos = config.eos_token_id if config.eos_token_id is not None else 0
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-    sampling = SamplingParams(
+    return SamplingParams(
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=int(cfg.rollout.top_k or 0),
         max_new_tokens=cfg.rollout.max_completion_length, eos_ids=eos_ids,
         pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]),
     )
-    compiled: dict[str, Any] = {}
-
-    def program(name: str) -> Any:
-        # One `Sampler.compile` builds all three (each takes the previous one's outputs).
-        if not compiled:
-            compiled.update(sampler.compile(
-                params, cfg.rollout.prompts_per_step, cfg.rollout.num_generations, cfg.data.max_prompt_length, sampling))
-        return compiled[name]
-
-    programs = {name: functools.partial(program, name) for name in ("prepare", "prefill", "decode")}
-    programs["decode"].tokens_per_iteration = sampler.check_every  # type: ignore[attr-defined]
-    return programs
 
 
 @dataclasses.dataclass
@@ -297,20 +278,33 @@ def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
     cast = jax.jit(sharding.rollout_params, static_argnames=("mesh", "dtype"))
     yield timed("rollout_params", "rollout", 1, lambda: cast.lower(setup.state.params, mesh, cfg.model.compute_dtype),
                 "the train state's fp32 parameters cast to the rollout copy")
-    for name, make in _sampler_rollout(setup.sampler, setup.rollout_params, cfg).items():
-        program = timed(name, "rollout", 1, make, "sampler (openrs_jax.core.sampling)")
-        program.tokens_per_iteration = getattr(make, "tokens_per_iteration", 1)
+    # The sampler's own programs (`Sampler.compile`: the weights' layout, prefill, decode) as
+    # `Sampler.generate` calls them for the step's prompts of the longest prompt bucket. One
+    # compile builds all three (each takes the previous one's outputs): the first one's time has it.
+    sampler_programs: dict[str, Any] = {}
+
+    def sampler_program(name: str) -> Any:
+        if not sampler_programs:
+            sampler_programs.update(setup.sampler.compile(
+                setup.rollout_params, cfg.rollout.prompts_per_step, cfg.rollout.num_generations, prompt_len,
+                _rollout_sampling(setup.model_config, cfg)))
+        return sampler_programs[name]
+
+    for name in ("prepare", "prefill", "decode"):
+        program = timed(name, "rollout", 1, lambda: sampler_program(name), "sampler (openrs_jax.core.sampling)")
+        # The decode's token loop generates `check_every` tokens per iteration.
+        program.tokens_per_iteration = setup.sampler.check_every if name == "decode" else 1
         yield program
-    if cfg.grpo.beta > 0:
-        yield timed("reference", "reference", 1, lambda: token_logprobs.lower(
-            setup.graphdef, setup.rollout_params, batch["input_ids"], batch["attention_mask"], prompt_len,
-            setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
-        ), "reference log-probs (bf16 copy of the initial weights)")
-    if cfg.grpo.num_iterations > 1:
-        yield timed("old_logprobs", "reference", 1, lambda: token_logprobs.lower(
-            setup.graphdef, setup.state.params, batch["input_ids"], batch["attention_mask"], prompt_len,
-            setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
-        ), "old-policy log-probs (num_iterations > 1)")
+    logprob_passes = {
+        "reference": (cfg.grpo.beta > 0, setup.rollout_params, "reference log-probs (bf16 copy of the initial weights)"),
+        "old_logprobs": (cfg.grpo.num_iterations > 1, setup.state.params, "old-policy log-probs (num_iterations > 1)"),
+    }
+    for name, (needed, params, description) in logprob_passes.items():
+        if needed:
+            yield timed(name, "reference", 1, lambda: token_logprobs.lower(
+                setup.graphdef, params, batch["input_ids"], batch["attention_mask"], prompt_len,
+                setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
+            ), description)
     step = make_train_step(setup.graphdef, setup.update_config, mesh)
     yield timed("update", "update", cfg.grpo.num_iterations, lambda: step.lower(setup.state, batch),
                 f"{setup.rows // mb} micro-batches of {mb} rows, AdamW")

@@ -38,6 +38,14 @@ from openrs_jax.core.model import model_from_params
 from openrs_jax.core.sampling import SamplingParams, bucket_length
 
 
+# Where `--config` finds the flags of `add_sampling_arguments` (see bench.shapes).
+SAMPLING_FIELDS: dict[str, shapes.FieldSource] = {
+    "temperature": "rollout.temperature",
+    "top_p": "rollout.top_p",
+    "top_k": "rollout.top_k",
+}
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampling settings, which `bench step` takes too."""
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: the recipe's 0.7)")
@@ -64,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
     parser.add_argument("--stop_lengths", choices=("none", "realistic"), default="none",
                         help="realistic: rows stop at recipe-like lengths (forced EOS) instead of all at the cap")
-    shapes.add_config_argument(parser, CONFIG_FIELDS)
+    shapes.add_config_argument(parser, {**CONFIG_FIELDS, **SAMPLING_FIELDS})
 
 
 # Flags that `--config RUN_CONFIG` fills (see bench.shapes).
@@ -73,9 +81,6 @@ CONFIG_FIELDS = {
     "num_samples": "rollout.num_generations",
     "prompt_len": "data.max_prompt_length",
     "new_tokens": "rollout.max_completion_length",
-    "temperature": "rollout.temperature",
-    "top_p": "rollout.top_p",
-    "top_k": "rollout.top_k",
     "dtype": "model.compute_dtype",
 }
 

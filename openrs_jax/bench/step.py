@@ -52,21 +52,13 @@ from openrs_jax.bench import shapes
 BENCH_REWARD = "openrs_jax.bench.step:parity_reward"
 PARTS = ("rollout_s", "reward_s", "reference_s", "update_s")
 
+# Flags that `--config RUN_CONFIG` fills (see bench.shapes), with update's and sampler's.
 CONFIG_FIELDS: dict[str, shapes.FieldSource] = {
     "prompts_per_step": "rollout.prompts_per_step",
     "num_generations": "rollout.num_generations",
     "prompt_len": "data.max_prompt_length",
     "max_new_tokens": "rollout.max_completion_length",
-    "micro_batch_size": "grpo.micro_batch_size",
-    "beta": "grpo.beta",
-    "loss_aggregation": "grpo.loss_aggregation",
-    "remat": "model.remat",
-    "dtype": "model.compute_dtype",
     "logprob_chunk": "grpo.logprob_chunk",
-    "temperature": "rollout.temperature",
-    "top_p": "rollout.top_p",
-    "top_k": "rollout.top_k",
-    "mesh": shapes.mesh_spec,
 }
 
 
@@ -103,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trl_threads", type=int, default=None,
                         help="torch threads for TRL (default: torch's own, one per core; on a busy shared host "
                         "1 can be several times faster)")
-    shapes.add_config_argument(parser, CONFIG_FIELDS)
+    shapes.add_config_argument(parser, {**CONFIG_FIELDS, **update.UPDATE_FIELDS, **sampler.SAMPLING_FIELDS})
 
 
 def parity_reward(completions: list[str], solutions: list[str]) -> list[float]:

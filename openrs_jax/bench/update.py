@@ -41,6 +41,17 @@ PEAK_BF16_FLOPS = {
 }
 
 
+# Where `--config` finds the flags of `add_update_arguments` (see bench.shapes).
+UPDATE_FIELDS: dict[str, shapes.FieldSource] = {
+    "dtype": "model.compute_dtype",
+    "remat": "model.remat",
+    "micro_batch_size": "grpo.micro_batch_size",
+    "beta": "grpo.beta",
+    "loss_aggregation": "grpo.loss_aggregation",
+    "mesh": shapes.mesh_spec,
+}
+
+
 def add_update_arguments(parser: argparse.ArgumentParser) -> None:
     """The update's settings, which `bench step` takes too."""
     parser.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -61,21 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_update_arguments(parser)
     parser.add_argument("--steps", type=int, default=5, help="timed updates after the warm-up")
     parser.add_argument("--reference", action="store_true", help="also time the forward-only reference log-prob pass")
-    shapes.add_config_argument(parser, CONFIG_FIELDS)
+    shapes.add_config_argument(parser, {**CONFIG_FIELDS, **UPDATE_FIELDS})
 
 
 # Flags that `--config RUN_CONFIG` fills (see bench.shapes).
 CONFIG_FIELDS = {
-    "dtype": "model.compute_dtype",
-    "remat": "model.remat",
     "rows": shapes.rows,
     "num_generations": "rollout.num_generations",
     "prompt_len": "data.max_prompt_length",
     "completion_len": "rollout.max_completion_length",
-    "micro_batch_size": "grpo.micro_batch_size",
-    "beta": "grpo.beta",
-    "loss_aggregation": "grpo.loss_aggregation",
-    "mesh": shapes.mesh_spec,
 }
 
 
