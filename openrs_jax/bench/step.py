@@ -383,10 +383,8 @@ def run_trl(
         torch.set_num_threads(threads_before)
 
 
-def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path) -> dict[str, Any]:
-    """GRPOConfig arguments matching our run."""
-    import trl
-
+def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path, grpo_config: type) -> dict[str, Any]:
+    """Arguments of `grpo_config` (TRL's GRPOConfig) matching our run."""
     g, total = args.num_generations, args.prompts_per_step * args.num_generations
     mb = args.micro_batch_size or total
     settings = dict(
@@ -400,7 +398,7 @@ def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path) -> d
         dataloader_num_workers=0, use_cpu=True,
     )
     # transformers 5 renamed gradient_checkpointing (the old name still works, with a warning).
-    fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    fields = {f.name for f in dataclasses.fields(grpo_config)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     settings[checkpointing] = args.remat != "none"
     if not args.keep_eos:
@@ -429,7 +427,7 @@ def _run_trl(
         for m, r in zip(messages, ours.rows)
     )
     dataset = datasets.Dataset.from_list([{"prompt": m, "gold": gold_from_row(r)} for m, r in zip(messages, ours.rows)])
-    settings = _trl_settings(args, ours, workdir)
+    settings = _trl_settings(args, ours, workdir, trl.GRPOConfig)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[ours.dtype]
     config = trl.GRPOConfig(**settings)  # TRL loads its reference model (beta > 0) in the policy's dtype
     generate_times, reward_times = _CallTimes(), _CallTimes()
