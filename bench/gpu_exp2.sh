@@ -74,31 +74,14 @@ else
   CONFIG="configs/exp2.py"
 fi
 
-# `python -m openrs_jax.bench`, minus the subcommands whose optional dependencies this machine
-# lacks.
+# `python -m openrs_jax.bench` (it leaves out the subcommands whose optional dependencies this
+# machine lacks), its log kept in RESULTS.
 bench() {
   local name=$1
   shift
   echo "== bench $* (log: $RESULTS/$name.log)"
-  "$PYTHON" - "$@" --out "$RESULTS/$name.json" > "$RESULTS/$name.log" 2>&1 <<'EOF' || { tail -n 30 "$RESULTS/$name.log"; return 1; }
-import importlib
-import sys
-
-from openrs_jax.bench import SUBCOMMANDS
-
-wanted = sys.argv[1]
-for name, module in list(SUBCOMMANDS.items()):
-    if name == wanted:
-        continue
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        print(f"(bench {name} is unavailable here: {e})", file=sys.stderr)
-        SUBCOMMANDS.pop(name)
-from openrs_jax.bench.__main__ import main
-
-main(sys.argv[1:])
-EOF
+  "$PYTHON" -m openrs_jax.bench "$@" --out "$RESULTS/$name.json" > "$RESULTS/$name.log" 2>&1 \
+    || { tail -n 30 "$RESULTS/$name.log"; return 1; }
   echo "   wrote $RESULTS/$name.json"
 }
 

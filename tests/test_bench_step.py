@@ -87,8 +87,8 @@ def test_model_config_reads_directories_and_files(tmp_path):
 
 def test_run_config_fills_unset_flags_and_given_flags_win():
     args = parse(step, ["--model", "builtin:tiny", "--config", EXP2, "--max_new_tokens", "8", "--beta", "0.04"])
-    run_shapes = shapes.apply_run_config(args)
-    assert run_shapes.rows == 72
+    run_config = shapes.apply_run_config(args)
+    assert shapes.rows(run_config) == 72 and shapes.mesh_spec(run_config) == "data=1,fsdp=-1,tensor=1"
     assert (args.prompts_per_step, args.num_generations, args.prompt_len) == (12, 6, 512)
     assert args.max_new_tokens == 8  # given: wins over the config's 3584
     assert (args.micro_batch_size, args.remat, args.dtype, args.temperature) == (6, "full", "bfloat16", 0.7)

@@ -155,3 +155,15 @@ def decode_bytes_per_step(config: Qwen2Config, rows: int, prompt_len: int, new_t
         "decode_bytes_per_step": int(weights + kv),
         "decode_bytes_per_step_full_cache": int(weights + kv_full),
     }
+
+
+def decode_figures(config: Qwen2Config, rows: int, prompt_len: int, new_tokens: int, step_s: float,
+                   copy_bw: float | None, devices: int = 1, cache_dtype: Any = None) -> dict[str, Any]:
+    """A measured decode step of `step_s` seconds: the bytes it reads (`decode_bytes_per_step`), their
+    rate per device and, given the copy bandwidth `copy_bw`, the share of it they use."""
+    traffic = decode_bytes_per_step(config, rows, prompt_len, new_tokens, cache_dtype)
+    out = {"decode_step_s": step_s, **traffic, "decode_bytes_per_s": traffic["decode_bytes_per_step"] / step_s / devices}
+    if copy_bw:
+        out["decode_bandwidth_use"] = traffic["decode_bytes_per_step"] / devices / step_s / copy_bw
+        out["decode_bandwidth_use_full_cache"] = traffic["decode_bytes_per_step_full_cache"] / devices / step_s / copy_bw
+    return out

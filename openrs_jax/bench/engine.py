@@ -81,7 +81,9 @@ def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int)
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
+    from openrs_jax.bench.memory import compiled_memory
     from openrs_jax.bench.plan import compile_only_devices, load_target
+    from openrs_jax.core.model import abstract_model
 
     target = load_target(target_name)
     devices, why = compile_only_devices(target, 1)
@@ -93,25 +95,16 @@ def _gpu_compile(target_name: str, slots: int, prompt_len: int, new_tokens: int)
     engine = Engine(sampler, slots=slots)
     placed = NamedSharding(mesh, PartitionSpec())
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placed),
-                          nnx.to_pure_dict(nnx.state(abstract_model_of(config))))
+                          nnx.to_pure_dict(nnx.state(abstract_model(config))))
     sampling = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=new_tokens, eos_ids=(151643,), pad_id=0)
     out: dict[str, Any] = {"target": target_name, "device_kind": target.device_kind, "memory_bytes": target.memory_bytes,
                            "slots": slots, "decode_attention": sampler.attention.implementation}
     for name, compiled in engine.compile(params, slots, prompt_len, sampling).items():
-        ma = compiled.memory_analysis()
-        out[name] = {"argument_bytes": ma.argument_size_in_bytes, "output_bytes": ma.output_size_in_bytes,
-                     "alias_bytes": ma.alias_size_in_bytes, "temp_bytes": ma.temp_size_in_bytes}
-    peak = max(p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"]
-               for k, p in out.items() if k in ("admit", "decode"))
+        out[name] = compiled_memory(compiled)
+    peak = max(out[k]["peak_bytes"] for k in ("admit", "decode") if k in out)
     out["peak_bytes"] = peak
     out["fits"] = peak <= target.memory_bytes
     return out
-
-
-def abstract_model_of(config: Any) -> Any:
-    from openrs_jax.core.model import abstract_model
-
-    return abstract_model(config)
 
 
 def run(args: argparse.Namespace) -> dict:

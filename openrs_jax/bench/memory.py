@@ -16,16 +16,13 @@ passes, the frozen reference copy throughout.
 The rollout figure is the larger peak of the sampler's two programs (`openrs_jax.core.sampling`:
 prefill of the distinct prompts, then the decode loop over a KV cache of prompt +
 completion slots for every row), lowered at the config's shapes with the bf16 rollout copy of
-the parameters in its rollout placement. Where the sampler is not installed, a stand-in
-prefill + greedy decode loop of the same shapes is measured instead (`rollout_program` says
-which).
+the parameters in its rollout placement.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -45,17 +42,18 @@ from openrs_jax.core.model import KVCache, Qwen2Config, abstract_model
 GB = 1e9
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config file, e.g. configs/exp2.py")
+def add_step_arguments(parser: argparse.ArgumentParser, devices: int, devices_help: str) -> None:
+    """The flags `memory` and `plan` share: the run config, the model, the devices and the budget."""
     from openrs_jax.cli import add_hidden_alias
 
+    parser.add_argument("--config", required=True, help="run config file, e.g. configs/exp2.py")
     model = parser.add_argument(
-        "--model", dest="model_config", default=None,
+        "--model", dest="model_config", default=None,  # required, checked by check_step_args (alias)
         help="model directory, config.json, builtin:tiny or preset:NAME (see bench.shapes) giving the shapes "
         "(required)",
     )
     add_hidden_alias(parser, "--model_config", model)  # the flag's name in earlier versions
-    parser.add_argument("--devices", type=int, default=4, help="devices to compile for (emulated on CPU if absent)")
+    parser.add_argument("--devices", type=int, default=devices, help=devices_help)
     parser.add_argument(
         "--micro_batch_size", type=int, default=None,
         help="rows per accumulation step, all devices together (default: the config's, rounded up to a "
@@ -64,34 +62,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget_gb", type=float, default=40.0, help="per-device goal to check against")
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_step_arguments(parser, 4, "devices to compile for (emulated on CPU if absent)")
+
+
+def step_argv(args: argparse.Namespace, *optional: str) -> list[str]:
+    """The shared flags (and the `optional` ones that are set) as given, for a child process."""
+    argv = ["--config", str(args.config), "--model", str(args.model_config), "--devices", str(args.devices),
+            "--budget_gb", str(args.budget_gb)]
+    for name in ("micro_batch_size", *optional):
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    return argv
+
+
+def emulated_cpu_env(devices: int) -> dict[str, str]:
+    """Environment variables that give a fresh process `devices` emulated CPU devices."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+
+
+def run_child(module: str, argv: list[str], env_updates: dict[str, str]) -> dict[str, Any]:
+    """Runs `python -m module *argv` with `env_updates`; returns the JSON line it prints last."""
+    proc = subprocess.run([sys.executable, "-m", module, *argv], env={**os.environ, **env_updates},
+                          stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise ValueError(f"the child process `python -m {module}` failed (exit {proc.returncode}); "
+                         "see the messages above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_step_args(args: argparse.Namespace) -> None:
     if args.model_config is None:
-        raise ValueError("bench memory needs --model (a model directory, config.json, builtin:tiny or preset:1.5b)")
+        raise ValueError("--model is required: a model directory, config.json, builtin:tiny or preset:1.5b")
     if args.devices < 1:
         raise ValueError(f"--devices must be >= 1, got {args.devices}")
-    if jax.device_count() < args.devices:
-        return _run_emulated(args)
-    return memory_plan(args)
 
 
-def _run_emulated(args: argparse.Namespace) -> dict[str, Any]:
-    """Re-runs this module in a child process that sees `args.devices` CPU devices."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "openrs_jax.bench.memory", "--config", str(args.config),
-           "--model", str(args.model_config), "--devices", str(args.devices),
-           "--budget_gb", str(args.budget_gb)]
-    if args.micro_batch_size is not None:
-        cmd += ["--micro_batch_size", str(args.micro_batch_size)]
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    check_step_args(args)
+    if jax.device_count() >= args.devices:
+        return memory_plan(args)
     print(f"{jax.device_count()} {jax.devices()[0].platform} device(s) here: compiling for "
           f"{args.devices} emulated CPU devices in a child process", file=sys.stderr)
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        raise ValueError(f"the emulated-device memory plan failed (exit {proc.returncode}); see the messages above")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["emulated_devices"] = True
-    return result
+    result = run_child("openrs_jax.bench.memory", step_argv(args), emulated_cpu_env(args.devices))
+    return {**result, "emulated_devices": True}
 
 
 def _valid_micro_batch(requested: int, rows: int, dp: int) -> int:
@@ -100,7 +115,8 @@ def _valid_micro_batch(requested: int, rows: int, dp: int) -> int:
     return mb if rows % mb == 0 else rows
 
 
-def _stats(compiled: Any) -> dict[str, int]:
+def compiled_memory(compiled: Any) -> dict[str, int]:
+    """XLA's memory analysis of a compiled program, and its peak (see the module's docstring)."""
     m = compiled.memory_analysis()
     stats = {
         "argument_bytes": int(m.argument_size_in_bytes),
@@ -128,70 +144,17 @@ def _rollout_params(param_shapes: Any, mesh: jax.sharding.Mesh, dtype: str) -> A
                         param_shapes, shardings)
 
 
-def _fallback_rollout(graphdef: nnx.GraphDef, config: Qwen2Config, mesh: jax.sharding.Mesh, params: Any,
-                      rows: int, prompt_len: int, new_tokens: int) -> dict[str, Callable[[], Any]]:
-    """Prefill + greedy decode loop over a KV cache of prompt_len + new_tokens slots (a function
-    that lowers it, by name).
-
-    Stands in for the sampler's programs where `openrs_jax.core.sampling` is not available.
-    """
-
-    def rollout(params: Any, prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:
-        model = nnx.merge(graphdef, params)
-        cache = KVCache.create(config, rows, prompt_len + new_tokens)
-        cache = dataclasses.replace(
-            cache,
-            k=tuple(sharding.constrain_batch(x, mesh) for x in cache.k),
-            v=tuple(sharding.constrain_batch(x, mesh) for x in cache.v),
-            mask=sharding.constrain_batch(cache.mask, mesh),
-        )
-        h, cache = model.hidden_states(prompt_ids, prompt_mask, cache=cache)
-        token = jnp.argmax(model.logits(h[:, -1]), axis=-1).astype(jnp.int32)
-        out = sharding.constrain_batch(jnp.zeros((rows, new_tokens), jnp.int32), mesh)
-
-        def body(i: jax.Array, carry: tuple) -> tuple:
-            token, cache, out = carry
-            out = out.at[:, i].set(token)
-            logits, cache = model(token[:, None], jnp.ones((rows, 1), bool), cache=cache)
-            return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache, out
-
-        _, _, out = jax.lax.fori_loop(0, new_tokens, body, (token, cache, out))
-        return out
-
-    ids = _abstract((rows, prompt_len), jnp.int32, mesh)
-    mask = _abstract((rows, prompt_len), bool, mesh)
-    return {"rollout": lambda: jax.jit(rollout).lower(params, ids, mask)}
-
-
-def _sampler_rollout(sampler: Any, params: Any, cfg: Any) -> dict[str, Callable[[], Any]]:
-    """The sampler's own programs at the run's shapes (`Sampler.compile`: the weights' layout,
-    prefill, decode), as functions that compile them, by name, as `Sampler.generate` calls them
-    for `prompts_per_step` prompts x `num_generations` samples of the longest prompt bucket.
-    The decode function's `tokens_per_iteration` says how many tokens one iteration of its
-    token loop generates (the sampler's `check_every`).
-    """
+def _rollout_sampling(config: Qwen2Config, cfg: Any) -> Any:
+    """The run's `SamplingParams`, stopping at the model config's EOS."""
     from openrs_jax.core.sampling import SamplingParams
 
-    config = sampler.config
     eos = config.eos_token_id if config.eos_token_id is not None else 0
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-    sampling = SamplingParams(
+    return SamplingParams(
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=int(cfg.rollout.top_k or 0),
         max_new_tokens=cfg.rollout.max_completion_length, eos_ids=eos_ids,
         pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]),
     )
-    compiled: dict[str, Any] = {}
-
-    def program(name: str) -> Any:
-        # One `Sampler.compile` builds all three (each takes the previous one's outputs).
-        if not compiled:
-            compiled.update(sampler.compile(
-                params, cfg.rollout.prompts_per_step, cfg.rollout.num_generations, cfg.data.max_prompt_length, sampling))
-        return compiled[name]
-
-    programs = {name: functools.partial(program, name) for name in ("prepare", "prefill", "decode")}
-    programs["decode"].tokens_per_iteration = sampler.check_every  # type: ignore[attr-defined]
-    return programs
 
 
 @dataclasses.dataclass
@@ -220,6 +183,21 @@ class StepSetup:
     def reference_params_bytes(self) -> int:
         return _bytes_per_device(self.rollout_params) if self.cfg.grpo.beta > 0 else 0
 
+    def fields(self) -> dict[str, Any]:
+        """The result fields `memory` and `plan` share: the step's shapes and resident state."""
+        return {
+            "mesh": dict(self.mesh.shape),
+            "num_params": self.model_config.num_params(),
+            "rows": self.rows,
+            "prompt_length": self.prompt_len,
+            "completion_length": self.new_tokens,
+            "micro_batch_size": self.micro_batch_size,
+            "compute_dtype": self.cfg.model.compute_dtype,
+            "remat": self.cfg.model.remat,
+            "train_state_bytes_per_device": self.train_state_bytes,
+            "reference_params_bytes_per_device": self.reference_params_bytes,
+        }
+
 
 def run_policy(cfg: Any, model_spec: str, devices: Sequence[jax.Device]) -> Any:
     """The `Policy` of a run config `cfg` (its dtypes, remat and mesh over `devices`) for the
@@ -231,6 +209,14 @@ def run_policy(cfg: Any, model_spec: str, devices: Sequence[jax.Device]) -> Any:
     return shapes.load_policy(model_spec, cfg.model.compute_dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
                               mesh=cfg.mesh.to_dict(), devices=list(devices), prompt_bucket=bucket,
                               sampler_options={"check_memory": False})
+
+
+def setup_from_args(args: argparse.Namespace, devices: Sequence[jax.Device]) -> StepSetup:
+    """The step of `--config` with `--model` over the first `--devices` of `devices`."""
+    from openrs_jax.recipe.config import load_config
+
+    cfg = load_config(args.config)
+    return step_setup(cfg, run_policy(cfg, args.model_config, list(devices)[: args.devices]), args.micro_batch_size)
 
 
 def step_setup(cfg: Any, policy: Any, micro_batch_size: int | None = None) -> StepSetup:
@@ -292,28 +278,33 @@ def step_programs(setup: StepSetup) -> Iterator[StepProgram]:
     cast = jax.jit(sharding.rollout_params, static_argnames=("mesh", "dtype"))
     yield timed("rollout_params", "rollout", 1, lambda: cast.lower(setup.state.params, mesh, cfg.model.compute_dtype),
                 "the train state's fp32 parameters cast to the rollout copy")
-    try:
-        rollout = _sampler_rollout(setup.sampler, setup.rollout_params, cfg)
-        description = "sampler (openrs_jax.core.sampling)"
-    except ImportError:
-        print("openrs_jax.core.sampling not found: measuring a stand-in prefill + decode loop", file=sys.stderr)
-        rollout = _fallback_rollout(setup.graphdef, setup.model_config, mesh, setup.rollout_params, setup.rows,
-                                    prompt_len, setup.new_tokens)
-        description = "stand-in prefill + greedy decode loop (no sampler available)"
-    for name, make in rollout.items():
-        program = timed(name, "rollout", 1, make, description)
-        program.tokens_per_iteration = getattr(make, "tokens_per_iteration", 1)
+    # The sampler's own programs (`Sampler.compile`: the weights' layout, prefill, decode) as
+    # `Sampler.generate` calls them for the step's prompts of the longest prompt bucket. One
+    # compile builds all three (each takes the previous one's outputs): the first one's time has it.
+    sampler_programs: dict[str, Any] = {}
+
+    def sampler_program(name: str) -> Any:
+        if not sampler_programs:
+            sampler_programs.update(setup.sampler.compile(
+                setup.rollout_params, cfg.rollout.prompts_per_step, cfg.rollout.num_generations, prompt_len,
+                _rollout_sampling(setup.model_config, cfg)))
+        return sampler_programs[name]
+
+    for name in ("prepare", "prefill", "decode"):
+        program = timed(name, "rollout", 1, lambda: sampler_program(name), "sampler (openrs_jax.core.sampling)")
+        # The decode's token loop generates `check_every` tokens per iteration.
+        program.tokens_per_iteration = setup.sampler.check_every if name == "decode" else 1
         yield program
-    if cfg.grpo.beta > 0:
-        yield timed("reference", "reference", 1, lambda: token_logprobs.lower(
-            setup.graphdef, setup.rollout_params, batch["input_ids"], batch["attention_mask"], prompt_len,
-            setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
-        ), "reference log-probs (bf16 copy of the initial weights)")
-    if cfg.grpo.num_iterations > 1:
-        yield timed("old_logprobs", "reference", 1, lambda: token_logprobs.lower(
-            setup.graphdef, setup.state.params, batch["input_ids"], batch["attention_mask"], prompt_len,
-            setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
-        ), "old-policy log-probs (num_iterations > 1)")
+    logprob_passes = {
+        "reference": (cfg.grpo.beta > 0, setup.rollout_params, "reference log-probs (bf16 copy of the initial weights)"),
+        "old_logprobs": (cfg.grpo.num_iterations > 1, setup.state.params, "old-policy log-probs (num_iterations > 1)"),
+    }
+    for name, (needed, params, description) in logprob_passes.items():
+        if needed:
+            yield timed(name, "reference", 1, lambda: token_logprobs.lower(
+                setup.graphdef, params, batch["input_ids"], batch["attention_mask"], prompt_len,
+                setup.update_config.logprob_chunk, micro_batch_size=mb, mesh=mesh,
+            ), description)
     step = make_train_step(setup.graphdef, setup.update_config, mesh)
     yield timed("update", "update", cfg.grpo.num_iterations, lambda: step.lower(setup.state, batch),
                 f"{setup.rows // mb} micro-batches of {mb} rows, AdamW")
@@ -346,32 +337,19 @@ def memory_plan(args: argparse.Namespace, devices: Sequence[jax.Device] | None =
     devices = list(devices if devices is not None else jax.devices())
     if len(devices) < args.devices:
         raise ValueError(f"{args.devices} devices requested but only {len(devices)} are visible")
-    from openrs_jax.bench import shapes
-
-    cfg = shapes.load_run_config(args.config)
-    setup = step_setup(cfg, run_policy(cfg, args.model_config, devices[: args.devices]), args.micro_batch_size)
-    model_config, mesh = setup.model_config, setup.mesh
-    mb, dp = setup.micro_batch_size, sharding.data_parallel_size(mesh)
+    setup = setup_from_args(args, devices)
+    model_config, mb, dp = setup.model_config, setup.micro_batch_size, sharding.data_parallel_size(setup.mesh)
     result: dict[str, Any] = {
         "devices": args.devices,
         "compiled_for": devices[0].platform,
-        "mesh": dict(mesh.shape),
-        "num_params": model_config.num_params(),
-        "rows": setup.rows,
-        "prompt_length": setup.prompt_len,
-        "completion_length": setup.new_tokens,
-        "micro_batch_size": mb,
+        **setup.fields(),
         "rows_per_device_per_micro_batch": mb / dp,
-        "compute_dtype": cfg.model.compute_dtype,
-        "remat": cfg.model.remat,
         "logprob_chunk": setup.update_config.logprob_chunk,
         "loss_aggregation": setup.update_config.loss_aggregation,
-        "train_state_bytes_per_device": setup.train_state_bytes,
-        "reference_params_bytes_per_device": setup.reference_params_bytes,
     }
     programs: dict[str, dict[str, Any]] = {}
     for program in step_programs(setup):
-        stats = _stats(program.compiled)
+        stats = compiled_memory(program.compiled)
         programs[program.name] = {"phase": program.phase, "peak_bytes_per_device": stats["peak_bytes"],
                                   "argument_bytes": stats["argument_bytes"]}
         result[f"{program.name}_compile_s"] = program.compile_s

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,24 +77,14 @@ def load_target(name: str) -> Target:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config file, e.g. configs/exp2.py")
-    parser.add_argument("--model_config", "--model", dest="model_config", required=True,
-                        help="model directory, config.json, or preset:NAME (see bench.shapes) giving the shapes")
+    memory.add_step_arguments(parser, 1, "GPUs of the target to compile for")
     parser.add_argument("--target", required=True, choices=target_names(), help="GPU to compile for")
-    parser.add_argument("--devices", type=int, default=1, help="GPUs of the target to compile for")
-    parser.add_argument(
-        "--micro_batch_size", type=int, default=None,
-        help="rows per accumulation step, all devices together (default: the config's, rounded up to a "
-        "multiple of the data-parallel devices)",
-    )
     parser.add_argument("--dump_hlo", type=Path, default=None,
                         help="directory to write each program's optimized HLO to (NAME.hlo.txt)")
-    parser.add_argument("--budget_gb", type=float, default=40.0, help="per-device goal to check against")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.devices < 1:
-        raise ValueError(f"--devices must be >= 1, got {args.devices}")
+    memory.check_step_args(args)
     target = load_target(args.target)
     devices, why_not = compile_only_devices(target, args.devices)
     if devices is not None:
@@ -112,8 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {**gpu_plan(args, target, cpus[: args.devices], "cpu (emulated)"), "fallback": fallback}
     if os.environ.get(_CHILD_ENV):
         raise ValueError(f"{args.devices} CPU devices requested but only {len(cpus)} are visible")
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}".strip()
-    return {**_run_child(args, {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}), "fallback": fallback}
+    return {**_run_child(args, memory.emulated_cpu_env(args.devices)), "fallback": fallback}
 
 
 def _cuda_plugin_installed() -> bool:
@@ -138,19 +126,9 @@ def compile_only_devices(target: Target, count: int) -> tuple[list[Any] | None, 
 
 def _run_child(args: argparse.Namespace, env_updates: dict[str, str]) -> dict[str, Any]:
     """Re-runs this plan in a child process with `env_updates`; returns its result."""
-    env = {**os.environ, **env_updates, _CHILD_ENV: "1"}
-    cmd = [sys.executable, "-m", "openrs_jax.bench.plan", "--config", str(args.config),
-           "--model_config", str(args.model_config), "--target", args.target, "--devices", str(args.devices),
-           "--budget_gb", str(args.budget_gb)]
-    if args.micro_batch_size is not None:
-        cmd += ["--micro_batch_size", str(args.micro_batch_size)]
-    if args.dump_hlo is not None:
-        cmd += ["--dump_hlo", str(args.dump_hlo)]
     print(f"compiling in a child process with {' '.join(f'{k}={v}' for k, v in env_updates.items())}", file=sys.stderr)
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        raise ValueError(f"the plan's child process failed (exit {proc.returncode}); see the messages above")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return memory.run_child("openrs_jax.bench.plan", memory.step_argv(args, "target", "dump_hlo"),
+                            {**env_updates, _CHILD_ENV: "1"})
 
 
 def roofline_s(cost: hlo_cost.Cost, target: Target) -> float:
@@ -163,21 +141,17 @@ def program_entry(program: memory.StepProgram, target: Target, completion_length
     """One program's plan.json entry: memory, bytes and FLOPs per call, roofline time per step."""
     text = program.compiled.as_text()
     # A loop without a proven trip count is the decode loop over tokens (it stops early when every
-    # row has finished): it counts the config's completion length.
-    # The decode loop generates `tokens_per_iteration` tokens per iteration (finished rows are
-    # checked that often): it runs completion_length / tokens_per_iteration times.
+    # row has finished); it generates `tokens_per_iteration` tokens per iteration (finished rows are
+    # checked that often), so it runs the config's completion length / tokens_per_iteration times.
     per_loop = max(1, program.tokens_per_iteration)
     cost = hlo_cost.program_cost(text, unknown_trip_count=-(-completion_length // per_loop))
-    stats = memory._stats(program.compiled)
+    stats = memory.compiled_memory(program.compiled)
     entry: dict[str, Any] = {
         "phase": program.phase,
         "hlo": hlo_file,
         "calls_per_step": program.calls_per_step,
-        "peak_bytes_per_device": stats["peak_bytes"],
-        "argument_bytes": stats["argument_bytes"],
-        "output_bytes": stats["output_bytes"],
-        "temp_bytes": stats["temp_bytes"],
-        "alias_bytes": stats["alias_bytes"],
+        "peak_bytes_per_device": stats.pop("peak_bytes"),
+        **stats,  # argument, output, temp and alias bytes
     }
     per_call, largest_writes = cost.total, cost.largest_writes
     loop = cost.token_loop() if program.name == "decode" else None
@@ -208,12 +182,7 @@ def program_entry(program: memory.StepProgram, target: Target, completion_length
 
 def gpu_plan(args: argparse.Namespace, target: Target, devices: Sequence[Any], compiled_for: str) -> dict[str, Any]:
     """Compiles the step's programs for `devices` and writes the plan (and the HLO files)."""
-    from openrs_jax.bench import shapes
-
-    cfg = shapes.load_run_config(args.config)
-    setup = memory.step_setup(cfg, memory.run_policy(cfg, args.model_config, list(devices)[: args.devices]),
-                              args.micro_batch_size)
-    model_config, mesh = setup.model_config, setup.mesh
+    setup = memory.setup_from_args(args, devices)
     if args.dump_hlo is not None:
         args.dump_hlo.mkdir(parents=True, exist_ok=True)
     programs: dict[str, dict[str, Any]] = {}
@@ -234,8 +203,8 @@ def gpu_plan(args: argparse.Namespace, target: Target, devices: Sequence[Any], c
         "target": target.name,
         "device_kind": target.device_kind,
         "devices": args.devices,
-        "mesh": dict(mesh.shape),
         "compiled_for": compiled_for,
+        **setup.fields(),
         "programs": programs,
         "step_peak_bytes_per_device": step_peak,
         "step_peak_phase": max(phases, key=phases.get),
@@ -247,15 +216,6 @@ def gpu_plan(args: argparse.Namespace, target: Target, devices: Sequence[Any], c
         "fits_budget": step_peak <= args.budget_gb * GB,
         "memory_bandwidth_bytes_per_s": target.bandwidth_bytes_per_s,
         "peak_bf16_flops_per_s": target.peak_bf16_flops_per_s,
-        "num_params": model_config.num_params(),
-        "rows": setup.rows,
-        "prompt_length": setup.prompt_len,
-        "completion_length": setup.new_tokens,
-        "micro_batch_size": setup.micro_batch_size,
-        "compute_dtype": cfg.model.compute_dtype,
-        "remat": cfg.model.remat,
-        "train_state_bytes_per_device": setup.train_state_bytes,
-        "reference_params_bytes_per_device": setup.reference_params_bytes,
     }
 
 

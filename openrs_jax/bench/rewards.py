@@ -10,7 +10,6 @@ block and a boxed final answer that is, half the time, an equivalent form of the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -161,7 +160,7 @@ def run_reward_benchmark(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The benchmark's options (also for ``python -m openrs_jax.bench rewards``).
+    """The options of ``python -m openrs_jax.bench rewards``.
 
     Flags use underscores like every other command; the dashed spellings of earlier versions
     (``--num-completions``) still work without being listed.
@@ -183,28 +182,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark from parsed options; returns the result dict."""
+    """Run the benchmark from parsed options; returns the result dict (the dispatcher writes it)."""
     return run_reward_benchmark(
         args.num_completions,
         args.num_workers,
         args.chars,
-        getattr(args, "out", None),
         reward_funcs=tuple(args.reward_funcs.split(",")),
         num_generations=args.num_generations,
         repeats=args.repeats,
         in_process_baseline=not args.no_baseline,
     )
 
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """CLI entry point: prints the benchmark JSON."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    result = run(p.parse_args(argv))
-    print(json.dumps(result, indent=2))
-    return result
-
-
-if __name__ == "__main__":
-    main()

@@ -32,10 +32,25 @@ import numpy as np
 
 from openrs_jax.bench import shapes
 from openrs_jax.bench.common import (
-    DTYPES, copy_bandwidth, decode_bytes_per_step, describe_model, device_memory, time_calls, torch_twin,
+    DTYPES, copy_bandwidth, decode_figures, describe_model, device_memory, time_calls, torch_twin,
 )
 from openrs_jax.core.model import model_from_params
-from openrs_jax.core.sampling import Sampler, SamplingParams
+from openrs_jax.core.sampling import SamplingParams, bucket_length
+
+
+# Where `--config` finds the flags of `add_sampling_arguments` (see bench.shapes).
+SAMPLING_FIELDS: dict[str, shapes.FieldSource] = {
+    "temperature": "rollout.temperature",
+    "top_p": "rollout.top_p",
+    "top_k": "rollout.top_k",
+}
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling settings, which `bench step` takes too."""
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: the recipe's 0.7)")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0, help="0 = off")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_samples", type=int, default=6, help="completions per prompt (G)")
     parser.add_argument("--prompt_len", type=int, default=64, help="tokens per prompt")
     parser.add_argument("--new_tokens", type=int, default=128, help="tokens decoded per row (EOS ignored)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: the recipe's 0.7)")
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0, help="0 = off")
+    add_sampling_arguments(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter and compute dtype, both sides")
     parser.add_argument("--cache_dtype", choices=DTYPES, help="KV cache dtype (default: --dtype; with bfloat16 on a "
                         "CPU, float32 is faster: XLA:CPU updates a bf16 cache out of place)")
@@ -59,19 +72,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
     parser.add_argument("--stop_lengths", choices=("none", "realistic"), default="none",
                         help="realistic: rows stop at recipe-like lengths (forced EOS) instead of all at the cap")
-    shapes.add_config_argument(parser, CONFIG_FIELDS)
+    shapes.add_config_argument(parser, {**CONFIG_FIELDS, **SAMPLING_FIELDS})
 
 
 # Flags that `--config RUN_CONFIG` fills (see bench.shapes).
 CONFIG_FIELDS = {
-    "prompts": "prompts_per_step",
-    "num_samples": "num_generations",
-    "prompt_len": "max_prompt_length",
-    "new_tokens": "max_completion_length",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "dtype": "compute_dtype",
+    "prompts": "rollout.prompts_per_step",
+    "num_samples": "rollout.num_generations",
+    "prompt_len": "data.max_prompt_length",
+    "new_tokens": "rollout.max_completion_length",
+    "dtype": "model.compute_dtype",
 }
 
 
@@ -204,18 +214,11 @@ def run(args: argparse.Namespace) -> dict:
         result["ratio_vs_hf"] = round(result["decode_tokens_per_s"] / result["hf_decode_tokens_per_s"], 2)
         result["ratio_end_to_end_vs_hf"] = round(result["tokens_per_s"] / result["hf_tokens_per_s"], 2)
     if n > 1:
-        traffic = decode_bytes_per_step(config, rows, sampler_prompt_len(sampler, args.prompt_len), n, sampler.cache_dtype)
         step_s = decode_s / max(1, min(r["steps"] for r in runs) - 1)
-        result.update({"decode_step_s": step_s, **traffic, "decode_bytes_per_s": traffic["decode_bytes_per_step"] / step_s})
-        if copy:
-            result.update(copy)
-            bandwidth = copy["copy_bandwidth_bytes_per_s"]
-            result["decode_bandwidth_use"] = traffic["decode_bytes_per_step"] / step_s / bandwidth
-            result["decode_bandwidth_use_full_cache"] = traffic["decode_bytes_per_step_full_cache"] / step_s / bandwidth
+        result.update(decode_figures(config, rows, bucket_length(args.prompt_len, sampler.prompt_bucket), n, step_s,
+                                     copy["copy_bandwidth_bytes_per_s"] if copy else None,
+                                     cache_dtype=sampler.cache_dtype))
+        result.update(copy or {})
     result.update(device_memory())
     return result
 
-
-def sampler_prompt_len(sampler: Sampler, prompt_len: int) -> int:
-    """The prompt length the sampler's programs see (rounded up to its bucket)."""
-    return max(sampler.prompt_bucket, -(-prompt_len // sampler.prompt_bucket) * sampler.prompt_bucket)

@@ -26,15 +26,11 @@ Two sources, usable together:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from openrs_jax.core.model_paths import is_preset
 from openrs_jax.recipe import toy
-
-log = logging.getLogger("openrs_jax.bench")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,58 +75,21 @@ def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple
 
 
 # ---------------------------------------------------------------------------------------------
-# Run configs
-# ---------------------------------------------------------------------------------------------
-
-
-def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    """A run config as `python -m openrs_jax.train` reads it (`openrs_jax.recipe.config.load_config`)."""
-    from openrs_jax.recipe.config import load_config
-
-    return load_config(path, overrides)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunShapes:
-    """What a benchmark needs from a run config."""
-
-    prompts_per_step: int
-    num_generations: int
-    max_prompt_length: int
-    max_completion_length: int
-    micro_batch_size: int
-    beta: float
-    loss_aggregation: str
-    remat: str
-    compute_dtype: str
-    param_dtype: str
-    logprob_chunk: int
-    temperature: float
-    top_p: float
-    top_k: int
-    mesh: str
-
-    @property
-    def rows(self) -> int:
-        return self.prompts_per_step * self.num_generations
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "RunShapes":
-        mesh = cfg["mesh"]
-        mesh = mesh.to_dict() if hasattr(mesh, "to_dict") else dict(mesh)
-        from openrs_jax.recipe.config import FLAT_KEYS  # name -> "section.name"
-
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name != "mesh":
-                section, key = FLAT_KEYS[f.name].split(".")
-                values[f.name] = cfg[section][key]
-        return cls(**values, mesh=",".join(f"{k}={v}" for k, v in mesh.items()))
-
-
-# ---------------------------------------------------------------------------------------------
 # --config on a subcommand's parser
 # ---------------------------------------------------------------------------------------------
+
+# Where a flag's value comes from in a run config: "section.key", or a function of the config.
+FieldSource = str | Callable[[Any], Any]
+
+
+def rows(cfg: Any) -> int:
+    """Completions per step of a run config."""
+    return cfg.rollout.prompts_per_step * cfg.rollout.num_generations
+
+
+def mesh_spec(cfg: Any) -> str:
+    """A run config's mesh as a --mesh value ("data=1,fsdp=-1,tensor=1")."""
+    return ",".join(f"{k}={v}" for k, v in cfg.mesh.to_dict().items())
 
 
 class _Unset:
@@ -143,12 +102,9 @@ class _Unset:
         return repr(self.value)
 
 
-FieldSource = str | Callable[[RunShapes], Any]
-
-
 def add_config_argument(parser: argparse.ArgumentParser, fields: Mapping[str, FieldSource]) -> None:
-    """Adds `--config RUN_CONFIG`, which fills the flags named in `fields` (dest -> a RunShapes
-    field name or a function of RunShapes) unless they are given on the command line.
+    """Adds `--config RUN_CONFIG`, which fills the flags named in `fields` (dest -> FieldSource)
+    unless they are given on the command line.
 
     Call after the flags are defined; `apply_run_config(args)` does the filling.
     """
@@ -165,17 +121,22 @@ def add_config_argument(parser: argparse.ArgumentParser, fields: Mapping[str, Fi
     parser.set_defaults(_config_fields=dict(fields))
 
 
-def apply_run_config(args: argparse.Namespace) -> RunShapes | None:
+def apply_run_config(args: argparse.Namespace) -> Any:
     """Fills unset flags from `args.config` (when given) and replaces the others' defaults by
-    their values. Returns the config's shapes (None without --config)."""
-    shapes = None
-    fields: Mapping[str, FieldSource] = getattr(args, "_config_fields", {}) or {}
+    their values. Returns the run config (None without --config)."""
+    cfg = None
     if getattr(args, "config", None):
-        shapes = RunShapes.from_config(load_run_config(args.config))
-        for dest, source in fields.items():
+        from openrs_jax.recipe.config import load_config
+
+        cfg = load_config(args.config)
+        for dest, source in getattr(args, "_config_fields", {}).items():
             if isinstance(getattr(args, dest, None), _Unset):
-                setattr(args, dest, getattr(shapes, source) if isinstance(source, str) else source(shapes))
+                if isinstance(source, str):
+                    section, key = source.split(".")
+                    setattr(args, dest, cfg[section][key])
+                else:
+                    setattr(args, dest, source(cfg))
     for dest, value in vars(args).items():
         if isinstance(value, _Unset):
             setattr(args, dest, value.value)
-    return shapes
+    return cfg

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import statistics
 import tempfile
@@ -53,26 +52,20 @@ from openrs_jax.bench import shapes
 BENCH_REWARD = "openrs_jax.bench.step:parity_reward"
 PARTS = ("rollout_s", "reward_s", "reference_s", "update_s")
 
+# Flags that `--config RUN_CONFIG` fills (see bench.shapes), with update's and sampler's.
 CONFIG_FIELDS: dict[str, shapes.FieldSource] = {
-    "prompts_per_step": "prompts_per_step",
-    "num_generations": "num_generations",
-    "prompt_len": "max_prompt_length",
-    "max_new_tokens": "max_completion_length",
-    "micro_batch_size": "micro_batch_size",
-    "beta": "beta",
-    "loss_aggregation": "loss_aggregation",
-    "remat": "remat",
-    "dtype": "compute_dtype",
-    "logprob_chunk": "logprob_chunk",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "mesh": "mesh",
+    "prompts_per_step": "rollout.prompts_per_step",
+    "num_generations": "rollout.num_generations",
+    "prompt_len": "data.max_prompt_length",
+    "max_new_tokens": "rollout.max_completion_length",
+    "logprob_chunk": "grpo.logprob_chunk",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `python -m openrs_jax.bench step`."""
+    from openrs_jax.bench import sampler, update
+
     parser.add_argument("--model", required=True,
                         help="the run's model_path: a model directory, a run or checkpoint, builtin:tiny, or "
                         "preset:NAME (random weights at a named shape)")
@@ -85,17 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=64, help="completion tokens per row")
     parser.add_argument("--prompt_len", type=int, default=None,
                         help="max_prompt_length, which generated prompts fill (default: the run config's)")
-    parser.add_argument("--micro_batch_size", type=int, default=None, help="rows per accumulation step (default: all)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up step")
-    parser.add_argument("--beta", type=float, default=0.04)
-    parser.add_argument("--loss_aggregation", default="group_token_mean")
-    parser.add_argument("--remat", default="none", choices=("none", "full", "dots"))
-    parser.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    update.add_update_arguments(parser)
+    sampler.add_sampling_arguments(parser)
     parser.add_argument("--logprob_chunk", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--mesh", default="fsdp=-1", help="mesh axes, e.g. 'fsdp=-1'")
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the run config's")
     parser.add_argument("--reward_funcs", default=BENCH_REWARD,
                         help="reward functions, comma-separated (names or package.module:function)")
@@ -103,14 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward_num_workers", type=int, default=2)
     parser.add_argument("--system_prompt", default=None, help="default: the run config's")
     parser.add_argument("--keep_eos", action="store_true", help="stop rows at EOS (default: decode every token)")
-    parser.add_argument("--peak_tflops", type=float, default=None, help="per-device peak for MFU (default: known GPUs)")
     parser.add_argument("--no_copy_bandwidth", action="store_true", help="skip the copy-bandwidth measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare_trl", action="store_true", help="also time TRL's GRPOTrainer")
     parser.add_argument("--trl_threads", type=int, default=None,
                         help="torch threads for TRL (default: torch's own, one per core; on a busy shared host "
                         "1 can be several times faster)")
-    shapes.add_config_argument(parser, CONFIG_FIELDS)
+    shapes.add_config_argument(parser, {**CONFIG_FIELDS, **update.UPDATE_FIELDS, **sampler.SAMPLING_FIELDS})
 
 
 def parity_reward(completions: list[str], solutions: list[str]) -> list[float]:
@@ -177,9 +162,9 @@ def filled_rows(tokenizer: Any, system_prompt: str, count: int, prompt_len: int,
 def run_config(args: argparse.Namespace, dtype: str, data_file: Path, output_dir: Path) -> Any:
     """The trainer's config: the run config (or the recipe's base) with the bench's flags over it."""
     from openrs_jax.core import sharding
-    from openrs_jax.recipe.config import base_config
+    from openrs_jax.recipe.config import base_config, load_config
 
-    c = shapes.load_run_config(args.config) if args.config else base_config()
+    c = load_config(args.config) if args.config else base_config()
     c.model.path, c.model.tokenizer_path, c.data.dataset = args.model, args.tokenizer, str(data_file)
     c.run.output_dir = str(output_dir)
     if args.system_prompt is not None:
@@ -225,12 +210,13 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     """Steps of the product's GRPOTrainer on one step's prompts (TRL's steps interleaved)."""
     from openrs_jax.bench.common import describe_model, device_memory
     from openrs_jax.core.sampling import bucket_length
+    from openrs_jax.files import write_jsonl
     from openrs_jax.recipe.trainer import COMPLETION_BUCKET, GRPOTrainer, round_up
 
     data_file = workdir / "prompts.jsonl"
     c = run_config(args, dtype, data_file, workdir / "run")
     rows = _prompt_rows(args, c)
-    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(data_file, rows)
     c.lock()
     trainer = GRPOTrainer(c, allow_presets=True)
     try:
@@ -301,55 +287,22 @@ def _phases(per_step: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def _peak_flops(peak_tflops: float | None, dtype: str) -> float | None:
-    import jax
-
-    from openrs_jax.bench.update import PEAK_BF16_FLOPS
-
-    if peak_tflops:
-        return peak_tflops * 1e12
-    if dtype != "bfloat16":
-        return None
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in kind), None)
-
-
 def phase_figures(
     config: Any, *, rows: int, prompt_len: int, completion_len: int, new_tokens: int, update_s: float,
     reference_s: float | None, decode_s: float | None, copy_bw: float | None, peak: float | None,
     devices: int,
 ) -> dict[str, Any]:
     """FLOPs, MFU and decode bandwidth use of one step's phases (update, reference, decode)."""
-    from openrs_jax.bench.common import decode_bytes_per_step
-    from openrs_jax.bench.update import forward_flops_per_token, train_flops_per_token
+    from openrs_jax.bench.common import decode_figures
+    from openrs_jax.bench.update import flops_fields, forward_flops_per_token, train_flops_per_token
 
     seq = prompt_len + completion_len
-    update_flops = train_flops_per_token(config, seq) * rows * seq
-    out: dict[str, Any] = {
-        "update_model_tflops": update_flops / 1e12,
-        "update_tflops_per_s_per_device": update_flops / update_s / 1e12 / devices,
-        "update_mfu": None if peak is None else update_flops / update_s / (peak * devices),
-    }
+    out = flops_fields("update", train_flops_per_token(config, seq) * rows * seq, update_s, peak, devices)
     if reference_s:
-        ref_flops = forward_flops_per_token(config, seq) * rows * seq
-        out.update({
-            "reference_model_tflops": ref_flops / 1e12,
-            "reference_tflops_per_s_per_device": ref_flops / reference_s / 1e12 / devices,
-            "reference_mfu": None if peak is None else ref_flops / reference_s / (peak * devices),
-        })
+        out.update(flops_fields("reference", forward_flops_per_token(config, seq) * rows * seq, reference_s, peak,
+                                devices))
     if decode_s and new_tokens > 1:
-        traffic = decode_bytes_per_step(config, rows, prompt_len, new_tokens)
-        step_s = decode_s / (new_tokens - 1)
-        out.update({
-            "decode_step_s": step_s,
-            **traffic,
-            "decode_bytes_per_s": traffic["decode_bytes_per_step"] / step_s / devices,
-        })
-        if copy_bw:
-            out["decode_bandwidth_use"] = traffic["decode_bytes_per_step"] / devices / step_s / copy_bw
-            out["decode_bandwidth_use_full_cache"] = (
-                traffic["decode_bytes_per_step_full_cache"] / devices / step_s / copy_bw
-            )
+        out.update(decode_figures(config, rows, prompt_len, new_tokens, decode_s / (new_tokens - 1), copy_bw, devices))
     return out
 
 
@@ -430,10 +383,8 @@ def run_trl(
         torch.set_num_threads(threads_before)
 
 
-def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path) -> dict[str, Any]:
-    """GRPOConfig arguments matching our run."""
-    import trl
-
+def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path, grpo_config: type) -> dict[str, Any]:
+    """Arguments of `grpo_config` (TRL's GRPOConfig) matching our run."""
     g, total = args.num_generations, args.prompts_per_step * args.num_generations
     mb = args.micro_batch_size or total
     settings = dict(
@@ -447,7 +398,7 @@ def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path) -> d
         dataloader_num_workers=0, use_cpu=True,
     )
     # transformers 5 renamed gradient_checkpointing (the old name still works, with a warning).
-    fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    fields = {f.name for f in dataclasses.fields(grpo_config)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     settings[checkpointing] = args.remat != "none"
     if not args.keep_eos:
@@ -476,7 +427,7 @@ def _run_trl(
         for m, r in zip(messages, ours.rows)
     )
     dataset = datasets.Dataset.from_list([{"prompt": m, "gold": gold_from_row(r)} for m, r in zip(messages, ours.rows)])
-    settings = _trl_settings(args, ours, workdir)
+    settings = _trl_settings(args, ours, workdir, trl.GRPOConfig)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[ours.dtype]
     config = trl.GRPOConfig(**settings)  # TRL loads its reference model (beta > 0) in the policy's dtype
     generate_times, reward_times = _CallTimes(), _CallTimes()
@@ -554,6 +505,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
     from openrs_jax.bench.common import copy_bandwidth, device_memory
+    from openrs_jax.bench.update import peak_flops
+    from openrs_jax.core.policy import resolve_dtype
     from openrs_jax.recipe.config import base_config
 
     shapes.apply_run_config(args)
@@ -566,7 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--micro_batch_size {args.micro_batch_size} must divide {rows} rows")
     if args.prompt_len is None:
         args.prompt_len = base_config().data.max_prompt_length
-    dtype = args.dtype or ("bfloat16" if jax.devices()[0].platform == "gpu" else "float32")
+    dtype = resolve_dtype(args.dtype)
     copy = None if args.no_copy_bandwidth else copy_bandwidth()
 
     with tempfile.TemporaryDirectory(prefix="openrs-bench-step-") as tmp:
@@ -597,7 +550,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             completion_len=ours["completion_len_trained"], new_tokens=args.max_new_tokens,
             update_s=phases["update_s"], reference_s=phases.get("reference_s") if args.beta > 0 else None,
             decode_s=phases.get("decode_s"), copy_bw=copy["copy_bandwidth_bytes_per_s"] if copy else None,
-            peak=_peak_flops(args.peak_tflops, dtype), devices=jax.device_count(),
+            peak=peak_flops(args.peak_tflops, dtype), devices=jax.device_count(),
         ),
         **(copy or {}),
         **memory,

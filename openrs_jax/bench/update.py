@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from openrs_jax.bench import shapes
+from openrs_jax.bench.common import describe_model, device_memory, time_calls
 from openrs_jax.core import sharding
 from openrs_jax.core.grpo import UpdateConfig, create_train_state, group_advantages, make_train_step
 
@@ -40,38 +41,46 @@ PEAK_BF16_FLOPS = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory or config.json (random weights then)")
+# Where `--config` finds the flags of `add_update_arguments` (see bench.shapes).
+UPDATE_FIELDS: dict[str, shapes.FieldSource] = {
+    "dtype": "model.compute_dtype",
+    "remat": "model.remat",
+    "micro_batch_size": "grpo.micro_batch_size",
+    "beta": "grpo.beta",
+    "loss_aggregation": "grpo.loss_aggregation",
+    "mesh": shapes.mesh_spec,
+}
+
+
+def add_update_arguments(parser: argparse.ArgumentParser) -> None:
+    """The update's settings, which `bench step` takes too."""
     parser.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--remat", default="none", choices=("none", "full", "dots"))
-    parser.add_argument("--rows", type=int, default=24, help="completions per update (prompts x generations)")
-    parser.add_argument("--num_generations", type=int, default=6)
-    parser.add_argument("--prompt_len", type=int, default=64)
-    parser.add_argument("--completion_len", type=int, default=192)
     parser.add_argument("--micro_batch_size", type=int, default=None, help="rows per accumulation step (default: all)")
     parser.add_argument("--beta", type=float, default=0.04, help="KL weight (> 0 feeds reference log-probs)")
     parser.add_argument("--loss_aggregation", default="group_token_mean")
     parser.add_argument("--mesh", default="fsdp=-1", help="mesh axes, e.g. 'fsdp=-1' or 'data=2,fsdp=-1'")
-    parser.add_argument("--steps", type=int, default=5, help="timed updates after the warm-up")
     parser.add_argument("--peak_tflops", type=float, default=None, help="per-device peak for MFU (default: known GPUs)")
-    parser.add_argument("--reference", action="store_true", help="also time the forward-only reference log-prob pass")
-    from openrs_jax.bench import shapes
 
-    shapes.add_config_argument(parser, CONFIG_FIELDS)
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory or config.json (random weights then)")
+    parser.add_argument("--rows", type=int, default=24, help="completions per update (prompts x generations)")
+    parser.add_argument("--num_generations", type=int, default=6)
+    parser.add_argument("--prompt_len", type=int, default=64)
+    parser.add_argument("--completion_len", type=int, default=192)
+    add_update_arguments(parser)
+    parser.add_argument("--steps", type=int, default=5, help="timed updates after the warm-up")
+    parser.add_argument("--reference", action="store_true", help="also time the forward-only reference log-prob pass")
+    shapes.add_config_argument(parser, {**CONFIG_FIELDS, **UPDATE_FIELDS})
 
 
 # Flags that `--config RUN_CONFIG` fills (see bench.shapes).
 CONFIG_FIELDS = {
-    "dtype": "compute_dtype",
-    "remat": "remat",
-    "rows": lambda s: s.rows,
-    "num_generations": "num_generations",
-    "prompt_len": "max_prompt_length",
-    "completion_len": "max_completion_length",
-    "micro_batch_size": "micro_batch_size",
-    "beta": "beta",
-    "loss_aggregation": "loss_aggregation",
-    "mesh": "mesh",
+    "rows": shapes.rows,
+    "num_generations": "rollout.num_generations",
+    "prompt_len": "data.max_prompt_length",
+    "completion_len": "rollout.max_completion_length",
 }
 
 
@@ -88,13 +97,23 @@ def forward_flops_per_token(config: Any, seq_len: int) -> float:
     return train_flops_per_token(config, seq_len) / 3.0
 
 
-def _peak_flops(args: argparse.Namespace, dtype: str) -> float | None:
-    if args.peak_tflops:
-        return args.peak_tflops * 1e12
-    kind = jax.devices()[0].device_kind
+def peak_flops(peak_tflops: float | None, dtype: str) -> float | None:
+    """Per-device peak FLOP/s for MFU: `--peak_tflops`, else a known GPU's bf16 peak (None otherwise)."""
+    if peak_tflops:
+        return peak_tflops * 1e12
     if dtype != "bfloat16":
         return None
+    kind = jax.devices()[0].device_kind
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in kind), None)
+
+
+def flops_fields(prefix: str, flops: float, seconds: float, peak: float | None, devices: int) -> dict[str, Any]:
+    """`{prefix}_model_tflops`, `{prefix}_tflops_per_s_per_device` and `{prefix}_mfu` of a pass."""
+    return {
+        f"{prefix}_model_tflops": flops / 1e12,
+        f"{prefix}_tflops_per_s_per_device": flops / seconds / 1e12 / devices,
+        f"{prefix}_mfu": None if peak is None else flops / seconds / (peak * devices),
+    }
 
 
 def random_batch(rows: int, prompt_len: int, completion_len: int, vocab: int, g: int, seed: int = 0) -> dict:
@@ -116,10 +135,6 @@ def random_batch(rows: int, prompt_len: int, completion_len: int, vocab: int, g:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    # Imported here so that the other bench subcommands load even where common.py is absent.
-    from openrs_jax.bench import shapes
-    from openrs_jax.bench.common import describe_model, device_memory
-
     shapes.apply_run_config(args)
 
     if args.rows % args.num_generations:
@@ -142,22 +157,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch = sharding.shard_batch(batch, mesh)
     step = make_train_step(graphdef, update_config, mesh)
 
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    first_s = time.perf_counter() - start
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
+    metrics: Any = None
+
+    def one_step() -> None:
+        nonlocal state, metrics
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
+
+    first_s = time_calls(one_step, 1)[0]
+    times = time_calls(one_step, args.steps)
     step_s = statistics.median(times)
 
     seq = args.prompt_len + args.completion_len
     tokens = args.rows * seq
     flops = train_flops_per_token(config, seq) * tokens
-    peak = _peak_flops(args, dtype)
+    peak = peak_flops(args.peak_tflops, dtype)
     result = {
         "model": str(args.model),
         "random_weights": random_weights,
@@ -202,17 +216,8 @@ def _time_reference(args: argparse.Namespace, graphdef: Any, state: Any, batch: 
         ))
 
     call()  # compiles
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+    times = time_calls(call, args.steps)
     ref_s = statistics.median(times)
     flops = forward_flops_per_token(config, seq) * args.rows * seq
-    return {
-        "reference_times_s": times,
-        "reference_s": ref_s,
-        "reference_model_tflops": flops / 1e12,
-        "reference_tflops_per_s_per_device": flops / ref_s / 1e12 / jax.device_count(),
-        "reference_mfu": None if peak is None else flops / ref_s / (peak * jax.device_count()),
-    }
+    return {"reference_times_s": times, "reference_s": ref_s,
+            **flops_fields("reference", flops, ref_s, peak, jax.device_count())}
