@@ -780,7 +780,7 @@ class Sampler:
         c = self.config
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if not prompts:
+        if len(prompts) == 0:  # a list of id lists or an [N, T] array
             raise ValueError("no prompts to sample from")
         prompts = check_prompts(prompts, c.vocab_size)
         if not 0 <= sampling.pad_id < c.vocab_size:
