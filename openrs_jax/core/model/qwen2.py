@@ -340,6 +340,8 @@ def _decoder_layer(
     if "gate_up_proj" in p:  # fused in `DecodeWeights`: one matmul, split after
         gate, up = jnp.split(_linear(x, p["gate_up_proj"], scale), 2, axis=-1)
     elif mlp is not None and scale is None and p["gate_proj"].get("bias") is None:
+        if p["down_proj"].get("bias") is None:  # the whole MLP, with its backward kernel
+            return h + mlp.mlp(x, p["gate_proj"]["kernel"], p["up_proj"]["kernel"], p["down_proj"]["kernel"])
         return h + _linear(mlp(x, p["gate_proj"]["kernel"], p["up_proj"]["kernel"]), p["down_proj"])
     else:
         gate, up = _linear(x, p["gate_proj"]), _linear(x, p["up_proj"])
