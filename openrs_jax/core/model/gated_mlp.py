@@ -5,11 +5,16 @@ writes (8,960 columns against 1,536 for the 1.5B model). XLA computes gate and u
 matmuls, writes both, then writes their product: three such tensors forward, and in the
 backward pass gate and up again plus their two gradients. A matmul kernel that keeps both
 accumulators on chip (fp32) and applies silu(gate) * up before its one write writes only
-the product, not gate and up: one [tokens, I] tensor instead of three. The kernel runs where
-the pass is not differentiated (the reference and old-policy passes, and the update's forward
-pass through the rematerialised layers, `model.layer_grads`); where it is differentiated (the
-update's recomputation of each layer in its backward pass) XLA's matmuls run and keep gate and
-up for the gradient, as before.
+the product, not gate and up: one [tokens, I] tensor instead of three.
+
+`GatedMlp.mlp` is the whole MLP, product @ w_down, as one differentiable op that keeps only its
+input x for the backward pass. Its backward kernel computes, per [rows, intermediate] tile, gate
+and up again and d product = dy @ w_down.T (three fp32 accumulators on chip, the same three
+matmuls XLA's recomputation and backward pass run) and writes the product (for w_down's
+gradient), d gate and d up: three [tokens, I] tensors where XLA writes six (gate, up, product,
+d product, d gate, d up). In the update's recomputation of a layer (`model.layer_grads`) the
+forward output is unused, so XLA drops the forward kernel there. `GatedMlp.__call__` (the
+product alone) keeps XLA's matmuls when differentiated.
 
 Implementations, chosen in one place (`GatedMlp.auto`, logged once per choice):
 
@@ -40,7 +45,9 @@ _KERNEL_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 # Tile sizes: rows x intermediate columns per program, and the contraction step.
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 128, 64
 NUM_WARPS, NUM_STAGES = 4, 3  # not tuned on a GPU yet
-BACKWARD_NUM_WARPS = 8  # three fp32 accumulators per tile
+# The backward kernel's tiles: three fp32 accumulators and five input tiles per stage; 64
+# intermediate columns and 2 stages keep it within an A40's 100 KB of shared memory.
+BACKWARD_BLOCK_N, BACKWARD_NUM_WARPS, BACKWARD_NUM_STAGES = 64, 4, 2
 _logged: set[tuple] = set()
 
 
@@ -221,14 +228,15 @@ def _backward_outputs(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: ja
     m, d = x.shape
     n = w_gate.shape[1]
     rows = pl.BlockSpec((BLOCK_M, d), lambda i, j: (i, 0))
-    weights = pl.BlockSpec((d, BLOCK_N), lambda i, j: (0, j))
-    tile = pl.BlockSpec((BLOCK_M, BLOCK_N), lambda i, j: (i, j))
+    block_n = BACKWARD_BLOCK_N
+    weights = pl.BlockSpec((d, block_n), lambda i, j: (0, j))
+    tile = pl.BlockSpec((BLOCK_M, block_n), lambda i, j: (i, j))
     out = jax.ShapeDtypeStruct((m, n), x.dtype)
     return pl.pallas_call(
-        _backward_kernel, grid=(m // BLOCK_M, n // BLOCK_N), name="gated_mlp_backward",
-        in_specs=[rows, weights, weights, rows, pl.BlockSpec((BLOCK_N, d), lambda i, j: (j, 0))],
+        _backward_kernel, grid=(m // BLOCK_M, n // block_n), name="gated_mlp_backward",
+        in_specs=[rows, weights, weights, rows, pl.BlockSpec((block_n, d), lambda i, j: (j, 0))],
         out_specs=[tile, tile, tile], out_shape=[out, out, out], interpret=interpret,
-        compiler_params=plgpu.CompilerParams(num_warps=BACKWARD_NUM_WARPS, num_stages=NUM_STAGES),
+        compiler_params=plgpu.CompilerParams(num_warps=BACKWARD_NUM_WARPS, num_stages=BACKWARD_NUM_STAGES),
     )(x, w_gate, w_up, dy, w_down)
 
 
@@ -263,10 +271,8 @@ def _gated_product(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.A
 
 
 def _gated_product_fwd(interpret, x, w_gate, w_up):
-    # Differentiated (the update's rematerialised layer): XLA's matmuls, keeping gate and up for
-    # the backward pass. A backward kernel that recomputes them tile by tile instead of reading
-    # them writes two fewer [tokens, I] tensors but adds two [M, D] x [D, I] matmuls: slower on
-    # an H100/H200, where the update is compute-bound (docs/benchmarks.md).
+    # Differentiated (layers whose down projection has a bias; the model's layers use `mlp`):
+    # XLA's matmuls, keeping gate and up for the backward pass.
     gate, up = x @ w_gate, x @ w_up
     return jax.nn.silu(gate) * up, (x, w_gate, w_up, gate, up)
 

@@ -308,7 +308,8 @@ def _decoder_layer(
     writes the keys/values into the cache and attends over it; right-padded full sequences use
     `model.attention.causal_attention` (cuDNN flash attention on GPUs). `mlp` computes the gated
     product silu(gate) * up (`model.gated_mlp`: a kernel on GPUs) where the layer has separate,
-    bias-free gate/up kernels. `real_rows` [B, T] bool: where False (right padding), the
+    bias-free gate/up kernels, and with a bias-free down projection the whole MLP (`GatedMlp.mlp`,
+    with its backward kernel). `real_rows` [B, T] bool: where False (right padding), the
     attention output is dropped after the output projection (whatever an attention kernel left
     in padding rows, NaN included, goes no further and gets no gradient); the select fuses into
     the projection's matmul, where zeroing the attention output would be a pass of its own.
