@@ -267,13 +267,15 @@ class _Walker:
             causal = 0.5 if fmha.get("mask_type") == "CAUSAL" else 1.0
             return 2.0 * matmuls * scores * head_dim * causal
         if "triton" in target and _GATED_MLP_KERNEL.search(instr.attrs):
-            # The model's gated-MLP Pallas kernels (model.gated_mlp): x [M, D] times two [D, I] weights.
+            # The model's gated-MLP Pallas kernels (model.gated_mlp): x [M, D] times two [D, I] weights,
+            # and in the backward kernel also dy [M, D] times w_down [I, D] transposed.
             table = self.by_name[comp]
             x, w = (table.get(o) for o in instr.operands[:2])
             if x is None or w is None:
                 return 0.0
             (m, d), (_, i) = shape_elements(x.shape)[0][1], shape_elements(w.shape)[0][1]
-            return 2.0 * 2 * m * d * i
+            matmuls = 3 if "gated_mlp_backward" in instr.attrs else 2
+            return 2.0 * matmuls * m * d * i
         return 0.0
 
     def _flops_inside(self, comp: str) -> float:

@@ -5,11 +5,16 @@ writes (8,960 columns against 1,536 for the 1.5B model). XLA computes gate and u
 matmuls, writes both, then writes their product: three such tensors forward, and in the
 backward pass gate and up again plus their two gradients. A matmul kernel that keeps both
 accumulators on chip (fp32) and applies silu(gate) * up before its one write writes only
-the product, not gate and up: one [tokens, I] tensor instead of three. The kernel runs where
-the pass is not differentiated (the reference and old-policy passes, and the update's forward
-pass through the rematerialised layers, `model.layer_grads`); where it is differentiated (the
-update's recomputation of each layer in its backward pass) XLA's matmuls run and keep gate and
-up for the gradient, as before.
+the product, not gate and up: one [tokens, I] tensor instead of three.
+
+`GatedMlp.mlp` is the whole MLP, product @ w_down, as one differentiable op that keeps only its
+input x for the backward pass. Its backward kernel computes, per [rows, intermediate] tile, gate
+and up again and d product = dy @ w_down.T (three fp32 accumulators on chip, the same three
+matmuls XLA's recomputation and backward pass run) and writes the product (for w_down's
+gradient), d gate and d up: three [tokens, I] tensors where XLA writes six (gate, up, product,
+d product, d gate, d up). In the update's recomputation of a layer (`model.layer_grads`) the
+forward output is unused, so XLA drops the forward kernel there. `GatedMlp.__call__` (the
+product alone) keeps XLA's matmuls when differentiated.
 
 Implementations, chosen in one place (`GatedMlp.auto`, logged once per choice):
 
@@ -40,6 +45,9 @@ _KERNEL_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 # Tile sizes: rows x intermediate columns per program, and the contraction step.
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 128, 64
 NUM_WARPS, NUM_STAGES = 4, 3  # not tuned on a GPU yet
+# The backward kernel's tiles: three fp32 accumulators and five input tiles per stage; 64
+# intermediate columns and 2 stages keep it within an A40's 100 KB of shared memory.
+BACKWARD_BLOCK_N, BACKWARD_NUM_WARPS, BACKWARD_NUM_STAGES = 64, 4, 2
 _logged: set[tuple] = set()
 
 
@@ -98,6 +106,28 @@ class GatedMlp:
             run = jax.shard_map(run, mesh=self.mesh, in_specs=(rows, weights, weights),
                                 out_specs=PartitionSpec(_batch_axes(self.mesh), cols), check_vma=False)
         return run(x2, w_gate, w_up).reshape(*lead, w_gate.shape[1])
+
+    def mlp(self, x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
+        """The whole bias-free MLP (silu(x @ w_gate) * (x @ w_up)) @ w_down for x [..., D], w_down [I, D].
+
+        With the kernel, differentiating it runs `gated_mlp_backward` (recomputes gate and up per
+        tile with d product = dy @ w_down.T, writes the product and d gate, d up) and keeps only x
+        for the backward pass: gate, up and d product are never written."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        fits, _ = self.kernel_fits(x2, w_gate)
+        if not fits:
+            return self(x, w_gate, w_up) @ w_down
+        interpret = self.implementation == "pallas_interpret"
+        run = functools.partial(_backward_outputs, interpret)
+        if self.mesh is not None and self.mesh.size > 1:
+            rows = PartitionSpec(_batch_axes(self.mesh), None)
+            cols = _tensor_axis(self.mesh, w_gate)
+            out = PartitionSpec(_batch_axes(self.mesh), cols)
+            run = jax.shard_map(run, mesh=self.mesh, check_vma=False, out_specs=(out, out, out),
+                                in_specs=(rows, PartitionSpec(None, cols), PartitionSpec(None, cols), rows,
+                                          PartitionSpec(cols, None)))
+        return _gated_mlp(self, run, x2, w_gate, w_up, w_down).reshape(*lead, w_down.shape[1])
 
     def _row_shards(self) -> int:
         if self.mesh is None:
@@ -164,6 +194,76 @@ def _kernel_call(x: jax.Array, w_gate: jax.Array, interpret: bool) -> Any:
     )
 
 
+def _backward_kernel(x_ref, wg_ref, wu_ref, dy_ref, wd_ref, h_ref, dg_ref, du_ref):
+    # gate, up and d product = dy @ w_down.T for one [BLOCK_M, BLOCK_N] tile, all on chip (fp32).
+    from jax.experimental import pallas as pl
+
+    steps = x_ref.shape[1] // BLOCK_K
+
+    def body(i: jax.Array, acc: tuple) -> tuple:
+        g, u, dp = acc
+        k = pl.ds(pl.multiple_of(i * BLOCK_K, BLOCK_K), BLOCK_K)
+        x = x_ref[:, k]
+        g += jnp.dot(x, wg_ref[k, :], preferred_element_type=jnp.float32)
+        u += jnp.dot(x, wu_ref[k, :], preferred_element_type=jnp.float32)
+        dp += pl.dot(dy_ref[:, k], wd_ref[:, k], trans_b=True).astype(jnp.float32)
+        return g, u, dp
+
+    zeros = jnp.zeros((x_ref.shape[0], wg_ref.shape[1]), jnp.float32)
+    g, u, dp = jax.lax.fori_loop(0, steps, body, (zeros, zeros, zeros))
+    sig = jax.nn.sigmoid(g)
+    silu = g * sig
+    h_ref[...] = (silu * u).astype(h_ref.dtype)
+    dg_ref[...] = (dp * u * (sig + silu * (1.0 - sig))).astype(dg_ref.dtype)
+    du_ref[...] = (dp * silu).astype(du_ref.dtype)
+
+
+def _backward_outputs(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.Array, dy: jax.Array,
+                      w_down: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(product, d gate, d up) [M, I] from x [M, D], dy [M, D] and the three weights, named
+    "gated_mlp_backward" (`bench.hlo_cost` counts its three [M, D] x [D, I] matmuls)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    m, d = x.shape
+    n = w_gate.shape[1]
+    rows = pl.BlockSpec((BLOCK_M, d), lambda i, j: (i, 0))
+    block_n = BACKWARD_BLOCK_N
+    weights = pl.BlockSpec((d, block_n), lambda i, j: (0, j))
+    tile = pl.BlockSpec((BLOCK_M, block_n), lambda i, j: (i, j))
+    out = jax.ShapeDtypeStruct((m, n), x.dtype)
+    return pl.pallas_call(
+        _backward_kernel, grid=(m // BLOCK_M, n // block_n), name="gated_mlp_backward",
+        in_specs=[rows, weights, weights, rows, pl.BlockSpec((block_n, d), lambda i, j: (j, 0))],
+        out_specs=[tile, tile, tile], out_shape=[out, out, out], interpret=interpret,
+        compiler_params=plgpu.CompilerParams(num_warps=BACKWARD_NUM_WARPS, num_stages=BACKWARD_NUM_STAGES),
+    )(x, w_gate, w_up, dy, w_down)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _gated_mlp(forward: Any, backward: Any, x: jax.Array, w_gate: jax.Array, w_up: jax.Array,
+               w_down: jax.Array) -> jax.Array:
+    # forward: the gated product (the kernel, as in undifferentiated passes); backward: the
+    # backward kernel (per shard under a mesh).
+    return forward(x, w_gate, w_up) @ w_down
+
+
+def _gated_mlp_fwd(forward, backward, x, w_gate, w_up, w_down):
+    # Only x and the weights are kept: where the output is not used (the layer recomputation in
+    # the backward pass of `layer_grads`), XLA drops the forward kernel altogether.
+    return forward(x, w_gate, w_up) @ w_down, (x, w_gate, w_up, w_down)
+
+
+def _gated_mlp_bwd(forward, backward, residuals, dy):
+    x, w_gate, w_up, w_down = residuals
+    product, d_gate, d_up = backward(x, w_gate, w_up, dy.astype(x.dtype), w_down)
+    dx = d_gate @ w_gate.T + d_up @ w_up.T
+    return dx, x.T @ d_gate, x.T @ d_up, product.T @ dy.astype(product.dtype)
+
+
+_gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _gated_product(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
     # Not differentiated (forward passes): the kernel.
@@ -171,10 +271,8 @@ def _gated_product(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.A
 
 
 def _gated_product_fwd(interpret, x, w_gate, w_up):
-    # Differentiated (the update's rematerialised layer): XLA's matmuls, keeping gate and up for
-    # the backward pass. A backward kernel that recomputes them tile by tile instead of reading
-    # them writes two fewer [tokens, I] tensors but adds two [M, D] x [D, I] matmuls: slower on
-    # an H100/H200, where the update is compute-bound (docs/benchmarks.md).
+    # Differentiated (layers whose down projection has a bias; the model's layers use `mlp`):
+    # XLA's matmuls, keeping gate and up for the backward pass.
     gate, up = x @ w_gate, x @ w_up
     return jax.nn.silu(gate) * up, (x, w_gate, w_up, gate, up)
 

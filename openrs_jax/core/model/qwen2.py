@@ -308,7 +308,8 @@ def _decoder_layer(
     writes the keys/values into the cache and attends over it; right-padded full sequences use
     `model.attention.causal_attention` (cuDNN flash attention on GPUs). `mlp` computes the gated
     product silu(gate) * up (`model.gated_mlp`: a kernel on GPUs) where the layer has separate,
-    bias-free gate/up kernels. `real_rows` [B, T] bool: where False (right padding), the
+    bias-free gate/up kernels, and with a bias-free down projection the whole MLP (`GatedMlp.mlp`,
+    with its backward kernel). `real_rows` [B, T] bool: where False (right padding), the
     attention output is dropped after the output projection (whatever an attention kernel left
     in padding rows, NaN included, goes no further and gets no gradient); the select fuses into
     the projection's matmul, where zeroing the attention output would be a pass of its own.
@@ -340,6 +341,8 @@ def _decoder_layer(
     if "gate_up_proj" in p:  # fused in `DecodeWeights`: one matmul, split after
         gate, up = jnp.split(_linear(x, p["gate_up_proj"], scale), 2, axis=-1)
     elif mlp is not None and scale is None and p["gate_proj"].get("bias") is None:
+        if p["down_proj"].get("bias") is None:  # the whole MLP, with its backward kernel
+            return h + mlp.mlp(x, p["gate_proj"]["kernel"], p["up_proj"]["kernel"], p["down_proj"]["kernel"])
         return h + _linear(mlp(x, p["gate_proj"]["kernel"], p["up_proj"]["kernel"]), p["down_proj"])
     else:
         gate, up = _linear(x, p["gate_proj"]), _linear(x, p["up_proj"])
