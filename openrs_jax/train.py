@@ -1,4 +1,4 @@
-"""Train with GRPO: `python -m openrs_jax.train --config configs/exp2.py [--config.key=value ...]`.
+"""Train with GRPO: `python -m openrs_jax.train --config configs/exp2.py [--config.SECTION.KEY=VALUE ...]`.
 
 Every key of the config can be overridden on the command line as --config.SECTION.KEY=VALUE, e.g.
 `--config.model.path=/models/r1-1.5b --config.grpo.learning_rate=2e-6 --config.run.resume=True`.

@@ -1,7 +1,7 @@
 """The jitted GRPO update: gradient accumulation over micro-batches, AdamW, sharded state.
 
     config = UpdateConfig.from_config(cfg)              # or UpdateConfig(...)
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
     graphdef, _ = nnx.split(model)                       # model config: dtype, remat
     state = create_train_state(params, config, mesh)     # fp32, FSDP-sharded
     train_step = make_train_step(graphdef, config, mesh)
