@@ -18,6 +18,7 @@ Design (why it is robust):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -25,11 +26,11 @@ import signal
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from openrs_jax.recipe.rewards.batch import RewardConfig, RewardSet
+from openrs_jax.recipe.rewards.batch import RewardConfig, RewardSet, RowResult
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,6 @@ MAIN_GUARD_MESSAGE = (
     "the scorer at top level; put the script's code under `if __name__ == \"__main__\":` "
     "(or use num_workers=0)"
 )
-
-
-def is_unguarded_import() -> bool:
-    """Whether this process is a spawned child still importing the parent's main script.
-
-    That is the moment multiprocessing refuses to start processes ("bootstrapping phase"):
-    the script runs its top-level code in every worker unless it is under a `__main__` guard.
-    """
-    import multiprocessing
-
-    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 def worker_main(conn: Connection, config: RewardConfig, weights: tuple[float, ...]) -> None:
@@ -134,26 +124,25 @@ class Worker:
             self.conn.close()
 
 
-class BatchRun:
-    """Dispatch one batch over a list of workers, replacing those that die or hang."""
+class WorkerPool:
+    """Worker processes, replaced when they die or hang, and the dispatch of one batch over them."""
 
     def __init__(
-        self,
-        workers: list[Worker],
-        respawn: Callable[[int], None],
-        completions: Sequence[str],
-        solutions: Sequence[str],
-        num_generations: int,
-        timeout_s: float,
+        self, ctx: Any, config: RewardConfig, weights: tuple[float, ...], size: int, timeout_s: float,
         startup_timeout_s: float,
-        start_failures: int = 0,
     ):
-        self.workers = workers  # shared with the scorer: respawn replaces entries in place
-        self.respawn = respawn
-        self.completions, self.solutions = completions, solutions
+        self._new_worker = functools.partial(Worker, ctx, config, weights)
+        self.workers = [self._new_worker() for _ in range(size)]
         self.timeout_s, self.startup_timeout_s = timeout_s, startup_timeout_s
+        self.start_failures = 0  # in a row, across batches
+
+    def run(
+        self, completions: Sequence[str], solutions: Sequence[str], num_generations: int
+    ) -> tuple[list[RowResult | None], list[int], list[int], int]:
+        """Score one batch: (rows, timed-out rows, lost rows, worker restarts); a failed row's entry is None."""
+        self.completions, self.solutions = completions, solutions
         n = len(completions)
-        self.rows: list[Any] = [None] * n
+        self.rows: list[RowResult | None] = [None] * n
         # Groups not yet handed to a worker (rows of a failed worker come back as one group).
         self.pending: deque[list[int]] = deque(
             list(range(i, min(i + num_generations, n))) for i in range(0, n, num_generations)
@@ -161,23 +150,27 @@ class BatchRun:
         self.timed_out: list[int] = []
         self.lost: list[int] = []  # rows whose worker died under them
         self.restarts = 0
-        self.start_failures = start_failures
-
-    def execute(self) -> None:
-        """Run until every row has a result, a timeout or a loss."""
         for k, w in enumerate(self.workers):  # replace workers that died between calls
             if w.ready and not w.process.is_alive():
                 self._restart(k, "died while idle")
         while self.pending or any(w.inflight or w.assigned for w in self.workers):
-            if self._hopeless():
+            if self.start_failures >= MAX_START_FAILURES and not any(w.ready for w in self.workers):
                 self._give_up()
                 continue
             self._dispatch()
             self._wait()
             self._enforce_timeouts()
+        return self.rows, self.timed_out, self.lost, self.restarts
 
-    def _hopeless(self) -> bool:
-        return self.start_failures >= MAX_START_FAILURES and not any(w.ready for w in self.workers)
+    def close(self) -> None:
+        """Stop the workers: idle ones are asked to exit, then all are killed after a short wait."""
+        for w in self.workers:
+            w.stop()
+        deadline = time.monotonic() + 2.0
+        for w in self.workers:
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            w.kill()
+        self.workers = []
 
     def _give_up(self) -> None:
         rows = [i for group in self.pending for i in group]
@@ -284,5 +277,6 @@ class BatchRun:
         w.inflight.clear()
         w.assigned.clear()
         logger.info("replacing reward worker %d (%s)", k, why)
-        self.respawn(k)
+        w.kill()
+        self.workers[k] = self._new_worker()
         self.restarts += 1

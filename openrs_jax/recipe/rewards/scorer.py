@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from openrs_jax.recipe.rewards.batch import RewardSet, ScoreResult, check_batch, normalize_config
-from openrs_jax.recipe.rewards.pool import MAIN_GUARD_EXIT, BatchRun, Worker, is_unguarded_import
+from openrs_jax.recipe.rewards.pool import MAIN_GUARD_EXIT, WorkerPool
 
 
 class RewardScorer:
@@ -45,21 +45,20 @@ class RewardScorer:
         mp_context: str = "spawn",
         startup_timeout_s: float = 120.0,
     ):
-        if is_unguarded_import():
-            # This is a worker re-running the caller's unguarded script: leave quietly (no
-            # traceback per worker); the caller sees the exit status and names the fix.
+        # A spawned worker imports the caller's script while multiprocessing bootstraps it
+        # ("_inheriting"): without a `__main__` guard that script creates a scorer in every
+        # worker. Leave quietly (no traceback per worker); the caller sees the status and names the fix.
+        if getattr(mp.current_process(), "_inheriting", False):
             raise SystemExit(MAIN_GUARD_EXIT)
         if mp_context not in ("spawn", "forkserver"):
             raise ValueError(f"mp_context must be 'spawn' or 'forkserver', got {mp_context!r}")
         if num_workers < 0 or timeout_s <= 0 or startup_timeout_s <= 0:
             raise ValueError("num_workers must be >= 0 and the timeouts > 0")
-        self._config, self._weights = normalize_config(reward_funcs, reward_weights, reward_params)
-        self.reward_set = RewardSet(self._config, self._weights)  # validates in the caller
-        self.timeout_s = float(timeout_s)
-        self.startup_timeout_s = float(startup_timeout_s)
-        self._ctx = mp.get_context(mp_context)
-        self._workers: list[Worker] = [self._spawn() for _ in range(num_workers)]
-        self._start_failures = 0
+        config, weights = normalize_config(reward_funcs, reward_weights, reward_params)
+        self.reward_set = RewardSet(config, weights)  # validates in the caller
+        self._pool = WorkerPool(
+            mp.get_context(mp_context), config, weights, num_workers, float(timeout_s), float(startup_timeout_s)
+        )
         self._closed = False
         self._lock = threading.Lock()
 
@@ -71,10 +70,7 @@ class RewardScorer:
     @property
     def worker_pids(self) -> list[int | None]:
         """PIDs of the current worker processes (changes when a worker is replaced)."""
-        return [w.process.pid for w in self._workers]
-
-    def _spawn(self) -> Worker:
-        return Worker(self._ctx, self._config, self._weights)
+        return [w.process.pid for w in self._pool.workers]
 
     def score(
         self, completions: Sequence[str], solutions: Sequence[str], num_generations: int = 1,
@@ -88,48 +84,29 @@ class RewardScorer:
         with self._lock:  # one batch at a time: the workers' state is not shared between calls
             if self._closed:
                 raise RuntimeError("RewardScorer is closed")
-            if not self._workers:
+            if not self._pool.workers:
                 return self.reward_set.score_in_process(completions, solutions, num_generations, lengths)
             check_batch(completions, solutions, num_generations)
             start = time.perf_counter()
-            run = BatchRun(
-                self._workers, self._replace, completions, solutions, num_generations,
-                self.timeout_s, self.startup_timeout_s, self._start_failures,
-            )
-            run.execute()
-            self._start_failures = run.start_failures
+            rows, timed_out, lost, restarts = self._pool.run(completions, solutions, num_generations)
         return self.reward_set.combine(
             completions,
             solutions,
-            run.rows,
+            rows,
             num_generations,
-            timed_out=run.timed_out,
-            lost=run.lost,
-            worker_restarts=run.restarts,
+            timed_out=timed_out,
+            lost=lost,
+            worker_restarts=restarts,
             seconds=time.perf_counter() - start,
             lengths=lengths,
         )
 
-    def _replace(self, k: int) -> None:
-        self._workers[k].kill()
-        self._workers[k] = self._spawn()
-
     def close(self) -> None:
         """Stop the workers (idempotent)."""
         with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for w in self._workers:
-            w.stop()
-        deadline = time.monotonic() + 2.0
-        for w in self._workers:
-            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            w.kill()
-        self._workers = []
+            if not self._closed:
+                self._closed = True
+                self._pool.close()
 
     def __enter__(self) -> RewardScorer:
         return self
