@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrs_jax.recipe.rewards.gold import gold_parses, log_unparsable_gold
-from openrs_jax.recipe.rewards.registry import REWARD_FUNCTIONS, BoundReward, bind
+from openrs_jax.recipe.rewards.registry import REWARD_FUNCTIONS, BoundReward, get_reward_function
 from openrs_jax.recipe.rewards.verify import MATH_VERIFY_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -50,15 +50,8 @@ class ScoreResult:
         """Means for logging: ``reward``, ``rewards/<name>`` and the counters."""
         out = {"reward": _mean(self.total)}
         out.update({f"rewards/{name}": _mean(vals) for name, vals in self.rewards.items()})
-        out.update(
-            {
-                "rewards/timeouts": float(self.timeouts),
-                "rewards/errors": float(self.errors),
-                "rewards/worker_restarts": float(self.worker_restarts),
-                "rewards/unparsable_golds": float(self.unparsable_golds),
-                "rewards/seconds": self.seconds,
-            }
-        )
+        for counter in ("timeouts", "errors", "worker_restarts", "unparsable_golds", "seconds"):
+            out[f"rewards/{counter}"] = float(getattr(self, counter))
         return out
 
 
@@ -91,8 +84,8 @@ def normalize_config(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate reward functions in {names}")
     params = {k: dict(v) for k, v in (reward_params or {}).items()}
-    for name in dict.fromkeys([*names, *params]):
-        bind(name, params.get(name))  # validates names (importing custom ones) and parameters, including unused ones
+    for name in dict.fromkeys([*names, *params]):  # unused ones too; custom ones get imported
+        get_reward_function(name, **params.get(name, {}))  # raises on an unknown name or parameter
     config = tuple((name, params.get(name, {})) for name in names)
     return config, tuple(weights)
 
@@ -101,9 +94,8 @@ class RewardSet:
     """Bound reward functions plus weights; scores rows and combines them into a ScoreResult."""
 
     def __init__(self, config: RewardConfig, weights: Sequence[float]):
-        self.config = config
         self.weights = tuple(weights)
-        self.rewards: list[BoundReward] = [bind(name, params) for name, params in config]
+        self.rewards: list[BoundReward] = [get_reward_function(name, **params) for name, params in config]
         self.uses_gold = any(r.spec.uses_gold for r in self.rewards)
 
     @property
@@ -171,9 +163,7 @@ class RewardSet:
         per_func: dict[str, list[float]] = {}
         for k, reward in enumerate(self.rewards):
             if reward.spec.uses_length:
-                if lengths is None or len(lengths) != n:
-                    raise ValueError(f"reward {reward.name!r} counts tokens: pass one token length per completion")
-                per_func[reward.name] = reward.from_lengths(lengths)
+                per_func[reward.name] = reward.from_lengths(lengths, n)
                 continue
             raw = [None if r is None else r.values[k] for r in rows]
             if gold_free(reward):
@@ -196,11 +186,9 @@ class RewardSet:
                     failed.update(idx)
             per_func[reward.name] = out
         total = [sum(w * per_func[r.name][i] for w, r in zip(self.weights, self.rewards)) for i in range(n)]
-        unparsable = 0
-        for sol, row in zip(solutions, rows):
-            if row is not None and row.gold_unparsable:
-                unparsable += 1
-                log_unparsable_gold(sol)
+        unparsable = [sol for sol, row in zip(solutions, rows) if row is not None and row.gold_unparsable]
+        for sol in unparsable:
+            log_unparsable_gold(sol)
         return ScoreResult(
             rewards=per_func,
             total=total,
@@ -208,7 +196,7 @@ class RewardSet:
             timeouts=len(timed_out),
             errors=errors,
             worker_restarts=worker_restarts,
-            unparsable_golds=unparsable,
+            unparsable_golds=len(unparsable),
             seconds=seconds,
             failed_rows=sorted(failed),
         )

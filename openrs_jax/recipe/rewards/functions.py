@@ -36,7 +36,7 @@ def is_correct(completion: str, solution: str, boxed: BoxedMode) -> bool | None:
         answer = parse_answer(completion, boxed)
     except MATH_VERIFY_ERRORS:  # the recipe: any exception counts as wrong
         return False
-    return verify_answer(answer, gold)
+    return verify_answer(answer, list(gold))
 
 
 def accuracy_reward(
@@ -44,9 +44,7 @@ def accuracy_reward(
 ) -> float:
     """1.0 if the answer (boxed="all" extraction) verifies against the gold, else 0.0."""
     correct = is_correct(completion, solution, "all")
-    if correct is None:
-        return float(unparsable_gold_reward)
-    return 1.0 if correct else 0.0
+    return float(unparsable_gold_reward if correct is None else correct)
 
 
 def format_reward(completion: str, solution: str | None = None) -> float:
@@ -56,12 +54,7 @@ def format_reward(completion: str, solution: str | None = None) -> float:
 
 def tag_count_reward(completion: str, solution: str | None = None) -> float:
     """0.5 for exactly one "<think>\\n" plus 0.5 for exactly one "\\n</think>\\n"."""
-    score = 0.0
-    if completion.count(THINK_OPEN) == 1:
-        score += 0.5
-    if completion.count(THINK_CLOSE) == 1:
-        score += 0.5
-    return score
+    return 0.5 * (completion.count(THINK_OPEN) == 1) + 0.5 * (completion.count(THINK_CLOSE) == 1)
 
 
 def cosine_reward(
@@ -105,9 +98,7 @@ def length_correct(completion: str, solution: str, *, unparsable_gold_correct: b
     A gold that does not parse counts as correct, as in the original (not penalised).
     """
     correct = is_correct(completion, solution, True)
-    if correct is None:
-        return bool(unparsable_gold_correct)
-    return correct
+    return bool(unparsable_gold_correct) if correct is None else correct
 
 
 def length_group_rewards(completions: list[str], correct: list[bool]) -> list[float]:
@@ -119,11 +110,8 @@ def length_group_rewards(completions: list[str], correct: list[bool]) -> list[fl
     shortest, longest = min(lengths, default=0), max(lengths, default=0)
     if shortest == longest:
         return [0.0] * len(completions)
-    rewards = []
-    for n, ok in zip(lengths, correct):
-        lam = 0.5 - (n - shortest) / (longest - shortest)
-        rewards.append(float(lam if ok else min(0.0, lam)))
-    return rewards
+    lams = [0.5 - (n - shortest) / (longest - shortest) for n in lengths]
+    return [float(lam if ok else min(0.0, lam)) for lam, ok in zip(lams, correct)]
 
 
 def repetition_penalty_reward(

@@ -45,24 +45,20 @@ def gold_from_row(row: Mapping[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_gold_cached(solution: str) -> tuple[Any, ...]:
+def parse_gold(solution: str) -> tuple[Any, ...]:
+    """Parse a gold as the recipe does; an empty tuple means it did not parse.
+
+    Cached: a gold is scored against num_generations completions in a row.
+    """
     try:
         return tuple(parse_gold_text(solution))
     except MATH_VERIFY_ERRORS:  # a gold that cannot be parsed is an unparsable gold
         return ()
 
 
-def parse_gold(solution: str) -> list[Any]:
-    """Parse a gold as the recipe does; an empty list means it did not parse.
-
-    Cached: a gold is scored against num_generations completions in a row.
-    """
-    return list(_parse_gold_cached(solution))
-
-
 def gold_parses(solution: str) -> bool:
     """Whether the recipe's gold parser extracts anything from ``solution``."""
-    return bool(_parse_gold_cached(solution))
+    return bool(parse_gold(solution))
 
 
 def log_unparsable_gold(solution: str) -> None:

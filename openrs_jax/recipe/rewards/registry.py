@@ -73,11 +73,11 @@ REWARD_FUNCTIONS: dict[str, RewardSpec] = {
 }
 
 
-def _valid_names() -> str:
-    return ", ".join(sorted(REWARD_FUNCTIONS))
+def _custom_row(fn: RewardFn, completion: str, solution: str, **params: Any) -> Any:
+    return fn([completion], [solution], **params)[0]
 
 
-def _load_custom(path: str) -> RowFn:
+def _custom_spec(path: str) -> RewardSpec:
     """Import ``"package.module:function"``; the function is ``f(completions, solutions, **p) -> list``."""
     module_name, _, attr = path.partition(":")
     try:
@@ -86,15 +86,6 @@ def _load_custom(path: str) -> RowFn:
         raise ValueError(f"cannot import reward function {path!r}: {err}") from err
     if not callable(fn):
         raise ValueError(f"reward function {path!r} is not callable")
-    return fn
-
-
-def _custom_row(fn: RewardFn, completion: str, solution: str, **params: Any) -> Any:
-    return fn([completion], [solution], **params)[0]
-
-
-def _custom_spec(path: str) -> RewardSpec:
-    fn = _load_custom(path)
     sig = inspect.signature(fn)
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     allowed = [p.name for p in list(sig.parameters.values())[2:] if p.kind in kinds]
@@ -105,18 +96,6 @@ def _custom_spec(path: str) -> RewardSpec:
             raise ValueError(f"unknown parameter(s) {unknown} for reward {path!r}; valid: {allowed}")
 
     return RewardSpec(path, functools.partial(_custom_row, fn), check=check, description=f"custom {path}")
-
-
-def get_spec(name: str) -> RewardSpec:
-    """The spec of a registered reward, or of a custom one given as ``"module:function"``."""
-    if name in REWARD_FUNCTIONS:
-        return REWARD_FUNCTIONS[name]
-    if ":" in name:
-        return _custom_spec(name)
-    raise ValueError(
-        f"unknown reward function {name!r}; valid: {_valid_names()} "
-        "(or a custom one as 'package.module:function')"
-    )
 
 
 @dataclass(frozen=True)
@@ -143,10 +122,11 @@ class BoundReward:
             return list(values)
         return self.spec.group(completions, values)
 
-    def from_lengths(self, lengths: Sequence[int]) -> list[float]:
-        """A token-count reward (``spec.uses_length``) of completions with these token counts."""
-        if lengths is None:
-            raise ValueError(f"reward {self.name!r} counts tokens: pass the completions' token lengths")
+    def from_lengths(self, lengths: Sequence[int] | None, count: int | None = None) -> list[float]:
+        """A token-count reward (``spec.uses_length``) of completions with these token counts
+        (``count``: how many completions there are, when known)."""
+        if lengths is None or count not in (None, len(lengths)):
+            raise ValueError(f"reward {self.name!r} counts tokens: pass one token length per completion")
         return [float(self.spec.row(int(n), **self.params)) for n in lengths]
 
     def __call__(
@@ -165,27 +145,28 @@ class BoundReward:
         return self.group(completions, [self.row(c, s) for c, s in zip(completions, solutions)])
 
 
-def bind(name: str, params: Mapping[str, Any] | None = None) -> BoundReward:
-    """Resolve a reward name and validate its parameters (ValueError listing the valid ones)."""
-    spec = get_spec(name)
-    params = dict(params or {})
-    if spec.name in REWARD_FUNCTIONS:
-        valid = spec.defaults
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown parameter(s) {unknown} for reward {name!r}; "
-                f"valid: {', '.join(f'{k}={v!r}' for k, v in valid.items()) or 'none'}"
-            )
-    if spec.check is not None:
-        spec.check(**params)
-    return BoundReward(spec, params)
-
-
-def get_reward_function(name: str, **params: Any) -> BoundReward:
+def get_reward_function(name: str, /, **params: Any) -> BoundReward:
     """``f(completions, solutions) -> list[float]`` for a reward name and its parameters.
 
     Names: see ``REWARD_FUNCTIONS``; ``"package.module:function"`` loads a custom reward with
-    the same signature. For ``length`` one call scores one group.
+    the same signature. For ``length`` one call scores one group. Unknown names and parameters
+    raise ValueError listing the valid ones.
     """
-    return bind(name, params)
+    if name in REWARD_FUNCTIONS:
+        spec = REWARD_FUNCTIONS[name]
+        unknown = sorted(set(params) - set(spec.defaults))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {unknown} for reward {name!r}; "
+                f"valid: {', '.join(f'{k}={v!r}' for k, v in spec.defaults.items()) or 'none'}"
+            )
+    elif ":" in name:
+        spec = _custom_spec(name)
+    else:
+        raise ValueError(
+            f"unknown reward function {name!r}; valid: {', '.join(sorted(REWARD_FUNCTIONS))} "
+            "(or a custom one as 'package.module:function')"
+        )
+    if spec.check is not None:
+        spec.check(**params)
+    return BoundReward(spec, params)

@@ -33,17 +33,10 @@ BoxedMode = Literal["all", True]
 # Exceptions a math-verify call can leak: TimeoutException derives from BaseException.
 MATH_VERIFY_ERRORS: tuple[type[BaseException], ...] = (Exception, TimeoutException)
 
-_QUIET_LOGGERS = ("math_verify", "latex2sympy2_extended")
-
-
-def quiet_math_verify() -> None:
-    """Silence math-verify's per-call log lines (deprecation notes, parse timeouts).
-
-    They fire once per completion and would flood the training log; failures that matter
-    are counted by the scorer instead.
-    """
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+# math-verify's per-call log lines (deprecation notes, parse timeouts) fire once per completion and
+# would flood the training log; failures that matter are counted by the scorer instead.
+for _name in ("math_verify", "latex2sympy2_extended"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 
 # math-verify >= 0.7 accepts a timeout of None (no signal.alarm); 0.5.2 always arms the alarm.
@@ -93,47 +86,25 @@ def rounding_kwargs(digits: int) -> dict[str, int]:
     return {ROUNDING_KEYWORD: digits}
 
 
-def gold_extraction() -> list[LatexExtractionConfig]:
-    """The recipe's extraction config for gold solutions (math-verify's LaTeX defaults)."""
-    return [LatexExtractionConfig()]
+def _parse(text: str, config: list[LatexExtractionConfig]) -> list[Any]:
+    return parse(text, extraction_mode="first_match", extraction_config=config, parsing_timeout=timeout_s())
 
 
 def parse_gold_text(solution: str) -> list[Any]:
-    """Parse a gold solution with the recipe's config; [] when it does not parse."""
-    return parse(
-        solution,
-        extraction_mode="first_match",
-        extraction_config=gold_extraction(),
-        parsing_timeout=timeout_s(),
-    )
-
-
-def answer_extraction(boxed: BoxedMode) -> list[LatexExtractionConfig]:
-    """The recipe's extraction config for completions (accuracy: boxed="all"; cosine, length: True)."""
-    return [
-        LatexExtractionConfig(
-            normalization_config=NormalizationConfig(
-                nits=False,
-                malformed_operators=False,
-                basic_latex=True,
-                equations=True,
-                boxed=boxed,
-                units=True,
-            ),
-            boxed_match_priority=0,
-            try_extract_without_anchor=False,
-        )
-    ]
+    """Parse a gold solution with the recipe's config (math-verify's LaTeX defaults); [] when it does not parse."""
+    return _parse(solution, [LatexExtractionConfig()])
 
 
 def parse_answer(completion: str, boxed: BoxedMode) -> list[Any]:
-    """Parse a completion with the recipe's answer config; [] when nothing is extracted."""
-    return parse(
-        completion,
-        extraction_mode="first_match",
-        extraction_config=answer_extraction(boxed),
-        parsing_timeout=timeout_s(),
+    """Parse a completion with the recipe's answer config (accuracy: boxed="all"; cosine, length: True);
+    [] when nothing is extracted."""
+    normalization = NormalizationConfig(
+        nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed=boxed, units=True
     )
+    config = LatexExtractionConfig(
+        normalization_config=normalization, boxed_match_priority=0, try_extract_without_anchor=False
+    )
+    return _parse(completion, [config])
 
 
 def verify_answer(answer: list[Any], gold: list[Any]) -> bool:
@@ -144,6 +115,3 @@ def verify_answer(answer: list[Any], gold: list[Any]) -> bool:
         return bool(verify(answer, gold, timeout_seconds=timeout_s()))
     except MATH_VERIFY_ERRORS:
         return False
-
-
-quiet_math_verify()
