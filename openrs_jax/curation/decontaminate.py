@@ -34,6 +34,7 @@ from openrs_jax.curation.text import NgramIndex, normalize, normalize_answer
 from openrs_jax.recipe.data import load_rows
 
 PROBLEM_FIELDS = ("problem", "question")
+ID_FIELDS = ("id", "unique_id", "idx")
 
 
 @dataclass(frozen=True)
@@ -47,24 +48,18 @@ class BenchmarkRow:
     answer: str | None
 
 
-def _row_id(row: Mapping[str, Any], index: int) -> Any:
-    for key in ("id", "unique_id", "idx"):
-        if key in row:
-            return row[key]
-    return index
-
-
 def benchmark_rows(task: str, rows: Sequence[Mapping[str, Any]], where: str) -> list[BenchmarkRow]:
     """Benchmark rows from plain dicts: problem in `problem` or `question`, answer as `row_answer`."""
     field_name = next((f for f in PROBLEM_FIELDS if f in rows[0]), None) if rows else None
     if field_name is None:
         have = ", ".join(sorted(rows[0])) if rows else "no rows"
         raise ValueError(f"{where}: benchmark rows need a 'problem' or 'question' field (it has: {have})")
-    return [
-        BenchmarkRow(task, i, _row_id(row, i), str(row[field_name]), row_answer(row))
-        for i, row in enumerate(rows)
-        if row.get(field_name)
-    ]
+    out = []
+    for i, row in enumerate(rows):
+        if row.get(field_name):
+            row_id = next((row[k] for k in ID_FIELDS if k in row), i)  # the row number where it has no id
+            out.append(BenchmarkRow(task, i, row_id, str(row[field_name]), row_answer(row)))
+    return out
 
 
 def load_benchmarks(benchmarks_dir: str | Path | None, tasks: Sequence[str] | None = None) -> list[BenchmarkRow]:
@@ -127,11 +122,10 @@ class Match:
 class DecontaminationResult:
     kept: list[dict[str, Any]] = field(default_factory=list)
     matches: list[Match] = field(default_factory=list)
-    rows_in: int = 0
 
     def stats(self) -> dict[str, Any]:
         return {
-            "rows_in": self.rows_in,
+            "rows_in": len(self.kept) + len(self.matches),
             "rows_out": len(self.kept),
             "dropped": len(self.matches),
             "by_kind": dict(Counter(m.kind for m in self.matches)),
@@ -187,7 +181,6 @@ class Decontaminator:
         """Splits rows into the kept ones and the matches."""
         result = DecontaminationResult()
         for i, row in enumerate(rows):
-            result.rows_in += 1
             match = self.find(str(row.get("problem") or ""), row_answer(row), i)
             if match is None:
                 result.kept.append(dict(row))

@@ -24,13 +24,12 @@ ACROSS = "across"
 class DedupResult:
     kept: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # lines of duplicates.jsonl
-    rows_in: int = 0
 
     def stats(self) -> dict[str, Any]:
         kinds = Counter(d["kind"] for d in self.duplicates)
         near = Counter(d["kind"] for d in self.duplicates if d["near"])
         return {
-            "rows_in": self.rows_in,
+            "rows_in": len(self.kept) + len(self.duplicates),
             "rows_out": len(self.kept),
             "dropped": len(self.duplicates),
             "within": kinds.get(WITHIN, 0),
@@ -73,7 +72,6 @@ def dedup(
 
     result = DedupResult()
     for i, row in enumerate(rows):
-        result.rows_in += 1
         problem = str(row.get("problem") or "")
         key = normalize(problem)
         first, score, near = seen.get(key), 1.0, False

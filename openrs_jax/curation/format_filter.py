@@ -32,10 +32,7 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 def _text(value: Any) -> str | None:
     """A non-blank string value, or None."""
-    if value is None:
-        return None
-    text = str(value)
-    return text if text.strip() else None
+    return None if value is None or not str(value).strip() else str(value)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,6 @@ def parse_source(spec: str) -> MixSource:
     return MixSource(name, dataset, count)
 
 
-def _source_seed(seed: int, name: str) -> list[int]:
-    return [seed, zlib.crc32(name.encode("utf-8"))]
-
-
 def mix_row(row: Mapping[str, Any], source: str) -> dict[str, Any]:
     """A row in the mix's columns; `pass_rate` is null where the source has none."""
     solution = row.get("solution")
@@ -89,7 +85,8 @@ def mix(
     per_source: dict[str, dict[str, Any]] = {}
     for source, source_rows in sources:
         want = len(source_rows) if source.count is None else source.count
-        order = np.random.default_rng(_source_seed(seed, source.name)).permutation(len(source_rows))
+        rng = np.random.default_rng([seed, zlib.crc32(source.name.encode("utf-8"))])
+        order = rng.permutation(len(source_rows))
         picked, skipped = [], 0
         for i in order:
             if len(picked) == want:
@@ -129,11 +126,7 @@ def save_to_disk(rows: Sequence[Mapping[str, Any]], path: str | Path, show_progr
 
     if not show_progress:
         datasets.disable_progress_bars()
-    features = datasets.Features({
-        "problem": datasets.Value("string"), "solution": datasets.Value("string"),
-        "answer": datasets.Value("string"), "source": datasets.Value("string"),
-        "pass_rate": datasets.Value("float64"),
-    })
+    features = datasets.Features({c: datasets.Value("float64" if c == "pass_rate" else "string") for c in MIX_COLUMNS})
     table = {c: [r.get(c) for r in rows] for c in MIX_COLUMNS}
     datasets.Dataset.from_dict(table, features=features).save_to_disk(str(path))
     return Path(path)

@@ -128,6 +128,5 @@ class NgramIndex:
 
     def best(self, text: str) -> Overlap | None:
         """The most overlapping document, or None when nothing is shared."""
-        hits = self.query(text)
-        return hits[0] if hits else None
+        return next(iter(self.query(text)), None)
 
