@@ -43,11 +43,9 @@ def plot_run(output_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.fill_between(steps, series("completion_length_min"), series("completion_length_max"), alpha=0.2, label="min-max")
     ax.set_title("completion length (tokens)")
     ax.legend(fontsize=8)
-    axes[1, 0].plot(steps, series("kl"))
-    axes[1, 0].set_title("KL to reference")
-    axes[1, 1].plot(steps, series("learning_rate"))
-    axes[1, 1].set_title("learning rate")
-    for ax in axes[1]:
+    for ax, key, title in ((axes[1, 0], "kl", "KL to reference"), (axes[1, 1], "learning_rate", "learning rate")):
+        ax.plot(steps, series(key))
+        ax.set_title(title)
         ax.set_xlabel("step")
     fig.suptitle(str(output_dir))
     fig.tight_layout()

@@ -42,10 +42,6 @@ class FormatCheck:
     reason: str | None  # None: kept
     gold_from: str | None = None  # "solution" or "answer"
 
-    @property
-    def kept(self) -> bool:
-        return self.reason is None
-
 
 def check_row(row: Mapping[str, Any]) -> FormatCheck:
     """Whether a row's gold parses, and from which column."""
@@ -103,7 +99,7 @@ def format_filter(rows: Sequence[Mapping[str, Any]], num_workers: int = 0, show_
     result = FormatResult()
     checks = progress(check_rows(rows, num_workers), show_progress, "format", total=len(rows))
     for index, (row, check) in enumerate(zip(rows, checks)):
-        if not check.kept:
+        if check.reason is not None:
             result.dropped.append(
                 {"index": index, "reason": check.reason, "problem": str(row.get("problem") or "")[:200]}
             )

@@ -98,11 +98,6 @@ class RewardSet:
         self.rewards: list[BoundReward] = [get_reward_function(name, **params) for name, params in config]
         self.uses_gold = any(r.spec.uses_gold for r in self.rewards)
 
-    @property
-    def names(self) -> list[str]:
-        """Function names in order: the keys of ``ScoreResult.rewards``."""
-        return [r.name for r in self.rewards]
-
     def score_row(self, completion: str, solution: str) -> RowResult:
         """Run every function's per-row phase on one completion; never raises."""
         values: list[Any] = []
@@ -115,13 +110,7 @@ class RewardSet:
             except MATH_VERIFY_ERRORS:  # one bad completion must not take the batch down
                 logger.debug("reward %s raised", reward.name, exc_info=True)
                 values.append(None)
-        unparsable = False
-        if self.uses_gold:
-            try:
-                unparsable = not gold_parses(solution)
-            except MATH_VERIFY_ERRORS:
-                unparsable = True
-        return RowResult(tuple(values), unparsable)
+        return RowResult(tuple(values), self.uses_gold and not gold_parses(solution))  # gold_parses never raises
 
     def score_in_process(
         self, completions: Sequence[str], solutions: Sequence[str], num_generations: int,
@@ -192,7 +181,7 @@ class RewardSet:
         return ScoreResult(
             rewards=per_func,
             total=total,
-            weights=dict(zip(self.names, self.weights)),
+            weights={r.name: w for r, w in zip(self.rewards, self.weights)},
             timeouts=len(timed_out),
             errors=errors,
             worker_restarts=worker_restarts,

@@ -100,13 +100,9 @@ class Worker:
         self.since = time.monotonic()  # start-up began, or the head row started
 
     def can_take(self, nbytes: int) -> bool:
-        """Whether a message of nbytes can be queued without a send that could block."""
-        if not self.ready or len(self.inflight) >= PREFETCH_ROWS:
-            return False
-        if not self.inflight:
-            return True  # the worker is waiting in recv: it reads any size at once
-        queued = sum(n for _, n in list(self.inflight)[1:])
-        return queued + nbytes <= PREFETCH_BYTES
+        """Whether a message of nbytes can be queued behind the running row without a send that could block
+        (an idle worker is waiting in recv: it reads any size at once)."""
+        return not self.inflight or sum(n for _, n in list(self.inflight)[1:]) + nbytes <= PREFETCH_BYTES
 
     def stop(self) -> None:
         """Ask an idle worker to exit (a busy one is killed by ``kill``)."""
@@ -207,8 +203,7 @@ class WorkerPool:
 
     def _steal_for(self, thief: Worker) -> None:
         victim = max(self.workers, key=lambda v: len(v.assigned))
-        take = (len(victim.assigned) + 1) // 2
-        for _ in range(take):  # from the tail: the victim keeps its next rows in order
+        for _ in range((len(victim.assigned) + 1) // 2):  # from the tail: the victim keeps its next rows in order
             thief.assigned.appendleft(victim.assigned.pop())
 
     def _wait(self) -> None:

@@ -63,11 +63,6 @@ class RewardScorer:
         self._lock = threading.Lock()
 
     @property
-    def names(self) -> list[str]:
-        """Reward function names, in order (keys of ``ScoreResult.rewards``)."""
-        return self.reward_set.names
-
-    @property
     def worker_pids(self) -> list[int | None]:
         """PIDs of the current worker processes (changes when a worker is replaced)."""
         return [w.process.pid for w in self._pool.workers]
