@@ -76,10 +76,8 @@ def read_keyed_jsonl(path: str | Path, key: Callable[[dict[str, Any]], K]) -> di
     if not Path(path).is_file():
         return records
     for _, record in iter_jsonl(path, skip_bad=True):
-        try:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             records[key(record)] = record
-        except (KeyError, TypeError, ValueError):
-            continue
     return records
 
 

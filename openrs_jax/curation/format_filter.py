@@ -11,13 +11,13 @@ fails but whose answer parses has its `solution` set to null: training then uses
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from openrs_jax.curation.io import progress
+from openrs_jax.curation.text import BOXED
 from openrs_jax.recipe.rewards.gold import gold_parses, wrap_answer
 
 # Why a row is dropped.
@@ -26,8 +26,6 @@ NO_GOLD = "no_gold"  # neither a solution nor an answer
 NO_BOXED = "no_boxed"  # a solution without \boxed{}, and no answer that parses
 UNPARSABLE = "unparsable"  # a boxed solution or an answer is there, but math-verify reads nothing
 REASONS = (NO_PROBLEM, NO_GOLD, NO_BOXED, UNPARSABLE)
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 def _text(value: Any) -> str | None:
@@ -50,7 +48,7 @@ def check_row(row: Mapping[str, Any]) -> FormatCheck:
     solution, answer = _text(row.get("solution")), _text(row.get("answer"))
     if solution is None and answer is None:
         return FormatCheck(NO_GOLD)
-    boxed = solution is not None and _BOXED.search(solution) is not None
+    boxed = solution is not None and BOXED.search(solution) is not None
     if boxed and gold_parses(solution):
         return FormatCheck(None, "solution")
     if answer is not None and gold_parses(wrap_answer(answer)):

@@ -23,6 +23,8 @@ _LATEX_NOISE = re.compile(
 _FRAC = re.compile(r"\\[dt]frac\b")
 # Thousands separators: 1,000 and 1{,}000 are 1000.
 _THOUSANDS = re.compile(r"(?<=\d)(?:,|\{,\})(?=\d{3}\b)")
+# The opening of a boxed answer, `\boxed{` or `\fbox{`.
+BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # A word: letters or digits (underscore is LaTeX subscript syntax, not a letter).
 _WORD = re.compile(r"[^\W_]+")
 
@@ -48,7 +50,7 @@ def ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
 
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces balanced; None if absent."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    starts = [m.end() for m in BOXED.finditer(text)]
     if not starts:
         return None
     start = starts[-1]

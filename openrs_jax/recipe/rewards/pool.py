@@ -18,6 +18,7 @@ Design (why it is robust):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -107,10 +108,8 @@ class Worker:
     def stop(self) -> None:
         """Ask an idle worker to exit (a busy one is killed by ``kill``)."""
         if not self.inflight:
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 self.conn.send(None)
-            except OSError:
-                pass
 
     def kill(self) -> None:
         try:

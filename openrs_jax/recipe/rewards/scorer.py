@@ -10,6 +10,7 @@ completion: such rows score 0 and are counted in the ``ScoreResult``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import threading
 import time
@@ -110,7 +111,5 @@ class RewardScorer:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # half-built, or at interpreter exit
             self.close()
-        except Exception:
-            pass
