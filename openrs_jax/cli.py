@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -56,10 +57,8 @@ def error_line(e: BaseException) -> str:
     """`e` as one line; an error raised outside this project's code (a library's) says where it came
     from and how to see the traceback, for a bug report."""
     text = " ".join(str(e).split()) or type(e).__name__
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else OUR_CODE[0]
+    frames = traceback.extract_tb(e.__traceback__)  # the last one raised it
+    where = Path(frames[-1].filename).resolve() if frames else OUR_CODE[0]
     if not any(root in where.parents for root in OUR_CODE):
         text += f" ({type(e).__name__} in {where.name}; {TRACEBACK_ENV}=1 prints the traceback)"
     return f"error: {text}"

@@ -118,9 +118,7 @@ class BoundReward:
 
     def group(self, completions: list[str], values: list[Any]) -> list[float]:
         """The per-group phase: identity unless the spec combines a group."""
-        if self.spec.group is None:
-            return list(values)
-        return self.spec.group(completions, values)
+        return list(values) if self.spec.group is None else self.spec.group(completions, values)
 
     def from_lengths(self, lengths: Sequence[int] | None, count: int | None = None) -> list[float]:
         """A token-count reward (``spec.uses_length``) of completions with these token counts
