@@ -268,8 +268,6 @@ class WorkerPool:
         unstarted = [row for row, _ in w.inflight] + list(w.assigned)
         if unstarted:
             self.pending.appendleft(unstarted)
-        w.inflight.clear()
-        w.assigned.clear()
         logger.info("replacing reward worker %d (%s)", k, why)
         w.kill()
         self.workers[k] = self._new_worker()
