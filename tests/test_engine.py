@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openrs_jax.core.engine import Engine, Request, generate_all
+from openrs_jax.core.engine import Engine, Request
 from openrs_jax.core.model import init_model, params_of, tiny_config
 from openrs_jax.core.sampling import Sampler, SamplingParams
 from tests.test_paper_exact import bos_tokenizer_dir  # noqa: F401  (fixture)
@@ -29,6 +29,12 @@ def _reference(sampler, params, prompts, g, sampling, seed, stops):
     return out.completions(), out.logprobs, out.truncated
 
 
+def _in_row_order(completions, num_prompts, g):
+    """Completions in `Sampler.generate`'s row order (prompt-major)."""
+    got = {(c.request.prompt, c.request.sample): c for c in completions}
+    return [got[(i, j)] for i in range(num_prompts) for j in range(g)]
+
+
 def _check(completions, reference):
     ref_ids, ref_lp, ref_trunc = reference
     assert [c.token_ids for c in completions] == ref_ids
@@ -49,13 +55,12 @@ def test_engine_matches_sampler(setup, temperature):
     sampler = Sampler(config, prompt_bucket=8)
     reference = _reference(sampler, params, prompts, g, sampling, 7, stops)
     assert len({len(c) for c in reference[0]}) >= 4 and reference[2].any()
+    requests = [Request(i, j, int(stops[i * g + j])) for i in range(len(prompts)) for j in range(g)]
     engine = Engine(sampler, slots=4, chunk=3, prefill_width=2)  # 18 requests through 4 slots
-    _check(generate_all(engine, params, prompts, g, sampling, 7, stops), reference)
+    _check(_in_row_order(engine.run(params, prompts, requests, sampling, 7), len(prompts), g), reference)
     # Another slot count and order of requests: the same completions (keys follow the request).
     engine = Engine(sampler, slots=5, chunk=2)
-    requests = [Request(i, j, int(stops[i * g + j])) for i in range(len(prompts)) for j in range(g)][::-1]
-    got = {(c.request.prompt, c.request.sample): c for c in engine.run(params, prompts, requests, sampling, 7)}
-    _check([got[(i, j)] for i in range(len(prompts)) for j in range(g)], reference)
+    _check(_in_row_order(engine.run(params, prompts, requests[::-1], sampling, 7), len(prompts), g), reference)
 
 
 def test_no_recompilation_for_different_mixes(setup):

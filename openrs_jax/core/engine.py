@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -38,8 +39,8 @@ from flax import struct
 from openrs_jax.core.model import KVCache
 from openrs_jax.core.model.qwen2 import DecodeWeights, _decoder_layer, rms_norm, rope_tables
 from openrs_jax.core.sampling import (
-    Mode, Sampler, SamplingParams, as_key, bucket_length, check_prompts, free_device_bytes, placed_shapes,
-    project_logits, sample_key, sampling_args,
+    Mode, Sampler, SamplingParams, as_key, bucket_length, check_prompts, free_device_bytes, left_pad, note_compile,
+    project_logits, require_positive, sample_key, sampling_args,
 )
 
 log = logging.getLogger("openrs_jax.core.engine")
@@ -115,9 +116,7 @@ class Engine:
         distinct prompts one admission program prefills."""
         if sampler.mesh is not None and sampler.mesh.size > 1:
             raise ValueError("the slot engine runs on one device; build its Sampler without a multi-device mesh")
-        for name, value in (("slots", slots), ("chunk", chunk), ("prefill_width", prefill_width)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require_positive(slots=slots, chunk=chunk, prefill_width=prefill_width)
         self.sampler = sampler
         self.config = sampler.config
         self.slots = slots
@@ -131,9 +130,7 @@ class Engine:
 
     def slot_bytes(self, prompt_len: int, max_new_tokens: int) -> int:
         """Device bytes one slot holds: its cache row, logits and output buffers."""
-        c = self.config
-        cache_len = self.sampler.cache_length(prompt_len, max_new_tokens)
-        return KVCache.num_bytes(c, 1, cache_len, self.sampler.cache_dtype) + c.vocab_size * 4 + max_new_tokens * 8
+        return self.sampler.row_bytes(self.sampler.cache_length(prompt_len, max_new_tokens), max_new_tokens)
 
     def fit_slots(self, prompt_len: int, max_new_tokens: int, device: jax.Device | None = None) -> int:
         """Slots that fit in MEMORY_FRACTION of the device's free memory (at least 1), or
@@ -151,10 +148,6 @@ class Engine:
 
     # -- programs ----------------------------------------------------------------------------
 
-    def _note_compile(self, what: str, shape: _Shape) -> None:
-        self.num_compilations += 1  # runs only while jax traces, i.e. once per compilation
-        log.debug("compiling %s program #%d: %s", what, self.num_compilations, shape)
-
     def _empty(self, shape: _Shape) -> _Slots:
         c, s, m = self.config, shape.slots, shape.max_new_tokens
         cache = KVCache.create(c, s, shape.cache_len, self.sampler.cache_dtype)
@@ -171,7 +164,7 @@ class Engine:
                     stop_at: jax.Array) -> _Slots:
         """Prefills `ids` [A, P] (left-padded) once and starts row src[j] in slot dest[j] for
         every j (dest = slots: unused entry, dropped)."""
-        self._note_compile("admit", shape)
+        note_compile(self, log, "admit", shape)
         small, logits = self.sampler.prefill_prompts(weights, ids, mask)
         p = shape.prompt_len
         # Columns past the prompt keep the slot's previous values: the mask hides them.
@@ -216,7 +209,7 @@ class Engine:
         """Up to `chunk` steps of every live slot: sample from its logits, record, feed. Stops
         early when every slot is done, or when `refill_at` slots are done (waiting requests can
         take them)."""
-        self._note_compile("decode", shape)
+        note_compile(self, log, "decode", shape)
         m, mode = shape.max_new_tokens, shape.mode
         rows = jnp.arange(shape.slots)
 
@@ -256,16 +249,13 @@ class Engine:
         (jax.ShapeDtypeStruct leaves with shardings); prompt_len is rounded up to the bucket."""
         shape = self._run_shape(slots, bucket_length(prompt_len, self.sampler.prompt_bucket), sampling)
         prepare, weights = self.sampler.compile_prepare(params)
-        one = prepare.output_shardings.embed  # the weights' device(s)
-        abstract = jax.eval_shape(lambda: self._empty(shape))
-        st = placed_shapes(abstract, jax.tree.map(lambda _: one, abstract))
-        scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=one)  # noqa: E731
+        spec = functools.partial(jax.ShapeDtypeStruct, sharding=prepare.output_shardings.embed)  # weights' device
+        st = jax.tree.map(lambda x: spec(x.shape, x.dtype), jax.eval_shape(lambda: self._empty(shape)))
         key = jax.eval_shape(lambda: jax.random.key(0))
-        decode = self._decode.lower(shape, st, weights, key, scalar(jnp.float32), scalar(jnp.float32),
-                                    scalar(jnp.int32)).compile()
-        rows = jax.ShapeDtypeStruct((slots,), jnp.int32, sharding=one)
-        ids = jax.ShapeDtypeStruct((self.prefill_width, shape.prompt_len), jnp.int32, sharding=one)
-        mask = jax.ShapeDtypeStruct((self.prefill_width, shape.prompt_len), jnp.bool_, sharding=one)
+        decode = self._decode.lower(shape, st, weights, key, spec((), jnp.float32), spec((), jnp.float32),
+                                    spec((), jnp.int32)).compile()
+        rows = spec((slots,), jnp.int32)
+        ids, mask = (spec((self.prefill_width, shape.prompt_len), dtype) for dtype in (jnp.int32, jnp.bool_))
         admit = self._admit.lower(shape, st, weights, ids, mask, rows, rows, rows, rows, rows).compile()
         return {"prepare": prepare, "admit": admit, "decode": decode}
 
@@ -336,28 +326,25 @@ class Engine:
         """Admits waiting requests into free slots, `prefill_width` distinct prompts per program."""
         free = [s for s, r in enumerate(held) if r is None]
         while free and queue:
-            a, p, s_count = shape.prefill_width, shape.prompt_len, shape.slots
-            ids = np.full((a, p), shape.mode.pad_id, np.int32)
-            mask = np.zeros((a, p), bool)
+            s_count = shape.slots
             dest = np.full(s_count, s_count, np.int32)
             src, prompt, sample = (np.zeros(s_count, np.int32) for _ in range(3))
             stop = np.full(s_count, shape.max_new_tokens + 1, np.int32)
-            row = j = 0
-            while free and queue and row < a:
+            rows: list[np.ndarray] = []  # the distinct prompts of this admission
+            j = 0
+            while free and queue and len(rows) < shape.prefill_width:
                 # This prompt row serves the consecutive requests of one prompt (shared prefill).
                 first = queue[0].prompt
-                tokens = prompts[first]
-                ids[row, p - tokens.size:], mask[row, p - tokens.size:] = tokens, True
+                rows.append(prompts[first])
                 while free and queue and queue[0].prompt == first:
                     r = queue.popleft()
                     slot = free.pop(0)
                     held[slot] = r
-                    dest[j], src[j], prompt[j], sample[j] = slot, row, r.prompt, r.sample
+                    dest[j], src[j], prompt[j], sample[j] = slot, len(rows) - 1, r.prompt, r.sample
                     if r.stop_at is not None:
                         stop[j] = min(max(int(r.stop_at), 1), shape.max_new_tokens + 1)
                     j += 1
-                row += 1
-            ids[row:], mask[row:] = ids[0], mask[0]  # unused rows: copies of the first (finite numbers)
+            ids, mask = left_pad(rows, shape.prompt_len, shape.mode.pad_id, shape.prefill_width)
             st = self._admit(shape, st, weights, ids, mask, dest, src, prompt, sample, stop)
         return st
 
@@ -383,19 +370,6 @@ def stream_by_index(engine: Engine, params: Any, prompts: Mapping[int, Sequence[
                     on_chunk: Callable[[dict[str, int]], None] | None = None) -> Iterator[Completion]:
     """`Engine.run` for prompts keyed by a stable index (a benchmark's problem index, a dataset
     row): (index, sample) requests; each yielded `Completion.request.prompt` is that index."""
-    table: list[Sequence[int]] = [()] * (max(prompts) + 1 if prompts else 0)
-    for i, ids in prompts.items():
-        table[i] = ids
+    table = [prompts.get(i, ()) for i in range(max(prompts) + 1 if prompts else 0)]
     return engine.run(params, table, [Request(i, s) for i, s in requests], sampling, seed, on_chunk=on_chunk)
 
-
-def generate_all(engine: Engine, params: Any, prompts: Sequence[Sequence[int]], num_samples: int,
-                 sampling: SamplingParams, key_or_seed: int | jax.Array = 0,
-                 stop_lengths: Sequence[int] | np.ndarray | None = None) -> list[Completion]:
-    """`num_samples` completions of every prompt through the engine, in `Sampler.generate`'s row
-    order (prompt-major); stop_lengths as `Sampler.generate`'s ([prompts x samples])."""
-    stops = None if stop_lengths is None else np.asarray(stop_lengths).reshape(-1)
-    requests = [Request(i, j, None if stops is None else int(stops[i * num_samples + j]))
-                for i in range(len(prompts)) for j in range(num_samples)]
-    out = {(c.request.prompt, c.request.sample): c for c in engine.run(params, prompts, requests, sampling, key_or_seed)}
-    return [out[(r.prompt, r.sample)] for r in requests]

@@ -36,8 +36,8 @@ place.
 
 Hot loop. Both programs read `DecodeWeights` (`prepare`) through a cached forward unrolled over
 layers, so no step copies weights or cache slices; attention is `DecodeAttention` (a kernel on
-GPUs reading only live slots, XLA elsewhere). Token selection (`select_tokens`) is exact but
-avoids the costs that dominate a small model on a CPU (see its helpers).
+GPUs reading only live slots, XLA elsewhere). Token selection (`Mode.next_tokens`) is exact
+but avoids the costs that dominate a small model on a CPU (see its helpers).
 """
 
 from __future__ import annotations
@@ -94,17 +94,15 @@ class SamplingParams:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
-        eos = self.eos_ids
-        eos = (eos,) if isinstance(eos, (int, np.integer)) else tuple(int(e) for e in (eos or ()))
-        object.__setattr__(self, "eos_ids", eos)
+        eos = () if self.eos_ids is None else self.eos_ids  # one id, a sequence of ids, or None
+        object.__setattr__(self, "eos_ids", tuple(int(e) for e in np.ravel(eos)))
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 or None = off), got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        require_positive(max_new_tokens=self.max_new_tokens)
 
     @property
     def greedy(self) -> bool:
@@ -160,11 +158,21 @@ class Mode:
 
     def next_tokens(self, logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array,
                     length: jax.Array, stop_at: jax.Array, done: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Token and log-prob of each row (`select_tokens`); a row reaching `length` == stop_at
-        emits the first EOS id instead (benchmarks' realistic lengths), a `done` row the pad id
-        with log-prob 0."""
-        tok, lp = select_tokens(logits, keys, temperature, top_p, greedy=self.greedy, top_k=self.top_k,
-                                use_top_p=self.use_top_p, top_p_candidates=self.top_p_candidates)
+        """Next token and its log-prob for each row of fp32 logits [N, V]; keys [N] (one per row).
+
+        Greedy: argmax, log-prob under log_softmax(logits). Otherwise: logits / temperature, then
+        top-k, then top-p (when `use_top_p`), then a draw; log-prob under that filtered
+        distribution. A row reaching `length` == stop_at emits the first EOS id instead
+        (benchmarks' realistic lengths), a `done` row the pad id with log-prob 0.
+        """
+        if self.greedy:
+            tok = first_argmax(logits)
+            lp = _take(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
+        else:
+            x = mask_top_k(logits / temperature, self.top_k)
+            if self.use_top_p:
+                x = mask_top_p(x, top_p, self.top_p_candidates)
+            tok, lp = sample_categorical(x, jax.vmap(lambda k: jax.random.uniform(k, (2,)))(keys))
         if self.eos_ids:
             tok = jnp.where(length == stop_at, self.eos_ids[0], tok)
         return jnp.where(done, self.pad_id, tok), jnp.where(done, 0.0, lp)
@@ -283,11 +291,6 @@ def mask_top_p(x: jax.Array, top_p: jax.Array, candidates: int = 64) -> jax.Arra
     return jnp.where(keep, x, -jnp.inf)
 
 
-def _block_size(vocab: int) -> int:
-    """Block length of the two-level CDF inversion: about sqrt(vocab), a multiple of 128."""
-    return 128 * max(1, math.ceil(math.sqrt(vocab) / 128))
-
-
 def _last_positive(a: jax.Array) -> jax.Array:
     """Index of the last entry > 0 along the last axis (0 when there is none)."""
     iota = jax.lax.broadcasted_iota(jnp.int32, a.shape, a.ndim - 1)
@@ -303,7 +306,7 @@ def sample_categorical(x: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array
     Returns (index [N] int32, log-prob [N] of that index under softmax(x)).
     """
     n, v = x.shape
-    block = _block_size(v)
+    block = 128 * max(1, math.ceil(math.sqrt(v) / 128))  # about sqrt(V), a multiple of 128
     blocks = -(-v // block)
     top = jnp.max(x, axis=-1, keepdims=True)
     p = jnp.exp(x - top)  # unnormalised; excluded entries are exactly 0
@@ -324,34 +327,6 @@ def sample_categorical(x: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array
     return idx, logprob
 
 
-def select_tokens(
-    logits: jax.Array,
-    keys: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    *,
-    greedy: bool,
-    top_k: int = 0,
-    use_top_p: bool = False,
-    top_p_candidates: int = 64,
-) -> tuple[jax.Array, jax.Array]:
-    """Next token and its log-prob for each row of fp32 logits [N, V]; keys [N] (one per row).
-
-    Greedy: argmax, log-prob under log_softmax(logits). Otherwise: logits / temperature, then
-    top-k, then top-p (when `use_top_p`), then a draw; log-prob under that filtered distribution.
-    """
-    logits = logits.astype(jnp.float32)
-    if greedy:
-        tok = first_argmax(logits)
-        return tok, _take(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
-    x = logits / temperature
-    x = mask_top_k(x, top_k)
-    if use_top_p:
-        x = mask_top_p(x, top_p, top_p_candidates)
-    u = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(keys)
-    return sample_categorical(x, u)
-
-
 def project_logits(hidden: jax.Array, weights: DecodeWeights) -> jax.Array:
     """fp32 logits [..., V] of final hidden states [..., D] (as `Qwen2ForCausalLM.logits`)."""
     return jnp.dot(hidden, weights.lm_head, preferred_element_type=jnp.float32)
@@ -362,6 +337,13 @@ def project_logits(hidden: jax.Array, weights: DecodeWeights) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
+def require_positive(**values: int | None) -> None:
+    """Raises a ValueError naming the first of `values` given (not None) that is below 1."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def bucket_length(n: int, bucket: int) -> int:
     """n rounded up to a multiple of `bucket` (at least one bucket)."""
     return max(bucket, -(-n // bucket) * bucket)
@@ -370,7 +352,8 @@ def bucket_length(n: int, bucket: int) -> int:
 def left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int, rows: int | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
     """Prompts right-aligned in `width` columns, as the sampler feeds them: (ids [rows, width]
-    int32, mask [rows, width] bool). Rows past the prompts (rows > len(prompts)) stay padding."""
+    int32, mask [rows, width] bool). Rows past the prompts (rows > len(prompts): dummy rows of a
+    program's fixed shape) copy the first prompt, so that they compute finite numbers."""
     rows = len(prompts) if rows is None else rows
     ids = np.full((rows, width), pad_id, np.int32)
     mask = np.zeros((rows, width), bool)
@@ -378,6 +361,7 @@ def left_pad(prompts: Sequence[Sequence[int]], width: int, pad_id: int, rows: in
         if len(p):
             ids[i, width - len(p):] = p
             mask[i, width - len(p):] = True
+    ids[len(prompts):], mask[len(prompts):] = ids[:1], mask[:1]
     return ids, mask
 
 
@@ -427,6 +411,13 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, used: Seque
     return prompts
 
 
+def note_compile(owner: Any, logger: logging.Logger, what: str, detail: Any) -> None:
+    """Counts a new program in `owner.num_compilations` and logs it at DEBUG level. Call it from
+    a jitted function's body: that runs only while jax traces, i.e. once per compilation."""
+    owner.num_compilations += 1
+    logger.debug("compiling %s program #%d: %s", what, owner.num_compilations, detail)
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -458,26 +449,18 @@ class Sampler:
         steps between checks for an all-finished batch (default 8 with the kernel, 1 otherwise).
         cache_bucket: cache slots are rounded up to a multiple of it, so that prompt buckets
         share one decode program (default 512 with the kernel, 1 otherwise)."""
-        if prompt_bucket < 1:
-            raise ValueError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
-        for name, value in (("check_every", check_every), ("cache_bucket", cache_bucket)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        require_positive(prompt_bucket=prompt_bucket, check_every=check_every, cache_bucket=cache_bucket)
         self.config = config
         self.mesh = mesh
         self.prompt_bucket = prompt_bucket
         self.cache_dtype = jnp.dtype(cache_dtype or config.dtype)
         self.top_p_candidates = top_p_candidates
         self.check_memory = check_memory
-        self.batch_axes: tuple[str, ...] = ()
-        self.row_devices = 1
-        self._kv_axis: str | None = None
-        if mesh is not None:
-            self.batch_axes = tuple(a for a in mesh.axis_names if a != TENSOR_AXIS)
-            self.row_devices = math.prod(mesh.shape[a] for a in self.batch_axes)
-            tp = mesh.shape.get(TENSOR_AXIS, 1)
-            if tp > 1 and config.num_key_value_heads % tp == 0:
-                self._kv_axis = TENSOR_AXIS
+        axes = mesh.shape if mesh is not None else {}
+        self.batch_axes = tuple(a for a in axes if a != TENSOR_AXIS)
+        self.row_devices = math.prod(axes[a] for a in self.batch_axes)
+        tp = self.tensor_parallel = axes.get(TENSOR_AXIS, 1)
+        self._kv_axis = TENSOR_AXIS if tp > 1 and config.num_key_value_heads % tp == 0 else None
         self.attention = DecodeAttention.auto(
             decode_attention, mesh=mesh, batch_axes=self.batch_axes, kv_axis=self._kv_axis
         )
@@ -486,13 +469,11 @@ class Sampler:
         self.cache_bucket = cache_bucket or (DEFAULT_CACHE_BUCKET if kernel else 1)
         log.info("decode attention: %s, finished rows checked every %d steps, cache slots in multiples of %d",
                  self.attention.implementation, self.check_every, self.cache_bucket)
-        self._graphdef, abstract_state = nnx.split(abstract_model(config))
-        self._param_template = abstract_state
+        self._graphdef, self._param_template = nnx.split(abstract_model(config))
         self.num_compilations = 0
         # On GPUs the q/k/v and gate/up kernels are fused once per call (not with a tensor split,
         # which would mix their columns in one shard).
-        self._fuse = targets_gpu(mesh) and self._kv_axis is None and (
-            mesh is None or mesh.shape.get(TENSOR_AXIS, 1) == 1)
+        self._fuse = targets_gpu(mesh) and tp == 1
         self._prepare = jax.jit(self._prepare_impl)
         self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,))
         self._decode = jax.jit(self._decode_impl, static_argnums=(7,), donate_argnums=(1,),
@@ -527,11 +508,6 @@ class Sampler:
     def padded_rows(self, n: int) -> int:
         """n rows rounded up to a multiple of the batch devices."""
         return -(-n // self.row_devices) * self.row_devices
-
-    def _note_compile(self, what: str, detail: str) -> None:
-        # Runs only while jax traces a new program, i.e. once per compilation.
-        self.num_compilations += 1
-        log.debug("compiling %s program #%d: %s", what, self.num_compilations, detail)
 
     def _state(self, params: Any) -> nnx.State:
         """Model state from a module, an nnx.State or a pure dict of parameters."""
@@ -586,7 +562,7 @@ class Sampler:
         row's next-token logits."""
         num_prompts, num_samples, num_rows, cache_len = rows
         prompt_rows, prompt_len = ids.shape
-        self._note_compile("prefill", f"prompts={prompt_rows}x{prompt_len} rows={num_rows} cache_len={cache_len}")
+        note_compile(self, log, "prefill", f"prompts={prompt_rows}x{prompt_len} rows={num_rows} cache_len={cache_len}")
         small, logits = self.prefill_prompts(weights, self._constrain(ids, 0), self._constrain(mask, 0))
         # Row r samples prompt r // G; padding rows reuse prompt 0 and start finished.
         source = np.zeros(num_rows, np.int32)
@@ -619,7 +595,7 @@ class Sampler:
         The final cache is returned (and dropped by the caller) so that XLA can alias it to the
         donated input and run the loop in place instead of copying the cache first.
         """
-        self._note_compile("decode", str(plan))
+        note_compile(self, log, "decode", plan)
         n, m = plan.rows, plan.max_new_tokens
         row_ids = jnp.arange(n)
         # One key per row, derived from its (prompt, sample) indices: a row's samples do not depend
@@ -683,22 +659,22 @@ class Sampler:
         prompt_len is the bucketed length. Both caches (distinct prompts, then all rows) are
         alive while the prefill program copies one into the other.
         """
-        c = self.config
         prompt_rows, rows = self.padded_rows(num_prompts), self.padded_rows(num_prompts * num_samples)
         cache_len = self.cache_length(prompt_len, max_new_tokens)
-        total = (
-            KVCache.num_bytes(c, prompt_rows, prompt_len, self.cache_dtype)
-            + KVCache.num_bytes(c, rows, cache_len, self.cache_dtype)
-            + (prompt_rows + rows) * c.vocab_size * 4  # last-position logits
-            + rows * (max_new_tokens + self.check_every - 1) * 8  # token and log-prob buffers
-        )
+        total = (prompt_rows * self.row_bytes(prompt_len, 0)
+                 + rows * self.row_bytes(cache_len, max_new_tokens + self.check_every - 1))
         return -(-total // self.row_devices)
+
+    def row_bytes(self, cache_len: int, buffer_len: int) -> int:
+        """Device bytes of one row: its KV cache of `cache_len` slots, its fp32 next-token logits
+        and `buffer_len` columns of sampled tokens and log-probs."""
+        return (KVCache.num_bytes(self.config, 1, cache_len, self.cache_dtype) + self.config.vocab_size * 4
+                + buffer_len * 8)
 
     def prepared_bytes(self) -> int:
         """Bytes per device of the weights `prepare` makes (compute dtype; split over "tensor")."""
         count = sum(math.prod(x.shape) for x in jax.tree.leaves(self._param_template))
-        tp = self.mesh.shape.get(TENSOR_AXIS, 1) if self.mesh is not None else 1
-        return count * jnp.dtype(self.config.dtype).itemsize // tp
+        return count * jnp.dtype(self.config.dtype).itemsize // self.tensor_parallel
 
     def _plan(self, num_prompts: int, num_samples: int, prompt_len: int, sampling: SamplingParams,
               keep_logits: bool = False) -> _Plan:
@@ -721,10 +697,9 @@ class Sampler:
         """
         prompt_len = bucket_length(prompt_len, self.prompt_bucket)
         plan = self._plan(num_prompts, num_samples, prompt_len, sampling)
-        prompt_rows = self.padded_rows(num_prompts)
         prepare, weights = self.compile_prepare(params)
-        ids = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.int32)
-        mask = jax.ShapeDtypeStruct((prompt_rows, prompt_len), jnp.bool_)
+        ids, mask = (jax.ShapeDtypeStruct((self.padded_rows(num_prompts), prompt_len), dtype)
+                     for dtype in (jnp.int32, jnp.bool_))
         rows = (num_prompts, num_samples, plan.rows, plan.cache_len)
         prefill = self._prefill.lower(weights, ids, mask, rows).compile()
         # The decode program receives the cache and logits as the prefill leaves them.
@@ -778,8 +753,7 @@ class Sampler:
         """
         t0 = time.perf_counter()
         c = self.config
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        require_positive(num_samples=num_samples)
         if len(prompts) == 0:  # a list of id lists or an [N, T] array
             raise ValueError("no prompts to sample from")
         prompts = check_prompts(prompts, c.vocab_size)
@@ -797,7 +771,6 @@ class Sampler:
             self._check_memory(needed, plan.rows, plan.cache_len)
 
         ids, mask = left_pad(prompts, prompt_len, sampling.pad_id, prompt_rows)
-        ids[num_prompts:], mask[num_prompts:] = ids[0], mask[0]  # dummy prompts: copies of the first
 
         compiled_before = self.num_compilations
         t1 = time.perf_counter()

@@ -116,9 +116,7 @@ class DecodeAttention:
 
     def cache_slots(self, needed: int) -> int:
         """Slots to allocate for `needed`: the kernel needs whole 128-slot blocks."""
-        if not self.uses_kernel:
-            return needed
-        return -(-needed // KERNEL_SLOT_MULTIPLE) * KERNEL_SLOT_MULTIPLE
+        return -(-needed // KERNEL_SLOT_MULTIPLE) * KERNEL_SLOT_MULTIPLE if self.uses_kernel else needed
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, start: jax.Array, length: jax.Array) -> jax.Array:
         """q [B, H, D] (one token per row); k, v [B, KV, S, D] (heads-major cache layer); start,
