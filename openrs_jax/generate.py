@@ -150,12 +150,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             batch = prompts[start : start + args.batch_size]
             result = policy.sampler.generate(weights, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
             for row, ids in enumerate(result.completions()):
-                record: dict[str, Any] = {
-                    "index": start + row // args.num_samples,
-                    "sample": row % args.num_samples,
-                    "completion_ids": ids,
-                    "finished": not bool(result.truncated[row]),
-                }
+                record: dict[str, Any] = {"index": start + row // args.num_samples, "sample": row % args.num_samples,
+                                          "completion_ids": ids, "finished": not bool(result.truncated[row])}
                 if tokenizer is not None:
                     record["text"] = tokenizer.decode(ids, skip_special_tokens=True)
                 f.write(json_line(record))

@@ -119,15 +119,6 @@ def read_pass_rates(path: str | Path) -> dict[str, dict[str, Any]]:
     return read_keyed_jsonl(path, lambda rec: str(rec["key"]))
 
 
-def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Refuses to add rates drawn with other settings to the pass rates already in output_dir."""
-    path = output_dir / SETTINGS_FILE
-    if (output_dir / PASS_RATES_FILE).is_file():
-        check_same_settings(path, settings, "pass rates sampled", f"use another --output_dir (reusing the old "
-                            f"rates with --pass_rates {output_dir / PASS_RATES_FILE} if wanted)")
-    atomic_write_json(path, dict(settings))
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -249,14 +240,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first.setdefault(p.key, p)
     todo = [p for p in first.values() if p.key not in known]
 
-    settings = {k: getattr(args, k) for k in ("model", "num_samples", "max_new_tokens", "temperature", "top_p",
-                                              "top_k", "system_prompt", "seed")}
     sampled: list[dict[str, Any]] = []
     if todo:
         if not args.model:
             raise ValueError(f"{len(todo)} of {len(problems)} problems have no pass rate"
                             f"{' in ' + args.pass_rates if args.pass_rates else ''}; give --model to sample them")
-        check_settings(output_dir, settings)
+        settings = {k: getattr(args, k) for k in ("model", "num_samples", "max_new_tokens", "temperature", "top_p",
+                                                  "top_k", "system_prompt", "seed")}
+        if own.is_file():  # rates drawn with other settings are not added to those
+            check_same_settings(output_dir / SETTINGS_FILE, settings, "pass rates sampled", "use another "
+                                f"--output_dir (reusing the old rates with --pass_rates {own} if wanted)")
+        atomic_write_json(output_dir / SETTINGS_FILE, settings)
         from openrs_jax.recipe.prompts import SYSTEM_PROMPT, SYSTEM_PROMPT_EXP3, render_prompts_ids
         from openrs_jax.recipe.rewards import RewardScorer
 
