@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from openrs_jax.cli import exit_on_user_error, setup_logging
+from openrs_jax.curation import difficulty
 from openrs_jax.curation.io import progress, read_rows, write_dataset, write_stats
 from openrs_jax.files import write_jsonl
 
@@ -59,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = steps.add_parser("difficulty", help="pass rates from k samples per problem; keep a band (pass_rates.jsonl)")
     _add_io(p)
-    from openrs_jax.curation.difficulty import add_arguments
-
-    add_arguments(p)
+    difficulty.add_arguments(p)
 
     p = steps.add_parser("decontaminate", help="drop problems found in the benchmarks (report: matches.jsonl)")
     _add_io(p)
@@ -160,12 +159,6 @@ def run_mix(args: argparse.Namespace) -> dict[str, Any]:
     return stats
 
 
-def run_difficulty(args: argparse.Namespace) -> dict[str, Any]:
-    from openrs_jax.curation.difficulty import run
-
-    return run(args)
-
-
 def input_paths(args: argparse.Namespace) -> list[str]:
     """Every dataset a step reads (local paths and Hub names alike)."""
     from openrs_jax.curation.mix import parse_source
@@ -200,7 +193,7 @@ def check_output_dir(args: argparse.Namespace) -> None:
         )
 
 
-STEPS = {"format": run_format, "difficulty": run_difficulty, "decontaminate": run_decontaminate,
+STEPS = {"format": run_format, "difficulty": difficulty.run, "decontaminate": run_decontaminate,
          "dedup": run_dedup, "mix": run_mix}
 
 

@@ -27,7 +27,6 @@ from openrs_jax.core.model_paths import MODEL_HELP
 log = logging.getLogger("openrs_jax.generate")
 
 
-
 def _ids(value: Any) -> list[int]:
     """An id or list of ids from a config field, as a list."""
     if value is None:
@@ -122,16 +121,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     import jax
     import numpy as np
 
-    from openrs_jax.core.policy import DECODE_MESH, Policy
     from openrs_jax.core.sampling import SamplingParams
-    from openrs_jax.recipe import toy
+    from openrs_jax.evaluation.draw import load_policy
 
-    toy.check_name(args.model, "--model", "model")
-    toy.check_name(args.tokenizer or "", "--tokenizer", "model")
-    policy = Policy.load(  # a tokenizer only where one is known: prompt_ids need none
-        args.model, tokenizer_path=args.tokenizer or "", mesh=DECODE_MESH, compute_dtype=args.dtype or "auto",
-        param_dtype=args.dtype or "auto", prompt_bucket=args.prompt_bucket, need_tokenizer=bool(args.tokenizer),
-        flags=("--model", "--tokenizer"),
+    policy = load_policy(  # a tokenizer only where one is known: prompt_ids need none
+        args.model, args.tokenizer, dtype=args.dtype or "auto", prompt_bucket=args.prompt_bucket,
+        need_tokenizer=bool(args.tokenizer),
     )
     tokenizer = policy.tokenizer
     defaults = model_defaults(policy.model_dir)
@@ -139,15 +134,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
 
     weights = policy.rollout_params(policy.load_params())
-    sampler = policy.sampler
-    sampling = SamplingParams(
-        temperature=defaults["temperature"] if args.temperature is None else args.temperature,
-        top_p=defaults["top_p"] if args.top_p is None else args.top_p,
-        top_k=defaults["top_k"] if args.top_k is None else args.top_k,
-        max_new_tokens=args.max_new_tokens,
-        eos_ids=tuple(args.eos_id) if args.eos_id else tuple(defaults["eos_ids"]),
-        pad_id=defaults["pad_id"] if args.pad_id is None else args.pad_id,
-    )
+    given = {k: defaults[k] if getattr(args, k) is None else getattr(args, k)
+             for k in ("temperature", "top_p", "top_k", "pad_id")}
+    sampling = SamplingParams(**given, max_new_tokens=args.max_new_tokens,
+                              eos_ids=tuple(args.eos_id or defaults["eos_ids"]))
     if not sampling.eos_ids:
         log.warning("no EOS id known for %s: every completion runs to --max_new_tokens", args.model)
 
@@ -158,14 +148,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with out_path.open("w", encoding="utf-8") as f:
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start : start + args.batch_size]
-            result = sampler.generate(weights, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
+            result = policy.sampler.generate(weights, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
             for row, ids in enumerate(result.completions()):
-                record: dict[str, Any] = {
-                    "index": start + row // args.num_samples,
-                    "sample": row % args.num_samples,
-                    "completion_ids": ids,
-                    "finished": not bool(result.truncated[row]),
-                }
+                record: dict[str, Any] = {"index": start + row // args.num_samples, "sample": row % args.num_samples,
+                                          "completion_ids": ids, "finished": not bool(result.truncated[row])}
                 if tokenizer is not None:
                     record["text"] = tokenizer.decode(ids, skip_special_tokens=True)
                 f.write(json_line(record))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import re
 from collections import Counter
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from openrs_jax.cli import add_queue_arguments
-from openrs_jax.evaluation.draw import GenerateFn, StreamGenerate, load_decoder, settings_diff, static_stream
+from openrs_jax.evaluation.draw import GenerateFn, StreamGenerate, check_same_settings, load_decoder, static_stream
 from openrs_jax.curation.io import read_rows, write_dataset
 from openrs_jax.files import append_jsonl, atomic_write_json, read_keyed_jsonl, write_jsonl
 from openrs_jax.core.model_paths import MODEL_HELP
@@ -38,7 +37,6 @@ log = logging.getLogger("openrs_jax.curate")
 
 PASS_RATES_FILE = "pass_rates.jsonl"
 SETTINGS_FILE = "pass_rates_settings.json"
-SYSTEM_PROMPTS = ("recipe", "exp3", "none")
 
 # (completions, golds, samples per prompt) -> accuracy per completion (1.0 = correct).
 ScoreFn = Callable[[list[str], list[str], int], list[float]]
@@ -95,10 +93,14 @@ class Band:
             raise ValueError(f"--band {text!r} holds no pass rate: bounds must satisfy 0 <= low <= high <= 1")
         return band
 
+    def below(self, rate: float) -> bool:
+        return rate < self.low or (rate == self.low and not self.low_closed)
+
+    def above(self, rate: float) -> bool:
+        return rate > self.high or (rate == self.high and not self.high_closed)
+
     def contains(self, rate: float) -> bool:
-        above = rate >= self.low if self.low_closed else rate > self.low
-        below = rate <= self.high if self.high_closed else rate < self.high
-        return above and below
+        return not (self.below(rate) or self.above(rate))
 
     def __str__(self) -> str:
         return f"{'[' if self.low_closed else '('}{self.low:g},{self.high:g}{']' if self.high_closed else ')'}"
@@ -115,23 +117,6 @@ def problem_key(problem: str, gold: str) -> str:
 def read_pass_rates(path: str | Path) -> dict[str, dict[str, Any]]:
     """Records by key; a torn last line (an interrupted run) and foreign lines are ignored."""
     return read_keyed_jsonl(path, lambda rec: str(rec["key"]))
-
-
-def check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Refuses to add rates drawn with other settings to the pass rates already in output_dir."""
-    path = output_dir / SETTINGS_FILE
-    if path.is_file() and (output_dir / PASS_RATES_FILE).is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = {}
-        diff = settings_diff(old, settings)
-        if diff:
-            raise ValueError(
-                f"{output_dir} holds pass rates sampled with other settings ({diff}); use another "
-                f"--output_dir (reusing the old rates with --pass_rates {output_dir / PASS_RATES_FILE} if wanted)"
-            )
-    atomic_write_json(path, dict(settings))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -176,19 +161,19 @@ def sample_pass_rates(
     by_index = {p.index: p for p in todo}
     texts: dict[int, dict[int, str]] = {i: {} for i in by_index}
     out: list[dict[str, Any]] = []
-    bar = tqdm(total=len(todo), desc="difficulty", unit="problem", dynamic_ncols=True, disable=not show_progress)
-    if stream:
-        def on_progress(counts: Mapping[str, int]) -> None:
-            bar.set_postfix(samples=counts["requests_done"], tokens=counts["tokens"], refresh=False)
+    with tqdm(total=len(todo), desc="difficulty", unit="problem", dynamic_ncols=True,
+              disable=not show_progress) as bar:
+        if stream:
+            def on_progress(counts: Mapping[str, int]) -> None:
+                bar.set_postfix(samples=counts["requests_done"], tokens=counts["tokens"], refresh=False)
 
-        requests = [(p.index, s) for p in todo for s in range(num_samples)]
-        drawn = generate(prompts, requests, seed, on_progress)
-    else:
-        # The seed follows the batch's first problem, so a fresh run is reproducible.
-        batches = [[p.index for p in todo[start : start + batch_size]] for start in range(0, len(todo), batch_size)]
-        drawn = static_stream(generate, prompts, {i: range(num_samples) for i in by_index},
-                              ((batch, seed * 1_000_003 + batch[0]) for batch in batches))
-    try:
+            requests = [(p.index, s) for p in todo for s in range(num_samples)]
+            drawn = generate(prompts, requests, seed, on_progress)
+        else:
+            # The seed follows the batch's first problem, so a fresh run is reproducible.
+            batches = [[p.index for p in todo[start: start + batch_size]] for start in range(0, len(todo), batch_size)]
+            drawn = static_stream(generate, prompts, {i: range(num_samples) for i in by_index},
+                                  ((batch, seed * 1_000_003 + batch[0]) for batch in batches))
         for index, sample, generation in drawn:
             texts[index][sample] = decode(generation.token_ids)
             if len(texts[index]) < num_samples:
@@ -200,16 +185,7 @@ def sample_pass_rates(
             bar.update(1)
             if not stream:
                 bar.set_postfix(mean_pass_rate=f"{sum(r['pass_rate'] for r in out) / len(out):.3f}")
-    finally:
-        bar.close()
     return out
-
-
-def system_prompt_text(choice: str) -> str | None:
-    """The system prompt for a --system_prompt value: recipe, exp3, none, or literal text."""
-    from openrs_jax.recipe.prompts import SYSTEM_PROMPT, SYSTEM_PROMPT_EXP3
-
-    return {"recipe": SYSTEM_PROMPT, "exp3": SYSTEM_PROMPT_EXP3, "none": None}.get(choice, choice)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -251,11 +227,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = read_rows(args.input, args.split)
 
     problems, unparsable = problems_of(rows)
-    known: dict[str, dict[str, Any]] = {}
-    if args.pass_rates:
-        if not Path(args.pass_rates).is_file():
-            raise ValueError(f"--pass_rates {args.pass_rates} does not exist")
-        known.update(read_pass_rates(args.pass_rates))
+    if args.pass_rates and not Path(args.pass_rates).is_file():
+        raise ValueError(f"--pass_rates {args.pass_rates} does not exist")
+    known = read_pass_rates(args.pass_rates) if args.pass_rates else {}
     reused = sum(p.key in known for p in problems)
     own = output_dir / PASS_RATES_FILE
     resumed_records = read_pass_rates(own)
@@ -266,18 +240,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first.setdefault(p.key, p)
     todo = [p for p in first.values() if p.key not in known]
 
-    settings = {k: getattr(args, k) for k in ("model", "num_samples", "max_new_tokens", "temperature", "top_p",
-                                              "top_k", "system_prompt", "seed")}
     sampled: list[dict[str, Any]] = []
     if todo:
         if not args.model:
             raise ValueError(f"{len(todo)} of {len(problems)} problems have no pass rate"
                             f"{' in ' + args.pass_rates if args.pass_rates else ''}; give --model to sample them")
-        check_settings(output_dir, settings)
-        from openrs_jax.recipe.prompts import render_prompts_ids
+        settings = {k: getattr(args, k) for k in ("model", "num_samples", "max_new_tokens", "temperature", "top_p",
+                                                  "top_k", "system_prompt", "seed")}
+        if own.is_file():  # rates drawn with other settings are not added to those
+            check_same_settings(output_dir / SETTINGS_FILE, settings, "pass rates sampled", "use another "
+                                f"--output_dir (reusing the old rates with --pass_rates {own} if wanted)")
+        atomic_write_json(output_dir / SETTINGS_FILE, settings)
+        from openrs_jax.recipe.prompts import SYSTEM_PROMPT, SYSTEM_PROMPT_EXP3, render_prompts_ids
         from openrs_jax.recipe.rewards import RewardScorer
 
-        system_prompt = system_prompt_text(args.system_prompt)
+        system_prompt = {"recipe": SYSTEM_PROMPT, "exp3": SYSTEM_PROMPT_EXP3, "none": None}.get(
+            args.system_prompt, args.system_prompt)  # or the text itself
         policy, generate, stream = load_decoder(
             args.model, args.tokenizer, dtype=args.dtype, slots=args.slots, prompt_bucket=64, seed=args.seed,
             sampling={k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
@@ -307,8 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows_in": len(rows),
         "rows_out": len(kept),
         "band": str(band),
-        "dropped": {"below_band": sum(r < band.low or (r == band.low and not band.low_closed) for r in rates),
-                    "above_band": sum(r > band.high or (r == band.high and not band.high_closed) for r in rates),
+        "dropped": {"below_band": sum(map(band.below, rates)), "above_band": sum(map(band.above, rates)),
                     "unparsable_gold": len(unparsable)},
         "pass_rates": {"sampled": len(sampled), "reused": reused, "resumed": resumed,
                        "mean": sum(rates) / len(rates) if rates else None,

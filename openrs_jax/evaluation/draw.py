@@ -1,13 +1,15 @@
 """Drawing K completions per prompt, as evaluate and curate difficulty do: static sampler batches
 or the slot engine (continuous batching), both seen by the caller as one stream of
 (index, sample, Generation), so a caller saves each result as it comes and resumes by asking
-only for what is missing.
+only for what is missing (into a folder whose stored settings match, `check_same_settings`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -48,10 +50,26 @@ def static_stream(generate: GenerateFn, prompts: Mapping[int, list[int]], todo: 
             yield index, todo[index][row % count], out
 
 
-def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """'key: old -> new' for every setting that changed, '; '-joined (empty when none did)."""
-    return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+def check_same_settings(path: Path, new: Mapping[str, Any], holds: str, fix: str,
+                        section: str | None = None) -> dict[str, Any] | None:
+    """The settings stored at `path` (None: no such file), checked against `new`.
+
+    Samples drawn with other settings must not be mixed into one estimate: when the stored
+    settings (their `section`) differ from `new`, this raises naming each change, that the
+    folder holds `holds` and what to do (`fix`).
+    """
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): {fix}") from e
+    old = stored.get(section, {}) if section else stored
+    diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(f"{path.parent} holds {holds} with other settings ({diff}); {fix}")
+    return stored
 
 
 def sampler_generate_fn(sampler: Any, params: Any, sampling: Any) -> GenerateFn:
@@ -64,26 +82,31 @@ def sampler_generate_fn(sampler: Any, params: Any, sampling: Any) -> GenerateFn:
     return generate
 
 
-def load_decoder(model: str, tokenizer: str | None, *, dtype: str, slots: int | None, prompt_bucket: int,
-                 sampling: Mapping[str, Any], seed: int = 0,
-                 require_chat_template: bool = False) -> tuple[Any, GenerateFn | StreamGenerate, bool]:
-    """The model's `Policy` (JAX starts here, not before) and how to draw from it: a `GenerateFn`
-    over static sampler batches, or the slot engine's `StreamGenerate` (`engine.decode_devices`
-    chooses from `slots`), and whether it is the latter. `sampling`: `SamplingParams` fields
-    other than the stop and pad ids; `seed` draws the random weights of built-in models."""
-    from openrs_jax.core.engine import Engine, decode_devices, stream_by_index
+def load_policy(model: str, tokenizer: str | None, *, dtype: str, **options: Any) -> Any:
+    """The `Policy` of the --model and --tokenizer flags, weights not read yet (JAX starts here,
+    not before); `options`: more `Policy.load` arguments."""
     from openrs_jax.core.policy import DECODE_MESH, Policy
-    from openrs_jax.core.sampling import SamplingParams
     from openrs_jax.recipe import toy
 
     toy.check_name(model, "--model", "model")
     toy.check_name(tokenizer or "", "--tokenizer", "model")
+    return Policy.load(model, tokenizer_path=tokenizer or "", mesh=DECODE_MESH, compute_dtype=dtype,
+                       param_dtype=dtype, flags=("--model", "--tokenizer"), **options)
+
+
+def load_decoder(model: str, tokenizer: str | None, *, dtype: str, slots: int | None, prompt_bucket: int,
+                 sampling: Mapping[str, Any], seed: int = 0,
+                 require_chat_template: bool = False) -> tuple[Any, GenerateFn | StreamGenerate, bool]:
+    """The model's `Policy` (`load_policy`) and how to draw from it: a `GenerateFn` over static
+    sampler batches, or the slot engine's `StreamGenerate` (`engine.decode_devices` chooses from
+    `slots`), and whether it is the latter. `sampling`: `SamplingParams` fields other than the
+    stop and pad ids; `seed` draws the random weights of built-in models."""
+    from openrs_jax.core.engine import Engine, decode_devices, stream_by_index
+    from openrs_jax.core.sampling import SamplingParams
+
     devices, use_engine = decode_devices(slots)
-    policy = Policy.load(
-        model, tokenizer_path=tokenizer or "", mesh=DECODE_MESH, devices=devices, compute_dtype=dtype,
-        param_dtype=dtype, prompt_bucket=prompt_bucket, require_chat_template=require_chat_template,
-        flags=("--model", "--tokenizer"),
-    )
+    policy = load_policy(model, tokenizer, dtype=dtype, devices=devices, prompt_bucket=prompt_bucket,
+                         require_chat_template=require_chat_template)
     weights = policy.rollout_params(policy.load_params(seed))
     params = SamplingParams(**sampling, eos_ids=policy.eos_ids, pad_id=policy.tokenizer.pad_id)
     if not use_engine:

@@ -15,17 +15,19 @@ problems; stderr is the standard error of that mean over problems (sample std, d
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import statistics
 import zlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openrs_jax.evaluation.draw import GenerateFn, Generation, StreamGenerate, settings_diff, static_stream
+from openrs_jax.evaluation.draw import GenerateFn, Generation, StreamGenerate, check_same_settings, static_stream
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
 from openrs_jax.files import append_jsonl, atomic_write_json, iter_jsonl, read_keyed_jsonl, write_jsonl
@@ -38,10 +40,8 @@ log = logging.getLogger("openrs_jax.evaluate")
 RESULTS_FILE = "results.json"
 OFFLINE_FIX = "give a folder of <task>.jsonl files with --data_dir (eval_data_dir in training)"
 CONFIG_FILE = "eval_config.json"
-
-
-def details_path(out_dir: Path, task: str) -> Path:
-    return out_dir / f"details_{task}.jsonl"
+# Settings of a completions file's results that its scorer cannot know: they were used elsewhere.
+UNKNOWN_IN_COMPLETIONS = ("max_new_tokens", "temperature", "top_p", "seed")
 
 
 @dataclass(frozen=True)
@@ -92,64 +92,33 @@ class EvalSettings:
 # ----------------------------------------------------------------------------- outputs on disk
 
 
-@dataclass
-class SettingsFile:
-    """eval_config.json of an output directory, written once, just before the first sample."""
-
-    path: Path
-    record: dict[str, Any]
-    written: bool = False
-
-    def write(self) -> None:
-        if not self.written:
-            atomic_write_json(self.path, self.record)
-            self.written = True
-
-
-def _holds_samples(out_dir: Path) -> bool:
-    return any(p.stat().st_size > 0 for p in out_dir.glob("details_*.jsonl"))
-
-
 def _check_out_dir(out: str | Path | None, generation: Mapping[str, Any],
-                   scoring: str) -> tuple[Path | None, bool, SettingsFile | None]:
+                   scoring: str) -> tuple[Path | None, bool, Callable[[], object] | None]:
     """Checks the run's settings against the samples already in `out` (None: no outputs);
-    returns the directory, whether stored samples need rescoring, and the settings file to
-    write with the first sample.
-
-    Samples drawn under other generation settings must not be mixed into one estimate.
-    """
+    returns the directory, whether stored samples need rescoring, and what writes the settings
+    file (once, with the first sample)."""
     if out is None:
         return None, False, None
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CONFIG_FILE
     rescore = False
-    if path.is_file() and _holds_samples(out_dir):
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}): delete it or use another --out") from e
-        diff = settings_diff(stored.get("generation", {}), generation)
-        if diff:
-            raise ValueError(
-                f"{out_dir} holds samples generated with other settings ({diff}); "
-                "use another --out directory, or delete its details_*.jsonl and eval_config.json"
-            )
-        rescore = stored.get("scoring") != scoring
-    return out_dir, rescore, SettingsFile(path, {"generation": dict(generation), "scoring": scoring})
+    if any(p.stat().st_size > 0 for p in out_dir.glob("details_*.jsonl")):  # settings bind once samples exist
+        stored = check_same_settings(path, generation, "samples generated", "use another --out directory, or "
+                                     "delete its details_*.jsonl and eval_config.json", section="generation")
+        rescore = stored is not None and stored.get("scoring") != scoring
+    record = {"generation": dict(generation), "scoring": scoring}
+    return out_dir, rescore, functools.cache(functools.partial(atomic_write_json, path, record))
 
 
 def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
     """Adds this run's tasks to results.json, keeping other tasks evaluated into the same directory."""
     path = out_dir / RESULTS_FILE
-    merged: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            merged = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            merged = {}
-    merged.update(results)
-    atomic_write_json(path, merged)
+    try:
+        merged = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        merged = {}
+    atomic_write_json(path, {**merged, **results})
 
 
 # ----------------------------------------------------------------------------- one task
@@ -160,11 +129,7 @@ def pass_at_1(per_problem: Sequence[float]) -> tuple[float, float]:
     n = len(per_problem)
     if n == 0:
         return float("nan"), float("nan")
-    mean = sum(per_problem) / n
-    if n == 1:
-        return mean, 0.0
-    var = sum((x - mean) ** 2 for x in per_problem) / (n - 1)
-    return mean, math.sqrt(var / n)
+    return statistics.fmean(per_problem), statistics.stdev(per_problem) / math.sqrt(n) if n > 1 else 0.0
 
 
 @dataclass
@@ -176,7 +141,7 @@ class TaskRun:
     scoring: Scoring
     records: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None  # details file; None keeps everything in memory
-    settings: SettingsFile | None = None  # written before the first sample
+    save_settings: Callable[[], object] | None = None  # writes the settings file, before the first sample
     _golds: dict[int, Gold] = field(default_factory=dict)
 
     def gold(self, index: int) -> Gold:
@@ -213,29 +178,24 @@ class TaskRun:
         self.records[(index, sample)] = rec
         return rec
 
-    def append(self, recs: Sequence[Mapping[str, Any]]) -> None:
-        """Saves finished samples at once, so an interrupted run loses none of them."""
-        if self.path is None or not recs:
-            return
-        if self.settings is not None:
-            self.settings.write()
-        append_jsonl(self.path, recs)
+    def _save(self, write: Callable[[Path, Any], object], records: Any) -> None:
+        if self.path is not None:
+            if self.save_settings is not None:
+                self.save_settings()
+            write(self.path, records)
+
+    def append(self, rec: Mapping[str, Any]) -> None:
+        """Saves a finished sample at once, so an interrupted run loses none of them."""
+        self._save(append_jsonl, [rec])
 
     def finish(self) -> None:
         """Rewrites the details file sorted by (index, sample)."""
-        if self.path is not None:
-            if self.settings is not None:
-                self.settings.write()
-            write_jsonl(self.path, sorted(self.records.values(), key=lambda r: (r["index"], r["sample"])))
+        self._save(write_jsonl, sorted(self.records.values(), key=lambda r: (r["index"], r["sample"])))
 
     def missing(self, k: int) -> dict[int, list[int]]:
         """Sample numbers still to generate, per problem index."""
-        todo = {}
-        for p in self.problems:
-            samples = [s for s in range(k) if (p.index, s) not in self.records]
-            if samples:
-                todo[p.index] = samples
-        return todo
+        todo = {p.index: [s for s in range(k) if (p.index, s) not in self.records] for p in self.problems}
+        return {index: samples for index, samples in todo.items() if samples}
 
     def metrics(self, k: int) -> dict[str, Any]:
         """pass@1 over the first k samples of every problem that has any."""
@@ -309,7 +269,7 @@ def generate_task(
         for index, sample, out in drawn:
             out = cap_generation(out, settings.new_token_cap(len(ids[index])))
             text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
-            run.append([run.record(index, sample, prompts[index], text, len(out.token_ids), out.truncated)])
+            run.append(run.record(index, sample, prompts[index], text, len(out.token_ids), out.truncated))
             bar.update(1)
 
 
@@ -321,16 +281,37 @@ def cap_generation(out: Generation, cap: int) -> Generation:
 
 
 def settings_record(settings: EvalSettings, spec: TaskSpec, data_dir: str | Path | None,
-                    source: Mapping[str, Any]) -> dict[str, Any]:
-    """What results.json stores beside each task's numbers."""
-    s = asdict(settings)
-    s.pop("batch_size")
-    s.pop("num_samples")  # "k" says how many samples were scored
+                    source: Mapping[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
+    """What results.json stores beside each task's numbers (less the settings in `drop`)."""
+    # num_samples: "k" says how many samples were scored.
+    s = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "num_samples", *drop)}
     data = str(Path(data_dir).expanduser() / f"{spec.name}.jsonl") if data_dir else f"{spec.hub_id}:{spec.split}"
     return {**s, **source, "data": data, "gold_field": spec.gold_field, "gold_kind": spec.gold_kind}
 
 
 # ----------------------------------------------------------------------------- entry points
+
+
+def _run_tasks(names: Sequence[str], settings: EvalSettings, generation: Mapping[str, Any],
+               fill: Callable[[TaskRun], dict[str, Any]], *, data_dir: str | Path | None, limit: int | None,
+               out_dir: str | Path | None) -> dict[str, dict[str, Any]]:
+    """What both modes share: per task, the problems and the samples stored in `out_dir` (resumed,
+    rescored when only the scoring mode changed), `fill(run)` completing and scoring them into the
+    task's results, then the outputs."""
+    if data_dir is None:
+        require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
+    data = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    out, rescore, save_settings = _check_out_dir(out_dir, {**generation, "data_dir": data}, settings.scoring)
+    results = {}
+    for name in names:
+        run = TaskRun(get_task(name), load_task(name, data_dir, limit), settings.scoring,
+                      path=out / f"details_{name}.jsonl" if out else None, save_settings=save_settings)
+        run.load(rescore)
+        results[name] = fill(run)
+        run.finish()
+        if out:  # task by task: an interrupted run keeps the numbers of the tasks it finished
+            _merge_results(out, {name: results[name]})
+    return results
 
 
 def run_model_eval(
@@ -348,31 +329,21 @@ def run_model_eval(
 ) -> dict[str, dict[str, Any]]:
     """Generates with `generate` (a `StreamGenerate` with `stream`), scores, writes outputs;
     returns {task: metrics and settings}."""
-    names = parse_task_names(tasks)
     generation = {
-        "model": model, "tokenizer": str(tokenizer.path), "max_new_tokens": settings.max_new_tokens,
-        "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
-        "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
+        "source": "model", "model": model, "tokenizer": str(tokenizer.path),
+        "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
+        "seed": settings.seed,
     }
     # Recorded only when set, so output directories written before these options still resume.
     generation.update({k: v for k, v in (("bos", settings.bos), ("max_model_length", settings.max_model_length))
                        if v not in ("single", 0)})
-    if data_dir is None:
-        require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
-    out, rescore, settings_file = _check_out_dir(out_dir, {"source": "model", **generation}, settings.scoring)
-    results = {}
-    for name in names:
-        spec = get_task(name)
-        run = TaskRun(spec, load_task(name, data_dir, limit), settings.scoring,
-                      path=details_path(out, name) if out else None, settings=settings_file)
-        run.load(rescore)
+
+    def fill(run: TaskRun) -> dict[str, Any]:
         generate_task(run, generate, tokenizer, settings, progress, stream=stream)
-        run.finish()
-        results[name] = {**run.metrics(settings.num_samples),
-                         **settings_record(settings, spec, data_dir, {"model": model})}
-        if out:  # task by task: an interrupted run keeps the numbers of the tasks it finished
-            _merge_results(out, {name: results[name]})
-    return results
+        return {**run.metrics(settings.num_samples), **settings_record(settings, run.spec, data_dir, {"model": model})}
+
+    return _run_tasks(parse_task_names(tasks), settings, generation, fill, data_dir=data_dir, limit=limit,
+                      out_dir=out_dir)
 
 
 def read_completions(path: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
@@ -417,63 +388,49 @@ def run_completions_eval(
 
     found = read_completions(completions_file)
     names = parse_task_names(tasks) if tasks else [t for t in TASKS if t in found]
-    data = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
-    if data_dir is None:
-        require_hub(f"the benchmarks ({', '.join(names)})", OFFLINE_FIX)
-    out, rescore, settings_file = _check_out_dir(out_dir, {"source": "completions", "data_dir": data},
-                                                 settings.scoring)
-    results = {}
     for name in names:
-        spec = get_task(name)
-        problems = load_task(name, data_dir)
-        by_index = found.get(name, {})
-        if not by_index:
+        if not found.get(name):
             raise ValueError(f"{completions_file} has no completions for task {name}")
+
+    def fill(run: TaskRun) -> dict[str, Any]:
+        name, problems, by_index = run.spec.name, run.problems, found[run.spec.name]
         beyond = [i for i in by_index if i >= len(problems)]
         if beyond:
-            raise ValueError(f"{completions_file}: task {name} has {len(problems)} rows, but completions name index {max(beyond)}")
-        run = TaskRun(spec, problems, settings.scoring, path=details_path(out, name) if out else None,
-                      settings=settings_file)
-        run.load(rescore)
+            raise ValueError(f"{completions_file}: task {name} has {len(problems)} rows, "
+                             f"but completions name index {max(beyond)}")
         kept = {}
         total = sum(len(v) for v in by_index.values())
         with tqdm(total=total, desc=f"score {name}", unit="sample", disable=not progress, dynamic_ncols=True) as bar:
             for index, rows in sorted(by_index.items()):
-                user = eval_user_prompt(problems[index].problem)
-                prompt = render_prompt(tokenizer, user) if tokenizer is not None and tokenizer.has_chat_template else user
+                prompt = eval_user_prompt(problems[index].problem)
+                if tokenizer is not None and tokenizer.has_chat_template:
+                    prompt = render_prompt(tokenizer, prompt)
                 for sample, row in enumerate(rows):
-                    old = run.records.get((index, sample))
-                    if old is not None and old["completion"] == row["completion"]:
-                        kept[(index, sample)] = old
-                    else:
+                    rec = run.records.get((index, sample), {})
+                    if rec.get("completion") != row["completion"]:
                         length = row.get("length")
                         if length is None and tokenizer is not None:
                             length = len(tokenizer.encode(row["completion"]))
-                        kept[(index, sample)] = run.record(index, sample, prompt, row["completion"], length,
-                                                           row.get("truncated"))
+                        rec = run.record(index, sample, prompt, row["completion"], length, row.get("truncated"))
+                    kept[(index, sample)] = rec
                     bar.update(1)
         run.records = kept  # samples no longer in the file are dropped
-        run.finish()
-        k = max(len(v) for v in by_index.values())
-        metrics = run.metrics(k)
+        metrics = run.metrics(max(len(v) for v in by_index.values()))
         if metrics["missing"]:
             log.warning("task %s: %d of %d problems have no completion; pass@1 is over the other %d",
                         name, metrics["missing"], len(problems), metrics["n"])
-        record = settings_record(settings, spec, data_dir, {"completions": str(completions_file)})
-        for key in ("max_new_tokens", "temperature", "top_p", "seed"):
-            record.pop(key)  # unknown: the completions came from elsewhere
-        results[name] = {**metrics, **record}
-        if out:
-            _merge_results(out, {name: results[name]})
-    return results
+        source = {"completions": str(completions_file)}
+        return {**metrics, **settings_record(settings, run.spec, data_dir, source, drop=UNKNOWN_IN_COMPLETIONS)}
+
+    return _run_tasks(names, settings, {"source": "completions"}, fill, data_dir=data_dir, limit=None,
+                      out_dir=out_dir)
 
 
 def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The console table: pass@1 and stderr in percent per task, and their plain average."""
     lines = [f"{'task':<15}{'n':>6}{'k':>5}{'pass@1 %':>11}{'stderr':>9}{'missing':>9}"]
-    accs = []
+    accs = [r["accuracy"] for r in results.values()]
     for name, r in results.items():
-        accs.append(r["accuracy"])
         lines.append(f"{name:<15}{r['n']:>6}{r['k']:>5}{100 * r['accuracy']:>11.1f}{100 * r['stderr']:>9.1f}"
                      f"{r['missing']:>9}")
     if len(accs) > 1:
@@ -483,8 +440,4 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 def flat_metrics(results: Mapping[str, Mapping[str, Any]], prefix: str = "eval") -> dict[str, float]:
     """`{prefix}/{task}/accuracy` and `/stderr` scalars for a training log."""
-    flat = {}
-    for name, r in results.items():
-        flat[f"{prefix}/{name}/accuracy"] = float(r["accuracy"])
-        flat[f"{prefix}/{name}/stderr"] = float(r["stderr"])
-    return flat
+    return {f"{prefix}/{name}/{key}": float(r[key]) for name, r in results.items() for key in ("accuracy", "stderr")}

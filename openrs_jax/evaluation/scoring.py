@@ -22,7 +22,6 @@ it runs without a timeout. Any error or timeout scores the sample wrong. The ver
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,17 +34,6 @@ SCORING_MODES: tuple[str, ...] = ("paper", "fixed")
 PRECISION = 5  # decimal places for numeric comparison (the paper's lighteval setting)
 TIMEOUT_S = 5  # lighteval's per-call math-verify timeout
 
-_QUIET = False
-
-
-def _quiet() -> None:
-    """Silence math-verify's per-call warnings (timeouts, unparsable text): one per sample otherwise."""
-    global _QUIET
-    if not _QUIET:
-        for name in ("math_verify", "latex2sympy2_extended"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        _QUIET = True
-
 
 def _timeout() -> int | None:
     # signal.alarm raises outside the main thread: there math-verify must run without it
@@ -54,18 +42,6 @@ def _timeout() -> int | None:
 
     on_main = threading.current_thread() is threading.main_thread()
     return TIMEOUT_S if on_main or not TIMEOUT_OPTIONAL else None
-
-
-def _timeout_error() -> type[BaseException]:
-    from openrs_jax.recipe.rewards.verify import TimeoutException
-
-    return TimeoutException  # >= 0.7: a BaseException, `except Exception` would let it through
-
-
-def prediction_extraction() -> list[Any]:
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig
-
-    return [ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0)]
 
 
 def gold_extraction(kind: GoldKind, scoring: Scoring = "paper") -> list[Any]:
@@ -81,11 +57,13 @@ def _parse(text: str, config: list[Any]) -> list[Any]:
     """math-verify parse with lighteval's modes; [] on any error or timeout."""
     from math_verify import parse
 
-    _quiet()
+    from openrs_jax.recipe.rewards.verify import MATH_VERIFY_ERRORS, quiet_math_verify
+
+    quiet_math_verify()  # its warnings (timeouts, unparsable text) would come once per sample
     try:
         return parse(text, config, fallback_mode="first_match", extraction_mode="any_match",
                      parsing_timeout=_timeout())
-    except (Exception, _timeout_error()):
+    except MATH_VERIFY_ERRORS:  # >= 0.7's TimeoutException is a BaseException
         return []
 
 
@@ -113,38 +91,35 @@ def prepare_gold(text: str, kind: GoldKind, *, answer_only: bool, scoring: Scori
         raise ValueError(f"scoring must be one of {SCORING_MODES}, got {scoring!r}")
     source = boxed_gold(text) if (scoring == "fixed" and answer_only and kind == "latex") else text
     parsed = _parse(source, gold_extraction(kind, scoring))
-    if not parsed:
-        return Gold(text, (text,), extracted=False)
-    return Gold(text, tuple(parsed), extracted=True)
+    return Gold(text, tuple(parsed or [text]), extracted=bool(parsed))  # nothing parsed: the raw text stands in
 
 
 def extract_prediction(completion: str) -> list[Any]:
     """What math-verify extracts from a completion: [sympy object, matched string], or []."""
-    return _parse(completion, prediction_extraction())
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return _parse(completion, [ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0)])
 
 
 def prediction_text(parsed: Sequence[Any]) -> str:
     """The extracted answer as text for the details file ("" when nothing was extracted)."""
-    if not parsed:
-        return ""
     # The last element is the matched string; converting sympy objects to text can be slow.
-    last = parsed[-1]
-    return last if isinstance(last, str) else str(last)
+    return str(parsed[-1]) if parsed else ""
 
 
 def is_correct(gold: Gold, prediction: Sequence[Any]) -> bool:
     """math-verify's comparison at the paper's precision; False on any error or timeout."""
     from math_verify import verify
 
-    from openrs_jax.recipe.rewards.verify import rounding_kwargs
+    from openrs_jax.recipe.rewards.verify import MATH_VERIFY_ERRORS, quiet_math_verify, rounding_kwargs
 
     if not prediction:
         return False
-    _quiet()
+    quiet_math_verify()
     try:
         return bool(verify(list(gold.parsed), list(prediction), **rounding_kwargs(PRECISION),
                            timeout_seconds=_timeout()))
-    except (Exception, _timeout_error()):
+    except MATH_VERIFY_ERRORS:
         return False
 
 

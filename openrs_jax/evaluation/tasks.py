@@ -7,7 +7,7 @@ shared benchmark files have exactly this layout).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,20 +71,6 @@ def parse_task_names(text: str | Iterable[str]) -> list[str]:
     return names
 
 
-def _problems_from_rows(spec: TaskSpec, rows: Iterable[Mapping[str, Any]], where: str) -> list[Problem]:
-    problems = []
-    for i, row in enumerate(rows):
-        for field in (spec.problem_field, spec.gold_field):
-            if row.get(field) is None:
-                raise ValueError(
-                    f"{where}: row {i} has no {field!r} field (task {spec.name} reads "
-                    f"{spec.problem_field!r} and {spec.gold_field!r})"
-                )
-        # Golds may be stored as numbers (AMC on some mirrors): the metric reads text.
-        problems.append(Problem(i, str(row[spec.problem_field]), str(row[spec.gold_field])))
-    return problems
-
-
 def _load_hub(spec: TaskSpec) -> list[dict[str, Any]]:
     try:
         import datasets
@@ -115,7 +101,14 @@ def load_task(name: str, data_dir: str | Path | None = None, limit: int | None =
         rows, where = _load_hub(spec), f"{spec.hub_id} ({spec.split})"
     if limit is not None:
         rows = rows[: max(0, limit)]
-    problems = _problems_from_rows(spec, rows, where)
-    if not problems:
+    if not rows:
         raise ValueError(f"{where} has no rows for task {name}")
-    return problems
+    for i, row in enumerate(rows):
+        for field in (spec.problem_field, spec.gold_field):
+            if row.get(field) is None:
+                raise ValueError(
+                    f"{where}: row {i} has no {field!r} field (task {spec.name} reads "
+                    f"{spec.problem_field!r} and {spec.gold_field!r})"
+                )
+    # Golds may be stored as numbers (AMC on some mirrors): the metric reads text.
+    return [Problem(i, str(row[spec.problem_field]), str(row[spec.gold_field])) for i, row in enumerate(rows)]
