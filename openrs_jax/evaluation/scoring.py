@@ -57,9 +57,9 @@ def _parse(text: str, config: list[Any]) -> list[Any]:
     """math-verify parse with lighteval's modes; [] on any error or timeout."""
     from math_verify import parse
 
-    from openrs_jax.recipe.rewards.verify import MATH_VERIFY_ERRORS, quiet_math_verify
+    # Importing verify also silences math-verify's per-sample warnings (timeouts, unparsable text).
+    from openrs_jax.recipe.rewards.verify import MATH_VERIFY_ERRORS
 
-    quiet_math_verify()  # its warnings (timeouts, unparsable text) would come once per sample
     try:
         return parse(text, config, fallback_mode="first_match", extraction_mode="any_match",
                      parsing_timeout=_timeout())
@@ -111,11 +111,10 @@ def is_correct(gold: Gold, prediction: Sequence[Any]) -> bool:
     """math-verify's comparison at the paper's precision; False on any error or timeout."""
     from math_verify import verify
 
-    from openrs_jax.recipe.rewards.verify import MATH_VERIFY_ERRORS, quiet_math_verify, rounding_kwargs
+    from openrs_jax.recipe.rewards.verify import MATH_VERIFY_ERRORS, rounding_kwargs
 
     if not prediction:
         return False
-    quiet_math_verify()
     try:
         return bool(verify(list(gold.parsed), list(prediction), **rounding_kwargs(PRECISION),
                            timeout_seconds=_timeout()))
