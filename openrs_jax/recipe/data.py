@@ -88,12 +88,6 @@ class PromptDataset:
         return len(self.examples)
 
 
-def _read_json_rows(path: Path) -> list[dict[str, Any]]:
-    """A JSON list of rows, or JSON lines (whatever the suffix)."""
-    text = path.read_text(encoding="utf-8-sig")
-    return json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
-
-
 def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
@@ -113,8 +107,9 @@ def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    if path.suffix in (".json", ".jsonl"):
-        return _read_json_rows(path)
+    if path.suffix in (".json", ".jsonl"):  # a JSON list of rows, or JSON lines, whatever the suffix
+        text = path.read_text(encoding="utf-8-sig")
+        return json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
     raise ValueError(f"dataset file {path} must end in {', '.join(LOCAL_SUFFIXES)}")
 
 
@@ -146,10 +141,9 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
 def check_columns(rows: list[Mapping[str, Any]], dataset_name: str) -> None:
     """Requires `problem` and one of `solution`/`answer` (named in the error with what was found)."""
     columns = set(rows[0])
-    if "problem" not in columns or not ({"solution", "answer"} & columns):
-        need = ["problem"] if "problem" not in columns else []
-        if not ({"solution", "answer"} & columns):
-            need.append("solution or answer")
+    need = [name for name, options in (("problem", {"problem"}), ("solution or answer", {"solution", "answer"}))
+            if not options & columns]
+    if need:
         raise ValueError(
             f"dataset {dataset_name!r} lacks the column(s) {' and '.join(need)} "
             f"(it has: {', '.join(sorted(columns))}); rename its columns to problem and solution/answer"
@@ -225,6 +219,7 @@ class PromptOrder:
     seed: int
     epoch: int = 0
     offset: int = 0
+    kind = "numpy"
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.size)
@@ -240,8 +235,6 @@ class PromptOrder:
             if self.offset == self.size:
                 self.epoch, self.offset = self.epoch + 1, 0
         return out
-
-    kind = "numpy"
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint stores; the numpy order keeps its original two keys."""
@@ -305,7 +298,7 @@ def torch_randperm(n: int, generator: TorchGenerator) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class TrlPromptOrder:
+class TrlPromptOrder(PromptOrder):
     """TRL's RepeatRandomSampler order (the original run's), in blocks of `block` prompts.
 
     Epoch e is the (e+1)-th `torch.randperm(size)` drawn from one generator seeded with `seed`
@@ -314,11 +307,7 @@ class TrlPromptOrder:
     unfiltered dataset. (epoch, offset) is all the state, so a resumed run continues exactly.
     """
 
-    size: int
-    seed: int
-    block: int
-    epoch: int = 0
-    offset: int = 0
+    block: int = dataclasses.field(kw_only=True)
     kind = "trl"
     _cache: tuple[int, np.ndarray] | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -345,9 +334,6 @@ class TrlPromptOrder:
         out = [int(i) for i in self._permutation(self.epoch)[self.offset : self.offset + n]]
         self.offset += n
         return out
-
-    state = PromptOrder.state
-    restore = PromptOrder.restore
 
 
 def make_prompt_order(kind: str, size: int, seed: int, block: int) -> PromptOrder | TrlPromptOrder:
