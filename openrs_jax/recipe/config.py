@@ -170,9 +170,8 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
 
-def get_config() -> ml_collections.ConfigDict:
-    """The defaults, so that this module is itself a config file (`--show_config` without `--config`)."""
-    return base_config()
+# The defaults, so that this module is itself a config file (`--show_config` without `--config`).
+get_config = base_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +216,9 @@ def format_keys(config: ml_collections.ConfigDict | None = None) -> str:
     for section, keys in itertools.groupby(rows, key=lambda r: r.section):
         lines = [f"# {section}"]
         for r in keys:
+            left = f"{r.key} = {_short(r.value)}"
             changed = "" if r.value == r.default else f" [default: {_short(r.default)}]"
-            lines.append(f"{f'{r.key} = {_short(r.value)}':<{width}}  # {r.meaning}{changed}")
+            lines.append(f"{left:<{width}}  # {r.meaning}{changed}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -263,10 +263,8 @@ class _TupleParser(tuple_parser.TupleParser):
         if isinstance(argument, str):
             try:
                 ast.literal_eval(argument)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError):  # also an empty argument: ()
                 return tuple(v.strip() for v in argument.split(",") if v.strip())
-            if not argument.strip():
-                return ()
         return super().parse(argument)
 
 
@@ -290,13 +288,9 @@ def _key_error(key: str, where: str = "") -> ValueError:
 
 
 def _flat_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in config.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            keys.extend(_flat_keys(v, prefix + k + "."))
-        else:
-            keys.append(prefix + k)
-    return keys
+    """The dotted names of every leaf of `config`."""
+    return [key for k, v in config.items()
+            for key in (_flat_keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [prefix + k])]
 
 
 def check_known_keys(keys: Sequence[str], where: str = "") -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from openrs_jax.files import read_jsonl
 from openrs_jax.hub import require_hub
+from openrs_jax.recipe import toy
 
 log = logging.getLogger("openrs_jax.recipe.data")
 
@@ -44,8 +45,6 @@ class DataConfig:
     long_prompts: str = "drop"
 
     def __post_init__(self) -> None:
-        from openrs_jax.recipe import toy
-
         toy.check_name(self.dataset, "--config.data.dataset", "dataset")
         if self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length={self.max_prompt_length} must be >= 1")
@@ -169,11 +168,10 @@ def build_dataset(
     has the template's single BOS.
     """
     from openrs_jax.recipe.prompts import render_prompt
+    from openrs_jax.recipe.rewards.gold import gold_from_row
 
     check_choice("long_prompts", long_prompts, LONG_PROMPTS)
     check_choice("rollout_bos", rollout_bos, ROLLOUT_BOS)
-    from openrs_jax.recipe.rewards.gold import gold_from_row
-
     rows = list(rows)
     check_columns(rows, dataset_name)
     texts = [render_prompt(tokenizer, row["problem"], system_prompt) for row in rows]
