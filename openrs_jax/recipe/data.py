@@ -77,11 +77,11 @@ class Example:
 
 @dataclasses.dataclass
 class PromptDataset:
+    """The prompts kept, and how many were too long: dropped, or cut on the left (long_prompts="truncate_left")."""
+
     examples: list[Example]
-    total_rows: int
     dropped_too_long: int
-    max_prompt_tokens: int
-    truncated_too_long: int = 0  # prompts cut on the left (long_prompts="truncate_left")
+    truncated_too_long: int = 0
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -177,7 +177,7 @@ def build_dataset(
     texts = [render_prompt(tokenizer, row["problem"], system_prompt) for row in rows]
     all_ids = tokenizer.encode_batch(texts, add_special_tokens=False)
     rollout = tokenizer.encode_batch(texts, add_special_tokens=True) if rollout_bos == "double" else all_ids
-    examples, dropped, truncated, longest = [], 0, 0, 0
+    examples, dropped, truncated = [], 0, 0
     for i, (row, ids, sample) in enumerate(zip(rows, all_ids, rollout)):
         cut = len(ids) > max_prompt_length
         if cut and long_prompts == "drop":
@@ -185,7 +185,6 @@ def build_dataset(
             continue
         truncated += cut
         loss_ids = tuple(ids[-max_prompt_length:])
-        longest = max(longest, len(loss_ids))
         examples.append(Example(
             index=i, problem=row["problem"], gold=gold_from_row(row), prompt_ids=loss_ids,
             sample_ids=None if tuple(sample) == loss_ids else tuple(sample), truncated=cut,
@@ -201,8 +200,7 @@ def build_dataset(
             f"every prompt of {dataset_name!r} is longer than max_prompt_length={max_prompt_length} tokens; "
             "raise max_prompt_length or shorten the system prompt"
         )
-    return PromptDataset(examples=examples, total_rows=len(rows), dropped_too_long=dropped, max_prompt_tokens=longest,
-                         truncated_too_long=truncated)
+    return PromptDataset(examples=examples, dropped_too_long=dropped, truncated_too_long=truncated)
 
 
 @dataclasses.dataclass
