@@ -62,7 +62,6 @@ def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
 class Example:
     """One training problem: its text, its gold (for rewards), and its tokenized prompt."""
 
-    index: int  # row number in the loaded dataset
     problem: str
     gold: str
     prompt_ids: tuple[int, ...]  # what the loss sees (single BOS; the last max_prompt_length tokens)
@@ -178,7 +177,7 @@ def build_dataset(
     all_ids = tokenizer.encode_batch(texts, add_special_tokens=False)
     rollout = tokenizer.encode_batch(texts, add_special_tokens=True) if rollout_bos == "double" else all_ids
     examples, dropped, truncated = [], 0, 0
-    for i, (row, ids, sample) in enumerate(zip(rows, all_ids, rollout)):
+    for row, ids, sample in zip(rows, all_ids, rollout):
         cut = len(ids) > max_prompt_length
         if cut and long_prompts == "drop":
             dropped += 1
@@ -186,7 +185,7 @@ def build_dataset(
         truncated += cut
         loss_ids = tuple(ids[-max_prompt_length:])
         examples.append(Example(
-            index=i, problem=row["problem"], gold=gold_from_row(row), prompt_ids=loss_ids,
+            problem=row["problem"], gold=gold_from_row(row), prompt_ids=loss_ids,
             sample_ids=None if tuple(sample) == loss_ids else tuple(sample), truncated=cut,
         ))
     if dropped:
