@@ -12,7 +12,7 @@ with DAPO's changes switched on (docs/grpo-variants.md has each formula and its 
 
 from pathlib import Path
 
-from openrs_jax.recipe.config import load_config_file
+from openrs_jax.recipe.config import load_config
 
 
 def apply_dapo(c, overlong_cache_len: int = 512):
@@ -33,6 +33,6 @@ def apply_dapo(c, overlong_cache_len: int = 512):
 
 
 def get_config():
-    c = load_config_file(Path(__file__).with_name("exp2.py"))
+    c = load_config(Path(__file__).with_name("exp2.py"))
     c.run.output_dir = "runs/dapo"
     return apply_dapo(c)

@@ -30,7 +30,7 @@ def test_real_training_rows_with_the_real_tokenizer():
     tok = load_tokenizer(shared_data("tokenizer", "deepseek-r1-distill-qwen"))
     rows = load_rows(str(shared_data("train", "deepscaler_sample.jsonl")))[:200]
     ds = build_dataset(rows, tok, "Solve it.", max_prompt_length=80)
-    assert ds.total_rows == 200 and ds.dropped_too_long > 0 and len(ds) + ds.dropped_too_long == 200
+    assert len(rows) == 200 and ds.dropped_too_long > 0 and len(ds) + ds.dropped_too_long == 200
     assert all(len(e.prompt_ids) <= 80 for e in ds.examples)
     assert ds.examples[0].prompt_ids[:1] == (151646,) and ds.examples[0].prompt_ids[1] != 151646
 

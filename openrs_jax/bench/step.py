@@ -218,7 +218,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     rows = _prompt_rows(args, c)
     write_jsonl(data_file, rows)
     c.lock()
-    trainer = GRPOTrainer(c, allow_presets=True)
+    trainer = GRPOTrainer(c)
     try:
         if args.compare_trl:  # TRL starts from the same weights: the trainer's own export, before any step
             trainer.export_hf(workdir / "model", dtype="float32")

@@ -11,6 +11,7 @@ the package are resolved here and nowhere else:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -40,11 +41,12 @@ def is_preset(name: str | Path) -> bool:
     return str(name).startswith(PRESET_PREFIX)
 
 
-def resolve_builtin(name: str | Path) -> str:
-    """The shipped folder of a built-in model name; any other name unchanged."""
+def resolve_builtin(name: str | Path, shipped: Mapping[str, Path] = BUILTIN_MODELS,
+                    kind: str = "built-in model") -> str:
+    """The shipped path of a built-in name (by default a model's folder); any other name unchanged."""
     text = str(name)
-    if is_builtin_model(text):
-        return str(BUILTIN_MODELS[text])
+    if text in shipped:
+        return str(shipped[text])
     if text.startswith(BUILTIN_PREFIX):
-        raise ValueError(f"unknown built-in model {text!r}; valid: {', '.join(BUILTIN_MODELS)}")
+        raise ValueError(f"unknown {kind} {text!r}; valid: {', '.join(shipped)}")
     return text

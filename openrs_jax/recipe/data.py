@@ -23,6 +23,7 @@ import numpy as np
 
 from openrs_jax.files import read_jsonl
 from openrs_jax.hub import require_hub
+from openrs_jax.recipe import toy
 
 log = logging.getLogger("openrs_jax.recipe.data")
 
@@ -44,8 +45,6 @@ class DataConfig:
     long_prompts: str = "drop"
 
     def __post_init__(self) -> None:
-        from openrs_jax.recipe import toy
-
         toy.check_name(self.dataset, "--config.data.dataset", "dataset")
         if self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length={self.max_prompt_length} must be >= 1")
@@ -63,7 +62,6 @@ def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
 class Example:
     """One training problem: its text, its gold (for rewards), and its tokenized prompt."""
 
-    index: int  # row number in the loaded dataset
     problem: str
     gold: str
     prompt_ids: tuple[int, ...]  # what the loss sees (single BOS; the last max_prompt_length tokens)
@@ -78,20 +76,14 @@ class Example:
 
 @dataclasses.dataclass
 class PromptDataset:
+    """The prompts kept, and how many were too long: dropped, or cut on the left (long_prompts="truncate_left")."""
+
     examples: list[Example]
-    total_rows: int
     dropped_too_long: int
-    max_prompt_tokens: int
-    truncated_too_long: int = 0  # prompts cut on the left (long_prompts="truncate_left")
+    truncated_too_long: int = 0
 
     def __len__(self) -> int:
         return len(self.examples)
-
-
-def _read_json_rows(path: Path) -> list[dict[str, Any]]:
-    """A JSON list of rows, or JSON lines (whatever the suffix)."""
-    text = path.read_text(encoding="utf-8-sig")
-    return json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
 
 
 def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
@@ -113,8 +105,9 @@ def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    if path.suffix in (".json", ".jsonl"):
-        return _read_json_rows(path)
+    if path.suffix in (".json", ".jsonl"):  # a JSON list of rows, or JSON lines, whatever the suffix
+        text = path.read_text(encoding="utf-8-sig")
+        return json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
     raise ValueError(f"dataset file {path} must end in {', '.join(LOCAL_SUFFIXES)}")
 
 
@@ -146,10 +139,9 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
 def check_columns(rows: list[Mapping[str, Any]], dataset_name: str) -> None:
     """Requires `problem` and one of `solution`/`answer` (named in the error with what was found)."""
     columns = set(rows[0])
-    if "problem" not in columns or not ({"solution", "answer"} & columns):
-        need = ["problem"] if "problem" not in columns else []
-        if not ({"solution", "answer"} & columns):
-            need.append("solution or answer")
+    need = [name for name, options in (("problem", {"problem"}), ("solution or answer", {"solution", "answer"}))
+            if not options & columns]
+    if need:
         raise ValueError(
             f"dataset {dataset_name!r} lacks the column(s) {' and '.join(need)} "
             f"(it has: {', '.join(sorted(columns))}); rename its columns to problem and solution/answer"
@@ -175,27 +167,25 @@ def build_dataset(
     has the template's single BOS.
     """
     from openrs_jax.recipe.prompts import render_prompt
+    from openrs_jax.recipe.rewards.gold import gold_from_row
 
     check_choice("long_prompts", long_prompts, LONG_PROMPTS)
     check_choice("rollout_bos", rollout_bos, ROLLOUT_BOS)
-    from openrs_jax.recipe.rewards.gold import gold_from_row
-
     rows = list(rows)
     check_columns(rows, dataset_name)
     texts = [render_prompt(tokenizer, row["problem"], system_prompt) for row in rows]
     all_ids = tokenizer.encode_batch(texts, add_special_tokens=False)
     rollout = tokenizer.encode_batch(texts, add_special_tokens=True) if rollout_bos == "double" else all_ids
-    examples, dropped, truncated, longest = [], 0, 0, 0
-    for i, (row, ids, sample) in enumerate(zip(rows, all_ids, rollout)):
+    examples, dropped, truncated = [], 0, 0
+    for row, ids, sample in zip(rows, all_ids, rollout):
         cut = len(ids) > max_prompt_length
         if cut and long_prompts == "drop":
             dropped += 1
             continue
         truncated += cut
         loss_ids = tuple(ids[-max_prompt_length:])
-        longest = max(longest, len(loss_ids))
         examples.append(Example(
-            index=i, problem=row["problem"], gold=gold_from_row(row), prompt_ids=loss_ids,
+            problem=row["problem"], gold=gold_from_row(row), prompt_ids=loss_ids,
             sample_ids=None if tuple(sample) == loss_ids else tuple(sample), truncated=cut,
         ))
     if dropped:
@@ -209,8 +199,7 @@ def build_dataset(
             f"every prompt of {dataset_name!r} is longer than max_prompt_length={max_prompt_length} tokens; "
             "raise max_prompt_length or shorten the system prompt"
         )
-    return PromptDataset(examples=examples, total_rows=len(rows), dropped_too_long=dropped, max_prompt_tokens=longest,
-                         truncated_too_long=truncated)
+    return PromptDataset(examples=examples, dropped_too_long=dropped, truncated_too_long=truncated)
 
 
 @dataclasses.dataclass
@@ -225,6 +214,7 @@ class PromptOrder:
     seed: int
     epoch: int = 0
     offset: int = 0
+    kind = "numpy"
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.size)
@@ -240,8 +230,6 @@ class PromptOrder:
             if self.offset == self.size:
                 self.epoch, self.offset = self.epoch + 1, 0
         return out
-
-    kind = "numpy"
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint stores; the numpy order keeps its original two keys."""
@@ -305,7 +293,7 @@ def torch_randperm(n: int, generator: TorchGenerator) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class TrlPromptOrder:
+class TrlPromptOrder(PromptOrder):
     """TRL's RepeatRandomSampler order (the original run's), in blocks of `block` prompts.
 
     Epoch e is the (e+1)-th `torch.randperm(size)` drawn from one generator seeded with `seed`
@@ -314,11 +302,7 @@ class TrlPromptOrder:
     unfiltered dataset. (epoch, offset) is all the state, so a resumed run continues exactly.
     """
 
-    size: int
-    seed: int
-    block: int
-    epoch: int = 0
-    offset: int = 0
+    block: int = dataclasses.field(kw_only=True)
     kind = "trl"
     _cache: tuple[int, np.ndarray] | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -345,9 +329,6 @@ class TrlPromptOrder:
         out = [int(i) for i in self._permutation(self.epoch)[self.offset : self.offset + n]]
         self.offset += n
         return out
-
-    state = PromptOrder.state
-    restore = PromptOrder.restore
 
 
 def make_prompt_order(kind: str, size: int, seed: int, block: int) -> PromptOrder | TrlPromptOrder:

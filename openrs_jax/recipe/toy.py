@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from openrs_jax.core.model_paths import ASSETS, BUILTIN_MODELS, BUILTIN_PREFIX, PRESET_PREFIX
+from openrs_jax.core.model_paths import ASSETS, BUILTIN_MODELS, BUILTIN_PREFIX, PRESET_PREFIX, resolve_builtin
 from openrs_jax.files import write_jsonl
 
 # One naming scheme for everything that ships with the package, taken by every command (train,
@@ -34,23 +34,19 @@ CHAT_TEMPLATE = (
 
 def resolve(name: str) -> str:
     """Maps a `builtin:` name (dataset or model) to its shipped path; returns other names unchanged."""
-    if not name.startswith(BUILTIN_PREFIX):
-        return name
-    if name not in BUILTINS:
-        raise ValueError(f"unknown built-in {name!r}; valid: {', '.join(BUILTINS)}")
-    return str(BUILTINS[name])
+    return resolve_builtin(name, BUILTINS, "built-in")
 
 
-def check_name(value: str, flag: str, kind: str, *, allow_presets: bool = False) -> str:
+def check_name(value: str, flag: str, kind: str) -> str:
     """Refuses a built-in or preset name that `flag` cannot take; returns `value` unchanged.
 
     kind: "model" (also tokenizers: a built-in model ships its tokenizer) or "dataset". The
-    error names `flag` as the user typed it (e.g. `--model`, `--config.data.dataset`).
-    allow_presets: the benchmarks' random-weight model shapes pass too.
+    error names `flag` as the user typed it (e.g. `--model`, `--config.data.dataset`). `preset:`
+    shapes are the benchmarks' alone: the bench lets them pass without asking.
     """
     names = BUILTIN_DATASETS if kind == "dataset" else BUILTIN_MODELS
     text = str(value)
-    if text.startswith(PRESET_PREFIX) and kind == "model" and not allow_presets:
+    if text.startswith(PRESET_PREFIX) and kind == "model":
         raise ValueError(
             f"{flag}={text}: preset: names are model shapes for `python -m openrs_jax.bench` only (random "
             f"weights, no tokenizer); give a model directory, or {', '.join(names)} for the built-in demo model"
@@ -74,11 +70,9 @@ def stop_reward(completions: list[str], solutions: list[str]) -> list[float]:
     it. Right answers only: paying any answer that stops drives the policy to one answer for
     every prompt. `configs/tiny.py` adds it as the custom reward `openrs_jax.recipe.toy:stop_reward`.
     """
-    rewards = []
-    for completion, solution in zip(completions, solutions):
-        gold = BOXED_DIGITS.search(solution)
-        rewards.append(1.0 if gold is not None and completion == f"\\boxed{{{gold.group(1)}}}" else 0.0)
-    return rewards
+    golds = (BOXED_DIGITS.search(solution) for solution in solutions)
+    return [1.0 if gold is not None and completion == f"\\boxed{{{gold.group(1)}}}" else 0.0
+            for completion, gold in zip(completions, golds)]
 
 
 def write_assets(root: Path = ASSETS) -> None:

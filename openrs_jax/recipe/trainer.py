@@ -154,8 +154,7 @@ class StepClock:
 class GRPOTrainer:
     """Builds everything a run needs from a validated config; `train()` runs the steps."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, allow_presets: bool = False):
-        """allow_presets: `bench step` trains random weights at a `preset:` model shape."""
+    def __init__(self, config: ml_collections.ConfigDict):
         self.config = c = config
         self.output_dir = Path(c.run.output_dir).expanduser()
         # In a multi-process job every process runs all of this (the same seeded data order,
@@ -163,7 +162,7 @@ class GRPOTrainer:
         self.writer = distributed.is_writer()
         check_output_dir(self.output_dir, c.run.resume)
         self.mesh = build_mesh(c.mesh.to_dict())
-        validate(c, self.mesh.size, allow_presets=allow_presets)
+        validate(c, self.mesh.size)
 
         # Cheap checks first (model config, tokenizer, data), weights last: a mistake in the
         # setup stops the run in seconds, not after loading 7 GB.
