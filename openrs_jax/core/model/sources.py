@@ -85,6 +85,20 @@ def find_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
     return TrainingCheckpoint((checkpoints / str(steps[-1])).resolve(), steps[-1])
 
 
+def locate(path: str | Path) -> tuple[Path, TrainingCheckpoint | None]:
+    """An existing model path and the training checkpoint it names (None: a model directory), or
+    a ValueError saying what the path lacks."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"model path {p} does not exist: give {ACCEPTED}")
+    ckpt = find_training_checkpoint(p)
+    if ckpt is not None or is_hf_directory(p) or is_flax_checkpoint(p):
+        return p, ckpt
+    if p.is_dir() and (p / "config.json").is_file():
+        raise ValueError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
+    raise ValueError(f"{p} is not a model: give {ACCEPTED}")
+
+
 def checkpoint_config(ckpt: TrainingCheckpoint) -> Qwen2Config:
     """The model config saved with a training checkpoint (older runs: that of the run's model_path)."""
     meta = read_step_metadata(ckpt.step_dir)
