@@ -129,11 +129,7 @@ class Qwen2Config:
             path = path / "config.json"
         if not path.is_file():
             raise ValueError(f"no config.json at {path}: give a Hugging Face model directory")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
-        return cls.from_hf_dict(d, **runtime)
+        return cls.from_hf_dict(read_json(path), **runtime)
 
     @classmethod
     def preset(cls, spec: str, **runtime: Any) -> "Qwen2Config":
@@ -194,6 +190,14 @@ class Qwen2Config:
         return self.num_hidden_layers * layer + emb + d
 
 
+def read_json(path: Path) -> Any:
+    """The content of a JSON file; a ValueError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def _parse_override(text: str) -> tuple[str, Any]:
     """`key=value` of a preset spec, the value read as a Python literal where it is one."""
     import ast
@@ -213,5 +217,4 @@ def tiny_config(**overrides: Any) -> Qwen2Config:
         vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
     )
-    base.update(overrides)
-    return Qwen2Config(**base)
+    return Qwen2Config(**{**base, **overrides})

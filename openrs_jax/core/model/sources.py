@@ -26,8 +26,8 @@ from openrs_jax.core.checkpoint import (
     read_step_metadata,
     read_step_params,
 )
-from openrs_jax.core.model.config import Qwen2Config
-from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
+from openrs_jax.core.model.config import Qwen2Config, read_json
+from openrs_jax.core.model.io import copy_tokenizer_files, is_flax_checkpoint, is_hf_directory
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of
 from openrs_jax.core.model_paths import ACCEPTED, is_builtin_model, resolve_builtin
 
@@ -148,8 +148,6 @@ def tokenizer_dir(model_path: str | Path) -> Path | None:
 
 def save_run_tokenizer(tokenizer_files: str | Path, run_dir: str | Path) -> Path:
     """Copies the tokenizer files into RUN/tokenizer/, so the run's checkpoints can be used alone."""
-    from openrs_jax.core.model.io import copy_tokenizer_files
-
     out = Path(run_dir) / RUN_TOKENIZER
     if out.resolve() != Path(tokenizer_files).resolve():  # a run continued from its own folder
         out.mkdir(parents=True, exist_ok=True)
@@ -166,14 +164,9 @@ def generation_files(model_path: str | Path) -> tuple[dict[str, Any], dict[str, 
     if ckpt is not None:
         return {}, checkpoint_config(ckpt).to_hf_dict()
     d = Path(resolve_builtin(model_path)).expanduser()
-    read = []
-    for name in ("generation_config.json", "config.json"):
-        f = d / name
-        try:
-            read.append(json.loads(f.read_text()) if f.is_file() else {})
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{f} is not valid JSON ({e})") from None
-    return read[0], read[1]
+    files = (d / "generation_config.json", d / "config.json")
+    generation, config = (read_json(f) if f.is_file() else {} for f in files)
+    return generation, config
 
 
 def describe(model_path: str | Path) -> str:
