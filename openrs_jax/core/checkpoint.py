@@ -110,9 +110,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def save(self, step: int, state: Any, metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         """Writes checkpoint `step` (atomically: complete or absent); `extra` holds further
         named array trees (e.g. a refreshed reference policy)."""
