@@ -104,14 +104,12 @@ def write_hf_directory(
         shards[-1][name] = value
     for stale in list(out.glob("model*.safetensors")) + [out / HF_INDEX]:
         stale.unlink(missing_ok=True)
-    if len(shards) == 1:
-        _save_safetensors(shards[0], out / "model.safetensors")
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            _save_safetensors(shard, out / fname)
-            weight_map.update({name: fname for name in shard})
+    n = len(shards)
+    files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for fname, shard in zip(files, shards):
+        _save_safetensors(shard, out / fname)
+    if n > 1:  # sharded: an index says which file holds each tensor
+        weight_map = {name: fname for fname, shard in zip(files, shards) for name in shard}
         total = sum(v.nbytes for v in tensors.values())
         atomic_write_json(out / HF_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
 

@@ -51,10 +51,8 @@ class TrainingCheckpoint:
     def run_config(self) -> dict[str, Any]:
         """The run's settings (RUN/config.json), or {} when there is none."""
         path = self.run_dir / RUN_CONFIG if self.run_dir else None
-        if path is None or not path.is_file():
-            return {}
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text()) if path is not None and path.is_file() else {}
         except json.JSONDecodeError:
             return {}
 
