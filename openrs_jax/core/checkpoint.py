@@ -131,8 +131,7 @@ class Checkpointer:
         log.info("saved checkpoint %d to %s", step, self.directory / str(step))
 
     def restore_metadata(self, step: int | None = None) -> dict[str, Any]:
-        step = self._resolve(step)
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return self.manager.restore(self._resolve(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores the state into the shapes/shardings of `abstract_state`, and the metadata."""
@@ -153,8 +152,8 @@ class Checkpointer:
 
     def restore_extra(self, name: str, abstract: Any, step: int | None = None) -> Any:
         """Restores the `extra` tree `name` saved with checkpoint `step` into `abstract`'s layout."""
-        step = self._resolve(step)
-        return self.manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)}))[name]
+        args = ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)})
+        return self.manager.restore(self._resolve(step), args=args)[name]
 
     def _resolve(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step

@@ -97,7 +97,7 @@ class GatedMlp:
                      x2.shape[0], w_gate.shape)
         if not fits:
             return xla_gated_product(x, w_gate, w_up)
-        run = self._per_shard(functools.partial(_gated_product, self._interpret), w_gate)
+        run = self._per_shard(_gated_product, w_gate)
         return run(x2, w_gate, w_up).reshape(*lead, w_gate.shape[1])
 
     def mlp(self, x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
@@ -111,17 +111,14 @@ class GatedMlp:
         fits, _ = self.kernel_fits(x2, w_gate)
         if not fits:
             return self(x, w_gate, w_up) @ w_down
-        run = self._per_shard(functools.partial(_backward_outputs, self._interpret), w_gate, backward=True)
+        run = self._per_shard(_backward_outputs, w_gate, backward=True)
         return _gated_mlp(self, run, x2, w_gate, w_up, w_down).reshape(*lead, w_down.shape[1])
 
-    @property
-    def _interpret(self) -> bool:
-        return self.implementation == "pallas_interpret"
-
-    def _per_shard(self, run: Any, w_gate: jax.Array, backward: bool = False) -> Any:
-        """`run` (the forward kernel's (x, w_gate, w_up), or with `backward` the backward kernel's
-        (x, w_gate, w_up, dy, w_down)) per shard under a mesh: rows over the batch axes, the
-        intermediate dimension over "tensor"."""
+    def _per_shard(self, kernel: Any, w_gate: jax.Array, backward: bool = False) -> Any:
+        """`kernel(interpret, ...)` with interpret mode bound, per shard under a mesh: rows over the
+        batch axes, the intermediate dimension over "tensor". Operands: the forward kernel's
+        (x, w_gate, w_up), or with `backward` the backward kernel's (x, w_gate, w_up, dy, w_down)."""
+        run = functools.partial(kernel, self.implementation == "pallas_interpret")
         if self.mesh is None or self.mesh.size == 1:
             return run
         rows = PartitionSpec(_batch_axes(self.mesh), None)

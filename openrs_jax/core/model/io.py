@@ -29,9 +29,7 @@ def is_flax_checkpoint(path: str | Path) -> bool:
 
 def is_hf_directory(path: str | Path) -> bool:
     p = Path(path)
-    return (p / "config.json").is_file() and (
-        (p / "model.safetensors").is_file() or (p / HF_INDEX).is_file()
-    )
+    return (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or (p / HF_INDEX).is_file())
 
 
 def _require_dir(path: str | Path, what: str) -> Path:

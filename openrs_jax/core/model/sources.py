@@ -93,7 +93,9 @@ def locate(path: str | Path) -> tuple[Path, TrainingCheckpoint | None]:
     if ckpt is not None or is_hf_directory(p) or is_flax_checkpoint(p):
         return p, ckpt
     if p.is_dir() and (p / "config.json").is_file():
-        raise ValueError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
+        raise ValueError(
+            f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}"
+        )
     raise ValueError(f"{p} is not a model: give {ACCEPTED}")
 
 
