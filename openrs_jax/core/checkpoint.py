@@ -110,9 +110,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def save(self, step: int, state: Any, metadata: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         """Writes checkpoint `step` (atomically: complete or absent); `extra` holds further
         named array trees (e.g. a refreshed reference policy)."""
@@ -134,8 +131,7 @@ class Checkpointer:
         log.info("saved checkpoint %d to %s", step, self.directory / str(step))
 
     def restore_metadata(self, step: int | None = None) -> dict[str, Any]:
-        step = self._resolve(step)
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return self.manager.restore(self._resolve(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores the state into the shapes/shardings of `abstract_state`, and the metadata."""
@@ -156,8 +152,8 @@ class Checkpointer:
 
     def restore_extra(self, name: str, abstract: Any, step: int | None = None) -> Any:
         """Restores the `extra` tree `name` saved with checkpoint `step` into `abstract`'s layout."""
-        step = self._resolve(step)
-        return self.manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)}))[name]
+        args = ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)})
+        return self.manager.restore(self._resolve(step), args=args)[name]
 
     def _resolve(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step

@@ -31,6 +31,9 @@ def _token_content(value: Any) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The content of an optional JSON file ({} when it is absent)."""
+    if not path.is_file():
+        return {}
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -180,15 +183,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     except Exception as e:  # the Rust side raises a plain Exception for malformed files
         raise ValueError(f"cannot load {tokenizer_file}: {e}") from e
 
-    config_file = directory / "tokenizer_config.json"
-    config = _read_json(config_file) if config_file.is_file() else {}
-    special = {name: _token_content(config.get(name)) for name in SPECIAL_TOKEN_NAMES}
-    map_file = directory / "special_tokens_map.json"
-    if map_file.is_file():
-        for name, value in _read_json(map_file).items():
-            if name in SPECIAL_TOKEN_NAMES and _token_content(value):
-                special[name] = _token_content(value)
-    special = {k: v for k, v in special.items() if v is not None}
+    config = _read_json(directory / "tokenizer_config.json")
+    overrides = _read_json(directory / "special_tokens_map.json")
+    special: dict[str, str] = {}
+    for name in SPECIAL_TOKEN_NAMES:
+        token = _token_content(overrides.get(name)) or _token_content(config.get(name))
+        if token is not None:
+            special[name] = token
 
     for name, token in special.items():
         if backend.token_to_id(token) is None:

@@ -15,18 +15,16 @@ from flax import nnx
 from openrs_jax.core.model.config import Qwen2Config, tiny_config
 from openrs_jax.core.model.io import (
     is_flax_checkpoint,
-    is_hf_directory,
     load_flax_checkpoint,
     load_hf_params,
-    save_flax_checkpoint,
     write_hf_directory,
 )
-from openrs_jax.core.model_paths import ACCEPTED, is_builtin_model, resolve_builtin
+from openrs_jax.core.model_paths import is_builtin_model, resolve_builtin
 from openrs_jax.core.model.qwen2 import KVCache, Qwen2ForCausalLM, abstract_model, init_model
 
 __all__ = [
     "KVCache", "Qwen2Config", "Qwen2ForCausalLM", "abstract_model", "init_model", "tiny_config",
-    "from_pretrained", "load_params", "read_config", "model_from_params", "params_of", "save_flax_checkpoint",
+    "from_pretrained", "load_params", "read_config", "model_from_params", "params_of",
     "write_hf_directory",
 ]
 
@@ -41,13 +39,8 @@ def read_config(path: str | Path) -> Qwen2Config:
 
     if is_builtin_model(path):
         return Qwen2Config.from_json(resolve_builtin(path))
-    p = _existing(path)
-    ckpt = sources.find_training_checkpoint(p)
-    if ckpt is not None:
-        return sources.checkpoint_config(ckpt)
-    if not (is_hf_directory(p) or is_flax_checkpoint(p)):
-        raise _not_a_model(p)
-    return Qwen2Config.from_json(p)
+    p, ckpt = sources.locate(path)
+    return Qwen2Config.from_json(p) if ckpt is None else sources.checkpoint_config(ckpt)
 
 
 def load_params(path: str | Path, seed: int = 0) -> tuple[dict, Qwen2Config]:
@@ -61,28 +54,10 @@ def load_params(path: str | Path, seed: int = 0) -> tuple[dict, Qwen2Config]:
     if is_builtin_model(path):
         config = read_config(path)
         return params_of(init_model(config, seed=seed)), config
-    p = _existing(path)
-    if is_flax_checkpoint(p):
-        return load_flax_checkpoint(p)
-    if is_hf_directory(p):
-        return load_hf_params(p)
-    ckpt = sources.find_training_checkpoint(p)
+    p, ckpt = sources.locate(path)
     if ckpt is not None:
         return sources.load_checkpoint_params(ckpt)
-    raise _not_a_model(p)
-
-
-def _existing(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ValueError(f"model path {p} does not exist: give {ACCEPTED}")
-    return p
-
-
-def _not_a_model(p: Path) -> ValueError:
-    if p.is_dir() and (p / "config.json").is_file() and not is_hf_directory(p):
-        return ValueError(f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}")
-    return ValueError(f"{p} is not a model: give {ACCEPTED}")
+    return load_flax_checkpoint(p) if is_flax_checkpoint(p) else load_hf_params(p)
 
 
 def model_from_params(params: Mapping[str, Any], config: Qwen2Config) -> Qwen2ForCausalLM:

@@ -78,12 +78,11 @@ def causal_attention(
         q, k.astype(q.dtype), v.astype(q.dtype), is_causal=True, query_seq_lengths=lengths,
         key_value_seq_lengths=lengths, implementation=impl,
     )
-    # Padding queries: whatever a kernel leaves there must not be NaN (it would reach the
-    # gradients through the next layer's padding rows); `where` also blocks their gradient.
-    if not zero_padding:
-        return out.reshape(b, t, h * d)
-    valid = jnp.arange(t)[None, :] < lengths[:, None]
-    out = jnp.where(valid[:, :, None, None], out, jnp.zeros((), out.dtype))
+    if zero_padding:
+        # Padding queries: whatever a kernel leaves there must not be NaN (it would reach the
+        # gradients through the next layer's padding rows); `where` also blocks their gradient.
+        valid = jnp.arange(t)[None, :] < lengths[:, None]
+        out = jnp.where(valid[:, :, None, None], out, jnp.zeros((), out.dtype))
     return out.reshape(b, t, h * d)
 
 

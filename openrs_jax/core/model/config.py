@@ -37,6 +37,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESET_ALIASES = {"1.5b": "deepseek-r1-distill-qwen-1.5b"}
+# The fields a Hugging Face config.json holds under the same names (`Qwen2Config.to_hf_dict`).
+HF_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings",
+)
+HF_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # written only when set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +121,7 @@ class Qwen2Config:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             qkv_bias=bool(d.get("attention_bias", True)),
             max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_id=d.get("eos_token_id"),
-            pad_token_id=d.get("pad_token_id"),
+            **{key: d.get(key) for key in HF_TOKEN_IDS},
             **runtime,
         )
 
@@ -129,11 +133,7 @@ class Qwen2Config:
             path = path / "config.json"
         if not path.is_file():
             raise ValueError(f"no config.json at {path}: give a Hugging Face model directory")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
-        return cls.from_hf_dict(d, **runtime)
+        return cls.from_hf_dict(read_json(path), **runtime)
 
     @classmethod
     def preset(cls, spec: str, **runtime: Any) -> "Qwen2Config":
@@ -160,29 +160,12 @@ class Qwen2Config:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The Hugging Face `config.json` content for this model."""
-        d: dict[str, Any] = {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "rope_theta": self.rope_theta,
-            "rms_norm_eps": self.rms_norm_eps,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "max_position_embeddings": self.max_position_embeddings,
-            "use_sliding_window": False,
-            "attention_dropout": 0.0,
-            "initializer_range": 0.02,
+        return {
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+            **{key: getattr(self, key) for key in HF_FIELDS},
+            "use_sliding_window": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+            **{key: getattr(self, key) for key in HF_TOKEN_IDS if getattr(self, key) is not None},
         }
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if getattr(self, key) is not None:
-                d[key] = getattr(self, key)
-        return d
 
     def num_params(self) -> int:
         """Parameter count (embeddings included)."""
@@ -192,6 +175,14 @@ class Qwen2Config:
         layer = attn + 3 * d * f + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return self.num_hidden_layers * layer + emb + d
+
+
+def read_json(path: Path) -> Any:
+    """The content of a JSON file; a ValueError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -213,5 +204,4 @@ def tiny_config(**overrides: Any) -> Qwen2Config:
         vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
     )
-    base.update(overrides)
-    return Qwen2Config(**base)
+    return Qwen2Config(**{**base, **overrides})

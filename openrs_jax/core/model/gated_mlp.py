@@ -97,14 +97,7 @@ class GatedMlp:
                      x2.shape[0], w_gate.shape)
         if not fits:
             return xla_gated_product(x, w_gate, w_up)
-        interpret = self.implementation == "pallas_interpret"
-        run = functools.partial(_gated_product, interpret)
-        if self.mesh is not None and self.mesh.size > 1:
-            rows = PartitionSpec(_batch_axes(self.mesh), None)
-            cols = _tensor_axis(self.mesh, w_gate)
-            weights = PartitionSpec(None, cols)
-            run = jax.shard_map(run, mesh=self.mesh, in_specs=(rows, weights, weights),
-                                out_specs=PartitionSpec(_batch_axes(self.mesh), cols), check_vma=False)
+        run = self._per_shard(_gated_product, w_gate)
         return run(x2, w_gate, w_up).reshape(*lead, w_gate.shape[1])
 
     def mlp(self, x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
@@ -118,16 +111,24 @@ class GatedMlp:
         fits, _ = self.kernel_fits(x2, w_gate)
         if not fits:
             return self(x, w_gate, w_up) @ w_down
-        interpret = self.implementation == "pallas_interpret"
-        run = functools.partial(_backward_outputs, interpret)
-        if self.mesh is not None and self.mesh.size > 1:
-            rows = PartitionSpec(_batch_axes(self.mesh), None)
-            cols = _tensor_axis(self.mesh, w_gate)
-            out = PartitionSpec(_batch_axes(self.mesh), cols)
-            run = jax.shard_map(run, mesh=self.mesh, check_vma=False, out_specs=(out, out, out),
-                                in_specs=(rows, PartitionSpec(None, cols), PartitionSpec(None, cols), rows,
-                                          PartitionSpec(cols, None)))
+        run = self._per_shard(_backward_outputs, w_gate, backward=True)
         return _gated_mlp(self, run, x2, w_gate, w_up, w_down).reshape(*lead, w_down.shape[1])
+
+    def _per_shard(self, kernel: Any, w_gate: jax.Array, backward: bool = False) -> Any:
+        """`kernel(interpret, ...)` with interpret mode bound, per shard under a mesh: rows over the
+        batch axes, the intermediate dimension over "tensor". Operands: the forward kernel's
+        (x, w_gate, w_up), or with `backward` the backward kernel's (x, w_gate, w_up, dy, w_down)."""
+        run = functools.partial(kernel, self.implementation == "pallas_interpret")
+        if self.mesh is None or self.mesh.size == 1:
+            return run
+        rows = PartitionSpec(_batch_axes(self.mesh), None)
+        cols = _tensor_axis(self.mesh, w_gate)
+        weights, product = PartitionSpec(None, cols), PartitionSpec(_batch_axes(self.mesh), cols)
+        if backward:
+            in_specs, out_specs = (rows, weights, weights, rows, PartitionSpec(cols, None)), (product,) * 3
+        else:
+            in_specs, out_specs = (rows, weights, weights), product
+        return jax.shard_map(run, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
     def _row_shards(self) -> int:
         if self.mesh is None:
@@ -152,22 +153,24 @@ def _tensor_axis(mesh: Mesh, w: jax.Array) -> str | None:
 # --- the kernel ---------------------------------------------------------------------------
 
 
-def _accumulate(x_ref: Any, wg_ref: Any, wu_ref: Any) -> tuple[jax.Array, jax.Array]:
-    """gate and up tiles [BLOCK_M, BLOCK_N] in fp32, over the whole contraction."""
+def _accumulate(x_ref: Any, wg_ref: Any, wu_ref: Any, dy_ref: Any = None, wd_ref: Any = None) -> tuple:
+    """gate and up tiles [rows, columns] in fp32, over the whole contraction; with `dy_ref` and
+    `wd_ref` (the backward kernel) also d product = dy @ w_down.T."""
     from jax.experimental import pallas as pl
 
     steps = x_ref.shape[1] // BLOCK_K
 
     def body(i: jax.Array, acc: tuple) -> tuple:
-        g, u = acc
         k = pl.ds(pl.multiple_of(i * BLOCK_K, BLOCK_K), BLOCK_K)
         x = x_ref[:, k]
-        g += jnp.dot(x, wg_ref[k, :], preferred_element_type=jnp.float32)
-        u += jnp.dot(x, wu_ref[k, :], preferred_element_type=jnp.float32)
-        return g, u
+        g = acc[0] + jnp.dot(x, wg_ref[k, :], preferred_element_type=jnp.float32)
+        u = acc[1] + jnp.dot(x, wu_ref[k, :], preferred_element_type=jnp.float32)
+        if dy_ref is None:
+            return g, u
+        return g, u, acc[2] + pl.dot(dy_ref[:, k], wd_ref[:, k], trans_b=True).astype(jnp.float32)
 
     zeros = jnp.zeros((x_ref.shape[0], wg_ref.shape[1]), jnp.float32)
-    return jax.lax.fori_loop(0, steps, body, (zeros, zeros))
+    return jax.lax.fori_loop(0, steps, body, (zeros,) * (2 if dy_ref is None else 3))
 
 
 def _forward_kernel(x_ref, wg_ref, wu_ref, out_ref):
@@ -196,21 +199,7 @@ def _kernel_call(x: jax.Array, w_gate: jax.Array, interpret: bool) -> Any:
 
 def _backward_kernel(x_ref, wg_ref, wu_ref, dy_ref, wd_ref, h_ref, dg_ref, du_ref):
     # gate, up and d product = dy @ w_down.T for one [BLOCK_M, BLOCK_N] tile, all on chip (fp32).
-    from jax.experimental import pallas as pl
-
-    steps = x_ref.shape[1] // BLOCK_K
-
-    def body(i: jax.Array, acc: tuple) -> tuple:
-        g, u, dp = acc
-        k = pl.ds(pl.multiple_of(i * BLOCK_K, BLOCK_K), BLOCK_K)
-        x = x_ref[:, k]
-        g += jnp.dot(x, wg_ref[k, :], preferred_element_type=jnp.float32)
-        u += jnp.dot(x, wu_ref[k, :], preferred_element_type=jnp.float32)
-        dp += pl.dot(dy_ref[:, k], wd_ref[:, k], trans_b=True).astype(jnp.float32)
-        return g, u, dp
-
-    zeros = jnp.zeros((x_ref.shape[0], wg_ref.shape[1]), jnp.float32)
-    g, u, dp = jax.lax.fori_loop(0, steps, body, (zeros, zeros, zeros))
+    g, u, dp = _accumulate(x_ref, wg_ref, wu_ref, dy_ref, wd_ref)
     sig = jax.nn.sigmoid(g)
     silu = g * sig
     h_ref[...] = (silu * u).astype(h_ref.dtype)
@@ -257,8 +246,13 @@ def _gated_mlp_fwd(forward, backward, x, w_gate, w_up, w_down):
 def _gated_mlp_bwd(forward, backward, residuals, dy):
     x, w_gate, w_up, w_down = residuals
     product, d_gate, d_up = backward(x, w_gate, w_up, dy.astype(x.dtype), w_down)
-    dx = d_gate @ w_gate.T + d_up @ w_up.T
-    return dx, x.T @ d_gate, x.T @ d_up, product.T @ dy.astype(product.dtype)
+    return (*_input_grads(x, w_gate, w_up, d_gate, d_up), product.T @ dy.astype(product.dtype))
+
+
+def _input_grads(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, d_gate: jax.Array,
+                 d_up: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Gradients of x, w_gate and w_up from those of gate = x @ w_gate and up = x @ w_up."""
+    return d_gate @ w_gate.T + d_up @ w_up.T, x.T @ d_gate, x.T @ d_up
 
 
 _gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
@@ -280,9 +274,7 @@ def _gated_product_fwd(interpret, x, w_gate, w_up):
 def _gated_product_bwd(interpret, residuals, dp):
     x, w_gate, w_up, gate, up = residuals
     _, vjp = jax.vjp(lambda g, u: jax.nn.silu(g) * u, gate, up)
-    d_gate, d_up = vjp(dp)
-    dx = d_gate @ w_gate.T + d_up @ w_up.T
-    return dx, x.T @ d_gate, x.T @ d_up
+    return _input_grads(x, w_gate, w_up, *vjp(dp))
 
 
 _gated_product.defvjp(_gated_product_fwd, _gated_product_bwd)

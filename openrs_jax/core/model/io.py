@@ -29,9 +29,7 @@ def is_flax_checkpoint(path: str | Path) -> bool:
 
 def is_hf_directory(path: str | Path) -> bool:
     p = Path(path)
-    return (p / "config.json").is_file() and (
-        (p / "model.safetensors").is_file() or (p / HF_INDEX).is_file()
-    )
+    return (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or (p / HF_INDEX).is_file())
 
 
 def _require_dir(path: str | Path, what: str) -> Path:
@@ -98,32 +96,23 @@ def write_hf_directory(
     tensors = params_to_hf(params, config, dtype=np_dtype)
 
     shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
     for name, value in tensors.items():
-        if shards[-1] and size + value.nbytes > max_shard_bytes:
+        if shards[-1] and sum(v.nbytes for v in shards[-1].values()) + value.nbytes > max_shard_bytes:
             shards.append({})
-            size = 0
         shards[-1][name] = value
-        size += value.nbytes
     for stale in list(out.glob("model*.safetensors")) + [out / HF_INDEX]:
         stale.unlink(missing_ok=True)
-    if len(shards) == 1:
-        _save_safetensors(shards[0], out / "model.safetensors")
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            _save_safetensors(shard, out / fname)
-            weight_map.update({name: fname for name in shard})
+    n = len(shards)
+    files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for fname, shard in zip(files, shards):
+        _save_safetensors(shard, out / fname)
+    if n > 1:  # sharded: an index says which file holds each tensor
+        weight_map = {name: fname for fname, shard in zip(files, shards) for name in shard}
         total = sum(v.nbytes for v in tensors.values())
         atomic_write_json(out / HF_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
 
-    hf_config = config.to_hf_dict()
-    hf_config["torch_dtype"] = dtype
-    atomic_write_json(out / "config.json", hf_config)
-    gen = dict(generation_config or {})
-    gen.setdefault("bos_token_id", config.bos_token_id)
-    gen.setdefault("eos_token_id", config.eos_token_id)
+    atomic_write_json(out / "config.json", {**config.to_hf_dict(), "torch_dtype": dtype})
+    gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, **(generation_config or {})}
     atomic_write_json(out / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, out)
@@ -168,24 +157,14 @@ def save_flax_checkpoint(out_dir: str | Path, params: Mapping[str, Any], config:
 
 
 def load_flax_checkpoint(ckpt_dir: str | Path) -> tuple[dict, Qwen2Config]:
-    """Parameters (numpy) and config from a directory written by `save_flax_checkpoint`."""
+    """Parameters (numpy) and config from a directory written by `save_flax_checkpoint`
+    (`model.sources.locate` has checked that it is one)."""
+    import jax
     import orbax.checkpoint as ocp
 
-    d = _require_dir(ckpt_dir, "checkpoint directory")
-    if not is_flax_checkpoint(d):
-        raise ValueError(
-            f"{d} is not an openrs-jax parameter checkpoint (no {FLAX_MARKER}); "
-            "write one with `python -m conversion.hf_to_flax`"
-        )
+    d = Path(ckpt_dir).expanduser().resolve()
     config = Qwen2Config.from_json(d)
     with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(d / "params")
-    params = _to_numpy(restored)
+        params = jax.tree.map(np.asarray, ckptr.restore(d / "params"))
     check_tensor_names_and_shapes(hf_shapes_of(params, config), config, where=str(d))
     return params, config
-
-
-def _to_numpy(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)

@@ -33,6 +33,7 @@ def _cast(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype), tree)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5))
 def accumulating_layer_scan(
     layer: Layer, h: jax.Array, weights: Any, accumulator: Any, consts: tuple, dtype: Any
 ) -> jax.Array:
@@ -40,13 +41,9 @@ def accumulating_layer_scan(
 
     The gradient with respect to `weights` is `accumulator` (same tree, fp32) plus this call's
     gradient; `accumulator` itself gets none. `consts` (RoPE tables, sequence lengths) get no
-    gradient. `layer` must be hashable and static (e.g. a `functools.partial` of a module function).
+    gradient. `layer` and `dtype` must be hashable and static (e.g. a `functools.partial` of a
+    module function, a `jnp.dtype`).
     """
-    return _scan(layer, jnp.dtype(dtype), h, weights, accumulator, consts)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _scan(layer: Layer, dtype: Any, h: jax.Array, weights: Any, accumulator: Any, consts: tuple) -> jax.Array:
     return _forward(layer, dtype, h, weights, consts)[0]
 
 
@@ -57,7 +54,7 @@ def _forward(layer: Layer, dtype: Any, h: jax.Array, weights: Any, consts: tuple
     return jax.lax.scan(body, h, weights)  # (output, every layer's input [L, ...])
 
 
-def _scan_fwd(layer, dtype, h, weights, accumulator, consts):
+def _scan_fwd(layer, h, weights, accumulator, consts, dtype):
     out, inputs = _forward(layer, dtype, h, weights, consts)
     return out, (inputs, weights, accumulator, consts)
 
@@ -83,21 +80,17 @@ def _scan_bwd(layer, dtype, residuals, g):
     return dh, acc, None, None
 
 
-_scan.defvjp(_scan_fwd, _scan_bwd)
+accumulating_layer_scan.defvjp(_scan_fwd, _scan_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def adding_cast(weights: Any, accumulator: Any, dtype: Any) -> Any:
-    """`weights` cast to `dtype`; their gradient is `accumulator` + the cast's gradient (in
-    the accumulator's dtype), the accumulator's is zero."""
-    return _adding_cast(jnp.dtype(dtype), weights, accumulator)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _adding_cast(dtype: Any, weights: Any, accumulator: Any) -> Any:
+    """`weights` cast to `dtype` (static); their gradient is `accumulator` + the cast's gradient
+    (in the accumulator's dtype), the accumulator's is zero."""
     return _cast(weights, dtype)
 
 
-def _adding_cast_fwd(dtype, weights, accumulator):
+def _adding_cast_fwd(weights, accumulator, dtype):
     return _cast(weights, dtype), accumulator
 
 
@@ -105,4 +98,4 @@ def _adding_cast_bwd(dtype, accumulator, g):
     return jax.tree.map(lambda a, d: a + d.astype(a.dtype), accumulator, g), None
 
 
-_adding_cast.defvjp(_adding_cast_fwd, _adding_cast_bwd)
+adding_cast.defvjp(_adding_cast_fwd, _adding_cast_bwd)

@@ -87,30 +87,22 @@ def hf_shapes_of(params: Mapping[str, Any], config: Qwen2Config) -> dict[str, tu
     return shapes
 
 
-def expected_shapes(config: Qwen2Config) -> dict[str, tuple[int, ...]]:
-    """HF tensor name -> shape in HF layout, for every tensor a checkpoint of this config holds."""
-    from flax import nnx
-
-    from openrs_jax.core.model.qwen2 import abstract_model
-
-    return hf_shapes_of(nnx.to_pure_dict(nnx.state(abstract_model(config))), config)
-
-
 def check_tensor_names_and_shapes(
     shapes: Mapping[str, tuple[int, ...]], config: Qwen2Config, *, where: str
 ) -> None:
     """Raises a `ValueError` naming missing, unexpected, or wrongly shaped tensors."""
-    expected = expected_shapes(config)
+    from flax import nnx
+
+    from openrs_jax.core.model.qwen2 import abstract_model
+
+    expected = hf_shapes_of(nnx.to_pure_dict(nnx.state(abstract_model(config))), config)
     missing = sorted(set(expected) - set(shapes))
     # Tied checkpoints sometimes still carry lm_head.weight: ignore it rather than refuse.
     ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
     unexpected = sorted(set(shapes) - set(expected) - ignorable)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors: {', '.join(_abbreviate(missing))}")
-        if unexpected:
-            parts.append(f"unexpected tensors: {', '.join(_abbreviate(unexpected))}")
+    parts = [f"{kind} tensors: {', '.join(_abbreviate(names))}"
+             for kind, names in (("missing", missing), ("unexpected", unexpected)) if names]
+    if parts:
         raise ValueError(f"{where} does not match its config.json ({'; '.join(parts)})")
     for name, shape in expected.items():
         if tuple(shapes[name]) != shape:
@@ -129,11 +121,10 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: Qwen2Config, *, wher
     tree: dict[str, Any] = {}
     for rule in active_rules(config):
         if rule.per_layer:
-            mats = [tensors[rule.hf.format(i=i)] for i in range(config.num_hidden_layers)]
-            value = np.stack([m.T if rule.transpose else m for m in mats])
+            value = np.stack([tensors[rule.hf.format(i=i)] for i in range(config.num_hidden_layers)])
         else:
-            value = tensors[rule.hf].T if rule.transpose else tensors[rule.hf]
-        _set(tree, rule.ours, np.ascontiguousarray(value))
+            value = tensors[rule.hf]
+        _set(tree, rule.ours, np.ascontiguousarray(_swap_layout(value, rule)))
     return tree
 
 
@@ -141,12 +132,14 @@ def params_to_hf(params: Mapping[str, Any], config: Qwen2Config, dtype: Any = No
     """HF tensor name -> numpy array (optionally cast to `dtype`) from our parameter tree."""
     out: dict[str, np.ndarray] = {}
     for rule in active_rules(config):
-        value = np.asarray(_get(params, rule.ours))
-        if dtype is not None:
-            value = value.astype(dtype)
+        value = _swap_layout(np.asarray(_get(params, rule.ours), dtype), rule)
         if rule.per_layer:
-            for i in range(config.num_hidden_layers):
-                out[rule.hf.format(i=i)] = np.ascontiguousarray(value[i].T if rule.transpose else value[i])
+            out.update({rule.hf.format(i=i): np.ascontiguousarray(value[i]) for i in range(config.num_hidden_layers)})
         else:
-            out[rule.hf] = np.ascontiguousarray(value.T if rule.transpose else value)
+            out[rule.hf] = np.ascontiguousarray(value)
     return out
+
+
+def _swap_layout(value: np.ndarray, rule: Rule) -> np.ndarray:
+    """Our [in, out] kernels <-> HF's [out, in] weights (per layer: the last two axes)."""
+    return np.swapaxes(value, -1, -2) if rule.transpose else value

@@ -116,20 +116,15 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _inverse_rms(xf: jax.Array, eps: float) -> jax.Array:
-    return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-
-
 def rms_scale(x: jax.Array, eps: float) -> jax.Array:
     """1 / RMS of x over its last axis (kept), in fp32."""
-    return _inverse_rms(x.astype(jnp.float32), eps)
+    xf = x.astype(jnp.float32)
+    return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """RMSNorm in fp32, result cast back to x's dtype."""
-    xf = x.astype(jnp.float32)
-    xf = xf * _inverse_rms(xf, eps)
-    return (weight.astype(jnp.float32) * xf).astype(x.dtype)
+    return (weight.astype(jnp.float32) * (x.astype(jnp.float32) * rms_scale(x, eps))).astype(x.dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv_heads_major: bool = False) -> jax.Array:
@@ -414,28 +409,24 @@ class Qwen2ForCausalLM(nnx.Module):
             attention_mask = jnp.ones((b, t), bool)
         attention_mask = attention_mask.astype(bool)
         if cache is not None:
-            return self._cached_hidden_states(input_ids, attention_mask, positions, cache)
+            return cached_hidden_states(c, decode_weights(self), input_ids, attention_mask, positions, cache)
 
-        attend = mask = real_rows = None
         if seq_lengths is not None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-            real_rows = jnp.arange(t)[None, :] < seq_lengths[:, None]
-            attend = lambda q, k, v: fused.causal_attention(  # noqa: E731
-                q, k, v, seq_lengths, platform, zero_padding=False)
+            # The layer's last argument tells real tokens from padding: row lengths, or a mask.
+            layer = functools.partial(_right_padded_layer, c, platform, mlp)
+            padding = seq_lengths
         else:
             if positions is None:
                 positions = positions_from_mask(attention_mask)
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            mask = causal[None] & attention_mask[:, None, :]  # [B, T, T]
-
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+            layer = functools.partial(_decoder_layer, c, mlp=mlp)
+            padding = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask[:, None, :]  # [B, T, T]
+        consts = (*rope_tables(positions, c.head_dim, c.rope_theta), padding)
         h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
         stacked = nnx.to_pure_dict(nnx.state(self.layers))
         if layer_grad_accumulator is not None and seq_lengths is not None and c.remat == "full":
-            layer = functools.partial(_right_padded_layer, c, platform, mlp)
-            h = layer_grads.accumulating_layer_scan(layer, h, stacked, layer_grad_accumulator,
-                                                    (cos, sin, seq_lengths), dtype)
+            h = layer_grads.accumulating_layer_scan(layer, h, stacked, layer_grad_accumulator, consts, dtype)
             return rms_norm(h, self.norm[...], c.rms_norm_eps), None
         if layer_grad_accumulator is not None:
             layer_params = layer_grads.adding_cast(stacked, layer_grad_accumulator, dtype)
@@ -443,17 +434,12 @@ class Qwen2ForCausalLM(nnx.Module):
             layer_params = jax.tree.map(lambda x: x.astype(dtype), stacked)
 
         def body(h, p):
-            return _decoder_layer(c, h, p, cos, sin, mask, attend=attend, mlp=mlp, real_rows=real_rows), None
+            return layer(h, p, *consts), None
 
         if c.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
         h, _ = jax.lax.scan(body, h, layer_params)
         return rms_norm(h, self.norm[...], c.rms_norm_eps), None
-
-    def _cached_hidden_states(
-        self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array | None, cache: KVCache
-    ) -> tuple[jax.Array, KVCache]:
-        return cached_hidden_states(self.config, decode_weights(self), input_ids, attention_mask, positions, cache)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """fp32 logits of hidden states [..., D] -> [..., V]."""

@@ -26,8 +26,8 @@ from openrs_jax.core.checkpoint import (
     read_step_metadata,
     read_step_params,
 )
-from openrs_jax.core.model.config import Qwen2Config
-from openrs_jax.core.model.io import is_flax_checkpoint, is_hf_directory
+from openrs_jax.core.model.config import Qwen2Config, read_json
+from openrs_jax.core.model.io import copy_tokenizer_files, is_flax_checkpoint, is_hf_directory
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of
 from openrs_jax.core.model_paths import ACCEPTED, is_builtin_model, resolve_builtin
 
@@ -51,10 +51,8 @@ class TrainingCheckpoint:
     def run_config(self) -> dict[str, Any]:
         """The run's settings (RUN/config.json), or {} when there is none."""
         path = self.run_dir / RUN_CONFIG if self.run_dir else None
-        if path is None or not path.is_file():
-            return {}
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text()) if path is not None and path.is_file() else {}
         except json.JSONDecodeError:
             return {}
 
@@ -83,6 +81,22 @@ def find_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
             f"give its hf/ export if it has one, or: {ACCEPTED}"
         )
     return TrainingCheckpoint((checkpoints / str(steps[-1])).resolve(), steps[-1])
+
+
+def locate(path: str | Path) -> tuple[Path, TrainingCheckpoint | None]:
+    """An existing model path and the training checkpoint it names (None: a model directory), or
+    a ValueError saying what the path lacks."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"model path {p} does not exist: give {ACCEPTED}")
+    ckpt = find_training_checkpoint(p)
+    if ckpt is not None or is_hf_directory(p) or is_flax_checkpoint(p):
+        return p, ckpt
+    if p.is_dir() and (p / "config.json").is_file():
+        raise ValueError(
+            f"{p} has a config.json but no weights (model.safetensors or an index of shards); give {ACCEPTED}"
+        )
+    raise ValueError(f"{p} is not a model: give {ACCEPTED}")
 
 
 def checkpoint_config(ckpt: TrainingCheckpoint) -> Qwen2Config:
@@ -134,8 +148,6 @@ def tokenizer_dir(model_path: str | Path) -> Path | None:
 
 def save_run_tokenizer(tokenizer_files: str | Path, run_dir: str | Path) -> Path:
     """Copies the tokenizer files into RUN/tokenizer/, so the run's checkpoints can be used alone."""
-    from openrs_jax.core.model.io import copy_tokenizer_files
-
     out = Path(run_dir) / RUN_TOKENIZER
     if out.resolve() != Path(tokenizer_files).resolve():  # a run continued from its own folder
         out.mkdir(parents=True, exist_ok=True)
@@ -152,14 +164,9 @@ def generation_files(model_path: str | Path) -> tuple[dict[str, Any], dict[str, 
     if ckpt is not None:
         return {}, checkpoint_config(ckpt).to_hf_dict()
     d = Path(resolve_builtin(model_path)).expanduser()
-    read = []
-    for name in ("generation_config.json", "config.json"):
-        f = d / name
-        try:
-            read.append(json.loads(f.read_text()) if f.is_file() else {})
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{f} is not valid JSON ({e})") from None
-    return read[0], read[1]
+    files = (d / "generation_config.json", d / "config.json")
+    generation, config = (read_json(f) if f.is_file() else {} for f in files)
+    return generation, config
 
 
 def describe(model_path: str | Path) -> str:
