@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     records = read_prompts(args.prompts)
     prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
 
-    weights = policy.rollout_params(policy.load_params())
+    weights = policy.sampler.prepare(policy.load_params())
     sampler = policy.sampler
     sampling = SamplingParams(
         temperature=defaults["temperature"] if args.temperature is None else args.temperature,

@@ -84,7 +84,7 @@ def load_decoder(model: str, tokenizer: str | None, *, dtype: str, slots: int | 
         param_dtype=dtype, prompt_bucket=prompt_bucket, require_chat_template=require_chat_template,
         flags=("--model", "--tokenizer"),
     )
-    weights = policy.rollout_params(policy.load_params(seed))
+    weights = policy.sampler.prepare(policy.load_params(seed))
     params = SamplingParams(**sampling, eos_ids=policy.eos_ids, pad_id=policy.tokenizer.pad_id)
     if not use_engine:
         return policy, sampler_generate_fn(policy.sampler, weights, params), False
