@@ -13,17 +13,14 @@ METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # a resumed run continues the same W&B run
 REPORT_TO = ("tensorboard", "wandb")
-WANDB_MISSING = (
-    "report_to includes 'wandb' but the wandb package is not installed: pip install 'openrs-jax[wandb]' "
-    "(or wandb), or remove wandb from report_to"
-)
 
 
 def _import_wandb() -> Any:
     try:
         import wandb
     except ImportError:
-        raise ValueError(WANDB_MISSING) from None
+        raise ValueError("report_to includes 'wandb' but the wandb package is not installed: "
+                         "pip install 'openrs-jax[wandb]' (or wandb), or remove wandb from report_to") from None
     return wandb
 
 

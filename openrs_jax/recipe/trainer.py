@@ -25,30 +25,23 @@ import ml_collections
 import numpy as np
 
 from openrs_jax.core import distributed, sharding
-
-from openrs_jax.recipe import dynamic_sampling, reference, toy
-from openrs_jax.recipe.dynamic_sampling import Rollout
 from openrs_jax.core.checkpoint import Checkpointer
-from openrs_jax.recipe.config import validate
-from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
-from openrs_jax.core.grpo.microbatch import take_micro_batch
 from openrs_jax.core.grpo import (
-    UpdateConfig,
-    abstract_train_state,
-    create_train_state,
-    group_advantages,
-    BucketedTrainStep,
-    make_train_step,
-    reward_std,
-    token_logprobs,
+    BucketedTrainStep, UpdateConfig, abstract_train_state, create_train_state, group_advantages, make_train_step,
+    reward_std, token_logprobs,
 )
 from openrs_jax.core.grpo.loss import truncation_mask
+from openrs_jax.core.grpo.microbatch import take_micro_batch
 from openrs_jax.core.model import Qwen2Config, write_hf_directory
 from openrs_jax.core.model.sources import save_run_tokenizer
 from openrs_jax.core.policy import Policy, build_mesh
+from openrs_jax.core.sampling import SampleOutput, SamplingParams, bucket_length, left_pad
+from openrs_jax.recipe import dynamic_sampling, reference, toy
+from openrs_jax.recipe.config import validate
+from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
+from openrs_jax.recipe.dynamic_sampling import Rollout
 from openrs_jax.recipe.rewards import RewardScorer
 from openrs_jax.recipe.run_log import METRICS_FILE, RunLog, outputs_summary
-from openrs_jax.core.sampling import SampleOutput, SamplingParams, bucket_length, left_pad
 
 log = logging.getLogger("openrs_jax.recipe.trainer")
 
@@ -118,9 +111,6 @@ class StepClock:
         finally:
             self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - start
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
 
 class GRPOTrainer:
     """Builds everything a run needs from a validated config; `train()` runs the steps."""
@@ -170,6 +160,8 @@ class GRPOTrainer:
         self.ref_params = (
             sharding.rollout_params(self.state.params, self.mesh, c.model.compute_dtype) if c.grpo.beta > 0 else None
         )
+        # A refreshed reference is run state: checkpoints carry it.
+        self.saves_reference = self.ref_params is not None and c.grpo.ref_sync_steps > 0
         # length_bucket > 0: one program per micro-batch length; 0: one program per step.
         self.train_step = (
             BucketedTrainStep(self.policy.graphdef, self.update_config, self.mesh)
@@ -202,15 +194,10 @@ class GRPOTrainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    @property
-    def _saves_reference(self) -> bool:
-        """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
-        return self.ref_params is not None and self.config.grpo.ref_sync_steps > 0
-
     def save_checkpoint(self) -> None:
         metadata = {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
-                    "model_config": self.policy.model_config.to_hf_dict(), "has_reference": self._saves_reference}
-        extra = {"reference": self.ref_params} if self._saves_reference else None
+                    "model_config": self.policy.model_config.to_hf_dict(), "has_reference": self.saves_reference}
+        extra = {"reference": self.ref_params} if self.saves_reference else None
         self.checkpointer.save(self.step, self.state, metadata, extra=extra)
 
     def _resume(self) -> None:
@@ -229,7 +216,7 @@ class GRPOTrainer:
         self.step = int(meta["step"])
         self.bad_steps = int(meta.get("bad_steps", 0))
         self.order.restore(meta["data_order"])
-        if self._saves_reference and meta.get("has_reference"):
+        if self.saves_reference and meta.get("has_reference"):
             abstract_ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         self.ref_params)
             self.ref_params = self.checkpointer.restore_extra("reference", abstract_ref)
@@ -438,7 +425,7 @@ class GRPOTrainer:
         """The step's log scalars: rewards, lengths, the update's figures, the parts' times."""
         g = self.config.rollout.num_generations
         lengths = scored.out.lengths
-        step_s = clock.elapsed()
+        step_s = time.perf_counter() - clock.start
         return {
             **scored.scores.metrics(),
             "reward_std": float(reward_std(jnp.asarray(rewards), g)),
@@ -458,12 +445,11 @@ class GRPOTrainer:
     def log_samples(self, scored: Rollout, rewards: np.ndarray) -> None:
         """Writes the first `log_completions` rows (prompt, completion, reward, gold) to the run log."""
         g = self.config.rollout.num_generations
-        golds = [e.gold for e in scored.examples for _ in range(g)]
-        rows = range(min(self.config.run.log_completions, len(golds)))
+        rows = range(min(self.config.run.log_completions, len(rewards)))
         texts = self._completion_texts(scored.out, rows)  # decoded again: a few rows, on the writer only
         samples = [
             {"prompt": scored.examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
-             "gold": golds[r]}
+             "gold": scored.examples[r // g].gold}
             for r in rows
         ]
         self.run_log.log_completions(self.step, samples)
