@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     records = read_prompts(args.prompts)
     prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
 
-    weights = policy.rollout_params(policy.load_params())
+    weights = policy.sampler.prepare(policy.load_params())
     given = {k: defaults[k] if getattr(args, k) is None else getattr(args, k)
              for k in ("temperature", "top_p", "top_k", "pad_id")}
     sampling = SamplingParams(**given, max_new_tokens=args.max_new_tokens,

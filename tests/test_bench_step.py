@@ -49,14 +49,14 @@ def test_builtin_tiny_is_the_same_model_in_the_bench_as_everywhere():
     """One name, one model: `builtin:tiny` is the demo model train, generate and evaluate know."""
     from openrs_jax.core.model import read_config
 
-    model, random_weights = shapes.load_model("builtin:tiny")
-    assert random_weights and model.config.vocab_size == read_config("builtin:tiny").vocab_size == 29
+    policy = shapes.load_policy("builtin:tiny")
+    assert policy.random_weights and policy.model_config.vocab_size == read_config("builtin:tiny").vocab_size == 29
     assert shapes.model_config("builtin:tiny") == read_config("builtin:tiny")
     # The bench's old shape called preset:tiny (vocabulary 512) is gone: no two models share a name.
     with pytest.raises(ValueError, match="unknown model preset 'tiny'.*builtin:tiny"):
         shapes.model_config("preset:tiny")
     with pytest.raises(ValueError, match="--model=builtin:sums: a built-in dataset, not a model"):
-        shapes.load_model("builtin:sums")
+        shapes.load_policy("builtin:sums")
 
 
 def test_step_dataset_takes_builtins_and_never_tries_the_hub():

@@ -113,7 +113,7 @@ def test_training_starts_from_a_checkpoint(run_dir, tmp_path):
         got = jax.tree.map(np.asarray, jax.device_get(trainer.state.params))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(read_step_params(step2))):
             np.testing.assert_array_equal(a, b)
-        assert trainer.tokenizer.vocab_size == 29
+        assert trainer.policy.tokenizer.vocab_size == 29
     finally:
         trainer.close()
     # The new run saved its tokenizer, so its own checkpoints will be usable alone.

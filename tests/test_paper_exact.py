@@ -105,7 +105,7 @@ def test_trainer_samples_the_full_double_bos_prompt_and_trains_on_the_cut_one(tm
     ])
     trainer = GRPOTrainer(config)
     g = config.rollout.num_generations
-    tok = trainer.tokenizer
+    tok = trainer.policy.tokenizer
     block = TrlPromptOrder(25, seed=config.run.seed, block=config.rollout.prompts_per_step).next_indices(config.rollout.prompts_per_step)
     examples = [trainer.dataset.examples[i] for i in block]
     full = [tok.encode(render_prompt(tok, e.problem, ""), add_special_tokens=False) for e in examples]

@@ -31,7 +31,7 @@ def test_hf_directory_greedy_tokens_equal_transformers(tmp_path):
 
     prompts = [[5, 9, 33, 7], [100, 3], [17, 18, 19, 20, 21, 22, 23, 24, 25, 26]]
     new = 6
-    out = policy.sampler.generate(policy.rollout_params(params), prompts, 1,
+    out = policy.sampler.generate(policy.sampler.prepare(params), prompts, 1,
                                   SamplingParams(temperature=0.0, max_new_tokens=new, eos_ids=(), pad_id=0))
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     for row, prompt in enumerate(prompts):

@@ -101,7 +101,7 @@ def test_model_and_dataset_paths_override_the_builtins(tmp_path):
                             for i in range(4)))
     trainer = run(tmp_path, "run", f"model.path={model_dir}", f"data.dataset={data}", "grpo.max_steps=1",
                   "rollout.prompts_per_step=4", "rollout.num_generations=4", "grpo.micro_batch_size=8")
-    assert len(trainer.dataset) == 4 and trainer.model_config.vocab_size == 32
+    assert len(trainer.dataset) == 4 and trainer.policy.model_config.vocab_size == 32
 
 
 def test_cli_error_is_one_line(tmp_path):

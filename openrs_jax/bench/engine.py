@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
     eos = config.eos_token_id if isinstance(config.eos_token_id, int) else 2
     sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.cap, eos_ids=(eos,), pad_id=0)
     engine = Engine(sampler, slots=args.slots, chunk=args.chunk)
-    weights = policy.rollout_params(policy.load_params(args.seed))
+    weights = policy.sampler.prepare(policy.load_params(args.seed))
     per_batch = max(1, args.slots // g)  # prompts per static batch: slots rows in flight
 
     def static() -> int:

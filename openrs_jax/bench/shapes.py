@@ -65,15 +65,6 @@ def load_policy(spec: str | Path, dtype: str = "float32", **options: Any) -> Any
     return Policy.load(_check_name(spec), **options)
 
 
-def load_model(spec: str | Path, dtype: str = "float32", seed: int = 0) -> tuple[Any, bool]:
-    """The model of `spec` with parameters and compute in `dtype`, and whether its weights are
-    random (presets, `builtin:tiny` and config-only models: drawn from `seed`)."""
-    from openrs_jax.core.model import model_from_params
-
-    policy = load_policy(spec, dtype)
-    return model_from_params(policy.load_params(seed), policy.model_config), policy.random_weights
-
-
 # ---------------------------------------------------------------------------------------------
 # --config on a subcommand's parser
 # ---------------------------------------------------------------------------------------------

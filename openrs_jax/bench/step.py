@@ -211,7 +211,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     from openrs_jax.bench.common import describe_model, device_memory
     from openrs_jax.core.sampling import bucket_length
     from openrs_jax.files import write_jsonl
-    from openrs_jax.recipe.trainer import COMPLETION_BUCKET, GRPOTrainer, round_up
+    from openrs_jax.recipe.trainer import COMPLETION_BUCKET, GRPOTrainer
 
     data_file = workdir / "prompts.jsonl"
     c = run_config(args, dtype, data_file, workdir / "run")
@@ -230,16 +230,16 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
         one_step()  # warm-up: compiles
         info: dict[str, Any] = {
             "random_weights": trainer.policy.random_weights,
-            **describe_model(trainer.model_config),
+            **describe_model(trainer.policy.model_config),
             "remat": c.model.remat,
             "mesh": dict(trainer.mesh.shape),
-            "tokenizer": str(trainer.tokenizer_dir),
+            "tokenizer": str(trainer.policy.tokenizer_dir),
             "dataset": str(args.dataset) if args.dataset else "generated",
             "reward_funcs": list(c.rewards.funcs),
             "reward_weights": list(c.rewards.weights),
             "prompt_tokens": [len(e.rollout_ids) for e in trainer.dataset.examples],
             "prompt_len_bucketed": bucket_length(max(len(e.rollout_ids) for e in trainer.dataset.examples),
-                                                 trainer.sampler.prompt_bucket),
+                                                 trainer.policy.sampler.prompt_bucket),
         }
         if args.compare_trl:
             memory = device_memory()  # before torch shares the process
@@ -256,11 +256,11 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
             one_step()
         longest = int(per_step[-1]["completion_length_max"])
         info.update({
-            "completion_len_trained": min(round_up(max(longest, 1), COMPLETION_BUCKET), args.max_new_tokens),
+            "completion_len_trained": min(bucket_length(longest, COMPLETION_BUCKET), args.max_new_tokens),
             "completion_tokens_per_step": int(round(per_step[-1]["completion_length"] * args.prompts_per_step
                                                     * args.num_generations)),
-            "sampler_compilations": trainer.sampler.num_compilations,
-            "_config": trainer.model_config,
+            "sampler_compilations": trainer.policy.sampler.num_compilations,
+            "_config": trainer.policy.model_config,
             "_per_step": per_step,
         })
         return info

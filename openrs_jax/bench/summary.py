@@ -64,10 +64,7 @@ def _derived(result: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in result.items():  # bytes -> GB
         if isinstance(value, (int, float)) and key.endswith("_bytes_per_device"):
             r[key[: -len("_bytes_per_device")] + "_gb"] = value / GB
-    if "kv_cache_gb" not in r and "kv_cache_bytes_per_device" in result:
-        r["kv_cache_gb"] = result["kv_cache_bytes_per_device"] / GB
     if "budget_bytes_per_device" in result:
-        r["budget_gb"] = result["budget_bytes_per_device"] / GB
         r["fits"] = "fits" if result.get("fits_budget") else "DOES NOT FIT"
     r["emulated"] = ", emulated" if result.get("emulated_devices") else ""
     times = result.get("score_s") or []

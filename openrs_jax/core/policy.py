@@ -118,23 +118,11 @@ def model_shape(model_dir: str, *, allow_config_only: bool = False) -> tuple[Qwe
     return read_config(model_dir), False
 
 
-def find_tokenizer_dir(model_dir: str, tokenizer_path: str = "") -> Path | None:
-    """The tokenizer folder: `tokenizer_path` when given (a folder, a built-in, a run), else the
-    model's own (a directory's, a training run's, the demo tokenizer for built-ins and presets)."""
-    if tokenizer_path:
-        return tokenizer_dir(tokenizer_path) or Path(resolve_builtin(tokenizer_path)).expanduser()
-    if is_preset(model_dir):
-        return next(iter(BUILTIN_MODELS.values()))
-    return tokenizer_dir(model_dir)
-
-
 def _model_eos_ids(model_dir: str, config: Qwen2Config) -> list[int]:
     """The EOS ids of the model config and of its generation_config.json (vLLM stops at both)."""
     generation = {} if is_preset(model_dir) else generation_files(model_dir)[0]
-    ids = []
-    for value in (config.eos_token_id, generation.get("eos_token_id")):
-        ids += [] if value is None else [value] if isinstance(value, int) else list(value)
-    return [int(i) for i in ids]
+    values = [v for v in (config.eos_token_id, generation.get("eos_token_id")) if v is not None]
+    return [int(i) for v in values for i in ([v] if isinstance(v, int) else v)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +170,12 @@ class Policy:
         model_flag, tokenizer_flag = flags
         model_dir = resolve_model_path(model_path, model_flag)
         base, random_weights = model_shape(model_dir, allow_config_only=allow_config_only)
-        if tokenizer_path == model_path:
-            tokenizer_path = ""
-        directory = find_tokenizer_dir(model_dir, tokenizer_path)
+        # The tokenizer folder: tokenizer_path's (a folder, a built-in, a run), else the model's own
+        # (a directory's, a training run's; the demo tokenizer for presets).
+        if tokenizer_path and tokenizer_path != model_path:
+            directory = tokenizer_dir(tokenizer_path) or Path(resolve_builtin(tokenizer_path)).expanduser()
+        else:
+            directory = next(iter(BUILTIN_MODELS.values())) if is_preset(model_dir) else tokenizer_dir(model_dir)
         if directory is None and need_tokenizer:
             directory = Path(model_dir).expanduser()  # load_tokenizer says what is missing there
         tokenizer = load_tokenizer(directory) if directory is not None else None
@@ -228,10 +219,6 @@ class Policy:
         placed = jax.device_put(params, shardings)
         cast = jnp.dtype(self.model_config.param_dtype)
         return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(cast), p), out_shardings=shardings)(placed)
-
-    def rollout_params(self, params: Any) -> Any:
-        """The sampler's decode layout of `params` (compute dtype, placed for rollouts): `Sampler.prepare`."""
-        return self.sampler.prepare(params)
 
     def describe(self) -> str:
         """The model as recorded in outputs (a run folder becomes its step folder)."""

@@ -107,7 +107,7 @@ def load_decoder(model: str, tokenizer: str | None, *, dtype: str, slots: int | 
     devices, use_engine = decode_devices(slots)
     policy = load_policy(model, tokenizer, dtype=dtype, devices=devices, prompt_bucket=prompt_bucket,
                          require_chat_template=require_chat_template)
-    weights = policy.rollout_params(policy.load_params(seed))
+    weights = policy.sampler.prepare(policy.load_params(seed))
     params = SamplingParams(**sampling, eos_ids=policy.eos_ids, pad_id=policy.tokenizer.pad_id)
     if not use_engine:
         return policy, sampler_generate_fn(policy.sampler, weights, params), False

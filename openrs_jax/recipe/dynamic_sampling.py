@@ -48,51 +48,37 @@ def informative_groups(rewards: Sequence[float], num_generations: int) -> np.nda
     return (r.max(axis=1) - r.min(axis=1)) > EQUAL_REWARD_TOL
 
 
-def _pad_prompts(out: SampleOutput, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pads prompt_ids/prompt_mask to `width` columns (positions come from the mask)."""
-    extra = width - out.prompt_ids.shape[1]
-    ids = np.pad(out.prompt_ids, ((0, 0), (extra, 0)), constant_values=pad_id)
-    mask = np.pad(out.prompt_mask, ((0, 0), (extra, 0)), constant_values=False)
-    return ids, mask
-
-
 def select_groups(rollouts: Sequence[Rollout], picks: Sequence[tuple[int, int]], num_generations: int,
                   pad_id: int) -> Rollout:
     """The groups `picks` = [(rollout index, group index), ...], in that order, as one Rollout."""
     g = num_generations
+    groups = [(k, slice(j * g, (j + 1) * g)) for k, j in picks]
+    rows = [(k, i) for k, span in groups for i in range(span.start, span.stop)]
     width = max(r.out.prompt_ids.shape[1] for r in rollouts)
-    padded = [_pad_prompts(r.out, width, pad_id) for r in rollouts]
-    rows = [(k, np.arange(j * g, (j + 1) * g)) for k, j in picks]
 
-    def take(get: Callable[[int], np.ndarray]) -> np.ndarray:
-        return np.concatenate([get(k)[idx] for k, idx in rows], axis=0)
+    def take(field: str, pad_value: Any = None) -> np.ndarray:
+        arrays = [getattr(r.out, field) for r in rollouts]
+        if pad_value is not None:  # prompts are left-padded to the widest (positions come from the mask)
+            arrays = [np.pad(a, ((0, 0), (width - a.shape[1], 0)), constant_values=pad_value) for a in arrays]
+        return np.concatenate([arrays[k][span] for k, span in groups], axis=0)
 
     first = rollouts[0].out
     out = SampleOutput(
-        prompt_ids=take(lambda k: padded[k][0]),
-        prompt_mask=take(lambda k: padded[k][1]),
-        completion_ids=take(lambda k: rollouts[k].out.completion_ids),
-        completion_mask=take(lambda k: rollouts[k].out.completion_mask),
-        lengths=take(lambda k: rollouts[k].out.lengths),
-        truncated=take(lambda k: rollouts[k].out.truncated),
-        logprobs=take(lambda k: rollouts[k].out.logprobs),
+        prompt_ids=take("prompt_ids", pad_id), prompt_mask=take("prompt_mask", False),
+        **{field: take(field) for field in ("completion_ids", "completion_mask", "lengths", "truncated", "logprobs")},
         num_prompts=len(picks),
         num_samples=first.num_samples,
         timings={key: sum(r.out.timings.get(key, 0.0) for r in rollouts) for key in first.timings},
     )
     scores = rollouts[0].scores
     failed = [{int(i) for i in r.scores.failed_rows} for r in rollouts]
-    new_failed = [n for n, (k, i) in enumerate((k, i) for k, idx in rows for i in idx) if i in failed[k]]
     selected = dataclasses.replace(
         scores,
-        rewards={name: [rollouts[k].scores.rewards[name][i] for k, idx in rows for i in idx] for name in scores.rewards},
-        total=[rollouts[k].scores.total[i] for k, idx in rows for i in idx],
-        timeouts=sum(r.scores.timeouts for r in rollouts),
-        errors=sum(r.scores.errors for r in rollouts),
-        worker_restarts=sum(r.scores.worker_restarts for r in rollouts),
-        unparsable_golds=sum(r.scores.unparsable_golds for r in rollouts),
-        seconds=sum(r.scores.seconds for r in rollouts),
-        failed_rows=new_failed,
+        rewards={name: [rollouts[k].scores.rewards[name][i] for k, i in rows] for name in scores.rewards},
+        total=[rollouts[k].scores.total[i] for k, i in rows],
+        failed_rows=[n for n, (k, i) in enumerate(rows) if i in failed[k]],
+        **{count: sum(getattr(r.scores, count) for r in rollouts)
+           for count in ("timeouts", "errors", "worker_restarts", "unparsable_golds", "seconds")},
     )
     examples = [rollouts[k].examples[j] for k, j in picks]
     return Rollout(examples, out, selected)

@@ -13,17 +13,14 @@ METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # a resumed run continues the same W&B run
 REPORT_TO = ("tensorboard", "wandb")
-WANDB_MISSING = (
-    "report_to includes 'wandb' but the wandb package is not installed: pip install 'openrs-jax[wandb]' "
-    "(or wandb), or remove wandb from report_to"
-)
 
 
 def _import_wandb() -> Any:
     try:
         import wandb
     except ImportError:
-        raise ValueError(WANDB_MISSING) from None
+        raise ValueError("report_to includes 'wandb' but the wandb package is not installed: "
+                         "pip install 'openrs-jax[wandb]' (or wandb), or remove wandb from report_to") from None
     return wandb
 
 
@@ -36,29 +33,22 @@ def check_report_to(report_to: Sequence[str]) -> None:
         _import_wandb()
 
 
-class WandbSink:
-    """One W&B run per output_dir (its id is kept there, so resuming continues it)."""
-
-    def __init__(self, output_dir: Path, project: str, config: Mapping[str, Any] | None = None):
-        wandb = _import_wandb()
-        id_file = output_dir / WANDB_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
-        try:
-            self.run = wandb.init(project=project, name=output_dir.name, dir=str(output_dir), id=run_id,
-                                  resume="allow", config=dict(config or {}))
-        except Exception as e:  # noqa: BLE001 - login, network and permission errors come in many types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ValueError(
-                f"wandb could not start a run ({type(e).__name__}: {first}); run `wandb login`, set WANDB_API_KEY, "
-                "or WANDB_MODE=offline, or remove wandb from report_to"
-            ) from None
-        id_file.write_text(self.run.id)
-
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        self.run.log(dict(scalars), step=step)
-
-    def close(self) -> None:
-        self.run.finish()
+def start_wandb(output_dir: Path, project: str, config: Mapping[str, Any] | None = None) -> Any:
+    """The W&B run of output_dir (its id is kept there, so resuming continues it)."""
+    wandb = _import_wandb()
+    id_file = output_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    try:
+        run = wandb.init(project=project, name=output_dir.name, dir=str(output_dir), id=run_id,
+                         resume="allow", config=dict(config or {}))
+    except Exception as e:  # noqa: BLE001 - login, network and permission errors come in many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"wandb could not start a run ({type(e).__name__}: {first}); run `wandb login`, set WANDB_API_KEY, "
+            "or WANDB_MODE=offline, or remove wandb from report_to"
+        ) from None
+    id_file.write_text(run.id)
+    return run
 
 
 def _jsonable(value: Any) -> Any:
@@ -88,7 +78,7 @@ class RunLog:
         self.dir = Path(output_dir)
         self.enabled = enabled
         self._tb = None
-        self._wandb: WandbSink | None = None
+        self._wandb: Any = None  # the W&B run
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +87,7 @@ class RunLog:
 
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
         if wandb_project is not None:
-            self._wandb = WandbSink(self.dir, wandb_project, wandb_config)
+            self._wandb = start_wandb(self.dir, wandb_project, wandb_config)
 
     def truncate_after(self, step: int) -> None:
         """Drops lines logged after `step` (a resumed run redoes those steps), and a line cut
@@ -120,7 +110,7 @@ class RunLog:
                 self._tb.add_scalar(key, value, step)
             self._tb.flush()
         if self._wandb is not None:
-            self._wandb.log(step, scalars)
+            self._wandb.log(scalars, step=step)
 
     def log_completions(self, step: int, samples: Sequence[Mapping[str, Any]]) -> None:
         if not self.enabled:
@@ -132,7 +122,7 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:
-            self._wandb.close()
+            self._wandb.finish()
             self._wandb = None
 
 

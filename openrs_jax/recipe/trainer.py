@@ -25,40 +25,29 @@ import ml_collections
 import numpy as np
 
 from openrs_jax.core import distributed, sharding
-
-from openrs_jax.recipe import dynamic_sampling, reference, toy
 from openrs_jax.core.checkpoint import Checkpointer
-from openrs_jax.recipe.config import validate
-from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
-from openrs_jax.core.grpo.microbatch import take_micro_batch
 from openrs_jax.core.grpo import (
-    UpdateConfig,
-    abstract_train_state,
-    create_train_state,
-    group_advantages,
-    BucketedTrainStep,
-    make_train_step,
-    reward_std,
-    token_logprobs,
+    BucketedTrainStep, UpdateConfig, abstract_train_state, create_train_state, group_advantages, make_train_step,
+    reward_std, token_logprobs,
 )
 from openrs_jax.core.grpo.loss import truncation_mask
+from openrs_jax.core.grpo.microbatch import take_micro_batch
 from openrs_jax.core.model import Qwen2Config, write_hf_directory
 from openrs_jax.core.model.sources import save_run_tokenizer
 from openrs_jax.core.policy import Policy, build_mesh
+from openrs_jax.core.sampling import SampleOutput, SamplingParams, bucket_length, left_pad
+from openrs_jax.recipe import dynamic_sampling, reference, toy
+from openrs_jax.recipe.config import validate
+from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
+from openrs_jax.recipe.dynamic_sampling import Rollout
 from openrs_jax.recipe.rewards import RewardScorer
 from openrs_jax.recipe.run_log import METRICS_FILE, RunLog, outputs_summary
-from openrs_jax.core.sampling import SampleOutput, SamplingParams, bucket_length, left_pad
 
 log = logging.getLogger("openrs_jax.recipe.trainer")
 
 # Completions are trained on their longest length in the batch rounded up to this many tokens,
 # not on max_completion_length: most rows end early, and few buckets mean few compilations.
 COMPLETION_BUCKET = 256
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
 
 # Configurable reward functions -> the prefix of their keys in the rewards section
 # (rewards.cosine_max_len is the `max_len` parameter of `cosine`).
@@ -76,41 +65,25 @@ def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]
     return params
 
 
-def check_output_dir(output_dir: Path, resume: bool) -> None:
-    """Refuses to write a new run over an existing one."""
-    holds_run = (output_dir / METRICS_FILE).is_file() or any((output_dir / "checkpoints").glob("*"))
-    if holds_run and not resume:
-        raise ValueError(
-            f"output_dir {output_dir} already holds a run; pass --config.run.resume=True to continue it "
-            "or choose another --config.run.output_dir"
-        )
+@contextlib.contextmanager
+def stop_requested() -> Iterator[list[int]]:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (then saves and exits):
+    the list of signals received, empty until one comes."""
+    received: list[int] = []
 
-
-class StopRequested:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (then saves and exits)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequested":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop right away
+    def handle(signum: int, frame: Any) -> None:
+        if received:  # a second Ctrl-C: stop right away
             raise KeyboardInterrupt
-        self.signal = signum
+        received.append(signum)
         log.warning("received %s: finishing this step, saving a checkpoint, then exiting",
                     signal.Signals(signum).name)
 
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
 
 
 @dataclasses.dataclass
@@ -121,15 +94,6 @@ class PendingBatch:
     prompt_len: int  # prompt columns of `batch` (the loss-side prompt bucket)
     plans: Any  # the micro-batch plans of length bucketing, or None
     logps: list[dict[str, Any]]  # per plan (or for the whole batch): ref_logps / old_logps on the devices
-
-
-@dataclasses.dataclass
-class ScoredRollout(dynamic_sampling.Rollout):
-    """The step's sampled and scored groups, with this process's decoded completions (rows
-    `share`; empty when not kept)."""
-
-    texts: list[str] = dataclasses.field(default_factory=list)
-    share: range = range(0)
 
 
 class StepClock:
@@ -147,9 +111,6 @@ class StepClock:
         finally:
             self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - start
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
 
 class GRPOTrainer:
     """Builds everything a run needs from a validated config; `train()` runs the steps."""
@@ -160,7 +121,12 @@ class GRPOTrainer:
         # In a multi-process job every process runs all of this (the same seeded data order,
         # the same host arrays each step); only process 0 writes logs, config.json and exports.
         self.writer = distributed.is_writer()
-        check_output_dir(self.output_dir, c.run.resume)
+        if not c.run.resume and ((self.output_dir / METRICS_FILE).is_file()
+                                 or any((self.output_dir / "checkpoints").glob("*"))):
+            raise ValueError(
+                f"output_dir {self.output_dir} already holds a run; pass --config.run.resume=True to continue it "
+                "or choose another --config.run.output_dir"
+            )
         self.mesh = build_mesh(c.mesh.to_dict())
         validate(c, self.mesh.size)
 
@@ -170,15 +136,13 @@ class GRPOTrainer:
             c.model.path, tokenizer_path=c.model.tokenizer_path, mesh=self.mesh, compute_dtype=c.model.compute_dtype,
             param_dtype=c.model.param_dtype, remat=c.model.remat, require_chat_template=True,
             # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
-            prompt_bucket=min(64, round_up(c.data.max_prompt_length, 8)),
+            prompt_bucket=min(64, bucket_length(c.data.max_prompt_length, 8)),
         )
-        p = self.policy
-        self.model_config, self.graphdef, self.sampler = p.model_config, p.graphdef, p.sampler
-        self.tokenizer, self.tokenizer_dir, self.eos_ids = p.tokenizer, p.tokenizer_dir, p.eos_ids
-
+        tokenizer = self.policy.tokenizer
         self.dataset: PromptDataset = build_dataset(
-            load_rows(toy.resolve(c.data.dataset), c.data.split), self.tokenizer, c.data.system_prompt,
-            c.data.max_prompt_length, dataset_name=c.data.dataset, long_prompts=c.data.long_prompts, rollout_bos=c.rollout.bos,
+            load_rows(toy.resolve(c.data.dataset), c.data.split), tokenizer, c.data.system_prompt,
+            c.data.max_prompt_length, dataset_name=c.data.dataset, long_prompts=c.data.long_prompts,
+            rollout_bos=c.rollout.bos,
         )
         if c.data.prompt_order == "trl" and self.dataset.dropped_too_long:
             raise ValueError(
@@ -195,15 +159,18 @@ class GRPOTrainer:
         self.ref_params = (
             sharding.rollout_params(self.state.params, self.mesh, c.model.compute_dtype) if c.grpo.beta > 0 else None
         )
+        # A refreshed reference is run state: checkpoints carry it.
+        self.saves_reference = self.ref_params is not None and c.grpo.ref_sync_steps > 0
         # length_bucket > 0: one program per micro-batch length; 0: one program per step.
         self.train_step = (
-            BucketedTrainStep(self.graphdef, self.update_config, self.mesh)
+            BucketedTrainStep(self.policy.graphdef, self.update_config, self.mesh)
             if c.grpo.length_bucket and c.grpo.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
-            else make_train_step(self.graphdef, self.update_config, self.mesh)
+            else make_train_step(self.policy.graphdef, self.update_config, self.mesh)
         )
         self.sampling = SamplingParams(
-            temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k, max_new_tokens=c.rollout.max_completion_length,
-            eos_ids=() if c.rollout.ignore_eos else self.eos_ids, pad_id=self.tokenizer.pad_id,
+            temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
+            max_new_tokens=c.rollout.max_completion_length,
+            eos_ids=() if c.rollout.ignore_eos else self.policy.eos_ids, pad_id=tokenizer.pad_id,
         )
         self.checkpointer = Checkpointer(self.output_dir, keep=c.run.keep_checkpoints)
         self.step = 0
@@ -221,41 +188,24 @@ class GRPOTrainer:
         self.run_log.truncate_after(self.step)
         if self.writer:
             (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
-            save_run_tokenizer(self.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
+            save_run_tokenizer(self.policy.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
         self.rng = jax.random.key(c.run.seed)
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def _metadata(self) -> dict[str, Any]:
-        return {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
-                "model_config": self.model_config.to_hf_dict(), "has_reference": self._saves_reference}
-
-    @property
-    def _saves_reference(self) -> bool:
-        """A refreshed reference is run state: checkpoints carry it (ref_sync_steps > 0)."""
-        return self.ref_params is not None and self.config.grpo.ref_sync_steps > 0
-
     def save_checkpoint(self) -> None:
-        extra = {"reference": self.ref_params} if self._saves_reference else None
-        self.checkpointer.save(self.step, self.state, self._metadata(), extra=extra)
+        metadata = {"step": self.step, "data_order": self.order.state(), "bad_steps": self.bad_steps,
+                    "model_config": self.policy.model_config.to_hf_dict(), "has_reference": self.saves_reference}
+        extra = {"reference": self.ref_params} if self.saves_reference else None
+        self.checkpointer.save(self.step, self.state, metadata, extra=extra)
 
     def _resume(self) -> None:
         """Continues from the latest complete checkpoint, saying in one line what it found."""
-        step = self.checkpointer.latest_step()
-        if step is None:
+        if self.checkpointer.latest_step() is None:
             log.warning("resume: no complete checkpoint in %s: starting from step 0", self.checkpointer.directory)
             return
-        self._restore()
-        if self.step >= self.config.grpo.max_steps:
-            log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
-                        "raise --config.grpo.max_steps to continue it", self.output_dir, self.step, self.config.grpo.max_steps)
-        else:
-            log.info("resuming from step %d (checkpoint %s)", self.step, self.checkpointer.directory / str(self.step))
-
-    def _restore(self) -> None:
-        meta = self.checkpointer.restore_metadata()
-        saved = Qwen2Config.from_hf_dict(meta["model_config"])
-        if saved.to_hf_dict() != self.model_config.to_hf_dict():
+        saved = Qwen2Config.from_hf_dict(self.checkpointer.restore_metadata()["model_config"])
+        if saved.to_hf_dict() != self.policy.model_config.to_hf_dict():
             raise ValueError(
                 f"the checkpoint in {self.checkpointer.directory} was written for another model shape; "
                 "resume with the same model_path, or choose another output_dir"
@@ -265,13 +215,19 @@ class GRPOTrainer:
         self.step = int(meta["step"])
         self.bad_steps = int(meta.get("bad_steps", 0))
         self.order.restore(meta["data_order"])
-        if self._saves_reference and meta.get("has_reference"):
+        if self.saves_reference and meta.get("has_reference"):
             abstract_ref = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                         self.ref_params)
             self.ref_params = self.checkpointer.restore_extra("reference", abstract_ref)
             log.info("reference policy = the refreshed one saved at step %d", self.step)
         elif self.ref_params is not None:
             log.info("reference policy = the initial weights of model_path (unchanged by resuming)")
+        max_steps = self.config.grpo.max_steps
+        if self.step >= max_steps:
+            log.warning("resume: the run in %s is complete (step %d, max_steps=%d): nothing to train; "
+                        "raise --config.grpo.max_steps to continue it", self.output_dir, self.step, max_steps)
+        else:
+            log.info("resuming from step %d (checkpoint %s)", self.step, self.checkpointer.directory / str(self.step))
 
     def export_hf(self, directory: Path, dtype: str | None = None) -> Path:
         """Writes the current policy as a Hugging Face directory (with the tokenizer files).
@@ -282,8 +238,8 @@ class GRPOTrainer:
         if not self.writer:
             return directory
         return write_hf_directory(
-            directory, params, self.model_config, dtype=dtype or self.config.run.export_dtype,
-            tokenizer_dir=self.tokenizer_dir,
+            directory, params, self.policy.model_config, dtype=dtype or self.config.run.export_dtype,
+            tokenizer_dir=self.policy.tokenizer_dir,
         )
 
     # --- one step ----------------------------------------------------------------------------
@@ -339,46 +295,26 @@ class GRPOTrainer:
 
     def rollout(self, examples: list, refill: int = 0) -> SampleOutput:
         """Samples the groups of `examples`; `refill` > 0: dynamic sampling's extra round (own key)."""
+        r, sampler = self.config.rollout, self.policy.sampler
         # The decode layout straight from the training parameters: one copy of the weights alive.
-        params = self.sampler.prepare(self.state.params)
+        params = sampler.prepare(self.state.params)
         key = jax.random.fold_in(self.rng, self.step)
         if refill:
             key = jax.random.fold_in(key, refill)
-        out = self.sampler.generate(
-            params, [list(e.rollout_ids) for e in examples], self.config.rollout.num_generations, self.sampling, key
-        )
-        if self.config.rollout.max_model_length:
-            caps = [self.config.rollout.max_model_length + 1 - len(e.rollout_ids) for e in examples]
-            out = cap_completions(out, np.repeat(caps, self.config.rollout.num_generations), self.tokenizer.pad_id)
+        out = sampler.generate(params, [list(e.rollout_ids) for e in examples], r.num_generations, self.sampling, key)
+        if r.max_model_length:
+            caps = [r.max_model_length + 1 - len(e.rollout_ids) for e in examples]
+            out = cap_completions(out, np.repeat(caps, r.num_generations), self.policy.tokenizer.pad_id)
         return out
 
     def loss_prompts(self, examples: list) -> tuple[np.ndarray, np.ndarray]:
         """The prompts as the loss sees them (single BOS, at most max_prompt_length tokens), one row
         per sample, left-padded as the sampler pads; equal to the rollout's prompts in the clean mode."""
         prompts = [e.prompt_ids for e in examples]
-        width = bucket_length(max(len(p) for p in prompts), self.sampler.prompt_bucket)
-        ids, mask = left_pad(prompts, width, self.tokenizer.pad_id)
+        width = bucket_length(max(len(p) for p in prompts), self.policy.sampler.prompt_bucket)
+        ids, mask = left_pad(prompts, width, self.policy.tokenizer.pad_id)
         g = self.config.rollout.num_generations
         return np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)
-
-    def build_batch(
-        self, out: Any, prompts: tuple[np.ndarray, np.ndarray], advantages: np.ndarray | None = None
-    ) -> dict[str, Any]:
-        """Prompt + completion rows, trimmed to the longest completion (bucketed); advantages
-        are added when given."""
-        longest = int(out.lengths.max()) if len(out.lengths) else 1
-        t = min(round_up(max(longest, 1), COMPLETION_BUCKET), out.completion_ids.shape[1])
-        completion_ids = out.completion_ids[:, :t]
-        completion_mask = out.completion_mask[:, :t]
-        prompt_ids, prompt_mask = prompts
-        if self.config.grpo.mask_truncated_completions:
-            completion_mask = truncation_mask(completion_mask, out.truncated)
-        return {
-            "input_ids": np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32),
-            "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1).astype(np.int32),
-            "completion_mask": completion_mask.astype(np.int32),
-            **({} if advantages is None else {"advantages": advantages.astype(np.float32)}),
-        }
 
     def dispatch_logprobs(self, batch: dict[str, Any], prompt_len: int) -> tuple[Any, list[dict[str, Any]]]:
         """Starts the reference (beta > 0) and old-policy (num_iterations > 1) log-prob passes
@@ -387,38 +323,40 @@ class GRPOTrainer:
         Returns (micro-batch plans or None, one dict of log-probs per plan, or one for the
         whole batch when length bucketing is off).
         """
-        c = self.config
-        passes = {}
-        if c.grpo.beta > 0:
-            passes["ref_logps"] = self.ref_params
-        if c.grpo.num_iterations > 1:
+        g = self.config.grpo
+        passes = {"ref_logps": self.ref_params} if g.beta > 0 else {}
+        if g.num_iterations > 1:
             passes["old_logps"] = self.state.params
-        bucketed = isinstance(self.train_step, BucketedTrainStep)
-        plans = self.train_step.plan(batch) if bucketed else None
-        if not passes:
-            return plans, [{} for _ in (plans or [None])]
-        inner = None if bucketed else c.grpo.micro_batch_size
-        pieces = (
-            [sharding.shard_batch(take_micro_batch(batch, p), self.mesh) for p in plans] if bucketed
-            else [sharding.shard_batch(batch, self.mesh)]
-        )
-        logps = [
-            {key: token_logprobs(self.graphdef, params, piece["input_ids"], piece["attention_mask"], prompt_len,
-                                 c.grpo.logprob_chunk, micro_batch_size=inner, mesh=self.mesh)
-             for key, params in passes.items()}
-            for piece in pieces
-        ]
+        plans = self.train_step.plan(batch) if isinstance(self.train_step, BucketedTrainStep) else None
+        logps = []
+        for piece in [batch] if plans is None else [take_micro_batch(batch, p) for p in plans]:
+            if passes:  # (placing the rows on the devices is for the passes only)
+                piece = sharding.shard_batch(piece, self.mesh)
+            logps.append({
+                key: token_logprobs(self.policy.graphdef, params, piece["input_ids"], piece["attention_mask"],
+                                    prompt_len, g.logprob_chunk, mesh=self.mesh,
+                                    micro_batch_size=g.micro_batch_size if plans is None else None)
+                for key, params in passes.items()
+            })
         return plans, logps
 
     def start_logprob_passes(self, examples: list, out: SampleOutput) -> "PendingBatch":
-        """The host batch of these rows (no advantages yet) with its log-prob passes dispatched."""
-        prompts = self.loss_prompts(examples)
-        batch = self.build_batch(out, prompts)
-        prompt_len = prompts[0].shape[1]
-        plans, logps = self.dispatch_logprobs(batch, prompt_len)
-        return PendingBatch(batch, prompt_len, plans, logps)
+        """The host batch of these rows (no advantages yet): the loss-side prompts and the
+        completions trimmed to the longest one (bucketed), with its log-prob passes dispatched."""
+        prompt_ids, prompt_mask = self.loss_prompts(examples)
+        t = min(bucket_length(int(out.lengths.max()), COMPLETION_BUCKET), out.completion_ids.shape[1])
+        completion_mask = out.completion_mask[:, :t]
+        if self.config.grpo.mask_truncated_completions:
+            completion_mask = truncation_mask(completion_mask, out.truncated)
+        batch = {
+            "input_ids": np.concatenate([prompt_ids, out.completion_ids[:, :t]], axis=1).astype(np.int32),
+            "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1).astype(np.int32),
+            "completion_mask": completion_mask.astype(np.int32),
+        }
+        plans, logps = self.dispatch_logprobs(batch, prompt_ids.shape[1])
+        return PendingBatch(batch, prompt_ids.shape[1], plans, logps)
 
-    def score(self, examples: list, out: SampleOutput) -> "ScoredRollout":
+    def score(self, examples: list, out: SampleOutput) -> Rollout:
         """The whole batch's rewards; this process decodes and scores its share of the groups
         and only the numbers travel between processes."""
         g = self.config.rollout.num_generations
@@ -426,26 +364,24 @@ class GRPOTrainer:
         share = distributed.process_rows(len(examples), g)
         texts = self._completion_texts(out, share)
         local = self.scorer.score(texts, golds[share.start:share.stop], g, lengths=out.lengths[share.start:share.stop])
-        return ScoredRollout(examples, out, distributed.gather_scores(local, len(examples), g), texts, share)
+        return Rollout(examples, out, distributed.gather_scores(local, len(examples), g))
 
-    def fill_informative_groups(self, scored: "ScoredRollout") -> tuple["ScoredRollout", dict[str, float]]:
+    def fill_informative_groups(self, scored: Rollout) -> tuple[Rollout, dict[str, float]]:
         """Dynamic sampling: drops equal-reward groups and refills the step from extra rounds."""
         c = self.config
         start = time.perf_counter()
         picked, metrics = dynamic_sampling.fill_step(
             scored, self._extra_rollout,
             prompts_per_step=c.rollout.prompts_per_step, num_generations=c.rollout.num_generations,
-            max_rounds=c.rollout.dynamic_sampling_max_rounds, pad_id=self.tokenizer.pad_id,
+            max_rounds=c.rollout.dynamic_sampling_max_rounds, pad_id=self.policy.tokenizer.pad_id,
         )
         metrics["time/dynamic_sampling_s"] = time.perf_counter() - start
-        # Texts are decoded again for the logged samples (the picked rows are a new batch).
-        return ScoredRollout(picked.examples, picked.out, picked.scores), metrics
+        return picked, metrics
 
-    def _extra_rollout(self, refill: int) -> dynamic_sampling.Rollout:
+    def _extra_rollout(self, refill: int) -> Rollout:
         """Dynamic sampling's extra round: the next prompts_per_step prompts, sampled and scored."""
         examples = self.draw_prompts()
-        out = self.rollout(examples, refill)
-        return dynamic_sampling.Rollout(examples, out, self.score(examples, out).scores)
+        return self.score(examples, self.rollout(examples, refill))
 
     def advantages(self, rewards: np.ndarray) -> np.ndarray:
         """Group-relative advantages of the step's rewards (rows group-major)."""
@@ -483,12 +419,12 @@ class GRPOTrainer:
             log.warning("step %d: non-finite loss or gradient; the update was not applied (%d in a row)",
                         self.step, self.bad_steps)
 
-    def step_metrics(self, scored: "ScoredRollout", rewards: np.ndarray, update_metrics: dict[str, float],
+    def step_metrics(self, scored: Rollout, rewards: np.ndarray, update_metrics: dict[str, float],
                      prompt_len: int, clock: "StepClock") -> dict[str, Any]:
         """The step's log scalars: rewards, lengths, the update's figures, the parts' times."""
         g = self.config.rollout.num_generations
         lengths = scored.out.lengths
-        step_s = clock.elapsed()
+        step_s = time.perf_counter() - clock.start
         return {
             **scored.scores.metrics(),
             "reward_std": float(reward_std(jnp.asarray(rewards), g)),
@@ -505,25 +441,21 @@ class GRPOTrainer:
             "bad_steps": self.bad_steps,
         }
 
-    def log_samples(self, scored: "ScoredRollout", rewards: np.ndarray) -> None:
+    def log_samples(self, scored: Rollout, rewards: np.ndarray) -> None:
         """Writes the first `log_completions` rows (prompt, completion, reward, gold) to the run log."""
         g = self.config.rollout.num_generations
-        golds = [e.gold for e in scored.examples for _ in range(g)]
-        rows = range(min(self.config.run.log_completions, len(golds)))
-        texts = scored.texts
-        if not (scored.share.start == 0 and len(texts) >= len(rows)):
-            texts = self._completion_texts(scored.out, rows)
+        rows = range(min(self.config.run.log_completions, len(rewards)))
+        texts = self._completion_texts(scored.out, rows)  # decoded again: a few rows, on the writer only
         samples = [
             {"prompt": scored.examples[r // g].problem, "completion": texts[r], "reward": float(rewards[r]),
-             "gold": golds[r]}
+             "gold": scored.examples[r // g].gold}
             for r in rows
         ]
         self.run_log.log_completions(self.step, samples)
 
     def _completion_texts(self, out: SampleOutput, rows: range) -> list[str]:
         """Completion texts of sampler output rows `rows`."""
-        ids, lengths = out.completion_ids[rows.start:rows.stop], out.lengths[rows.start:rows.stop]
-        return self.tokenizer.decode_batch([row[:n] for row, n in zip(ids.tolist(), lengths.tolist())])
+        return self.policy.tokenizer.decode_batch(out.completions()[rows.start:rows.stop])
 
     def evaluate(self) -> dict[str, float]:
         """Pass@1 of the current policy on `eval_tasks` (paper prompt and scoring), as log scalars.
@@ -533,11 +465,12 @@ class GRPOTrainer:
         from openrs_jax.evaluation import evaluate_tasks, flat_metrics
 
         c = self.config
-        params = self.policy.rollout_params(self.state.params)  # as rollouts: one copy of the weights alive
+        p = self.policy
+        params = p.sampler.prepare(self.state.params)  # as rollouts: one copy of the weights alive
         results = evaluate_tasks(
-            self.sampler, params, self.tokenizer, list(c.eval.tasks), data_dir=c.eval.data_dir or None,
+            p.sampler, params, p.tokenizer, list(c.eval.tasks), data_dir=c.eval.data_dir or None,
             num_samples=c.eval.num_samples, max_new_tokens=c.eval.max_new_tokens, seed=c.run.seed,
-            limit=c.eval.limit or None, eos_ids=self.eos_ids,
+            limit=c.eval.limit or None, eos_ids=p.eos_ids,
             out_dir=self.output_dir / "eval" / f"step-{self.step}" if self.writer else None,
         )
         return flat_metrics(results)
@@ -554,18 +487,14 @@ class GRPOTrainer:
         if self.step >= c.grpo.max_steps:  # a finished run, resumed: its outputs stay as they are
             self.close()
             return metrics
-        log.info(
-            "dataset: %d prompts (%d dropped, %d cut on the left for the loss, as longer than %d tokens); "
-            "%d devices; mesh %s",
-            len(self.dataset), self.dataset.dropped_too_long, self.dataset.truncated_too_long, c.data.max_prompt_length,
-            jax.device_count(),
-            dict(self.mesh.shape),
-        )
+        log.info("dataset: %d prompts (%d dropped, %d cut on the left for the loss, as longer than %d tokens); "
+                 "%d devices; mesh %s", len(self.dataset), self.dataset.dropped_too_long,
+                 self.dataset.truncated_too_long, c.data.max_prompt_length, jax.device_count(), dict(self.mesh.shape))
         bar = tqdm(total=c.grpo.max_steps, initial=self.step, desc="GRPO", unit="step", dynamic_ncols=True,
                    disable=not self.writer)
         try:
             # Log lines go through tqdm.write while the bar is up, so they do not land on the bar's line.
-            with StopRequested() as stop, logging_redirect_tqdm():
+            with stop_requested() as stop, logging_redirect_tqdm():
                 stopping = False  # a signal on any process stops every process after the same step
                 while self.step < c.grpo.max_steps and not stopping:
                     metrics = self.train_one_step()
@@ -632,14 +561,8 @@ def trl_named(update_metrics: dict[str, float], lr_after_step: float) -> dict[st
     read after the scheduler step (the rate of the next update); the rate this update used is
     `learning_rate/used`.
     """
-    out = dict(update_metrics)
-    if "kl" in out:
-        out["kl/token_mean"] = out.pop("kl")
-    if "kl/row_mean" in out:
-        out["kl"] = out.pop("kl/row_mean")
-    out["learning_rate/used"] = out.pop("learning_rate")
-    out["learning_rate"] = lr_after_step
-    return out
+    renamed = {"kl": "kl/token_mean", "kl/row_mean": "kl", "learning_rate": "learning_rate/used"}
+    return {**{renamed.get(k, k): v for k, v in update_metrics.items()}, "learning_rate": lr_after_step}
 
 
 def format_summary(step: int, metrics: dict[str, Any], reward_funcs: Any) -> str:
