@@ -369,8 +369,7 @@ class BucketedTrainStep:
             return grads, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), scalars)
 
         def apply(state: TrainState, acc: tuple) -> tuple[TrainState, dict[str, jax.Array]]:
-            grads, scalars = acc
-            return _apply_gradients(state, grads, scalars, self.config, mesh)
+            return _apply_gradients(state, *acc, self.config, mesh)  # acc: (gradient sum, scalar sums)
 
         self._grad_fn = grad_fn
         self._accumulate = jax.jit(accumulate, donate_argnums=(1,))
@@ -382,8 +381,7 @@ class BucketedTrainStep:
         `length_bucket` is 0: then use `make_train_step`)."""
         t = batch["completion_mask"].shape[1]
         extent = completion_extent(batch["attention_mask"], batch["completion_mask"])
-        bucket = self.config.length_bucket or t
-        return length_buckets(extent, self.config.micro_batch_size, bucket, t)
+        return length_buckets(extent, self.config.micro_batch_size, self.config.length_bucket or t, t)
 
     def micro_batches(
         self, batch: Mapping[str, Any], plans: list[MicroBatch], extra: list[dict[str, Any]] | None = None
@@ -409,8 +407,7 @@ class BucketedTrainStep:
 
     def gradients(self, params: Any, micro: list[dict[str, Any]]) -> tuple[Any, dict[str, jax.Array]]:
         """The batch's summed gradient and loss/metric sums (what `__call__` applies)."""
-        shapes = jax.eval_shape(self._grad_fn, params, micro[0], params)
-        (loss, metrics), _ = shapes
+        (loss, metrics), _ = jax.eval_shape(self._grad_fn, params, micro[0], params)
         scalars = {"loss": loss, "num_tokens": jax.ShapeDtypeStruct((), jnp.float32), **metrics}
         acc = self._zeros(params, scalars)
         for mb in micro:
