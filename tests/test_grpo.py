@@ -175,7 +175,7 @@ def test_aggregation_weights_and_beta_zero():
     assert float(loss) == pytest.approx(-(adv[:, None] * mask).sum() / mask.sum(), rel=1e-5)
     with pytest.raises(ValueError, match="ref_logps"):
         grpo_loss(lp, None, None, jnp.asarray(adv), jnp.asarray(mask), num_generations=G, beta=0.04)
-    with pytest.raises(ValueError, match="unknown loss aggregation"):
+    with pytest.raises(ValueError, match="unknown loss_aggregation 'sum'"):
         aggregation_weights(jnp.asarray(mask), num_generations=G, aggregation="sum")
 
 

@@ -120,7 +120,7 @@ def test_shard_batch_and_rollout_params():
     shapes = nnx.to_pure_dict(nnx.split(abstract_model(config))[1])
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32), shapes)
-    params = sharding.shard_tree(params, mesh)
+    params = jax.device_put(params, sharding.tree_shardings(params, mesh))
     assert params["embed_tokens"].sharding.spec == P("fsdp", None)
     copy = sharding.rollout_params(params, mesh, "bfloat16")
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(copy)):

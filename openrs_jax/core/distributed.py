@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 
 log = logging.getLogger("openrs_jax.core.distributed")
@@ -37,6 +38,8 @@ ENV_ADDRESS, ENV_NUM, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "
 # SLURM_STEP_NUM_TASKS, not SLURM_NTASKS: only `srun` sets it, so a plain `python` inside a
 # multi-task allocation stays a single process instead of waiting for peers that never start.
 SCHEDULERS = (("SLURM_STEP_NUM_TASKS", "SLURM"), ("OMPI_COMM_WORLD_SIZE", "Open MPI"))
+# The `ScoreResult` counters that add up over processes (its `seconds` is the slowest process's).
+SUMMED_COUNTERS = ("timeouts", "errors", "worker_restarts", "unparsable_golds")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -83,7 +86,9 @@ def maybe_initialize(
             return False
         log.info("joining the %s job's processes (settings detected by jax.distributed)", scheduler)
         kwargs = {}
-    _use_cpu_collectives()
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        # CPU processes need a cross-process collectives library (GPUs use NCCL regardless).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(**kwargs, **timeouts)
     except Exception as e:  # noqa: BLE001 - the runtime raises several types; all mean "could not join"
@@ -95,12 +100,6 @@ def maybe_initialize(
     log.info("process %d of %d: %d local devices, %d in all", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
     return True
-
-
-def _use_cpu_collectives() -> None:
-    """CPU processes need a cross-process collectives library (GPUs use NCCL regardless)."""
-    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def is_multiprocess() -> bool:
@@ -116,8 +115,6 @@ def any_process(flag: bool) -> bool:
     """True on every process when `flag` is true on any one (a collective: call it everywhere)."""
     if not is_multiprocess():
         return bool(flag)
-    from jax.experimental import multihost_utils
-
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
@@ -131,8 +128,6 @@ def process_rows(num_groups: int, group_size: int) -> range:
 
 def _allgather_rows(local: np.ndarray, counts: Sequence[int]) -> np.ndarray:
     """Concatenates every process's rows (float64 kept exact: gathered as int32 pairs)."""
-    from jax.experimental import multihost_utils
-
     width = max(counts)
     padded = np.zeros((width, local.shape[1]), np.float64)
     padded[: len(local)] = local
@@ -158,8 +153,7 @@ def gather_scores(local: Any, num_groups: int, group_size: int) -> Any:
     failed[[r for r in local.failed_rows if r < len(failed)]] = 1.0
     rows = np.stack([np.asarray(local.total, np.float64), *(np.asarray(local.rewards[k], np.float64) for k in names),
                      failed], axis=1).reshape(len(local.total), len(names) + 2)
-    counters = np.array([[local.timeouts, local.errors, local.worker_restarts, local.unparsable_golds,
-                          local.seconds]], np.float64)
+    counters = np.array([[*(getattr(local, name) for name in SUMMED_COUNTERS), local.seconds]], np.float64)
     everything = _allgather_rows(rows, counts)
     totals = _allgather_rows(counters, [1] * len(counts))
     # Shares are contiguous and in process order, so the concatenation is in row order.
@@ -168,11 +162,8 @@ def gather_scores(local: Any, num_groups: int, group_size: int) -> Any:
         total=everything[:, 0].tolist(),
         rewards={k: everything[:, 1 + i].tolist() for i, k in enumerate(names)},
         failed_rows=[int(r) for r in np.flatnonzero(everything[:, -1])],
-        timeouts=int(totals[:, 0].sum()),
-        errors=int(totals[:, 1].sum()),
-        worker_restarts=int(totals[:, 2].sum()),
-        unparsable_golds=int(totals[:, 3].sum()),
-        seconds=float(totals[:, 4].max()),
+        **{name: int(totals[:, i].sum()) for i, name in enumerate(SUMMED_COUNTERS)},
+        seconds=float(totals[:, -1].max()),
     )
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from openrs_jax.core.sharding import path_string
 
 
 def warmup_steps_of(max_steps: int, warmup_ratio: float) -> int:
@@ -59,7 +60,7 @@ def decay_mask(params: Any) -> Any:
     """True for leaves that get weight decay: matrices, not biases or norm weights."""
 
     def is_matrix(path: tuple, leaf: Any) -> bool:
-        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        name = path_string(path)
         return not (name.endswith("bias") or "norm" in name)
 
     return jax.tree_util.tree_map_with_path(is_matrix, params)

@@ -63,8 +63,6 @@ def parse_mesh_spec(spec: Mapping[str, int] | str | None) -> dict[str, int]:
     """
     if spec is None:
         return dict(DEFAULT_MESH)
-    if hasattr(spec, "to_dict"):  # an ml_collections ConfigDict
-        spec = spec.to_dict()
     if isinstance(spec, str):
         items: dict[str, Any] = {}
         for part in filter(None, (s.strip() for s in spec.split(","))):
@@ -157,11 +155,6 @@ def tree_shardings(tree: Any, mesh: Mesh, *, fsdp: bool = True) -> Any:
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def shard_tree(tree: Any, mesh: Mesh, *, fsdp: bool = True) -> Any:
-    """Places a tree of arrays by `tree_shardings` (parameters, a train state)."""
-    return jax.device_put(tree, tree_shardings(tree, mesh, fsdp=fsdp))
-
-
 def batch_sharding(mesh: Mesh, ndim: int = 1, row_axis: int = 0) -> NamedSharding:
     """Rows (dimension `row_axis`) split over `data` x `fsdp`, other dimensions whole."""
     spec: list[Any] = [None] * ndim
@@ -182,32 +175,26 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
     devices' rows); a host array must not go through a local device first.
     """
     dp = data_parallel_size(mesh)
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        if value is None:
-            out[key] = None
-            continue
+
+    def place(key: str, value: Any) -> jax.Array:
         value = np.asarray(value) if not isinstance(value, jax.Array) else value
         if value.shape[0] % dp:
             raise ValueError(
                 f"batch field {key!r} has {value.shape[0]} rows, not a multiple of the "
                 f"{dp} data-parallel devices (mesh {dict(mesh.shape)})"
             )
-        out[key] = jax.device_put(value, batch_sharding(mesh, value.ndim))
-    return out
+        return jax.device_put(value, batch_sharding(mesh, value.ndim))
+
+    return {key: None if value is None else place(key, value) for key, value in batch.items()}
 
 
+@functools.partial(jax.jit, static_argnames=("mesh", "dtype"))
 def rollout_params(params: Any, mesh: Mesh, dtype: Any = jnp.bfloat16) -> Any:
-    """The rollout copy: parameters cast to `dtype`, replicated except along `tensor`.
+    """The rollout copy: parameters cast to `dtype`, replicated except along `tensor` (jitted).
 
     Casting happens on the sharded training copy before the gather, so only `dtype` bytes
     cross the interconnect. Call once per step, after the update.
     """
-    return _cast_for_rollout(params, mesh, jnp.dtype(dtype))
-
-
-@functools.partial(jax.jit, static_argnames=("mesh", "dtype"))
-def _cast_for_rollout(params: Any, mesh: Mesh, dtype: Any) -> Any:
     cast = jax.tree.map(lambda x: x.astype(dtype), params)
     return jax.lax.with_sharding_constraint(cast, tree_shardings(cast, mesh, fsdp=False))
 

@@ -26,7 +26,6 @@ from openrs_jax.core.grpo.loss import (
     POLICY_LOSSES,
     aggregation_weights,
     grpo_loss,
-    per_token_terms,
     token_mean_weights,
 )
 from openrs_jax.core.grpo.microbatch import merge_micro_batches, num_micro_batches, split_micro_batches
@@ -45,6 +44,6 @@ __all__ = [
     "TrainState", "UpdateConfig", "high_entropy_mask",
     "abstract_train_state", "aggregation_weights", "chunked_token_logprobs", "completion_logprobs",
     "create_train_state", "group_advantages", "grpo_loss", "make_train_step", "merge_micro_batches",
-    "num_micro_batches", "per_token_terms", "reward_std", "split_micro_batches", "token_logprobs",
+    "num_micro_batches", "reward_std", "split_micro_batches", "token_logprobs",
     "token_mean_weights",
 ]

@@ -25,16 +25,15 @@ def _grouped(rewards: jax.Array, num_generations: int) -> jax.Array:
 
 # scale_rewards values: what the centred rewards are divided by (+ STD_EPS).
 REWARD_SCALINGS = ("group", "batch", "none")
-_BOOLEAN_SCALINGS = {True: "group", False: "none", "true": "group", "false": "none", "1": "group", "0": "none"}
+# Each accepted spelling, lower-cased (booleans as str() writes them), -> its scaling.
+_SCALING_OF = {**{s: s for s in REWARD_SCALINGS}, "true": "group", "1": "group", "false": "none", "0": "none"}
 
 
 def reward_scaling(value: Any) -> str:
     """"group", "batch" or "none" from a `scale_rewards` value (True/False mean group/none)."""
-    key = value.lower() if isinstance(value, str) else value
-    if isinstance(key, (bool, str)) and key in _BOOLEAN_SCALINGS:
-        return _BOOLEAN_SCALINGS[key]
-    if key in REWARD_SCALINGS:
-        return key
+    key = str(value).lower() if isinstance(value, (bool, str)) else None
+    if key in _SCALING_OF:
+        return _SCALING_OF[key]
     raise ValueError(f"scale_rewards={value!r}: use one of {', '.join(REWARD_SCALINGS)} (or True/False for group/none)")
 
 

@@ -18,7 +18,7 @@ distribution they were sampled from (what later TRL versions do).
 
 `completion_logprobs(model, ...)` works on a merged module (used inside the update);
 `token_logprobs(graphdef, params, ...)` is the jitted, forward-only entry point for reference
-and old-policy log-probs.
+and old-policy log-probs (`forward_logprobs`, unjitted, also gives the update's entropies).
 """
 
 from __future__ import annotations
@@ -101,10 +101,7 @@ def _chunked_logprobs_bwd(temperature, with_entropy, residuals, cotangents):
     return dw.astype(kernel.dtype), dhs, None
 
 
-_chunked_logprobs.defvjp(
-    lambda kernel, hs, ts, temperature, with_entropy: _chunks_forward(kernel, hs, ts, temperature, with_entropy),
-    _chunked_logprobs_bwd,
-)
+_chunked_logprobs.defvjp(_chunks_forward, _chunked_logprobs_bwd)
 
 
 def chunked_token_logprobs(
@@ -152,10 +149,12 @@ def completion_logprobs(
     layer_grad_accumulator: Any | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs (and entropies) [rows, S - completion_start] of the completion tokens; 0 where
-    the token is padding (attention_mask 0). `layer_grad_accumulator`: see
-    `Qwen2ForCausalLM.hidden_states` (the layers' gradient then includes it)."""
+    the token is padding (attention_mask 0). With a `mesh`, rows stay split over its batch axes.
+    `layer_grad_accumulator`: see `Qwen2ForCausalLM.hidden_states` (the layers' gradient then includes it)."""
     if not 1 <= completion_start < input_ids.shape[1]:
         raise ValueError(f"completion_start {completion_start} must be in [1, {input_ids.shape[1]})")
+    if mesh is not None:
+        input_ids, attention_mask = constrain_batch(input_ids, mesh), constrain_batch(attention_mask, mesh)
     order, lengths = right_padded(attention_mask)
     packed_ids = jnp.take_along_axis(input_ids, order, axis=1)
     hidden, _ = model.hidden_states(  # [rows, S, D]
@@ -173,17 +172,15 @@ def completion_logprobs(
     logp, entropy = chunked_token_logprobs(
         # The kernel in its stored (fp32 master) dtype: casting inside each chunk makes the
         # chunk loop accumulate its gradient in fp32.
-        hidden, model.lm_head_kernel(cast=False), targets, chunk=chunk, temperature=temperature, with_entropy=with_entropy
+        hidden, model.lm_head_kernel(cast=False), targets, chunk=chunk, temperature=temperature,
+        with_entropy=with_entropy,
     )
     real = attention_mask[:, completion_start:].astype(bool)
     logp = jnp.where(real, logp, 0.0)
     return logp, None if entropy is None else jnp.where(real, entropy, 0.0)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "completion_start", "chunk", "micro_batch_size", "temperature", "mesh")
-)
-def token_logprobs(
+def forward_logprobs(
     graphdef: nnx.GraphDef,
     params: Any,
     input_ids: jax.Array,
@@ -193,26 +190,34 @@ def token_logprobs(
     *,
     micro_batch_size: int | None = None,
     temperature: float = 1.0,
+    with_entropy: bool = False,
     mesh: Mesh | None = None,
 ) -> jax.Array:
-    """Forward-only log-probs [rows, S - completion_start] of completion tokens (jitted).
+    """Forward-only log-probs [rows, S - completion_start] of completion tokens (with
+    `with_entropy`, their entropies instead); `token_logprobs` is this function jitted.
 
     `params` is the model's parameter tree (a pure dict or `nnx.State`, any dtype: the
     graphdef's config decides the compute dtype). Rows are processed `micro_batch_size` at a
-    time (default: all at once) so activation memory matches the update's.
+    time (default: all at once; see `grpo.microbatch`) so activation memory matches the update's.
     """
     model = nnx.merge(graphdef, params)
     n = num_micro_batches(input_ids.shape[0], micro_batch_size)
 
-    def run(ids: jax.Array, mask: jax.Array) -> jax.Array:
-        if mesh is not None:
-            ids, mask = constrain_batch(ids, mesh), constrain_batch(mask, mesh)
-        logp, _ = completion_logprobs(
-            model, ids, mask, completion_start, chunk=chunk, temperature=temperature, mesh=mesh
+    def run(xs: tuple[jax.Array, jax.Array]) -> jax.Array:
+        logp, entropy = completion_logprobs(
+            model, *xs, completion_start, chunk=chunk, temperature=temperature, with_entropy=with_entropy, mesh=mesh
         )
-        return logp
+        return entropy if with_entropy else logp
 
     if n == 1:
-        return run(input_ids, attention_mask)
-    ids, mask = split_micro_batches((input_ids, attention_mask), n)
-    return merge_micro_batches(jax.lax.map(lambda xs: run(*xs), (ids, mask)))
+        return run((input_ids, attention_mask))
+    return merge_micro_batches(jax.lax.map(run, split_micro_batches((input_ids, attention_mask), n)))
+
+
+# The jitted entry point of the reference and old-policy passes.
+token_logprobs = jax.jit(
+    forward_logprobs,
+    static_argnames=(
+        "graphdef", "completion_start", "chunk", "micro_batch_size", "temperature", "with_entropy", "mesh"
+    ),
+)

@@ -31,11 +31,10 @@ row), `policy_loss="cispo"` (clipped, stop-gradient importance weight times log-
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-
 
 
 def _group_token_mean(mask: jax.Array, num_generations: int, max_completion_length: int | None) -> jax.Array:
@@ -70,6 +69,12 @@ AGGREGATIONS: dict[str, Callable[[jax.Array, int, int | None], jax.Array]] = {
 }
 
 
+def check_option(option: str, value: str, valid: Mapping[str, Any]) -> None:
+    """Refuses a `value` of `option` that is not a key of its table `valid`, naming them."""
+    if value not in valid:
+        raise ValueError(f"unknown {option} {value!r}; valid: {', '.join(valid)}")
+
+
 def aggregation_weights(
     mask: jax.Array, *, num_generations: int, aggregation: str, max_completion_length: int | None = None
 ) -> jax.Array:
@@ -78,11 +83,10 @@ def aggregation_weights(
     `max_completion_length` is the configured limit, not T: the trainer may trim T to the
     longest completion, and `constant_norm` must not change when it does.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    check_option("loss_aggregation", aggregation, AGGREGATIONS)
     mask = mask.astype(jnp.float32)
     if mask.shape[0] % num_generations:
-        raise ValueError(f"{mask.shape[0]} rows do not split into groups of {num_generations}")
+        raise ValueError(f"{mask.shape[0]} rows do not split into groups of num_generations={num_generations}")
     return AGGREGATIONS[aggregation](mask, num_generations, max_completion_length)
 
 
@@ -147,85 +151,9 @@ POLICY_LOSSES: dict[str, Callable[..., dict[str, jax.Array]]] = {
 }
 
 
-def check_loss_options(
-    *, policy_loss: str = "clip", importance_sampling: str = "token", delta: float = 0.0,
-    epsilon_low: float = 0.2, epsilon_high: float = 0.2, top_entropy_quantile: float = 1.0,
-) -> None:
-    """Raises `ValueError` naming the option and the fix for a combination that makes no sense."""
-    if policy_loss not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy_loss {policy_loss!r}; valid: {', '.join(POLICY_LOSSES)}")
-    if importance_sampling not in IMPORTANCE_SAMPLING:
-        raise ValueError(
-            f"unknown importance_sampling {importance_sampling!r}; valid: {', '.join(IMPORTANCE_SAMPLING)}"
-        )
-    if epsilon_low < 0 or epsilon_high < 0:
-        raise ValueError(f"epsilon_low={epsilon_low} and epsilon_high={epsilon_high} must be >= 0")
-    if delta < 0:
-        raise ValueError(f"delta={delta} must be 0 (off) or > 1 + epsilon_high")
-    if delta and policy_loss != "clip":
-        raise ValueError(f"delta={delta} bounds the clipped objective; policy_loss={policy_loss!r} has none: set delta=0")
-    if delta and delta <= 1.0 + epsilon_high:
-        raise ValueError(
-            f"delta={delta} must be > 1 + epsilon_high = {1.0 + epsilon_high}: a lower cap would also cut "
-            "positive-advantage ratios inside the clip range (a tighter epsilon_high), not bound negative ones"
-        )
-    if not 0.0 <= top_entropy_quantile <= 1.0:
-        raise ValueError(
-            f"top_entropy_quantile={top_entropy_quantile} must be in [0, 1] (the fraction of highest-entropy "
-            "tokens kept in the policy loss; 1 keeps all, the paper uses 0.2)"
-        )
-
-
 def truncation_mask(completion_mask: Any, truncated: Any) -> Any:
     """`completion_mask` [rows, T] with the rows of truncated completions (no EOS) zeroed (DAPO)."""
     return completion_mask * (~truncated.astype(bool))[:, None]
-
-
-def per_token_terms(
-    logps: jax.Array,
-    old_logps: jax.Array | None,
-    ref_logps: jax.Array | None,
-    advantages: jax.Array,
-    *,
-    beta: float,
-    epsilon_low: float,
-    epsilon_high: float,
-    mask: jax.Array | None = None,
-    policy_loss: str = "clip",
-    importance_sampling: str = "token",
-    delta: float = 0.0,
-    policy_mask: jax.Array | None = None,
-) -> dict[str, jax.Array]:
-    """Per-token loss, k3 KL and clipping indicators, all [rows, T] fp32.
-
-    `mask` (the completion mask) is needed for sequence-level importance sampling;
-    `policy_mask` [rows, T] (e.g. the high-entropy tokens) multiplies the policy term, not the KL.
-    """
-    if beta != 0.0 and ref_logps is None:
-        raise ValueError("beta != 0 needs ref_logps (the reference model's log-probs)")
-    if importance_sampling != "token" and mask is None:
-        raise ValueError(f"importance_sampling={importance_sampling!r} needs the completion mask")
-    logps = logps.astype(jnp.float32)
-    old = jax.lax.stop_gradient(logps) if old_logps is None else old_logps.astype(jnp.float32)
-    adv = advantages.astype(jnp.float32)[:, None]
-    log_ratio = IMPORTANCE_SAMPLING[importance_sampling](
-        logps - old, None if mask is None else mask.astype(jnp.float32)
-    )
-    ratio = jnp.exp(log_ratio)
-    terms = POLICY_LOSSES[policy_loss](
-        ratio, logps, adv, epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta
-    )
-    loss = terms["loss"]
-    if policy_mask is not None:
-        loss = loss * policy_mask.astype(jnp.float32)
-    if ref_logps is not None:
-        diff = ref_logps.astype(jnp.float32) - logps
-        kl = jnp.exp(diff) - diff - 1.0
-        terms["kl"] = kl
-        if beta != 0.0:
-            loss = loss + beta * kl
-    terms["loss"] = loss
-    return terms
 
 
 def grpo_loss(
@@ -273,12 +201,26 @@ def grpo_loss(
         )
     if metric_weights is None:
         metric_weights = token_mean_weights(mask)
-    terms = per_token_terms(
-        logps, old_logps, ref_logps, advantages, beta=beta, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
-        mask=mask, policy_loss=policy_loss, importance_sampling=importance_sampling, delta=delta,
-        policy_mask=policy_mask,
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta != 0 needs ref_logps (the reference model's log-probs)")
+    # Per-token terms [rows, T] fp32: the policy term, the k3 KL, the clipping indicators.
+    logps = logps.astype(jnp.float32)
+    old = jax.lax.stop_gradient(logps) if old_logps is None else old_logps.astype(jnp.float32)
+    adv = advantages.astype(jnp.float32)[:, None]
+    log_ratio = IMPORTANCE_SAMPLING[importance_sampling](logps - old, mask.astype(jnp.float32))
+    terms = POLICY_LOSSES[policy_loss](
+        jnp.exp(log_ratio), logps, adv, epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta
     )
-    loss = jnp.sum(loss_weights * terms["loss"])
+    per_token = terms["loss"]
+    if policy_mask is not None:  # the policy term only: the KL still counts on every token
+        per_token = per_token * policy_mask.astype(jnp.float32)
+    kl = None
+    if ref_logps is not None:
+        diff = ref_logps.astype(jnp.float32) - logps
+        kl = jnp.exp(diff) - diff - 1.0
+        if beta != 0.0:
+            per_token = per_token + beta * kl
+    loss = jnp.sum(loss_weights * per_token)
 
     def mean(x: jax.Array) -> jax.Array:
         return jnp.sum(metric_weights * jax.lax.stop_gradient(x))
@@ -290,10 +232,10 @@ def grpo_loss(
     }
     if "clipped_delta" in terms:
         metrics["clip_ratio/delta"] = mean(terms["clipped_delta"])
-    if "kl" in terms:
-        metrics["kl"] = mean(terms["kl"])
+    if kl is not None:
+        metrics["kl"] = mean(kl)
         if row_weights is not None:
-            metrics["kl/row_mean"] = jnp.sum(row_weights * jax.lax.stop_gradient(terms["kl"]))
+            metrics["kl/row_mean"] = jnp.sum(row_weights * jax.lax.stop_gradient(kl))
     if entropy is not None:
         metrics["entropy"] = mean(entropy)
     return loss, metrics

@@ -21,7 +21,6 @@ import jax
 import numpy as np
 
 
-
 def num_micro_batches(rows: int, micro_batch_size: int | None) -> int:
     """How many micro-batches `rows` make; `None` or `rows` means one."""
     if micro_batch_size is None or micro_batch_size >= rows:
@@ -33,20 +32,12 @@ def num_micro_batches(rows: int, micro_batch_size: int | None) -> int:
 
 def split_micro_batches(tree: Any, n: int) -> Any:
     """Every [rows, ...] leaf -> [n, rows // n, ...] (micro-batch j = rows j, j + n, ...)."""
-
-    def split(x: jax.Array) -> jax.Array:
-        return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-
-    return jax.tree.map(split, tree)
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), tree)
 
 
 def merge_micro_batches(tree: Any) -> Any:
     """Inverse of `split_micro_batches`: [n, rows // n, ...] -> [rows, ...]."""
-
-    def merge(x: jax.Array) -> jax.Array:
-        return x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-    return jax.tree.map(merge, tree)
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
 
 
 # --- length-bucketed micro-batches (built on the host, one program per padded length) ------
@@ -90,15 +81,10 @@ def take_micro_batch(batch: Mapping[str, Any], plan: MicroBatch) -> dict[str, An
     log-probs) keep the first `completion_length` columns; [rows, P + T] leaves (input_ids,
     attention_mask) keep the prompt and those columns. None stays None.
     """
-    t = batch["completion_mask"].shape[1]
-    keep = plan.completion_length
-    out = {}
-    for key, x in batch.items():
-        if x is None:
-            out[key] = None
-            continue
+    drop = batch["completion_mask"].shape[1] - plan.completion_length  # padding columns at the end
+
+    def take(x: Any) -> np.ndarray:
         x = np.asarray(x)[plan.rows]
-        if x.ndim >= 2:
-            x = x[:, : x.shape[1] - t + keep]
-        out[key] = x
-    return out
+        return x[:, : x.shape[1] - drop] if x.ndim >= 2 else x
+
+    return {key: None if x is None else take(x) for key, x in batch.items()}

@@ -39,9 +39,17 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from openrs_jax.core import optim
-from openrs_jax.core.grpo.entropy import batch_entropies, high_entropy_mask
-from openrs_jax.core.grpo.logprobs import DEFAULT_CHUNK, completion_logprobs
-from openrs_jax.core.grpo.loss import AGGREGATIONS, aggregation_weights, check_loss_options, grpo_loss, token_mean_weights
+from openrs_jax.core.grpo.entropy import high_entropy_mask
+from openrs_jax.core.grpo.logprobs import DEFAULT_CHUNK, completion_logprobs, forward_logprobs
+from openrs_jax.core.grpo.loss import (
+    AGGREGATIONS,
+    IMPORTANCE_SAMPLING,
+    POLICY_LOSSES,
+    aggregation_weights,
+    check_option,
+    grpo_loss,
+    token_mean_weights,
+)
 from openrs_jax.core.grpo.microbatch import (
     MicroBatch,
     completion_extent,
@@ -87,8 +95,9 @@ class UpdateConfig:
     top_entropy_quantile: float = 1.0  # < 1: only the highest-entropy tokens keep the policy term
 
     def __post_init__(self) -> None:
-        if self.loss_aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown loss_aggregation {self.loss_aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+        check_option("loss_aggregation", self.loss_aggregation, AGGREGATIONS)
+        check_option("policy_loss", self.policy_loss, POLICY_LOSSES)
+        check_option("importance_sampling", self.importance_sampling, IMPORTANCE_SAMPLING)
         if self.num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
         if self.micro_batch_size is not None and self.micro_batch_size <= 0:
@@ -98,11 +107,23 @@ class UpdateConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.logprob_chunk <= 0 or self.logprob_temperature <= 0:
             raise ValueError("logprob_chunk and logprob_temperature must be positive")
-        check_loss_options(
-            policy_loss=self.policy_loss, importance_sampling=self.importance_sampling, delta=self.delta,
-            epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
-            top_entropy_quantile=self.top_entropy_quantile,
-        )
+        if self.delta < 0:
+            raise ValueError(f"delta={self.delta} must be 0 (off) or > 1 + epsilon_high")
+        if self.delta and self.policy_loss != "clip":
+            raise ValueError(
+                f"delta={self.delta} bounds the clipped objective; policy_loss={self.policy_loss!r} has none: "
+                "set delta=0"
+            )
+        if self.delta and self.delta <= 1.0 + self.epsilon_high:
+            raise ValueError(
+                f"delta={self.delta} must be > 1 + epsilon_high = {1.0 + self.epsilon_high}: a lower cap would also "
+                "cut positive-advantage ratios inside the clip range (a tighter epsilon_high), not bound negative ones"
+            )
+        if not 0.0 <= self.top_entropy_quantile <= 1.0:
+            raise ValueError(
+                f"top_entropy_quantile={self.top_entropy_quantile} must be in [0, 1] (the fraction of highest-entropy "
+                "tokens kept in the policy loss; 1 keeps all, the paper uses 0.2)"
+            )
         if self.length_bucket < 0:
             raise ValueError(f"length_bucket must be >= 0 (0 = no bucketing), got {self.length_bucket}")
         optim.check_schedule(self.max_steps, self.warmup_ratio, self.min_lr_rate)
@@ -175,7 +196,7 @@ def create_train_state(params: Any, config: UpdateConfig, mesh: Mesh) -> TrainSt
     return jax.jit(lambda p: _init_state(p, tx), out_shardings=shardings)(params)
 
 
-def _check_batch(batch: Mapping[str, Any], config: UpdateConfig, has_ref: bool | None = None) -> None:
+def _check_batch(batch: Mapping[str, Any], config: UpdateConfig, has_ref: bool) -> None:
     unknown = set(batch) - set(BATCH_KEYS)
     missing = {"input_ids", "attention_mask", "completion_mask", "advantages"} - set(batch)
     if unknown or missing:
@@ -184,10 +205,6 @@ def _check_batch(batch: Mapping[str, Any], config: UpdateConfig, has_ref: bool |
     t = batch["completion_mask"].shape[1]
     if batch["completion_mask"].shape[0] != rows or not 0 < t < seq:
         raise ValueError(f"completion_mask {batch['completion_mask'].shape} does not fit input_ids {(rows, seq)}")
-    if rows % config.num_generations:
-        raise ValueError(f"{rows} rows do not split into groups of num_generations={config.num_generations}")
-    if has_ref is None:
-        has_ref = batch.get("ref_logps") is not None
     if config.beta != 0.0 and not has_ref:
         raise ValueError("beta != 0 needs batch['ref_logps'] (compute them with token_logprobs)")
 
@@ -207,12 +224,9 @@ def _micro_batch_grad_fn(graphdef: nnx.GraphDef, config: UpdateConfig, mesh: Mes
 
     def micro_batch_loss(params: Any, mb: dict[str, Any], layers_sum: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
         model = nnx.merge(graphdef, params)
-        ids, mask = mb["input_ids"], mb["attention_mask"]
-        if mesh is not None:
-            ids, mask = constrain_batch(ids, mesh), constrain_batch(mask, mesh)
-        completion_start = ids.shape[1] - mb["loss_weights"].shape[1]
+        completion_start = mb["input_ids"].shape[1] - mb["loss_weights"].shape[1]
         logps, entropy = completion_logprobs(
-            model, ids, mask, completion_start, chunk=config.logprob_chunk,
+            model, mb["input_ids"], mb["attention_mask"], completion_start, chunk=config.logprob_chunk,
             temperature=config.logprob_temperature, with_entropy=config.log_entropy, mesh=mesh,
             layer_grad_accumulator=layers_sum,
         )
@@ -248,10 +262,10 @@ def batch_weights(completion_mask: jax.Array, config: UpdateConfig) -> dict[str,
 
 
 def _apply_gradients(
-    state: TrainState, grads: Any, loss: jax.Array, metrics: dict[str, jax.Array], num_tokens: jax.Array,
-    config: UpdateConfig, mesh: Mesh | None,
+    state: TrainState, grads: Any, sums: dict[str, jax.Array], config: UpdateConfig, mesh: Mesh | None
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW update from the batch's summed gradient; a non-finite step changes nothing."""
+    """One AdamW update from the batch's summed gradient and its loss, num_tokens and metric sums;
+    a non-finite step changes nothing."""
     tx = config.optimizer()
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -259,15 +273,13 @@ def _apply_gradients(
     new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
     # A non-finite loss or gradient must not reach the weights or Adam's moments: keep
     # the old state (the trainer counts such steps and stops after too many in a row).
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     new_state = _constrain_like_params(new_state, mesh)
     metrics = {
-        **metrics,
-        "loss": loss,
+        **sums,
         "grad_norm": grad_norm,
         "learning_rate": config.schedule()(state.step),
-        "num_tokens": num_tokens,
         "skipped": 1.0 - finite.astype(jnp.float32),
     }
     return new_state, metrics
@@ -288,7 +300,7 @@ def make_train_step(
     grad_fn = _micro_batch_grad_fn(graphdef, config, mesh)
 
     def step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
-        _check_batch(batch, config)
+        _check_batch(batch, config, has_ref=batch.get("ref_logps") is not None)
         # Normalisers from the whole batch: each micro-batch's loss is its exact share.
         data = {k: v for k, v in batch.items() if v is not None}
         data.update(batch_weights(batch["completion_mask"], config))
@@ -296,10 +308,11 @@ def make_train_step(
         n = num_micro_batches(mask.shape[0], config.micro_batch_size)
         if config.top_entropy_quantile < 1.0:
             # The entropy threshold is a quantile over the whole batch: one forward pass first.
-            entropy = batch_entropies(
-                graphdef, state.params, data["input_ids"], data["attention_mask"],
-                data["input_ids"].shape[1] - mask.shape[1], num_micro_batches=n, chunk=config.logprob_chunk,
-                temperature=config.logprob_temperature, mesh=mesh,
+            entropy = forward_logprobs(
+                graphdef, jax.lax.stop_gradient(state.params), data["input_ids"], data["attention_mask"],
+                data["input_ids"].shape[1] - mask.shape[1], config.logprob_chunk,
+                micro_batch_size=config.micro_batch_size, temperature=config.logprob_temperature, with_entropy=True,
+                mesh=mesh,
             )
             data["entropy_mask"] = high_entropy_mask(entropy, mask, config.top_entropy_quantile)
 
@@ -317,7 +330,7 @@ def make_train_step(
             grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, micro)
             # Micro-batch losses and metrics are shares of the batch's: they add up.
             loss, metrics = losses.sum(), jax.tree.map(lambda x: x.sum(0), metrics)
-        return _apply_gradients(state, grads, loss, metrics, mask.sum(), config, mesh)
+        return _apply_gradients(state, grads, {"loss": loss, "num_tokens": mask.sum(), **metrics}, config, mesh)
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -356,10 +369,7 @@ class BucketedTrainStep:
             return grads, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), scalars)
 
         def apply(state: TrainState, acc: tuple) -> tuple[TrainState, dict[str, jax.Array]]:
-            grads, scalars = acc
-            metrics = dict(scalars)
-            loss, num_tokens = metrics.pop("loss"), metrics.pop("num_tokens")
-            return _apply_gradients(state, grads, loss, metrics, num_tokens, self.config, mesh)
+            return _apply_gradients(state, *acc, self.config, mesh)  # acc: (gradient sum, scalar sums)
 
         self._grad_fn = grad_fn
         self._accumulate = jax.jit(accumulate, donate_argnums=(1,))
@@ -371,8 +381,7 @@ class BucketedTrainStep:
         `length_bucket` is 0: then use `make_train_step`)."""
         t = batch["completion_mask"].shape[1]
         extent = completion_extent(batch["attention_mask"], batch["completion_mask"])
-        bucket = self.config.length_bucket or t
-        return length_buckets(extent, self.config.micro_batch_size, bucket, t)
+        return length_buckets(extent, self.config.micro_batch_size, self.config.length_bucket or t, t)
 
     def micro_batches(
         self, batch: Mapping[str, Any], plans: list[MicroBatch], extra: list[dict[str, Any]] | None = None
@@ -398,8 +407,7 @@ class BucketedTrainStep:
 
     def gradients(self, params: Any, micro: list[dict[str, Any]]) -> tuple[Any, dict[str, jax.Array]]:
         """The batch's summed gradient and loss/metric sums (what `__call__` applies)."""
-        shapes = jax.eval_shape(self._grad_fn, params, micro[0], params)
-        (loss, metrics), _ = shapes
+        (loss, metrics), _ = jax.eval_shape(self._grad_fn, params, micro[0], params)
         scalars = {"loss": loss, "num_tokens": jax.ShapeDtypeStruct((), jnp.float32), **metrics}
         acc = self._zeros(params, scalars)
         for mb in micro:
