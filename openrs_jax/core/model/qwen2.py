@@ -411,22 +411,26 @@ class Qwen2ForCausalLM(nnx.Module):
         if cache is not None:
             return cached_hidden_states(c, decode_weights(self), input_ids, attention_mask, positions, cache)
 
+        attend = mask = real_rows = None
         if seq_lengths is not None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-            # The layer's last argument tells real tokens from padding: row lengths, or a mask.
-            layer = functools.partial(_right_padded_layer, c, platform, mlp)
-            padding = seq_lengths
+            real_rows = jnp.arange(t)[None, :] < seq_lengths[:, None]
+            attend = lambda q, k, v: fused.causal_attention(  # noqa: E731
+                q, k, v, seq_lengths, platform, zero_padding=False)
         else:
             if positions is None:
                 positions = positions_from_mask(attention_mask)
-            layer = functools.partial(_decoder_layer, c, mlp=mlp)
-            padding = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask[:, None, :]  # [B, T, T]
-        consts = (*rope_tables(positions, c.head_dim, c.rope_theta), padding)
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            mask = causal[None] & attention_mask[:, None, :]  # [B, T, T]
+
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         h = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
         stacked = nnx.to_pure_dict(nnx.state(self.layers))
         if layer_grad_accumulator is not None and seq_lengths is not None and c.remat == "full":
-            h = layer_grads.accumulating_layer_scan(layer, h, stacked, layer_grad_accumulator, consts, dtype)
+            layer = functools.partial(_right_padded_layer, c, platform, mlp)
+            h = layer_grads.accumulating_layer_scan(layer, h, stacked, layer_grad_accumulator,
+                                                    (cos, sin, seq_lengths), dtype)
             return rms_norm(h, self.norm[...], c.rms_norm_eps), None
         if layer_grad_accumulator is not None:
             layer_params = layer_grads.adding_cast(stacked, layer_grad_accumulator, dtype)
@@ -434,7 +438,7 @@ class Qwen2ForCausalLM(nnx.Module):
             layer_params = jax.tree.map(lambda x: x.astype(dtype), stacked)
 
         def body(h, p):
-            return layer(h, p, *consts), None
+            return _decoder_layer(c, h, p, cos, sin, mask, attend=attend, mlp=mlp, real_rows=real_rows), None
 
         if c.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
