@@ -415,6 +415,8 @@ class Qwen2ForCausalLM(nnx.Module):
         if seq_lengths is not None:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            # Built once, outside the layer scan: built per layer, XLA no longer fuses the padding
+            # select into the o-proj GEMM (+25 GB read per Exp2 reference pass; docs/benchmarks.md).
             real_rows = jnp.arange(t)[None, :] < seq_lengths[:, None]
             attend = lambda q, k, v: fused.causal_attention(  # noqa: E731
                 q, k, v, seq_lengths, platform, zero_padding=False)
