@@ -1,6 +1,6 @@
 """Exp2 of the paper: open-rs (7,000 problems), format + accuracy, 3,584-token completions."""
 
-from openrs_jax.recipe.config import base_config
+from openrs_jax.recipe.config import base_config, original_run_inputs
 
 
 def get_config():
@@ -10,11 +10,6 @@ def get_config():
     c.rewards.funcs = ("format", "accuracy")
     c.rewards.weights = (1.0, 2.0)
     c.rollout.max_completion_length = 3584
-    # The original run's input quirks (docs/paper-exact.md): TRL's prompt order over the
-    # unfiltered dataset, over-long prompts truncated on the left for the loss, two BOS in rollouts.
-    c.data.prompt_order = "trl"
-    c.data.long_prompts = "truncate_left"
-    c.rollout.bos = "double"
-    c.rollout.max_model_length = 4608  # the recipe's vllm_max_model_len: long prompts get shorter completions
+    original_run_inputs(c)  # the original run's input quirks (docs/paper-exact.md)
     c.run.output_dir = "runs/exp2"
     return c

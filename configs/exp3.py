@@ -1,6 +1,6 @@
 """Exp3 of the paper: open-rs, format + cosine (length-aware accuracy), English-only system prompt."""
 
-from openrs_jax.recipe.config import base_config
+from openrs_jax.recipe.config import base_config, original_run_inputs
 from openrs_jax.recipe.prompts import SYSTEM_PROMPT_EXP3
 
 
@@ -17,11 +17,6 @@ def get_config():
     c.rewards.cosine_max_value_correct = 1.0
     c.rewards.cosine_max_len = 3584
     c.rollout.max_completion_length = 3584
-    # The original run's input quirks (docs/paper-exact.md): TRL's prompt order over the
-    # unfiltered dataset, over-long prompts truncated on the left for the loss, two BOS in rollouts.
-    c.data.prompt_order = "trl"
-    c.data.long_prompts = "truncate_left"
-    c.rollout.bos = "double"
-    c.rollout.max_model_length = 4608  # the recipe's vllm_max_model_len: long prompts get shorter completions
+    original_run_inputs(c)  # the original run's input quirks (docs/paper-exact.md)
     c.run.output_dir = "runs/exp3"
     return c

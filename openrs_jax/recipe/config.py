@@ -174,6 +174,17 @@ def base_config() -> ml_collections.ConfigDict:
 get_config = base_config
 
 
+def original_run_inputs(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`c` fed as the original open-rs run fed its model (docs/paper-exact.md), for configs/exp1-3.py:
+    TRL's prompt order over the unfiltered dataset, over-long prompts truncated on the left for the
+    loss, two BOS in rollouts, and vLLM's max_model_len of 4,608 (long prompts get shorter completions)."""
+    c.data.prompt_order = "trl"
+    c.data.long_prompts = "truncate_left"
+    c.rollout.bos = "double"
+    c.rollout.max_model_length = 4608
+    return c
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyInfo:
     """One config key: its dotted name, section title, one-line meaning, default and current value."""

@@ -172,6 +172,7 @@ class GRPOTrainer:
             max_new_tokens=c.rollout.max_completion_length,
             eos_ids=() if c.rollout.ignore_eos else self.policy.eos_ids, pad_id=tokenizer.pad_id,
         )
+        self.lr_schedule = self.update_config.schedule()  # the HF Trainer logs the rate after each step
         self.checkpointer = Checkpointer(self.output_dir, keep=c.run.keep_checkpoints)
         self.step = 0
         self.bad_steps = 0
@@ -405,7 +406,7 @@ class GRPOTrainer:
             self.state, update_metrics = self.train_step(self.state, batch)
         return trl_named(
             {k: float(v) for k, v in sharding.to_host(update_metrics).items()},
-            float(self.update_config.schedule()(int(sharding.to_host(self.state.step)))),
+            float(self.lr_schedule(int(sharding.to_host(self.state.step)))),
         )
 
     def end_step(self, update_metrics: dict[str, float]) -> None:
