@@ -36,6 +36,7 @@ from openrs_jax.core.model import Qwen2Config, write_hf_directory
 from openrs_jax.core.model.sources import save_run_tokenizer
 from openrs_jax.core.policy import Policy, build_mesh
 from openrs_jax.core.sampling import SampleOutput, SamplingParams, bucket_length, left_pad
+from openrs_jax.files import atomic_write_text
 from openrs_jax.recipe import dynamic_sampling, reference, toy
 from openrs_jax.recipe.config import validate
 from openrs_jax.recipe.data import PromptDataset, build_dataset, load_rows, make_prompt_order
@@ -188,7 +189,7 @@ class GRPOTrainer:
         )
         self.run_log.truncate_after(self.step)
         if self.writer:
-            (self.output_dir / "config.json").write_text(c.to_json_best_effort(indent=2))
+            atomic_write_text(self.output_dir / "config.json", c.to_json_best_effort(indent=2))
             save_run_tokenizer(self.policy.tokenizer_dir, self.output_dir)  # so its checkpoints can be used alone
         self.rng = jax.random.key(c.run.seed)
 
