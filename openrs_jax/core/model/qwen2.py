@@ -346,11 +346,12 @@ def _decoder_layer(
 
 def _right_padded_layer(
     config: Qwen2Config, platform: str | None, mlp: GatedMlp | None, h: jax.Array, p: dict[str, Any],
-    cos: jax.Array, sin: jax.Array, seq_lengths: jax.Array,
+    cos: jax.Array, sin: jax.Array, seq_lengths: jax.Array, real_rows: jax.Array,
 ) -> jax.Array:
-    """`_decoder_layer` over right-padded rows (the layer `layer_grads.accumulating_layer_scan` scans)."""
+    """`_decoder_layer` over right-padded rows (the layer `layer_grads.accumulating_layer_scan` scans);
+    real_rows [B, T] bool comes from outside the scan, as in `hidden_states`."""
     return _decoder_layer(
-        config, h, p, cos, sin, None, mlp=mlp, real_rows=jnp.arange(h.shape[1])[None, :] < seq_lengths[:, None],
+        config, h, p, cos, sin, None, mlp=mlp, real_rows=real_rows,
         attend=lambda q, k, v: fused.causal_attention(q, k, v, seq_lengths, platform, zero_padding=False),
     )
 
@@ -432,7 +433,7 @@ class Qwen2ForCausalLM(nnx.Module):
         if layer_grad_accumulator is not None and seq_lengths is not None and c.remat == "full":
             layer = functools.partial(_right_padded_layer, c, platform, mlp)
             h = layer_grads.accumulating_layer_scan(layer, h, stacked, layer_grad_accumulator,
-                                                    (cos, sin, seq_lengths), dtype)
+                                                    (cos, sin, seq_lengths, real_rows), dtype)
             return rms_norm(h, self.norm[...], c.rms_norm_eps), None
         if layer_grad_accumulator is not None:
             layer_params = layer_grads.adding_cast(stacked, layer_grad_accumulator, dtype)
