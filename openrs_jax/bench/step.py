@@ -211,7 +211,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     from openrs_jax.bench.common import describe_model, device_memory
     from openrs_jax.core.sampling import bucket_length
     from openrs_jax.files import write_jsonl
-    from openrs_jax.recipe.trainer import COMPLETION_BUCKET, GRPOTrainer
+    from openrs_jax.recipe.trainer import GRPOTrainer, trained_width
 
     data_file = workdir / "prompts.jsonl"
     c = run_config(args, dtype, data_file, workdir / "run")
@@ -256,7 +256,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
             one_step()
         longest = int(per_step[-1]["completion_length_max"])
         info.update({
-            "completion_len_trained": min(bucket_length(longest, COMPLETION_BUCKET), args.max_new_tokens),
+            "completion_len_trained": trained_width(longest, args.max_new_tokens),
             "completion_tokens_per_step": int(round(per_step[-1]["completion_length"] * args.prompts_per_step
                                                     * args.num_generations)),
             "sampler_compilations": trainer.policy.sampler.num_compilations,

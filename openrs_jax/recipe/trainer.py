@@ -54,6 +54,12 @@ COMPLETION_BUCKET = 256
 REWARD_PARAM_PREFIXES = {"soft_overlong": "soft_overlong_", "cosine": "cosine_", "repetition_penalty": "repetition_"}
 
 
+def trained_width(longest: int, sampled_width: int) -> int:
+    """Completion tokens the update trains on: the longest completion rounded up to
+    COMPLETION_BUCKET, within the `sampled_width` the sampler returned."""
+    return min(bucket_length(longest, COMPLETION_BUCKET), sampled_width)
+
+
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Parameters of the configurable reward functions, from the run config's rewards section."""
     r = config.rewards
@@ -344,7 +350,7 @@ class GRPOTrainer:
         """The host batch of these rows (no advantages yet): the loss-side prompts and the
         completions trimmed to the longest one (bucketed), with its log-prob passes dispatched."""
         prompt_ids, prompt_mask = self.loss_prompts(examples)
-        t = min(bucket_length(int(out.lengths.max()), COMPLETION_BUCKET), out.completion_ids.shape[1])
+        t = trained_width(int(out.lengths.max()), out.completion_ids.shape[1])
         completion_mask = out.completion_mask[:, :t]
         if self.config.grpo.mask_truncated_completions:
             completion_mask = truncation_mask(completion_mask, out.truncated)
