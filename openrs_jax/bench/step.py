@@ -249,7 +249,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
                     one_step()
 
             # Our timed steps run between TRL's, so that both see the same load from other jobs.
-            trl_inputs = TrlInputs(workdir / "model", rows, c.data.system_prompt, c.rewards.funcs, c.rewards.weights, dtype)
+            trl_inputs = TrlInputs(workdir / "model", rows, c)
             info["_trl"] = run_trl(args, trl_inputs, workdir, between_trl_steps)
             info["_memory"] = memory
         while len(per_step) < args.steps + 1:
@@ -317,10 +317,7 @@ class TrlInputs:
 
     hf_dir: Path  # our initial weights and tokenizer, exported by the trainer
     rows: list[dict]  # the step's problems
-    system_prompt: str
-    reward_funcs: tuple[str, ...]
-    reward_weights: tuple[float, ...]
-    dtype: str
+    config: Any  # our trainer's run config: TRL's settings are read from it
 
 
 class _CallTimes:
@@ -383,26 +380,29 @@ def run_trl(
         torch.set_num_threads(threads_before)
 
 
-def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path, grpo_config: type) -> dict[str, Any]:
-    """Arguments of `grpo_config` (TRL's GRPOConfig) matching our run."""
-    g, total = args.num_generations, args.prompts_per_step * args.num_generations
-    mb = args.micro_batch_size or total
+def _trl_settings(c: Any, workdir: Path, grpo_config: type) -> dict[str, Any]:
+    """Arguments of `grpo_config` (TRL's GRPOConfig) matching our trainer's run config `c`."""
+    from openrs_jax.core.grpo.advantages import reward_scaling
+
+    r, g = c.rollout, c.grpo
+    total = r.prompts_per_step * r.num_generations
     settings = dict(
-        output_dir=str(workdir / "trl"), per_device_train_batch_size=mb, gradient_accumulation_steps=total // mb,
-        num_generations=g, max_completion_length=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, beta=args.beta, epsilon=0.2, num_iterations=1, loss_type="dapo",
-        scale_rewards="group", reward_weights=list(ours.reward_weights),
-        learning_rate=args.learning_rate if args.learning_rate is not None else 1e-6, max_grad_norm=1.0,
-        weight_decay=0.0, max_steps=args.steps + 1, logging_steps=1, save_strategy="no", report_to="none",
-        use_vllm=False, bf16=ours.dtype == "bfloat16", disable_tqdm=True, log_completions=False, seed=args.seed,
+        output_dir=str(workdir / "trl"), per_device_train_batch_size=g.micro_batch_size,
+        gradient_accumulation_steps=total // g.micro_batch_size, num_generations=r.num_generations,
+        max_completion_length=r.max_completion_length, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+        beta=g.beta, epsilon=g.epsilon_low, epsilon_high=g.epsilon_high, num_iterations=g.num_iterations,
+        loss_type="dapo", scale_rewards=reward_scaling(g.scale_rewards), reward_weights=list(c.rewards.weights),
+        learning_rate=g.learning_rate, max_grad_norm=g.max_grad_norm, weight_decay=g.weight_decay,
+        max_steps=g.max_steps, logging_steps=1, save_strategy="no", report_to="none", use_vllm=False,
+        bf16=c.model.compute_dtype == "bfloat16", disable_tqdm=True, log_completions=False, seed=c.run.seed,
         dataloader_num_workers=0, use_cpu=True,
     )
     # transformers 5 renamed gradient_checkpointing (the old name still works, with a warning).
     fields = {f.name for f in dataclasses.fields(grpo_config)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    settings[checkpointing] = args.remat != "none"
-    if not args.keep_eos:
-        settings["generation_kwargs"] = {"min_new_tokens": args.max_new_tokens}  # no EOS before: every row is full
+    settings[checkpointing] = c.model.remat != "none"
+    if r.ignore_eos:
+        settings["generation_kwargs"] = {"min_new_tokens": r.max_completion_length}  # no EOS before: every row is full
     return settings
 
 
@@ -421,14 +421,16 @@ def _run_trl(
 
     tokenizer = AutoTokenizer.from_pretrained(ours.hf_dir)
     ours_tok = load_tokenizer(ours.hf_dir)
-    messages = [build_messages(r["problem"], ours.system_prompt) for r in ours.rows]
+    system_prompt = ours.config.data.system_prompt
+    messages = [build_messages(r["problem"], system_prompt) for r in ours.rows]
     prompts_match = all(
-        _chat_ids(tokenizer, m) == render_prompt_ids(ours_tok, r["problem"], ours.system_prompt)
+        _chat_ids(tokenizer, m) == render_prompt_ids(ours_tok, r["problem"], system_prompt)
         for m, r in zip(messages, ours.rows)
     )
     dataset = datasets.Dataset.from_list([{"prompt": m, "gold": gold_from_row(r)} for m, r in zip(messages, ours.rows)])
-    settings = _trl_settings(args, ours, workdir, trl.GRPOConfig)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[ours.dtype]
+    c = ours.config
+    settings = _trl_settings(c, workdir, trl.GRPOConfig)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c.model.compute_dtype]
     config = trl.GRPOConfig(**settings)  # TRL loads its reference model (beta > 0) in the policy's dtype
     generate_times, reward_times = _CallTimes(), _CallTimes()
 
@@ -456,7 +458,7 @@ def _run_trl(
     timer = StepTimer()
     trainer = trl.GRPOTrainer(
         model=TimedGenerate.from_pretrained(ours.hf_dir, dtype=torch_dtype),
-        reward_funcs=[_trl_reward(f, reward_times) for f in ours.reward_funcs], args=config,
+        reward_funcs=[_trl_reward(f, reward_times) for f in c.rewards.funcs], args=config,
         train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
     )
     trainer.train()
