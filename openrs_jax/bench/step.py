@@ -238,8 +238,11 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
             "reward_funcs": list(c.rewards.funcs),
             "reward_weights": list(c.rewards.weights),
             "prompt_tokens": [len(e.rollout_ids) for e in trainer.dataset.examples],
+            # The rollout's prompt width (decode figures) and the update's (FLOPs): they differ
+            # where rollouts see a second BOS (rollout.bos="double", as in exp2).
             "prompt_len_bucketed": bucket_length(max(len(e.rollout_ids) for e in trainer.dataset.examples),
                                                  trainer.policy.sampler.prompt_bucket),
+            "prompt_len_trained": trainer.loss_prompts(trainer.dataset.examples)[0].shape[1],
         }
         if args.compare_trl:
             memory = device_memory()  # before torch shares the process
@@ -288,15 +291,17 @@ def _phases(per_step: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def phase_figures(
-    config: Any, *, rows: int, prompt_len: int, completion_len: int, new_tokens: int, update_s: float,
-    reference_s: float | None, decode_s: float | None, copy_bw: float | None, peak: float | None,
+    config: Any, *, rows: int, prompt_len: int, train_prompt_len: int, completion_len: int, new_tokens: int,
+    update_s: float, reference_s: float | None, decode_s: float | None, copy_bw: float | None, peak: float | None,
     devices: int,
 ) -> dict[str, Any]:
-    """FLOPs, MFU and decode bandwidth use of one step's phases (update, reference, decode)."""
+    """FLOPs, MFU and decode bandwidth use of one step's phases (update, reference, decode).
+
+    prompt_len: the rollout's (bucketed) prompt width; train_prompt_len: the update's."""
     from openrs_jax.bench.common import decode_figures
     from openrs_jax.bench.update import flops_fields, forward_flops_per_token, train_flops_per_token
 
-    seq = prompt_len + completion_len
+    seq = train_prompt_len + completion_len
     out = flops_fields("update", train_flops_per_token(config, seq) * rows * seq, update_s, peak, devices)
     if reference_s:
         out.update(flops_fields("reference", forward_flops_per_token(config, seq) * rows * seq, reference_s, peak,
@@ -548,7 +553,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **phases,
         "completion_tokens_per_s": ours["completion_tokens_per_step"] / phases["step_time_s"],
         **phase_figures(
-            config, rows=rows, prompt_len=ours["prompt_len_bucketed"],
+            config, rows=rows, prompt_len=ours["prompt_len_bucketed"], train_prompt_len=ours["prompt_len_trained"],
             completion_len=ours["completion_len_trained"], new_tokens=args.max_new_tokens,
             update_s=phases["update_s"], reference_s=phases.get("reference_s") if args.beta > 0 else None,
             decode_s=phases.get("decode_s"), copy_bw=copy["copy_bandwidth_bytes_per_s"] if copy else None,
