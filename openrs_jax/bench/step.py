@@ -172,7 +172,11 @@ def run_config(args: argparse.Namespace, dtype: str, data_file: Path, output_dir
     if args.learning_rate is not None:
         c.grpo.learning_rate = args.learning_rate
     c.rewards.funcs = tuple(f.strip() for f in args.reward_funcs.split(",") if f.strip())
-    c.rewards.weights = tuple(float(w) for w in args.reward_weights.split(",") if w.strip())
+    try:
+        c.rewards.weights = tuple(float(w) for w in args.reward_weights.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(f"--reward_weights {args.reward_weights!r}: give numbers separated by commas, "
+                         "e.g. 1.0,2.0") from None
     c.rewards.num_workers = args.reward_num_workers
     c.rollout.prompts_per_step, c.rollout.num_generations = args.prompts_per_step, args.num_generations
     c.grpo.micro_batch_size = args.micro_batch_size or args.prompts_per_step * args.num_generations
