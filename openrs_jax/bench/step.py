@@ -348,15 +348,16 @@ class _CallTimes:
         return [(a, b) for a, b in self.calls if start <= a and b <= end]
 
 
-def _trl_reward(name: str, times: _CallTimes) -> Callable[..., list[float]]:
-    """One of our reward functions with TRL's calling convention (in-process, as TRL runs them)."""
+def _trl_reward(name: str, params: dict[str, Any], times: _CallTimes) -> Callable[..., list[float]]:
+    """One of our reward functions, with the run's `params` (the trainer's `reward_params`), in
+    TRL's calling convention (in-process, as TRL runs them)."""
     from openrs_jax.recipe.rewards import get_reward_function
 
-    fn = get_reward_function(name)
+    fn = get_reward_function(name, **params)
 
-    def reward(prompts: list, completions: list, gold: list[str], **kwargs: Any) -> list[float]:
+    def reward(prompts: list, completions: list, gold: list[str], completion_ids: list, **kwargs: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [float(x) for x in fn(texts, gold)]
+        return [float(x) for x in fn(texts, gold, lengths=[len(ids) for ids in completion_ids])]
 
     timed = times.wrap(reward)
     timed.__name__ = name.rsplit(":", 1)[-1]
@@ -427,6 +428,7 @@ def _run_trl(
     from openrs_jax.core.tokenizer import load_tokenizer
     from openrs_jax.recipe.prompts import build_messages, render_prompt_ids
     from openrs_jax.recipe.rewards import gold_from_row
+    from openrs_jax.recipe.trainer import reward_params
 
     tokenizer = AutoTokenizer.from_pretrained(ours.hf_dir)
     ours_tok = load_tokenizer(ours.hf_dir)
@@ -438,6 +440,7 @@ def _run_trl(
     )
     dataset = datasets.Dataset.from_list([{"prompt": m, "gold": gold_from_row(r)} for m, r in zip(messages, ours.rows)])
     c = ours.config
+    params = reward_params(c)
     settings = _trl_settings(c, workdir, trl.GRPOConfig)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c.model.compute_dtype]
     config = trl.GRPOConfig(**settings)  # TRL loads its reference model (beta > 0) in the policy's dtype
@@ -467,7 +470,7 @@ def _run_trl(
     timer = StepTimer()
     trainer = trl.GRPOTrainer(
         model=TimedGenerate.from_pretrained(ours.hf_dir, dtype=torch_dtype),
-        reward_funcs=[_trl_reward(f, reward_times) for f in c.rewards.funcs], args=config,
+        reward_funcs=[_trl_reward(f, params.get(f, {}), reward_times) for f in c.rewards.funcs], args=config,
         train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
     )
     trainer.train()
