@@ -24,8 +24,9 @@ Every step does the same work:
   reward of near-zero cost that needs no math-verify (give `format,accuracy` to time real scoring).
 
 `--compare_trl` also runs TRL's GRPOTrainer in the same process on the same initial weights
-(exported by the trainer), tokenizer, prompts, G, lengths (EOS suppressed with `min_new_tokens`),
-sampling settings, beta, clipping, micro-batch and reward functions, with `use_vllm=False`.
+(exported by the trainer), tokenizer, prompts and lengths (EOS suppressed with `min_new_tokens`),
+with `use_vllm=False` and the rest read from the trainer's run config: G, sampling, beta,
+clipping, learning rate, gradient clipping, micro-batch, reward functions with their parameters.
 After our warm-up step, TRL trains `--steps` + 1 steps and each of our timed steps runs between
 two of TRL's (outside TRL's timing), so both sides see the same background load on a shared
 machine. TRL is timed through public hooks only: a `TrainerCallback` for the steps, our reward
