@@ -145,16 +145,12 @@ def _rollout_params(param_shapes: Any, mesh: jax.sharding.Mesh, dtype: str) -> A
 
 
 def _rollout_sampling(config: Qwen2Config, cfg: Any) -> Any:
-    """The run's `SamplingParams`, stopping at the model config's EOS."""
-    from openrs_jax.core.sampling import SamplingParams
+    """The trainer's `SamplingParams` for run config `cfg`, stopping at the model config's EOS."""
+    from openrs_jax.recipe.trainer import rollout_sampling
 
     eos = config.eos_token_id if config.eos_token_id is not None else 0
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-    return SamplingParams(
-        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=int(cfg.rollout.top_k or 0),
-        max_new_tokens=cfg.rollout.max_completion_length, eos_ids=eos_ids,
-        pad_id=int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]),
-    )
+    return rollout_sampling(cfg, eos_ids, int(config.pad_token_id if config.pad_token_id is not None else eos_ids[0]))
 
 
 @dataclasses.dataclass
@@ -203,9 +199,10 @@ def run_policy(cfg: Any, model_spec: str, devices: Sequence[jax.Device]) -> Any:
     """The `Policy` of a run config `cfg` (its dtypes, remat and mesh over `devices`) for the
     model spec; no weights are loaded."""
     from openrs_jax.bench import shapes
+    from openrs_jax.recipe.trainer import rollout_prompt_bucket
 
     # The trainer's prompt bucket, so that the longest prompt keeps its length.
-    bucket = min(64, -(-cfg.data.max_prompt_length // 8) * 8)
+    bucket = rollout_prompt_bucket(cfg.data.max_prompt_length)
     return shapes.load_policy(model_spec, cfg.model.compute_dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
                               mesh=cfg.mesh.to_dict(), devices=list(devices), prompt_bucket=bucket,
                               sampler_options={"check_memory": False})

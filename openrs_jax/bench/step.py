@@ -24,8 +24,9 @@ Every step does the same work:
   reward of near-zero cost that needs no math-verify (give `format,accuracy` to time real scoring).
 
 `--compare_trl` also runs TRL's GRPOTrainer in the same process on the same initial weights
-(exported by the trainer), tokenizer, prompts, G, lengths (EOS suppressed with `min_new_tokens`),
-sampling settings, beta, clipping, micro-batch and reward functions, with `use_vllm=False`.
+(exported by the trainer), tokenizer, prompts and lengths (EOS suppressed with `min_new_tokens`),
+with `use_vllm=False` and the rest read from the trainer's run config: G, sampling, beta,
+clipping, learning rate, gradient clipping, micro-batch, reward functions with their parameters.
 After our warm-up step, TRL trains `--steps` + 1 steps and each of our timed steps runs between
 two of TRL's (outside TRL's timing), so both sides see the same background load on a shared
 machine. TRL is timed through public hooks only: a `TrainerCallback` for the steps, our reward
@@ -172,7 +173,11 @@ def run_config(args: argparse.Namespace, dtype: str, data_file: Path, output_dir
     if args.learning_rate is not None:
         c.grpo.learning_rate = args.learning_rate
     c.rewards.funcs = tuple(f.strip() for f in args.reward_funcs.split(",") if f.strip())
-    c.rewards.weights = tuple(float(w) for w in args.reward_weights.split(",") if w.strip())
+    try:
+        c.rewards.weights = tuple(float(w) for w in args.reward_weights.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(f"--reward_weights {args.reward_weights!r}: give numbers separated by commas, "
+                         "e.g. 1.0,2.0") from None
     c.rewards.num_workers = args.reward_num_workers
     c.rollout.prompts_per_step, c.rollout.num_generations = args.prompts_per_step, args.num_generations
     c.grpo.micro_batch_size = args.micro_batch_size or args.prompts_per_step * args.num_generations
@@ -211,7 +216,7 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
     from openrs_jax.bench.common import describe_model, device_memory
     from openrs_jax.core.sampling import bucket_length
     from openrs_jax.files import write_jsonl
-    from openrs_jax.recipe.trainer import COMPLETION_BUCKET, GRPOTrainer
+    from openrs_jax.recipe.trainer import GRPOTrainer, trained_width
 
     data_file = workdir / "prompts.jsonl"
     c = run_config(args, dtype, data_file, workdir / "run")
@@ -238,8 +243,11 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
             "reward_funcs": list(c.rewards.funcs),
             "reward_weights": list(c.rewards.weights),
             "prompt_tokens": [len(e.rollout_ids) for e in trainer.dataset.examples],
+            # The rollout's prompt width (decode figures) and the update's (FLOPs): they differ
+            # where rollouts see a second BOS (rollout.bos="double", as in exp2).
             "prompt_len_bucketed": bucket_length(max(len(e.rollout_ids) for e in trainer.dataset.examples),
                                                  trainer.policy.sampler.prompt_bucket),
+            "prompt_len_trained": trainer.loss_prompts(trainer.dataset.examples)[0].shape[1],
         }
         if args.compare_trl:
             memory = device_memory()  # before torch shares the process
@@ -249,14 +257,14 @@ def run_trainer(args: argparse.Namespace, dtype: str, workdir: Path) -> dict[str
                     one_step()
 
             # Our timed steps run between TRL's, so that both see the same load from other jobs.
-            trl_inputs = TrlInputs(workdir / "model", rows, c.data.system_prompt, c.rewards.funcs, c.rewards.weights, dtype)
+            trl_inputs = TrlInputs(workdir / "model", rows, c)
             info["_trl"] = run_trl(args, trl_inputs, workdir, between_trl_steps)
             info["_memory"] = memory
         while len(per_step) < args.steps + 1:
             one_step()
         longest = int(per_step[-1]["completion_length_max"])
         info.update({
-            "completion_len_trained": min(bucket_length(longest, COMPLETION_BUCKET), args.max_new_tokens),
+            "completion_len_trained": trained_width(longest, args.max_new_tokens),
             "completion_tokens_per_step": int(round(per_step[-1]["completion_length"] * args.prompts_per_step
                                                     * args.num_generations)),
             "sampler_compilations": trainer.policy.sampler.num_compilations,
@@ -288,15 +296,17 @@ def _phases(per_step: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def phase_figures(
-    config: Any, *, rows: int, prompt_len: int, completion_len: int, new_tokens: int, update_s: float,
-    reference_s: float | None, decode_s: float | None, copy_bw: float | None, peak: float | None,
+    config: Any, *, rows: int, prompt_len: int, train_prompt_len: int, completion_len: int, new_tokens: int,
+    update_s: float, reference_s: float | None, decode_s: float | None, copy_bw: float | None, peak: float | None,
     devices: int,
 ) -> dict[str, Any]:
-    """FLOPs, MFU and decode bandwidth use of one step's phases (update, reference, decode)."""
+    """FLOPs, MFU and decode bandwidth use of one step's phases (update, reference, decode).
+
+    prompt_len: the rollout's (bucketed) prompt width; train_prompt_len: the update's."""
     from openrs_jax.bench.common import decode_figures
     from openrs_jax.bench.update import flops_fields, forward_flops_per_token, train_flops_per_token
 
-    seq = prompt_len + completion_len
+    seq = train_prompt_len + completion_len
     out = flops_fields("update", train_flops_per_token(config, seq) * rows * seq, update_s, peak, devices)
     if reference_s:
         out.update(flops_fields("reference", forward_flops_per_token(config, seq) * rows * seq, reference_s, peak,
@@ -317,10 +327,7 @@ class TrlInputs:
 
     hf_dir: Path  # our initial weights and tokenizer, exported by the trainer
     rows: list[dict]  # the step's problems
-    system_prompt: str
-    reward_funcs: tuple[str, ...]
-    reward_weights: tuple[float, ...]
-    dtype: str
+    config: Any  # our trainer's run config: TRL's settings are read from it
 
 
 class _CallTimes:
@@ -342,15 +349,16 @@ class _CallTimes:
         return [(a, b) for a, b in self.calls if start <= a and b <= end]
 
 
-def _trl_reward(name: str, times: _CallTimes) -> Callable[..., list[float]]:
-    """One of our reward functions with TRL's calling convention (in-process, as TRL runs them)."""
+def _trl_reward(name: str, params: dict[str, Any], times: _CallTimes) -> Callable[..., list[float]]:
+    """One of our reward functions, with the run's `params` (the trainer's `reward_params`), in
+    TRL's calling convention (in-process, as TRL runs them)."""
     from openrs_jax.recipe.rewards import get_reward_function
 
-    fn = get_reward_function(name)
+    fn = get_reward_function(name, **params)
 
-    def reward(prompts: list, completions: list, gold: list[str], **kwargs: Any) -> list[float]:
+    def reward(prompts: list, completions: list, gold: list[str], completion_ids: list, **kwargs: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [float(x) for x in fn(texts, gold)]
+        return [float(x) for x in fn(texts, gold, lengths=[len(ids) for ids in completion_ids])]
 
     timed = times.wrap(reward)
     timed.__name__ = name.rsplit(":", 1)[-1]
@@ -383,26 +391,29 @@ def run_trl(
         torch.set_num_threads(threads_before)
 
 
-def _trl_settings(args: argparse.Namespace, ours: TrlInputs, workdir: Path, grpo_config: type) -> dict[str, Any]:
-    """Arguments of `grpo_config` (TRL's GRPOConfig) matching our run."""
-    g, total = args.num_generations, args.prompts_per_step * args.num_generations
-    mb = args.micro_batch_size or total
+def _trl_settings(c: Any, workdir: Path, grpo_config: type) -> dict[str, Any]:
+    """Arguments of `grpo_config` (TRL's GRPOConfig) matching our trainer's run config `c`."""
+    from openrs_jax.core.grpo.advantages import reward_scaling
+
+    r, g = c.rollout, c.grpo
+    total = r.prompts_per_step * r.num_generations
     settings = dict(
-        output_dir=str(workdir / "trl"), per_device_train_batch_size=mb, gradient_accumulation_steps=total // mb,
-        num_generations=g, max_completion_length=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, top_k=args.top_k, beta=args.beta, epsilon=0.2, num_iterations=1, loss_type="dapo",
-        scale_rewards="group", reward_weights=list(ours.reward_weights),
-        learning_rate=args.learning_rate if args.learning_rate is not None else 1e-6, max_grad_norm=1.0,
-        weight_decay=0.0, max_steps=args.steps + 1, logging_steps=1, save_strategy="no", report_to="none",
-        use_vllm=False, bf16=ours.dtype == "bfloat16", disable_tqdm=True, log_completions=False, seed=args.seed,
+        output_dir=str(workdir / "trl"), per_device_train_batch_size=g.micro_batch_size,
+        gradient_accumulation_steps=total // g.micro_batch_size, num_generations=r.num_generations,
+        max_completion_length=r.max_completion_length, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+        beta=g.beta, epsilon=g.epsilon_low, epsilon_high=g.epsilon_high, num_iterations=g.num_iterations,
+        loss_type="dapo", scale_rewards=reward_scaling(g.scale_rewards), reward_weights=list(c.rewards.weights),
+        learning_rate=g.learning_rate, max_grad_norm=g.max_grad_norm, weight_decay=g.weight_decay,
+        max_steps=g.max_steps, logging_steps=1, save_strategy="no", report_to="none", use_vllm=False,
+        bf16=c.model.compute_dtype == "bfloat16", disable_tqdm=True, log_completions=False, seed=c.run.seed,
         dataloader_num_workers=0, use_cpu=True,
     )
     # transformers 5 renamed gradient_checkpointing (the old name still works, with a warning).
     fields = {f.name for f in dataclasses.fields(grpo_config)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    settings[checkpointing] = args.remat != "none"
-    if not args.keep_eos:
-        settings["generation_kwargs"] = {"min_new_tokens": args.max_new_tokens}  # no EOS before: every row is full
+    settings[checkpointing] = c.model.remat != "none"
+    if r.ignore_eos:
+        settings["generation_kwargs"] = {"min_new_tokens": r.max_completion_length}  # no EOS before: every row is full
     return settings
 
 
@@ -418,17 +429,21 @@ def _run_trl(
     from openrs_jax.core.tokenizer import load_tokenizer
     from openrs_jax.recipe.prompts import build_messages, render_prompt_ids
     from openrs_jax.recipe.rewards import gold_from_row
+    from openrs_jax.recipe.trainer import reward_params
 
     tokenizer = AutoTokenizer.from_pretrained(ours.hf_dir)
     ours_tok = load_tokenizer(ours.hf_dir)
-    messages = [build_messages(r["problem"], ours.system_prompt) for r in ours.rows]
+    system_prompt = ours.config.data.system_prompt
+    messages = [build_messages(r["problem"], system_prompt) for r in ours.rows]
     prompts_match = all(
-        _chat_ids(tokenizer, m) == render_prompt_ids(ours_tok, r["problem"], ours.system_prompt)
+        _chat_ids(tokenizer, m) == render_prompt_ids(ours_tok, r["problem"], system_prompt)
         for m, r in zip(messages, ours.rows)
     )
     dataset = datasets.Dataset.from_list([{"prompt": m, "gold": gold_from_row(r)} for m, r in zip(messages, ours.rows)])
-    settings = _trl_settings(args, ours, workdir, trl.GRPOConfig)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[ours.dtype]
+    c = ours.config
+    params = reward_params(c)
+    settings = _trl_settings(c, workdir, trl.GRPOConfig)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c.model.compute_dtype]
     config = trl.GRPOConfig(**settings)  # TRL loads its reference model (beta > 0) in the policy's dtype
     generate_times, reward_times = _CallTimes(), _CallTimes()
 
@@ -456,7 +471,7 @@ def _run_trl(
     timer = StepTimer()
     trainer = trl.GRPOTrainer(
         model=TimedGenerate.from_pretrained(ours.hf_dir, dtype=torch_dtype),
-        reward_funcs=[_trl_reward(f, reward_times) for f in ours.reward_funcs], args=config,
+        reward_funcs=[_trl_reward(f, params.get(f, {}), reward_times) for f in c.rewards.funcs], args=config,
         train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
     )
     trainer.train()
@@ -546,7 +561,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **phases,
         "completion_tokens_per_s": ours["completion_tokens_per_step"] / phases["step_time_s"],
         **phase_figures(
-            config, rows=rows, prompt_len=ours["prompt_len_bucketed"],
+            config, rows=rows, prompt_len=ours["prompt_len_bucketed"], train_prompt_len=ours["prompt_len_trained"],
             completion_len=ours["completion_len_trained"], new_tokens=args.max_new_tokens,
             update_s=phases["update_s"], reference_s=phases.get("reference_s") if args.beta > 0 else None,
             decode_s=phases.get("decode_s"), copy_bw=copy["copy_bandwidth_bytes_per_s"] if copy else None,

@@ -55,6 +55,26 @@ COMPLETION_BUCKET = 256
 REWARD_PARAM_PREFIXES = {"soft_overlong": "soft_overlong_", "cosine": "cosine_", "repetition_penalty": "repetition_"}
 
 
+def rollout_prompt_bucket(max_prompt_length: int) -> int:
+    """Rollout prompts are padded to a multiple of this, so a run compiles a handful of rollout programs."""
+    return min(64, bucket_length(max_prompt_length, 8))
+
+
+def rollout_sampling(c: ml_collections.ConfigDict, eos_ids: tuple[int, ...], pad_id: int) -> SamplingParams:
+    """The rollout's sampling settings of run config `c` (no stop ids with rollout.ignore_eos)."""
+    r = c.rollout
+    return SamplingParams(
+        temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_completion_length,
+        eos_ids=() if r.ignore_eos else tuple(eos_ids), pad_id=pad_id,
+    )
+
+
+def trained_width(longest: int, sampled_width: int) -> int:
+    """Completion tokens the update trains on: the longest completion rounded up to
+    COMPLETION_BUCKET, within the `sampled_width` the sampler returned."""
+    return min(bucket_length(longest, COMPLETION_BUCKET), sampled_width)
+
+
 def reward_params(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Parameters of the configurable reward functions, from the run config's rewards section."""
     r = config.rewards
@@ -136,8 +156,7 @@ class GRPOTrainer:
         self.policy = Policy.load(
             c.model.path, tokenizer_path=c.model.tokenizer_path, mesh=self.mesh, compute_dtype=c.model.compute_dtype,
             param_dtype=c.model.param_dtype, remat=c.model.remat, require_chat_template=True,
-            # Prompt lengths are bucketed so a run compiles a handful of rollout programs.
-            prompt_bucket=min(64, bucket_length(c.data.max_prompt_length, 8)),
+            prompt_bucket=rollout_prompt_bucket(c.data.max_prompt_length),
         )
         tokenizer = self.policy.tokenizer
         self.dataset: PromptDataset = build_dataset(
@@ -168,11 +187,7 @@ class GRPOTrainer:
             if c.grpo.length_bucket and c.grpo.top_entropy_quantile >= 1.0  # its quantile needs the whole batch
             else make_train_step(self.policy.graphdef, self.update_config, self.mesh)
         )
-        self.sampling = SamplingParams(
-            temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-            max_new_tokens=c.rollout.max_completion_length,
-            eos_ids=() if c.rollout.ignore_eos else self.policy.eos_ids, pad_id=tokenizer.pad_id,
-        )
+        self.sampling = rollout_sampling(c, self.policy.eos_ids, tokenizer.pad_id)
         self.lr_schedule = self.update_config.schedule()  # the HF Trainer logs the rate after each step
         self.checkpointer = Checkpointer(self.output_dir, keep=c.run.keep_checkpoints)
         self.step = 0
@@ -346,7 +361,7 @@ class GRPOTrainer:
         """The host batch of these rows (no advantages yet): the loss-side prompts and the
         completions trimmed to the longest one (bucketed), with its log-prob passes dispatched."""
         prompt_ids, prompt_mask = self.loss_prompts(examples)
-        t = min(bucket_length(int(out.lengths.max()), COMPLETION_BUCKET), out.completion_ids.shape[1])
+        t = trained_width(int(out.lengths.max()), out.completion_ids.shape[1])
         completion_mask = out.completion_mask[:, :t]
         if self.config.grpo.mask_truncated_completions:
             completion_mask = truncation_mask(completion_mask, out.truncated)
