@@ -18,10 +18,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from openrs_jax.cli import exit_on_user_error
-from openrs_jax.files import iter_jsonl, json_line
+from openrs_jax.files import iter_jsonl, write_jsonl
 from openrs_jax.core.model_paths import MODEL_HELP
 
 log = logging.getLogger("openrs_jax.generate")
@@ -142,10 +142,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         log.warning("no EOS id known for %s: every completion runs to --max_new_tokens", args.model)
 
     out_path = Path(args.out).expanduser()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     key = jax.random.key(args.seed)
-    with out_path.open("w", encoding="utf-8") as f:
+
+    def records() -> Iterator[dict[str, Any]]:
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start : start + args.batch_size]
             result = policy.sampler.generate(weights, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
@@ -154,12 +154,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                                           "completion_ids": ids, "finished": not bool(result.truncated[row])}
                 if tokenizer is not None:
                     record["text"] = tokenizer.decode(ids, skip_special_tokens=True)
-                f.write(json_line(record))
                 written.append(record)
+                yield record
             done = min(start + args.batch_size, len(prompts))
             rate = int(np.sum(result.lengths)) / max(result.timings["total_s"], 1e-9)
             note = " (this batch compiled new programs)" if result.timings["compiled"] else ""
             print(f"{done}/{len(prompts)} prompts, {rate:.0f} tokens/s{note}", file=sys.stderr)
+
+    write_jsonl(out_path, records())  # streamed into a temporary file that replaces --out at the end
     print(f"wrote {len(written)} completions to {out_path}", file=sys.stderr)
     return written
 
