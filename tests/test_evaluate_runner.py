@@ -290,6 +290,9 @@ def test_data_dir_errors(tmp_path):
     (tmp_path / "aime24.jsonl").write_text('{"problem": "p"}\n')
     with pytest.raises(ValueError, match="no 'answer' field"):
         load_task("aime24", tmp_path)
+    (tmp_path / "aime24.jsonl").write_text('[1, 2]\n')
+    with pytest.raises(ValueError, match="row 0 is list, not a JSON object"):
+        load_task("aime24", tmp_path)
 
 
 def test_hub_loading(monkeypatch):
