@@ -259,6 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         policy, generate, stream = load_decoder(
             args.model, args.tokenizer, dtype=args.dtype, slots=args.slots, prompt_bucket=64, seed=args.seed,
             sampling={k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
+            require_chat_template=True,  # the prompts are rendered with it: say so before the weights are read
         )
         tokenizer = policy.tokenizer
         log.info("sampling %d problems x %d completions (%d reused, %d resumed)",
