@@ -255,6 +255,9 @@ def test_completions_mode_errors(tmp_path, capsys):
         ('{"task": "aime24", "index": -1, "completion": "x"}\n', "index must be"),
         ('{"task": "aime24", "index": 30, "completion": "x"}\n', "has 30 rows"),
         ('{"task": "aime24", "completion": "x"}\n', "expected a JSON object"),
+        ('{"task": ["aime24"], "index": 0, "completion": "x"}\n', "unknown task"),
+        ('{"task": "aime24", "index": 0, "completion": "x", "length": "5"}\n', "length must be"),
+        ('{"task": "aime24", "index": 0, "completion": "x", "truncated": 1}\n', "truncated must be"),
     ]
     for text, message in bad:
         path = tmp_path / "bad.jsonl"

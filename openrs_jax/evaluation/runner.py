@@ -368,6 +368,11 @@ def read_completions(path: str | Path) -> dict[str, dict[int, list[dict[str, Any
             raise ValueError(f"{p}:{line_no}: index must be a row number (int >= 0), got {index!r}")
         if not isinstance(completion, str):
             raise ValueError(f"{p}:{line_no}: completion must be a string")
+        length, truncated = row.get("length"), row.get("truncated")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
+            raise ValueError(f"{p}:{line_no}: length must be a token count (int >= 0) or absent, got {length!r}")
+        if truncated is not None and not isinstance(truncated, bool):
+            raise ValueError(f"{p}:{line_no}: truncated must be true, false or absent, got {truncated!r}")
         found[task][index].append(row)
     if not found:
         raise ValueError(f"{p} holds no completions")

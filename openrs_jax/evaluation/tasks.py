@@ -56,7 +56,7 @@ class Problem:
 def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: not even a string (a list in a completions file)
         raise ValueError(f"unknown task {name!r}: choose from {', '.join(TASKS)}") from None
 
 
