@@ -71,13 +71,18 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, where: str) -> list[int]:
+def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, where: str,
+                  vocab_size: int | None = None) -> list[int]:
     """Token ids of one prompt record (chat template for text prompts); tokenizer is an
-    `openrs_jax.core.tokenizer.Tokenizer` or None."""
+    `openrs_jax.core.tokenizer.Tokenizer` or None; given ids must lie below `vocab_size`."""
     if "prompt_ids" in record:
         ids = record["prompt_ids"]
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ValueError(f"{where}: prompt_ids must be a non-empty list of ints")
+        bad = next((i for i in ids if i < 0 or (vocab_size is not None and i >= vocab_size)), None)
+        if bad is not None:  # the embedding lookup would silently clamp it
+            raise ValueError(f"{where}: token id {bad} is not in the model's vocabulary (0 to {vocab_size - 1})"
+                             if vocab_size is not None else f"{where}: token id {bad} is negative")
         return ids
     if tokenizer is None:
         raise ValueError(f'{where}: a text "prompt" needs a tokenizer: pass --tokenizer DIR (or use "prompt_ids")')
@@ -131,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     tokenizer = policy.tokenizer
     defaults = model_defaults(policy.model_dir)
     records = read_prompts(args.prompts)
-    prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
+    prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}", policy.model_config.vocab_size)
+               for i, r in enumerate(records)]
 
     weights = policy.sampler.prepare(policy.load_params())
     given = {k: defaults[k] if getattr(args, k) is None else getattr(args, k)
