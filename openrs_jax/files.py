@@ -66,6 +66,15 @@ def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> list[Any]:
     return [value for _, value in iter_jsonl(path, skip_bad=skip_bad)]
 
 
+def read_json(path: str | Path) -> Any:
+    """The content of a JSON file; a ValueError naming the file when it is not valid JSON (UTF-8)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def read_keyed_jsonl(path: str | Path, key: Callable[[dict[str, Any]], K]) -> dict[K, dict[str, Any]]:
     """Records of a file that runs append to and resume from, by `key(record)` (later lines win).
 

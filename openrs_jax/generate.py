@@ -18,10 +18,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from openrs_jax.cli import exit_on_user_error
-from openrs_jax.files import iter_jsonl, json_line
+from openrs_jax.files import iter_jsonl, write_jsonl
 from openrs_jax.core.model_paths import MODEL_HELP
 
 log = logging.getLogger("openrs_jax.generate")
@@ -71,13 +71,18 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, where: str) -> list[int]:
+def encode_prompt(record: dict[str, Any], tokenizer: Any, system: str | None, where: str,
+                  vocab_size: int | None = None) -> list[int]:
     """Token ids of one prompt record (chat template for text prompts); tokenizer is an
-    `openrs_jax.core.tokenizer.Tokenizer` or None."""
+    `openrs_jax.core.tokenizer.Tokenizer` or None; given ids must lie below `vocab_size`."""
     if "prompt_ids" in record:
         ids = record["prompt_ids"]
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ValueError(f"{where}: prompt_ids must be a non-empty list of ints")
+        bad = next((i for i in ids if i < 0 or (vocab_size is not None and i >= vocab_size)), None)
+        if bad is not None:  # the embedding lookup would silently clamp it
+            raise ValueError(f"{where}: token id {bad} is not in the model's vocabulary (0 to {vocab_size - 1})"
+                             if vocab_size is not None else f"{where}: token id {bad} is negative")
         return ids
     if tokenizer is None:
         raise ValueError(f'{where}: a text "prompt" needs a tokenizer: pass --tokenizer DIR (or use "prompt_ids")')
@@ -131,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     tokenizer = policy.tokenizer
     defaults = model_defaults(policy.model_dir)
     records = read_prompts(args.prompts)
-    prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}") for i, r in enumerate(records)]
+    prompts = [encode_prompt(r, tokenizer, args.system, f"{args.prompts}: prompt {i}", policy.model_config.vocab_size)
+               for i, r in enumerate(records)]
 
     weights = policy.sampler.prepare(policy.load_params())
     given = {k: defaults[k] if getattr(args, k) is None else getattr(args, k)
@@ -142,10 +148,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         log.warning("no EOS id known for %s: every completion runs to --max_new_tokens", args.model)
 
     out_path = Path(args.out).expanduser()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     key = jax.random.key(args.seed)
-    with out_path.open("w", encoding="utf-8") as f:
+
+    def records() -> Iterator[dict[str, Any]]:
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start : start + args.batch_size]
             result = policy.sampler.generate(weights, batch, args.num_samples, sampling, jax.random.fold_in(key, start))
@@ -154,12 +160,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                                           "completion_ids": ids, "finished": not bool(result.truncated[row])}
                 if tokenizer is not None:
                     record["text"] = tokenizer.decode(ids, skip_special_tokens=True)
-                f.write(json_line(record))
                 written.append(record)
+                yield record
             done = min(start + args.batch_size, len(prompts))
             rate = int(np.sum(result.lengths)) / max(result.timings["total_s"], 1e-9)
             note = " (this batch compiled new programs)" if result.timings["compiled"] else ""
             print(f"{done}/{len(prompts)} prompts, {rate:.0f} tokens/s{note}", file=sys.stderr)
+
+    write_jsonl(out_path, records())  # streamed into a temporary file that replaces --out at the end
     print(f"wrote {len(written)} completions to {out_path}", file=sys.stderr)
     return written
 

@@ -47,6 +47,9 @@ def test_pass_rates_are_fractions_of_correct_samples(tmp_path):
                                 append_to=tmp_path / "rates.jsonl", show_progress=False)
     assert seen == {"prompts": [[1, 2], [3]], "num_samples": 4, "seed": 5 * 1_000_003 + 7}
     assert read_pass_rates(tmp_path / "rates.jsonl") == {r["key"]: r for r in records}
+    with (tmp_path / "rates.jsonl").open("a") as f:  # foreign lines: no pass rate, or none in [0, 1]
+        f.write('{"key": "k3"}\n{"key": "k4", "pass_rate": 2}\n{"key": "k5", "pass_rate": "x"}\n')
+    assert read_pass_rates(tmp_path / "rates.jsonl") == {r["key"]: r for r in records}
     assert [(r["index"], r["key"], r["num_correct"], r["pass_rate"]) for r in records] == [
         (7, "k1", 3, 0.75), (9, "k2", 0, 0.0)]
 

@@ -62,6 +62,9 @@ def test_missing_and_empty_datasets(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
     with pytest.raises(ValueError, match="is empty"):
         load_rows(str(tmp_path / "e.jsonl"))
+    (tmp_path / "l.jsonl").write_text('{"problem": "p", "answer": "1"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match="row 1 is list, not a JSON object"):
+        load_rows(str(tmp_path / "l.jsonl"))
 
 
 def test_every_prompt_too_long(tiny_tokenizer):

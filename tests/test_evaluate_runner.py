@@ -255,6 +255,9 @@ def test_completions_mode_errors(tmp_path, capsys):
         ('{"task": "aime24", "index": -1, "completion": "x"}\n', "index must be"),
         ('{"task": "aime24", "index": 30, "completion": "x"}\n', "has 30 rows"),
         ('{"task": "aime24", "completion": "x"}\n', "expected a JSON object"),
+        ('{"task": ["aime24"], "index": 0, "completion": "x"}\n', "unknown task"),
+        ('{"task": "aime24", "index": 0, "completion": "x", "length": "5"}\n', "length must be"),
+        ('{"task": "aime24", "index": 0, "completion": "x", "truncated": 1}\n', "truncated must be"),
     ]
     for text, message in bad:
         path = tmp_path / "bad.jsonl"
@@ -289,6 +292,9 @@ def test_data_dir_errors(tmp_path):
         load_task("aime24", tmp_path)
     (tmp_path / "aime24.jsonl").write_text('{"problem": "p"}\n')
     with pytest.raises(ValueError, match="no 'answer' field"):
+        load_task("aime24", tmp_path)
+    (tmp_path / "aime24.jsonl").write_text('[1, 2]\n')
+    with pytest.raises(ValueError, match="row 0 is list, not a JSON object"):
         load_task("aime24", tmp_path)
 
 

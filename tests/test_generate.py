@@ -112,6 +112,8 @@ def test_model_defaults_prefer_generation_config(tmp_path):
     ('{"prompt_ids": [1, 2]}\nnot json\n', "p.jsonl:2 is not valid JSON"),
     ('{"text": "hi"}\n', "prompt_ids"),
     ('{"prompt": "hello"}\n', "needs a tokenizer"),
+    ('{"prompt_ids": [1, 99999999]}\n', "token id 99999999 is not in the model's vocabulary"),
+    ('{"prompt_ids": [-1]}\n', "token id -1 is not in the model's vocabulary"),
 ])
 def test_bad_inputs_exit_with_one_line_errors(hf_model_dir, tmp_path, capsys, content, message):
     src = tmp_path / "p.jsonl"

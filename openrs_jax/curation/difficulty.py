@@ -114,9 +114,16 @@ def problem_key(problem: str, gold: str) -> str:
     return hashlib.sha1(f"{problem}\x00{gold}".encode("utf-8")).hexdigest()[:20]
 
 
+def _pass_rate_key(record: dict[str, Any]) -> str:
+    """A pass-rate record's key; raises for a line that is not one (no key, no pass rate in [0, 1])."""
+    if not 0 <= float(record["pass_rate"]) <= 1:
+        raise ValueError(f"pass_rate {record['pass_rate']} is outside [0, 1]")
+    return str(record["key"])
+
+
 def read_pass_rates(path: str | Path) -> dict[str, dict[str, Any]]:
     """Records by key; a torn last line (an interrupted run) and foreign lines are ignored."""
-    return read_keyed_jsonl(path, lambda rec: str(rec["key"]))
+    return read_keyed_jsonl(path, _pass_rate_key)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -259,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         policy, generate, stream = load_decoder(
             args.model, args.tokenizer, dtype=args.dtype, slots=args.slots, prompt_bucket=64, seed=args.seed,
             sampling={k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
+            require_chat_template=True,  # the prompts are rendered with it: say so before the weights are read
         )
         tokenizer = policy.tokenizer
         log.info("sampling %d problems x %d completions (%d reused, %d resumed)",

@@ -6,11 +6,12 @@ only for what is missing (into a folder whose stored settings match, `check_same
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from openrs_jax.files import read_json
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,9 @@ def check_same_settings(path: Path, new: Mapping[str, Any], holds: str, fix: str
     if not path.is_file():
         return None
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): {fix}") from e
+        stored = read_json(path)
+    except ValueError as e:
+        raise ValueError(f"{e}: {fix}") from None
     old = stored.get(section, {}) if section else stored
     diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))

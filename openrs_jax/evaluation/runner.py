@@ -16,7 +16,6 @@ problems; stderr is the standard error of that mean over problems (sample std, d
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import statistics
@@ -30,7 +29,9 @@ from typing import Any
 from openrs_jax.evaluation.draw import GenerateFn, Generation, StreamGenerate, check_same_settings, static_stream
 from openrs_jax.evaluation.scoring import SCORING_MODES, Gold, Scoring, prepare_gold, score_completion
 from openrs_jax.evaluation.tasks import TASKS, Problem, TaskSpec, get_task, load_task, parse_task_names
-from openrs_jax.files import append_jsonl, atomic_write_json, iter_jsonl, read_keyed_jsonl, write_jsonl
+from openrs_jax.files import (
+    append_jsonl, atomic_write_json, iter_jsonl, read_json, read_keyed_jsonl, write_jsonl,
+)
 from openrs_jax.hub import require_hub
 from openrs_jax.recipe.prompts import eval_user_prompt, render_prompt
 from openrs_jax.core.tokenizer import Tokenizer
@@ -115,8 +116,8 @@ def _merge_results(out_dir: Path, results: Mapping[str, Any]) -> None:
     """Adds this run's tasks to results.json, keeping other tasks evaluated into the same directory."""
     path = out_dir / RESULTS_FILE
     try:
-        merged = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        merged = read_json(path)
+    except (FileNotFoundError, ValueError):  # none yet, or cut short: this run's tasks start it anew
         merged = {}
     atomic_write_json(path, {**merged, **results})
 
@@ -367,6 +368,11 @@ def read_completions(path: str | Path) -> dict[str, dict[int, list[dict[str, Any
             raise ValueError(f"{p}:{line_no}: index must be a row number (int >= 0), got {index!r}")
         if not isinstance(completion, str):
             raise ValueError(f"{p}:{line_no}: completion must be a string")
+        length, truncated = row.get("length"), row.get("truncated")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
+            raise ValueError(f"{p}:{line_no}: length must be a token count (int >= 0) or absent, got {length!r}")
+        if truncated is not None and not isinstance(truncated, bool):
+            raise ValueError(f"{p}:{line_no}: truncated must be true, false or absent, got {truncated!r}")
         found[task][index].append(row)
     if not found:
         raise ValueError(f"{p} holds no completions")

@@ -22,7 +22,6 @@ it runs without a timeout. Any error or timeout scores the sample wrong. The ver
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,12 +35,10 @@ TIMEOUT_S = 5  # lighteval's per-call math-verify timeout
 
 
 def _timeout() -> int | None:
-    # signal.alarm raises outside the main thread: there math-verify must run without it
-    # (math-verify 0.5.2 takes an int and skips the alarm there, see rewards/verify.py).
-    from openrs_jax.recipe.rewards.verify import TIMEOUT_OPTIONAL
+    # lighteval's limit where math-verify can enforce one (`rewards/verify.py` knows where).
+    from openrs_jax.recipe.rewards.verify import timeout_s
 
-    on_main = threading.current_thread() is threading.main_thread()
-    return TIMEOUT_S if on_main or not TIMEOUT_OPTIONAL else None
+    return timeout_s(TIMEOUT_S)
 
 
 def gold_extraction(kind: GoldKind, scoring: Scoring = "paper") -> list[Any]:

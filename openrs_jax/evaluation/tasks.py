@@ -56,7 +56,7 @@ class Problem:
 def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: not even a string (a list in a completions file)
         raise ValueError(f"unknown task {name!r}: choose from {', '.join(TASKS)}") from None
 
 
@@ -104,6 +104,8 @@ def load_task(name: str, data_dir: str | Path | None = None, limit: int | None =
     if not rows:
         raise ValueError(f"{where} has no rows for task {name}")
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: row {i} is {type(row).__name__}, not a JSON object with named fields")
         for field in (spec.problem_field, spec.gold_field):
             if row.get(field) is None:
                 raise ValueError(

@@ -133,6 +133,10 @@ def load_rows(dataset_name: str, split: str = "train") -> list[dict[str, Any]]:
             ) from None
     if not rows:
         raise ValueError(f"dataset {dataset_name!r} (split {split!r}) is empty")
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+    if bad is not None:  # a JSON file of lists or numbers: every later step reads fields by name
+        raise ValueError(f"dataset {dataset_name!r}: row {bad} is {type(rows[bad]).__name__}, "
+                         "not a JSON object with named fields")
     return rows
 
 

@@ -26,7 +26,8 @@ from openrs_jax.core.checkpoint import (
     read_step_metadata,
     read_step_params,
 )
-from openrs_jax.core.model.config import Qwen2Config, read_json
+from openrs_jax.core.model.config import Qwen2Config
+from openrs_jax.files import read_json
 from openrs_jax.core.model.io import copy_tokenizer_files, is_flax_checkpoint, is_hf_directory
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of
 from openrs_jax.core.model_paths import ACCEPTED, is_builtin_model, resolve_builtin

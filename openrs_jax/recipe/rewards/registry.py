@@ -133,7 +133,7 @@ class BoundReward:
         """Score a list of completions (for ``length``: exactly one group; for token-count
         rewards pass ``lengths``)."""
         if self.spec.uses_length:
-            return self.from_lengths(lengths)
+            return self.from_lengths(lengths, len(completions))
         if solutions is None:
             if self.spec.uses_gold:
                 raise ValueError(f"reward {self.name!r} needs the gold solutions")

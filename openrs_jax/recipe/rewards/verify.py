@@ -72,12 +72,15 @@ if not TIMEOUT_OPTIONAL:
 ROUNDING_KEYWORD = "float_rounding" if "float_rounding" in inspect.signature(verify).parameters else "precision"
 
 
-def timeout_s() -> int | None:
-    # signal.alarm only works in the main thread; elsewhere math-verify would raise on every
-    # call, so run without its timeout (the process pool enforces its own per-row limit).
-    # math-verify 0.5.2 needs an int; its alarm is skipped off the main thread (see above).
+def timeout_s(seconds: int = MATH_VERIFY_TIMEOUT_S) -> int | None:
+    """The timeout to hand a math-verify call: `seconds`, or None where it cannot be enforced.
+
+    signal.alarm only works in the main thread; elsewhere math-verify would raise on every
+    call, so run without its timeout (the process pool enforces its own per-row limit).
+    math-verify 0.5.2 needs an int; its alarm is skipped off the main thread (see above).
+    """
     if threading.current_thread() is threading.main_thread() or not TIMEOUT_OPTIONAL:
-        return MATH_VERIFY_TIMEOUT_S
+        return seconds
     return None
 
 
