@@ -39,6 +39,18 @@ def json_line(record: Any) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
+def read_json(path: str | Path, *, optional: bool = False) -> Any:
+    """The content of a JSON file; with `optional`, {} when the file is absent. A file that is not
+    UTF-8 JSON raises `ValueError` naming it."""
+    path = Path(path)
+    if optional and not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def iter_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of `path`, numbered from 1.
 

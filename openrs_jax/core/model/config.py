@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
+
+from openrs_jax.files import read_json
 
 
 REMAT_POLICIES = ("none", "full", "dots")
@@ -175,14 +176,6 @@ class Qwen2Config:
         layer = attn + 3 * d * f + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return self.num_hidden_layers * layer + emb + d
-
-
-def read_json(path: Path) -> Any:
-    """The content of a JSON file; a ValueError naming the file when it is not valid JSON."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
