@@ -85,17 +85,21 @@ class GatedMlp:
             return False, f"shape rows {rows}, hidden {x.shape[1]}, intermediate {columns} not in whole tiles"
         return True, "Pallas kernel"
 
+    def _use_kernel(self, what: str, x2: jax.Array, w_gate: jax.Array) -> bool:
+        """`kernel_fits` for the rows x2 [M, D], logged once per choice and shape."""
+        fits, why = self.kernel_fits(x2, w_gate)
+        key = (what, self.implementation, fits, str(x2.dtype), x2.shape, w_gate.shape)
+        if key not in _logged:
+            _logged.add(key)
+            log.info("%s: %s (%s; %s, rows %d, %s)", what, "kernel" if fits else "xla", why, x2.dtype,
+                     x2.shape[0], w_gate.shape)
+        return fits
+
     def __call__(self, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
         """silu(x @ w_gate) * (x @ w_up) for x [..., D], weights [D, I]."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        fits, why = self.kernel_fits(x2, w_gate)
-        key = (self.implementation, fits, str(x.dtype), x2.shape, w_gate.shape)
-        if key not in _logged:
-            _logged.add(key)
-            log.info("MLP gated product: %s (%s; %s, rows %d, %s)", "kernel" if fits else "xla", why, x.dtype,
-                     x2.shape[0], w_gate.shape)
-        if not fits:
+        if not self._use_kernel("MLP gated product", x2, w_gate):
             return xla_gated_product(x, w_gate, w_up)
         run = self._per_shard(_gated_product, w_gate)
         return run(x2, w_gate, w_up).reshape(*lead, w_gate.shape[1])
@@ -108,9 +112,8 @@ class GatedMlp:
         for the backward pass: gate, up and d product are never written."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        fits, _ = self.kernel_fits(x2, w_gate)
-        if not fits:
-            return self(x, w_gate, w_up) @ w_down
+        if not self._use_kernel("MLP with backward kernel", x2, w_gate):
+            return xla_gated_product(x, w_gate, w_up) @ w_down
         run = self._per_shard(_backward_outputs, w_gate, backward=True)
         return _gated_mlp(self, run, x2, w_gate, w_up, w_down).reshape(*lead, w_down.shape[1])
 
