@@ -181,10 +181,10 @@ def _forward_kernel(x_ref, wg_ref, wu_ref, out_ref):
     out_ref[...] = (g * jax.nn.sigmoid(g) * u).astype(out_ref.dtype)
 
 
-def _kernel_call(x: jax.Array, w_gate: jax.Array, interpret: bool) -> Any:
-    """The forward kernel's pallas_call over [BLOCK_M, BLOCK_N] output tiles, named
-    "gated_mlp_forward" (the plan's FLOP count, `bench.hlo_cost`, recognises it: two
-    [M, D] x [D, I] matmuls)."""
+def _forward_outputs(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
+    """The product [M, I] from x [M, D] and the two [D, I] weights, over [BLOCK_M, BLOCK_N]
+    output tiles, named "gated_mlp_forward" (the plan's FLOP count, `bench.hlo_cost`,
+    recognises it: two [M, D] x [D, I] matmuls)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu  # Triton, not Mosaic GPU (the default on Hopper)
 
@@ -197,7 +197,7 @@ def _kernel_call(x: jax.Array, w_gate: jax.Array, interpret: bool) -> Any:
         out_specs=pl.BlockSpec((BLOCK_M, BLOCK_N), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((m, n), x.dtype), interpret=interpret,
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
-    )
+    )(x, w_gate, w_up)
 
 
 def _backward_kernel(x_ref, wg_ref, wu_ref, dy_ref, wd_ref, h_ref, dg_ref, du_ref):
@@ -264,7 +264,7 @@ _gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _gated_product(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
     # Not differentiated (forward passes): the kernel.
-    return _kernel_call(x, w_gate, interpret)(x, w_gate, w_up)
+    return _forward_outputs(interpret, x, w_gate, w_up)
 
 
 def _gated_product_fwd(interpret, x, w_gate, w_up):
