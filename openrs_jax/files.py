@@ -39,6 +39,18 @@ def json_line(record: Any) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
+def read_json(path: str | Path, *, optional: bool = False) -> Any:
+    """The content of a JSON file; with `optional`, {} when the file is absent. A file that is not
+    UTF-8 JSON raises `ValueError` naming it."""
+    path = Path(path)
+    if optional and not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def iter_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, value) for each non-blank line of `path`, numbered from 1.
 
@@ -64,15 +76,6 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[tuple[in
 def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> list[Any]:
     """The values of the non-blank lines of `path` (see `iter_jsonl`)."""
     return [value for _, value in iter_jsonl(path, skip_bad=skip_bad)]
-
-
-def read_json(path: str | Path) -> Any:
-    """The content of a JSON file; a ValueError naming the file when it is not valid JSON (UTF-8)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def read_keyed_jsonl(path: str | Path, key: Callable[[dict[str, Any]], K]) -> dict[K, dict[str, Any]]:

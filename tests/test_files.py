@@ -16,6 +16,7 @@ from openrs_jax.files import (
     atomic_write_text,
     iter_jsonl,
     json_line,
+    read_json,
     read_jsonl,
     read_keyed_jsonl,
     write_jsonl,
@@ -126,6 +127,20 @@ def test_json_documents_are_indented_with_a_final_newline(tmp_path):
     assert path.read_text(encoding="utf-8") == '{\n  "rows": 3,\n  "name": "é"\n}\n'
     assert atomic_write_json(path, {"a": 1}, indent=None).read_text() == '{"a": 1}\n'
     assert atomic_write_text(tmp_path / "t.txt", "x\ny").read_text() == "x\ny"
+
+
+def test_a_json_document_is_read_or_refused_naming_its_file(tmp_path):
+    path = atomic_write_json(tmp_path / "config.json", {"n": 1, "name": "Qwen2"})
+    assert read_json(path) == {"n": 1, "name": "Qwen2"}
+    assert read_json(tmp_path / "absent.json", optional=True) == {}
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON \(Expecting property name"):
+        read_json(tmp_path / "bad.json", optional=True)
+    (tmp_path / "latin1.json").write_bytes(b'{"a": "\xe9"}')
+    with pytest.raises(ValueError, match=r"latin1\.json is not valid JSON \('utf-8' codec can't decode"):
+        read_json(tmp_path / "latin1.json")
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

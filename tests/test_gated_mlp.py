@@ -93,19 +93,25 @@ def test_kernel_per_shard_under_a_mesh():
     np.testing.assert_allclose(np.asarray(got), np.asarray(xla_gated_product(x, wg, wu)), rtol=1e-5, atol=1e-5)
 
 
-def test_model_layers_with_the_kernel_equal_xla():
-    """Full-sequence hidden states of a small model (hidden 64, MLP 128) through the kernel."""
+def _kernel_sized_model(seed: int):
+    """(graphdef, fp32 params, ids [2, 32], lengths) of a random 2-layer model whose MLP is one
+    kernel tile (hidden BLOCK_K = 64, intermediate BLOCK_N = 128)."""
     from openrs_jax.core.model import abstract_model, tiny_config
 
     config = tiny_config(vocab_size=96, hidden_size=gated_mlp.BLOCK_K, intermediate_size=gated_mlp.BLOCK_N,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     graphdef, abstract = nnx.split(abstract_model(config))
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.normal(size=s.shape), jnp.float32),
                           nnx.to_pure_dict(abstract))
-    model = nnx.merge(graphdef, params)
     ids = jnp.asarray(rng.integers(0, 96, (2, 32)), jnp.int32)
-    lengths = jnp.asarray([32, 20], jnp.int32)
+    return graphdef, params, ids, jnp.asarray([32, 20], jnp.int32)
+
+
+def test_model_layers_with_the_kernel_equal_xla():
+    """Full-sequence hidden states of a small model (hidden 64, MLP 128) through the kernel."""
+    graphdef, params, ids, lengths = _kernel_sized_model(4)
+    model = nnx.merge(graphdef, params)
     want, _ = model.hidden_states(ids, seq_lengths=lengths, platform="cpu")
     got, _ = model.hidden_states(ids, seq_lengths=lengths, platform="cpu", mlp=GatedMlp("pallas_interpret"))
     real = np.arange(32)[None, :] < np.asarray(lengths)[:, None]
@@ -114,16 +120,7 @@ def test_model_layers_with_the_kernel_equal_xla():
 
 def test_model_layer_gradients_with_the_kernels_equal_xla():
     """The layers' weight gradients of a small model through both kernels (forward and backward)."""
-    from openrs_jax.core.model import abstract_model, tiny_config
-
-    config = tiny_config(vocab_size=96, hidden_size=gated_mlp.BLOCK_K, intermediate_size=gated_mlp.BLOCK_N,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    graphdef, abstract = nnx.split(abstract_model(config))
-    rng = np.random.default_rng(6)
-    params = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.normal(size=s.shape), jnp.float32),
-                          nnx.to_pure_dict(abstract))
-    ids = jnp.asarray(rng.integers(0, 96, (2, 32)), jnp.int32)
-    lengths = jnp.asarray([32, 20], jnp.int32)
+    graphdef, params, ids, lengths = _kernel_sized_model(6)
     real = (jnp.arange(32)[None, :] < lengths[:, None])[..., None]
 
     def loss(params, mlp):

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openrs_jax.files import read_json
+
 
 # Special-token names a chat template may read (transformers passes its special tokens map).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -28,16 +30,6 @@ def _token_content(value: Any) -> str | None:
     if isinstance(value, Mapping):
         value = value.get("content")
     return value if isinstance(value, str) and value else None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """The content of an optional JSON file ({} when it is absent)."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
 
 
 def _pick_chat_template(directory: Path, config: Mapping[str, Any]) -> str | None:
@@ -183,8 +175,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     except Exception as e:  # the Rust side raises a plain Exception for malformed files
         raise ValueError(f"cannot load {tokenizer_file}: {e}") from e
 
-    config = _read_json(directory / "tokenizer_config.json")
-    overrides = _read_json(directory / "special_tokens_map.json")
+    config = read_json(directory / "tokenizer_config.json", optional=True)
+    overrides = read_json(directory / "special_tokens_map.json", optional=True)
     special: dict[str, str] = {}
     for name in SPECIAL_TOKEN_NAMES:
         token = _token_content(overrides.get(name)) or _token_content(config.get(name))

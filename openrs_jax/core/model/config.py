@@ -17,7 +17,7 @@ def check_numerics(dtype: str, param_dtype: str, remat: str) -> None:
     """Refuses a dtype or remat policy the model cannot run (the compute dtype, the weights' dtype)."""
     for name, value in (("compute_dtype", dtype), ("param_dtype", param_dtype)):
         if value not in DTYPES:
-            raise ValueError(f"{name}={value!r}: use float32 or bfloat16")
+            raise ValueError(f"{name}={value!r}: use one of {', '.join(DTYPES)}")
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; valid: {', '.join(REMAT_POLICIES)}")
 

@@ -85,17 +85,21 @@ class GatedMlp:
             return False, f"shape rows {rows}, hidden {x.shape[1]}, intermediate {columns} not in whole tiles"
         return True, "Pallas kernel"
 
+    def _use_kernel(self, what: str, x2: jax.Array, w_gate: jax.Array) -> bool:
+        """`kernel_fits` for the rows x2 [M, D], logged once per choice and shape."""
+        fits, why = self.kernel_fits(x2, w_gate)
+        key = (what, self.implementation, fits, str(x2.dtype), x2.shape, w_gate.shape)
+        if key not in _logged:
+            _logged.add(key)
+            log.info("%s: %s (%s; %s, rows %d, %s)", what, "kernel" if fits else "xla", why, x2.dtype,
+                     x2.shape[0], w_gate.shape)
+        return fits
+
     def __call__(self, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
         """silu(x @ w_gate) * (x @ w_up) for x [..., D], weights [D, I]."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        fits, why = self.kernel_fits(x2, w_gate)
-        key = (self.implementation, fits, str(x.dtype), x2.shape, w_gate.shape)
-        if key not in _logged:
-            _logged.add(key)
-            log.info("MLP gated product: %s (%s; %s, rows %d, %s)", "kernel" if fits else "xla", why, x.dtype,
-                     x2.shape[0], w_gate.shape)
-        if not fits:
+        if not self._use_kernel("MLP gated product", x2, w_gate):
             return xla_gated_product(x, w_gate, w_up)
         run = self._per_shard(_gated_product, w_gate)
         return run(x2, w_gate, w_up).reshape(*lead, w_gate.shape[1])
@@ -108,9 +112,8 @@ class GatedMlp:
         for the backward pass: gate, up and d product are never written."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        fits, _ = self.kernel_fits(x2, w_gate)
-        if not fits:
-            return self(x, w_gate, w_up) @ w_down
+        if not self._use_kernel("MLP with backward kernel", x2, w_gate):
+            return xla_gated_product(x, w_gate, w_up) @ w_down
         run = self._per_shard(_backward_outputs, w_gate, backward=True)
         return _gated_mlp(self, run, x2, w_gate, w_up, w_down).reshape(*lead, w_down.shape[1])
 
@@ -178,10 +181,10 @@ def _forward_kernel(x_ref, wg_ref, wu_ref, out_ref):
     out_ref[...] = (g * jax.nn.sigmoid(g) * u).astype(out_ref.dtype)
 
 
-def _kernel_call(x: jax.Array, w_gate: jax.Array, interpret: bool) -> Any:
-    """The forward kernel's pallas_call over [BLOCK_M, BLOCK_N] output tiles, named
-    "gated_mlp_forward" (the plan's FLOP count, `bench.hlo_cost`, recognises it: two
-    [M, D] x [D, I] matmuls)."""
+def _forward_outputs(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
+    """The product [M, I] from x [M, D] and the two [D, I] weights, over [BLOCK_M, BLOCK_N]
+    output tiles, named "gated_mlp_forward" (the plan's FLOP count, `bench.hlo_cost`,
+    recognises it: two [M, D] x [D, I] matmuls)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu  # Triton, not Mosaic GPU (the default on Hopper)
 
@@ -194,7 +197,7 @@ def _kernel_call(x: jax.Array, w_gate: jax.Array, interpret: bool) -> Any:
         out_specs=pl.BlockSpec((BLOCK_M, BLOCK_N), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((m, n), x.dtype), interpret=interpret,
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
-    )
+    )(x, w_gate, w_up)
 
 
 def _backward_kernel(x_ref, wg_ref, wu_ref, dy_ref, wd_ref, h_ref, dg_ref, du_ref):
@@ -261,7 +264,7 @@ _gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _gated_product(interpret: bool, x: jax.Array, w_gate: jax.Array, w_up: jax.Array) -> jax.Array:
     # Not differentiated (forward passes): the kernel.
-    return _kernel_call(x, w_gate, interpret)(x, w_gate, w_up)
+    return _forward_outputs(interpret, x, w_gate, w_up)
 
 
 def _gated_product_fwd(interpret, x, w_gate, w_up):

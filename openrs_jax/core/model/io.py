@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from openrs_jax.files import atomic_write_json, new_file_mode
+from openrs_jax.files import atomic_write_json, new_file_mode, read_json
 from openrs_jax.core.model.config import Qwen2Config
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of, hf_to_params, params_to_hf
 
@@ -47,7 +46,7 @@ def read_hf_tensors(hf_dir: str | Path) -> dict[str, np.ndarray]:
 
     d = _require_dir(hf_dir, "model directory")
     if (d / HF_INDEX).is_file():
-        index = json.loads((d / HF_INDEX).read_text())
+        index = read_json(d / HF_INDEX)
         files = sorted(set(index.get("weight_map", {}).values()))
     elif (d / "model.safetensors").is_file():
         files = ["model.safetensors"]

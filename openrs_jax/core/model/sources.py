@@ -27,10 +27,10 @@ from openrs_jax.core.checkpoint import (
     read_step_params,
 )
 from openrs_jax.core.model.config import Qwen2Config
-from openrs_jax.files import read_json
 from openrs_jax.core.model.io import copy_tokenizer_files, is_flax_checkpoint, is_hf_directory
 from openrs_jax.core.model.params import check_tensor_names_and_shapes, hf_shapes_of
 from openrs_jax.core.model_paths import ACCEPTED, is_builtin_model, resolve_builtin
+from openrs_jax.files import read_json
 
 RUN_CONFIG = "config.json"  # the run's settings, written by the trainer at start
 RUN_TOKENIZER = "tokenizer"  # the run's tokenizer files, written by the trainer at start
@@ -165,9 +165,7 @@ def generation_files(model_path: str | Path) -> tuple[dict[str, Any], dict[str, 
     if ckpt is not None:
         return {}, checkpoint_config(ckpt).to_hf_dict()
     d = Path(resolve_builtin(model_path)).expanduser()
-    files = (d / "generation_config.json", d / "config.json")
-    generation, config = (read_json(f) if f.is_file() else {} for f in files)
-    return generation, config
+    return read_json(d / "generation_config.json", optional=True), read_json(d / "config.json", optional=True)
 
 
 def describe(model_path: str | Path) -> str:
