@@ -88,7 +88,7 @@ def test_old_flat_key_in_a_config_file_names_the_new_key(tmp_path, line):
     path = tmp_path / "mine.py"
     path.write_text(f"from openrs_jax.recipe.config import base_config\n\n\ndef get_config():\n"
                     f"    c = base_config()\n    {line}\n    return c\n")
-    with pytest.raises(ValueError, match=rf"mine.py: config key 'learning_rate' is now 'grpo.learning_rate'"):
+    with pytest.raises(ValueError, match=r"mine.py: config key 'learning_rate' is now 'grpo.learning_rate'"):
         load_config(path)
 
 
