@@ -1,15 +1,13 @@
-"""Exp1 of the paper: open-s1 (18,615 problems), format + accuracy, 4,096-token completions."""
+"""Exp1 of the paper: Exp2's recipe (configs/exp2.py) on open-s1 (18,615 problems), 4,096-token completions."""
 
-from openrs_jax.recipe.config import base_config, original_run_inputs
+from pathlib import Path
+
+from openrs_jax.recipe.config import load_config
 
 
 def get_config():
-    c = base_config()
-    c.model.path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    c = load_config(Path(__file__).with_name("exp2.py"))
     c.data.dataset = "knoveleng/open-s1"
-    c.rewards.funcs = ("format", "accuracy")
-    c.rewards.weights = (1.0, 2.0)
     c.rollout.max_completion_length = 4096
-    original_run_inputs(c)  # the original run's input quirks (docs/paper-exact.md)
     c.run.output_dir = "runs/exp1"
     return c
